@@ -1,0 +1,66 @@
+"""ckpt: an event-sourced checkpoint store for virtual machines.
+
+The public Python API for embedding. Open a store with ``Store.open(path)``
+(or create one with ``Store.init(path)``), then call its commands
+(``register_vm``, ``create_checkpoint``, ``apply_checkpoint``, ...) and
+queries (``tree``, ``chain``, ``files``, ``log``). Every error is a
+``CkptError``; see ``ckpt.domain.errors`` for the hierarchy.
+"""
+
+from ckpt.domain import (
+    AlreadyExists,
+    AmbiguousName,
+    Checkpoint,
+    CheckpointType,
+    CkptError,
+    DiskFormat,
+    DomainError,
+    InvalidValue,
+    NotAllowed,
+    NotFound,
+    StateFile,
+    StateFileKind,
+    StorageError,
+    StoreConflict,
+    StoreCorrupt,
+    StoreExists,
+    StoreNotFound,
+    UnknownCheckpoint,
+    UnknownVM,
+    VirtualMachine,
+    VMState,
+)
+from ckpt.projections import AuditEntry, ChainEntry, TreeEntry
+
+from .store import Store
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AlreadyExists",
+    "AmbiguousName",
+    "AuditEntry",
+    "ChainEntry",
+    "Checkpoint",
+    "CheckpointType",
+    "CkptError",
+    "DiskFormat",
+    "DomainError",
+    "InvalidValue",
+    "NotAllowed",
+    "NotFound",
+    "StateFile",
+    "StateFileKind",
+    "StorageError",
+    "Store",
+    "StoreConflict",
+    "StoreCorrupt",
+    "StoreExists",
+    "StoreNotFound",
+    "TreeEntry",
+    "UnknownCheckpoint",
+    "UnknownVM",
+    "VMState",
+    "VirtualMachine",
+    "__version__",
+]

@@ -1,0 +1,287 @@
+"""The ``ckpt`` command line.
+
+The store is ``--store DIR`` (before the subcommand), else ``CKPT_STORE``,
+else ``./ckpt-store``. Read commands take ``--json``. Errors print one line,
+``ckpt: error: ...``, to stderr and exit with the code of their class
+(``ckpt.exit_codes``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from ckpt.domain import CheckpointType, CkptError, DiskFormat
+
+from . import render
+from .exit_codes import exit_code
+from .store import Store
+
+DEFAULT_STORE = "ckpt-store"
+Handler = Callable[[Store, argparse.Namespace, TextIO], None]
+
+
+def _disk(spec: str) -> tuple[str, DiskFormat]:
+    name, _, fmt = spec.partition(":")
+    try:
+        return name, DiskFormat(fmt.lower() or "vhdx")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"disk format must be vhdx or vhd, not {fmt!r}") from None
+
+
+def _ctype(text: str) -> CheckpointType:
+    try:
+        return CheckpointType(text.lower().replace("_", "-").replace("productiononly", "production-only"))
+    except ValueError:
+        choices = ", ".join(t.value for t in CheckpointType)
+        raise argparse.ArgumentTypeError(f"checkpoint type must be one of {choices}") from None
+
+
+def _onoff(text: str) -> bool:
+    if text.lower() in ("on", "true", "yes", "1"):
+        return True
+    if text.lower() in ("off", "false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError("expected on or off")
+
+
+def _emit(out: TextIO, args: argparse.Namespace, data: Any, text: str) -> None:
+    if getattr(args, "json", False):
+        json.dump(data, out, indent=2, ensure_ascii=False)
+        out.write("\n")
+    elif text:
+        out.write(text + "\n")
+
+
+# ---------------------------------------------------------------- handlers
+def _vm_add(s: Store, a: argparse.Namespace, out: TextIO) -> None:
+    vm = s.register_vm(a.name, a.disk or (), a.config_version, a.checkpoint_type, a.automatic_checkpoints)
+    _emit(out, a, render.vm_json(vm), f"registered VM {render.vm_text(vm)}")
+
+
+def _vm_set(s: Store, a: argparse.Namespace, out: TextIO) -> None:
+    vm = s.set_vm(a.name, a.checkpoint_type, a.automatic_checkpoints, a.config_version)
+    _emit(out, a, render.vm_json(vm), f"VM {render.vm_text(vm)}")
+
+
+def _vm_power(action: str) -> Handler:
+    def handle(s: Store, a: argparse.Namespace, out: TextIO) -> None:
+        before = s.vm(a.name)
+        had = set(before.checkpoints)
+        vm = {"start": s.start_vm, "stop": s.stop_vm, "save": s.save_vm}[action](a.name)
+        text = f"VM {vm.name!r} is {vm.state.value}"
+        for cid in set(vm.checkpoints) - had:
+            text += f"; automatic checkpoint {vm.checkpoints[cid].name!r} taken"
+        for cid in had - set(vm.checkpoints):
+            text += f"; automatic checkpoint {before.checkpoints[cid].name!r} removed"
+        _emit(out, a, render.vm_json(vm), text)
+
+    return handle
+
+
+def _vm_list(s: Store, a: argparse.Namespace, out: TextIO) -> None:
+    vms = s.vms()
+    _emit(out, a, [render.vm_json(v) for v in vms], "\n".join(render.vm_text(v) for v in vms) or "no VMs")
+
+
+def _vm_show(s: Store, a: argparse.Namespace, out: TextIO) -> None:
+    vm = s.vm(a.name)
+    _emit(out, a, render.vm_json(vm), render.vm_text(vm))
+
+
+def _cp_create(s: Store, a: argparse.Namespace, out: TextIO) -> None:
+    cp = s.create_checkpoint(a.vm, a.name, a.type, not a.guest_cannot_quiesce)
+    vm = s.vm(a.vm)
+    fell = " (fell back to standard: the guest could not quiesce)" if (
+        cp.type is CheckpointType.STANDARD and (a.type or vm.checkpoint_type) is CheckpointType.PRODUCTION
+    ) else ""
+    _emit(
+        out, a, render.checkpoint_json(cp, vm.current),
+        f"created {cp.type.value} checkpoint {cp.name!r} ({cp.id}) of VM {vm.name!r}{fell}",
+    )
+
+
+def _cp_apply(s: Store, a: argparse.Namespace, out: TextIO) -> None:
+    cp = s.apply_checkpoint(a.vm, a.checkpoint)
+    vm = s.vm(a.vm)
+    _emit(out, a, render.vm_json(vm), f"applied checkpoint {cp.name!r}; VM {vm.name!r} is {vm.state.value}")
+
+
+def _cp_revert(s: Store, a: argparse.Namespace, out: TextIO) -> None:
+    cp = s.revert(a.vm)
+    vm = s.vm(a.vm)
+    _emit(out, a, render.vm_json(vm), f"reverted to checkpoint {cp.name!r}; VM {vm.name!r} is {vm.state.value}")
+
+
+def _cp_rename(s: Store, a: argparse.Namespace, out: TextIO) -> None:
+    cp = s.rename_checkpoint(a.vm, a.checkpoint, a.new_name)
+    vm = s.vm(a.vm)
+    _emit(out, a, render.checkpoint_json(cp, vm.current), f"renamed checkpoint {cp.id} to {cp.name!r}")
+
+
+def _cp_delete(s: Store, a: argparse.Namespace, out: TextIO) -> None:
+    what = "checkpoint subtree" if a.subtree else "checkpoint"
+    target = s.vm(a.vm).find_checkpoint(a.checkpoint)
+    changes = s.delete_checkpoint(a.vm, str(target.id), a.subtree)
+    text = f"deleted {what} {target.name!r}" + "".join(f"\n  {c}" for c in changes)
+    _emit(out, a, {"deleted": str(target.id), "layers": changes}, text)
+
+
+def _cp_list(s: Store, a: argparse.Namespace, out: TextIO) -> None:
+    vm = s.vm(a.vm)
+    cps = list(vm.checkpoints.values())
+    lines = [
+        f"{cp.id}  {cp.name}  [{cp.type.value}, {cp.vm_state.value}]" + ("  <- current" if cp.id == vm.current else "")
+        for cp in cps
+    ]
+    _emit(out, a, [render.checkpoint_json(cp, vm.current) for cp in cps], "\n".join(lines) or "no checkpoints")
+
+
+def _cp_export(s: Store, a: argparse.Namespace, out: TextIO) -> None:
+    vm = s.vm(a.vm)
+    cp = vm.find_checkpoint(a.checkpoint)
+    dest = Path(a.output) / vm.name
+    dest.mkdir(parents=True, exist_ok=True)
+    manifest = {
+        "vm": render.vm_json(vm),
+        "checkpoint": render.checkpoint_json(cp, vm.current),
+        "chain": render.chain_json(vm, cp.id, s.chain(a.vm, str(cp.id)))["disks"],
+        "state_files": render.files_json(cp.state_files),
+        "content": "not captured: this store holds checkpoint metadata only",
+    }
+    (dest / "ckpt-export.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    s.export_checkpoint(a.vm, str(cp.id), str(dest.resolve()))
+    _emit(out, a, manifest, f"exported checkpoint {cp.name!r} description to {dest / 'ckpt-export.json'}")
+
+
+def _tree(s: Store, a: argparse.Namespace, out: TextIO) -> None:
+    vm = s.vm(a.vm)
+    entries = s.tree(a.vm)
+    _emit(out, a, render.tree_json(entries), render.tree_text(vm, entries))
+
+
+def _chain(s: Store, a: argparse.Namespace, out: TextIO) -> None:
+    vm = s.vm(a.vm)
+    cid = None if a.checkpoint is None else vm.find_checkpoint(a.checkpoint).id
+    chains = s.chain(a.vm, a.checkpoint)
+    _emit(out, a, render.chain_json(vm, cid, chains), render.chain_text(chains))
+
+
+def _files(s: Store, a: argparse.Namespace, out: TextIO) -> None:
+    files = s.files(a.vm, a.checkpoint)
+    _emit(out, a, render.files_json(files), render.files_text(files))
+
+
+def _log(s: Store, a: argparse.Namespace, out: TextIO) -> None:
+    entries = [
+        e for e in s.log(a.vm)
+        if (a.operation is None or e.operation == a.operation)
+        and (a.by is None or e.actor == a.by)
+    ]
+    _emit(out, a, render.log_json(entries), render.log_text(entries) or "no entries")
+
+
+# ------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ckpt", description="Event-sourced checkpoint store for VMs.")
+    p.add_argument("--store", metavar="DIR", help="store directory (default: $CKPT_STORE or ./ckpt-store)")
+    p.add_argument("--actor", help="who is acting, for the audit log (default: $CKPT_ACTOR or the user name)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def cmd(parent: Any, name: str, handler: Handler | None, help: str, json_out: bool = False) -> argparse.ArgumentParser:
+        q: argparse.ArgumentParser = parent.add_parser(name, help=help, description=help)
+        if handler is not None:
+            q.set_defaults(handler=handler)
+        if json_out:
+            q.add_argument("--json", action="store_true", help="print JSON for scripts")
+        return q
+
+    cmd(sub, "init", None, "create an empty store").set_defaults(init=True)
+
+    vm = cmd(sub, "vm", None, "register and manage VMs").add_subparsers(dest="vm_command", required=True, metavar="ACTION")
+    q = cmd(vm, "add", _vm_add, "register a VM", json_out=True)
+    q.add_argument("name")
+    q.add_argument("--config-version", help="configuration version (5.0 = 2012 R2 files; 6.2+ = VMCX/VMRS; default 10.0)")
+    q.add_argument("--checkpoint-type", type=_ctype, default=CheckpointType.PRODUCTION, help="standard, production (default), production-only or disabled")
+    q.add_argument("--disk", action="append", type=_disk, metavar="NAME[:FORMAT]", help="a virtual disk (format vhdx or vhd); repeat for more; default: one disk named after the VM")
+    q.add_argument("--automatic-checkpoints", action="store_true", help="take a checkpoint when the VM starts with none, remove it at clean shutdown")
+    q = cmd(vm, "set", _vm_set, "change a VM's settings", json_out=True)
+    q.add_argument("name")
+    q.add_argument("--checkpoint-type", type=_ctype)
+    q.add_argument("--automatic-checkpoints", type=_onoff, metavar="on|off")
+    q.add_argument("--config-version", help="upgrade the configuration version (VM off)")
+    for action, text in (("start", "start a VM"), ("stop", "turn a VM off"), ("save", "save a running VM's state")):
+        cmd(vm, action, _vm_power(action), text, json_out=True).add_argument("name")
+    cmd(vm, "list", _vm_list, "list VMs", json_out=True)
+    cmd(vm, "show", _vm_show, "show one VM", json_out=True).add_argument("name")
+
+    cp = cmd(sub, "checkpoint", None, "create, apply, rename, delete checkpoints").add_subparsers(dest="cp_command", required=True, metavar="ACTION")
+    q = cmd(cp, "create", _cp_create, "take a checkpoint (Checkpoint-VM)", json_out=True)
+    q.add_argument("vm")
+    q.add_argument("name", nargs="?", help="default: '<VM> - (<date time>)'")
+    q.add_argument("--type", type=_ctype, help="override the VM's checkpoint type for this one")
+    q.add_argument("--guest-cannot-quiesce", action="store_true", help="the guest cannot do a production checkpoint (VSS/fsfreeze failed)")
+    q = cmd(cp, "apply", _cp_apply, "apply a checkpoint (Restore-VMSnapshot)", json_out=True)
+    q.add_argument("vm")
+    q.add_argument("checkpoint", help="name or id")
+    cmd(cp, "revert", _cp_revert, "apply the current checkpoint", json_out=True).add_argument("vm")
+    q = cmd(cp, "rename", _cp_rename, "rename a checkpoint", json_out=True)
+    q.add_argument("vm")
+    q.add_argument("checkpoint")
+    q.add_argument("new_name")
+    q = cmd(cp, "delete", _cp_delete, "delete a checkpoint, merging its disk as Hyper-V does", json_out=True)
+    q.add_argument("vm")
+    q.add_argument("checkpoint")
+    q.add_argument("--subtree", action="store_true", help="also delete every checkpoint below it")
+    cmd(cp, "list", _cp_list, "list a VM's checkpoints", json_out=True).add_argument("vm")
+    q = cmd(cp, "export", _cp_export, "record an export and write its description (Export-VMSnapshot)", json_out=True)
+    q.add_argument("vm")
+    q.add_argument("checkpoint")
+    q.add_argument("-o", "--output", required=True, metavar="DIR")
+
+    cmd(sub, "tree", _tree, "draw a VM's checkpoint tree", json_out=True).add_argument("vm")
+    q = cmd(sub, "chain", _chain, "list each disk's files from base to leaf", json_out=True)
+    q.add_argument("vm")
+    q.add_argument("--checkpoint", help="the chain a checkpoint points to (default: Now)")
+    q = cmd(sub, "files", _files, "list a checkpoint's state files", json_out=True)
+    q.add_argument("vm")
+    q.add_argument("checkpoint")
+    q = cmd(sub, "log", _log, "the audit trail", json_out=True)
+    q.add_argument("vm", nargs="?")
+    q.add_argument("--operation", help="only this operation (e.g. checkpoint-deleted)")
+    q.add_argument("--by", metavar="ACTOR", help="only entries by this actor")
+    return p
+
+
+def run(argv: Sequence[str], out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(argv))
+    except SystemExit as e:
+        return int(e.code or 0)
+    path = Path(args.store or os.environ.get("CKPT_STORE") or DEFAULT_STORE)
+    try:
+        if getattr(args, "init", False):
+            with Store.init(path, actor=args.actor):
+                out.write(f"initialised an empty ckpt store at {path}\n")
+            return 0
+        with Store.open(path, actor=args.actor) as store:
+            args.handler(store, args, out)
+        return 0
+    except CkptError as e:
+        err.write(f"ckpt: error: {e}\n")
+        return exit_code(e)
+    except BrokenPipeError:
+        return 0
+
+
+def main() -> None:
+    sys.exit(run(sys.argv[1:]))
+
+
+__all__ = ["build_parser", "main", "run"]

@@ -1,0 +1,37 @@
+"""Stable exit codes of the ``ckpt`` command, one per error class (the one table).
+
+Scripts depend on these numbers: never renumber, only add. The most specific
+class that matches wins (the table is searched in order).
+"""
+
+from __future__ import annotations
+
+from ckpt.domain import errors as e
+
+OK = 0
+INTERNAL = 1  # a bug: an exception that is not a CkptError
+USAGE = 2  # argparse's own code for a malformed command line
+
+TABLE: tuple[tuple[type[e.CkptError], int], ...] = (
+    (e.UnknownVM, 10),
+    (e.UnknownCheckpoint, 11),
+    (e.NotFound, 12),
+    (e.AmbiguousName, 13),
+    (e.InvalidValue, 14),
+    (e.NotAllowed, 15),
+    (e.AlreadyExists, 16),
+    (e.DomainError, 19),
+    (e.StoreNotFound, 20),
+    (e.StoreExists, 21),
+    (e.StoreConflict, 22),
+    (e.StoreCorrupt, 23),
+    (e.StorageError, 29),
+    (e.CkptError, 1),
+)
+
+
+def exit_code(error: BaseException) -> int:
+    for cls, code in TABLE:
+        if isinstance(error, cls):
+            return code
+    return INTERNAL

@@ -1,0 +1,189 @@
+"""Turning read models into text for people and JSON for scripts.
+
+The JSON keys are a contract with users' scripts (see README "JSON output");
+add keys freely, never rename or remove one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from ckpt.domain import Checkpoint, StateFile, VirtualMachine
+from ckpt.projections import AuditEntry, ChainEntry, TreeEntry
+
+
+def iso(t: datetime) -> str:
+    return t.isoformat()
+
+
+def _id(value: UUID | None) -> str | None:
+    return None if value is None else str(value)
+
+
+# ------------------------------------------------------------------- JSON
+def checkpoint_json(cp: Checkpoint, current: UUID | None) -> dict[str, Any]:
+    return {
+        "id": str(cp.id),
+        "name": cp.name,
+        "parent": _id(cp.parent),
+        "type": cp.type.value,
+        "vm_state": cp.vm_state.value,
+        "created_at": iso(cp.created_at),
+        "current": cp.id == current,
+        "automatic": cp.automatic,
+        "config_version": cp.config_version,
+    }
+
+
+def tree_json(entries: Iterable[TreeEntry]) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": str(e.id),
+            "name": e.name,
+            "parent": _id(e.parent),
+            "type": e.type,
+            "vm_state": e.vm_state,
+            "created_at": iso(e.created_at),
+            "current": e.current,
+            "depth": e.depth,
+            "automatic": e.automatic,
+        }
+        for e in entries
+    ]
+
+
+def vm_json(vm: VirtualMachine) -> dict[str, Any]:
+    return {
+        "id": str(vm.id),
+        "name": vm.name,
+        "state": vm.state.value,
+        "config_version": vm.config_version,
+        "checkpoint_type": vm.checkpoint_type.value,
+        "automatic_checkpoints": vm.automatic_checkpoints,
+        "disks": [
+            {"name": d.name, "format": d.format.value, "base_file": d.base_file} for d in vm.disks
+        ],
+        "checkpoints": len(vm.checkpoints),
+        "current": _id(vm.current),
+        "version": vm.version,
+    }
+
+
+def chain_json(vm: VirtualMachine, checkpoint: UUID | None, chains: dict[str, list[ChainEntry]]) -> dict[str, Any]:
+    return {
+        "vm": vm.name,
+        "checkpoint": _id(checkpoint),
+        "disks": {
+            disk: [
+                {
+                    "file": e.file,
+                    "parent": e.parent,
+                    "layer": str(e.layer),
+                    "frozen_by": e.frozen_by,
+                    "running": e.running,
+                }
+                for e in entries
+            ]
+            for disk, entries in chains.items()
+        },
+    }
+
+
+def files_json(files: Sequence[StateFile]) -> list[dict[str, Any]]:
+    return [{"path": f.path, "kind": f.kind.value, "memory": f.memory} for f in files]
+
+
+def log_json(entries: Iterable[AuditEntry]) -> list[dict[str, Any]]:
+    return [
+        {
+            "position": e.position,
+            "time": iso(e.time),
+            "actor": e.actor,
+            "host": e.host,
+            "vm": e.vm,
+            "vm_id": str(e.vm_id),
+            "operation": e.operation,
+            "checkpoint": e.checkpoint,
+            "details": e.details,
+        }
+        for e in entries
+    ]
+
+
+# ------------------------------------------------------------------- text
+def _label(e: TreeEntry) -> str:
+    when = e.created_at.strftime("%Y-%m-%d %H:%M:%S")
+    return f"{e.name}  [{e.type}, {e.vm_state}, {when}, {str(e.id)[:8]}]"
+
+
+def tree_text(vm: VirtualMachine, entries: Sequence[TreeEntry]) -> str:
+    """Like Hyper-V Manager's checkpoint pane: the tree, and "Now" under the current one."""
+    children: dict[UUID | None, list[TreeEntry]] = {}
+    for e in entries:
+        children.setdefault(e.parent, []).append(e)
+    now = f"▶ Now ({vm.state.value})"
+    lines = [vm.name]
+
+    def walk(parent: UUID | None, prefix: str) -> None:
+        kids: list[TreeEntry | str] = list(children.get(parent, []))
+        if vm.current == parent:
+            kids.append(now)
+        for i, kid in enumerate(kids):
+            last = i == len(kids) - 1
+            branch = "└── " if last else "├── "
+            if isinstance(kid, str):
+                lines.append(prefix + branch + kid)
+                continue
+            lines.append(prefix + branch + _label(kid))
+            walk(kid.id, prefix + ("    " if last else "│   "))
+
+    walk(None, "")
+    return "\n".join(lines)
+
+
+def chain_text(chains: dict[str, list[ChainEntry]]) -> str:
+    lines = []
+    for disk, entries in chains.items():
+        lines.append(f"disk {disk}:")
+        for e in entries:
+            role = "running (Now)" if e.running else (
+                f"frozen by {e.frozen_by!r}" if e.frozen_by else "shared parent"
+            )
+            parent = e.parent or "-"
+            lines.append(f"  {e.file}  <- parent {parent}  [{role}]")
+    return "\n".join(lines)
+
+
+def files_text(files: Sequence[StateFile]) -> str:
+    return "\n".join(
+        f"{f.path}  [{f.kind.value}{', memory' if f.memory else ''}]" for f in files
+    )
+
+
+def log_text(entries: Sequence[AuditEntry]) -> str:
+    lines = []
+    for e in entries:
+        cp = f" {e.checkpoint!r}" if e.checkpoint else ""
+        extra = "; ".join(
+            f"{k}={', '.join(v) if isinstance(v, list) else v}"
+            for k, v in e.details.items()
+            if v not in ([], None) and k != "id"
+        )
+        when = e.time.strftime("%Y-%m-%d %H:%M:%S")
+        lines.append(
+            f"{e.position:>6}  {when}  {e.actor}@{e.host}  {e.vm}  {e.operation}{cp}"
+            + (f"  ({extra})" if extra else "")
+        )
+    return "\n".join(lines)
+
+
+def vm_text(vm: VirtualMachine) -> str:
+    disks = ", ".join(d.base_file for d in vm.disks)
+    return (
+        f"{vm.name}  state={vm.state.value}  config={vm.config_version}  "
+        f"checkpoint-type={vm.checkpoint_type.value}  automatic={'on' if vm.automatic_checkpoints else 'off'}  "
+        f"checkpoints={len(vm.checkpoints)}  disks={disks}"
+    )

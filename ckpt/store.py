@@ -1,0 +1,308 @@
+"""The application service: a ckpt store directory and the operations on it.
+
+``Store`` is what embedders use (``ckpt.Store.open(path)``) and what the CLI
+calls. It resolves VMs and checkpoints by name or id, stamps every command
+with an ``Origin`` (actor, host, time, nonce), saves atomically, and retries a
+command whose VM another writer changed first (the domain rules are
+re-checked on the fresh state, so a retry can never apply a stale decision).
+
+A store directory holds ``ckpt-store.json`` (format marker) and
+``events.sqlite`` (the event log).
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import socket
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+from uuid import UUID, uuid4
+
+from eventsourcing.persistence import (
+    IntegrityError,
+    MapperDeserialisationError,
+    PersistenceError,
+)
+
+from ckpt.domain import (
+    AlreadyExists,
+    Checkpoint,
+    CheckpointType,
+    DiskFormat,
+    Origin,
+    StateFile,
+    StoreConflict,
+    StoreCorrupt,
+    StoreExists,
+    StoreNotFound,
+    UnknownVM,
+    VirtualMachine,
+    vm_id,
+)
+from ckpt.projections import (
+    AuditEntry,
+    AuditTrail,
+    ChainEntry,
+    TreeEntry,
+    describe_changes,
+    disk_chains,
+    tree_entries,
+)
+from ckpt.storage import sqlite_environment
+
+from .app import CheckpointApplication
+
+MARKER = "ckpt-store.json"
+FORMAT = 1
+RETRIES = 3  # a conflicting writer is rare; three fresh tries settle it or report it
+
+T = TypeVar("T")
+
+
+def default_actor() -> str:
+    return os.environ.get("CKPT_ACTOR") or getpass.getuser()
+
+
+class Store:
+    def __init__(
+        self,
+        path: Path,
+        actor: str | None = None,
+        host: str | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.path = path
+        self.actor = actor or default_actor()
+        self.host = host or socket.gethostname()
+        self._clock = clock
+        try:
+            self.app = CheckpointApplication(env=sqlite_environment(path))
+        except (PersistenceError, sqlite3.Error) as e:
+            raise StoreCorrupt(f"cannot open the event log in {path}: {e}") from e
+
+    # ------------------------------------------------------------- lifecycle
+    @classmethod
+    def init(cls, path: str | Path, **kwargs: Any) -> Store:
+        path = Path(path)
+        marker = path / MARKER
+        if marker.exists():
+            raise StoreExists(f"a ckpt store already exists at {path}")
+        if path.exists() and not path.is_dir():
+            raise StoreExists(f"{path} exists and is not a directory")
+        path.mkdir(parents=True, exist_ok=True)
+        store = cls(path, **kwargs)
+        marker.write_text(json.dumps({"format": FORMAT, "events": "sqlite"}) + "\n")
+        return store
+
+    @classmethod
+    def open(cls, path: str | Path, **kwargs: Any) -> Store:
+        path = Path(path)
+        marker = path / MARKER
+        if not marker.is_file():
+            raise StoreNotFound(f"no ckpt store at {path} (create one with: ckpt --store {path} init)")
+        try:
+            fmt = json.loads(marker.read_text()).get("format")
+        except (OSError, ValueError, AttributeError) as e:
+            raise StoreCorrupt(f"{marker} is not a ckpt store marker: {e}") from e
+        if fmt != FORMAT:
+            raise StoreCorrupt(f"{marker} has store format {fmt!r}; this ckpt reads format {FORMAT}")
+        return cls(path, **kwargs)
+
+    def close(self) -> None:
+        self.app.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --------------------------------------------------------------- helpers
+    def _origin(self) -> Origin:
+        return Origin(self.actor, self.host, self._clock(), uuid4())
+
+    @contextmanager
+    def _translated(self) -> Iterator[None]:
+        try:
+            yield
+        except IntegrityError as e:
+            raise StoreConflict(f"another writer changed the store first: {e}") from e
+        except sqlite3.OperationalError as e:
+            raise StoreConflict(f"the event log in {self.path} is busy: {e}") from e
+        except (PersistenceError, MapperDeserialisationError) as e:
+            raise StoreCorrupt(f"the event log in {self.path} failed: {e}") from e
+
+    def _command(self, name: str, act: Callable[[VirtualMachine, Origin], T]) -> T:
+        """Run ``act`` on a fresh copy of the VM and save; retry on a write conflict."""
+        for attempt in range(RETRIES):
+            vm = self.vm(name)
+            result = act(vm, self._origin())
+            try:
+                with self._translated():
+                    self.app.save(vm)
+                return result
+            except StoreConflict:
+                if attempt == RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    # -------------------------------------------------------------- commands
+    def register_vm(
+        self,
+        name: str,
+        disks: Sequence[tuple[str, DiskFormat]] = (),
+        config_version: str | None = None,
+        checkpoint_type: CheckpointType = CheckpointType.PRODUCTION,
+        automatic_checkpoints: bool = False,
+    ) -> VirtualMachine:
+        vm = VirtualMachine.register(
+            self._origin(), name, disks, config_version, checkpoint_type, automatic_checkpoints
+        )
+        try:
+            with self._translated():
+                self.app.save(vm)
+        except StoreConflict:
+            raise AlreadyExists(f"a VM named {self._existing_name(vm.id) or name!r} already exists") from None
+        return vm
+
+    def _existing_name(self, vid: UUID) -> str | None:
+        try:
+            return self.app.get_vm(vid).name
+        except UnknownVM:
+            return None
+
+    def set_vm(
+        self,
+        name: str,
+        checkpoint_type: CheckpointType | None = None,
+        automatic_checkpoints: bool | None = None,
+        config_version: str | None = None,
+    ) -> VirtualMachine:
+        def act(vm: VirtualMachine, origin: Origin) -> VirtualMachine:
+            vm.change_settings(origin, checkpoint_type, automatic_checkpoints, config_version)
+            return vm
+
+        return self._command(name, act)
+
+    def _power(self, name: str, change: Callable[[VirtualMachine, Origin], None]) -> VirtualMachine:
+        def act(vm: VirtualMachine, origin: Origin) -> VirtualMachine:
+            change(vm, origin)
+            return vm
+
+        return self._command(name, act)
+
+    def start_vm(self, name: str) -> VirtualMachine:
+        """Start; takes an automatic checkpoint first when the VM's setting asks for one."""
+        return self._power(name, VirtualMachine.start)
+
+    def stop_vm(self, name: str) -> VirtualMachine:
+        """Turn off; a clean shutdown removes the automatic checkpoint."""
+        return self._power(name, VirtualMachine.stop)
+
+    def save_vm(self, name: str) -> VirtualMachine:
+        return self._power(name, VirtualMachine.save)
+
+    def create_checkpoint(
+        self,
+        vm: str,
+        name: str | None = None,
+        checkpoint_type: CheckpointType | None = None,
+        guest_can_quiesce: bool = True,
+    ) -> Checkpoint:
+        return self._command(
+            vm, lambda v, o: v.create_checkpoint(o, name, checkpoint_type, guest_can_quiesce)
+        )
+
+    def apply_checkpoint(self, vm: str, checkpoint: str) -> Checkpoint:
+        def act(v: VirtualMachine, o: Origin) -> Checkpoint:
+            cp = v.find_checkpoint(checkpoint)
+            v.apply_checkpoint(o, cp.id)
+            return cp
+
+        return self._command(vm, act)
+
+    def revert(self, vm: str) -> Checkpoint:
+        def act(v: VirtualMachine, o: Origin) -> Checkpoint:
+            v.revert(o)
+            assert v.current is not None
+            return v.checkpoints[v.current]
+
+        return self._command(vm, act)
+
+    def rename_checkpoint(self, vm: str, checkpoint: str, new_name: str) -> Checkpoint:
+        def act(v: VirtualMachine, o: Origin) -> Checkpoint:
+            cp = v.find_checkpoint(checkpoint)
+            v.rename_checkpoint(o, cp.id, new_name)
+            return v.checkpoints[cp.id]
+
+        return self._command(vm, act)
+
+    def delete_checkpoint(self, vm: str, checkpoint: str, subtree: bool = False) -> list[str]:
+        """Delete; return what happened to the layer files, one line each."""
+
+        def act(v: VirtualMachine, o: Origin) -> list[str]:
+            cp = v.find_checkpoint(checkpoint)
+            v.delete_checkpoint(o, cp.id, subtree)
+            event = v.pending_events[-1]
+            assert isinstance(event, VirtualMachine.CheckpointDeleted)
+            return describe_changes(event.changes)
+
+        return self._command(vm, act)
+
+    def export_checkpoint(self, vm: str, checkpoint: str, destination: str) -> Checkpoint:
+        def act(v: VirtualMachine, o: Origin) -> Checkpoint:
+            cp = v.find_checkpoint(checkpoint)
+            v.export_checkpoint(o, cp.id, destination)
+            return cp
+
+        return self._command(vm, act)
+
+    # --------------------------------------------------------------- queries
+    def vm(self, name: str, version: int | None = None) -> VirtualMachine:
+        """A VM by name (case-insensitive) or id, optionally as of an event version."""
+        try:
+            vid = UUID(name.strip().strip("{}"))
+        except ValueError:
+            vid = vm_id(name)
+        with self._translated():
+            try:
+                return self.app.get_vm(vid, version)
+            except UnknownVM:
+                if vid != vm_id(name):
+                    try:
+                        return self.app.get_vm(vm_id(name), version)
+                    except UnknownVM:
+                        pass
+                raise UnknownVM(f"no VM named {name!r} in the store at {self.path}") from None
+
+    def vms(self) -> list[VirtualMachine]:
+        topic = VirtualMachine.Registered.TOPIC
+        with self._translated():
+            ids = [event.originator_id for _, event in self.app.read_log(topics=(topic,))]
+            return [self.app.get_vm(vid) for vid in ids]
+
+    def tree(self, vm: str) -> list[TreeEntry]:
+        return tree_entries(self.vm(vm))
+
+    def checkpoints(self, vm: str) -> list[Checkpoint]:
+        return list(self.vm(vm).checkpoints.values())
+
+    def chain(self, vm: str, checkpoint: str | None = None) -> dict[str, list[ChainEntry]]:
+        v = self.vm(vm)
+        return disk_chains(v, None if checkpoint is None else v.find_checkpoint(checkpoint).id)
+
+    def files(self, vm: str, checkpoint: str) -> tuple[StateFile, ...]:
+        return self.vm(vm).find_checkpoint(checkpoint).state_files
+
+    def log(self, vm: str | None = None) -> list[AuditEntry]:
+        only = None if vm is None else self.vm(vm).id
+        with self._translated():
+            return AuditTrail().fold(
+                self.app.read_log(), keep=lambda e: only is None or e.vm_id == only
+            )

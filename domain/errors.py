@@ -1,0 +1,79 @@
+"""The one error hierarchy of ckpt.
+
+Every error a user can meet is a ``CkptError``; the CLI maps each class to a
+stable exit code in ``ckpt.exit_codes`` (one table), and the Python API raises
+them unchanged. Adapters translate sqlite3 / eventsourcing errors at their edge.
+
+    CkptError
+    ├── DomainError                  a rule of the model refused the operation
+    │   ├── NotFound
+    │   │   ├── UnknownVM
+    │   │   └── UnknownCheckpoint
+    │   ├── AmbiguousName            a checkpoint name used by several checkpoints
+    │   ├── InvalidValue             a name, version or option outside its range
+    │   ├── NotAllowed               not allowed in the VM's present state
+    │   └── AlreadyExists            a VM with that name is registered
+    └── StorageError                 the store itself could not do the work
+        ├── StoreNotFound            no store at the given place (run `ckpt init`)
+        ├── StoreExists              `ckpt init` on an existing store
+        ├── StoreConflict            another writer changed the VM first
+        └── StoreCorrupt             stored bytes could not be decoded
+"""
+
+from __future__ import annotations
+
+
+class CkptError(Exception):
+    """Root of every error ckpt raises on purpose."""
+
+
+class DomainError(CkptError):
+    """A rule of the checkpoint model refused the operation."""
+
+
+class NotFound(DomainError):
+    """Something named by the caller does not exist."""
+
+
+class UnknownVM(NotFound):
+    """No VM with that name or id is registered."""
+
+
+class UnknownCheckpoint(NotFound):
+    """The VM has no live checkpoint with that name or id."""
+
+
+class AmbiguousName(DomainError):
+    """A checkpoint name matches several checkpoints; use the id instead."""
+
+
+class InvalidValue(DomainError):
+    """A name, version or option is outside the range Hyper-V accepts."""
+
+
+class NotAllowed(DomainError):
+    """The operation is not allowed in the VM's present state or settings."""
+
+
+class AlreadyExists(DomainError):
+    """A VM with that name is already registered in this store."""
+
+
+class StorageError(CkptError):
+    """The store could not carry out the work."""
+
+
+class StoreNotFound(StorageError):
+    """There is no ckpt store at the given location."""
+
+
+class StoreExists(StorageError):
+    """A ckpt store already exists at the given location."""
+
+
+class StoreConflict(StorageError):
+    """Another writer changed the same VM between our read and our write."""
+
+
+class StoreCorrupt(StorageError):
+    """Stored bytes (an event, a record) could not be decoded."""

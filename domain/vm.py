@@ -1,0 +1,556 @@
+"""The ``VirtualMachine`` aggregate: a VM's settings, state, disks and checkpoint tree.
+
+Commands (public methods) check Hyper-V's rules and either raise a
+``DomainError`` or trigger explicit, past-tense events. Events carry the facts
+the command decided (which layer merged into which, which files were
+deleted), so replaying them never re-runs a rule: a rule changed later cannot
+change the past.
+
+"Now" is the VM's running state; ``current`` is the checkpoint it descends from
+(None when it descends from no live checkpoint). Every event class has an
+explicit, versioned topic so moving this code never orphans stored events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from typing import Any
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+from eventsourcing.domain import Aggregate
+
+from . import layers as layer_rules
+from .errors import AmbiguousName, InvalidValue, NotAllowed, UnknownCheckpoint
+from .naming import (
+    base_file_name,
+    check_disk_name,
+    check_name,
+    default_checkpoint_name,
+    differencing_file_name,
+)
+from .state_files import DEFAULT_VERSION, parse_version, state_files
+from .values import (
+    Checkpoint,
+    CheckpointType,
+    Disk,
+    DiskFormat,
+    Layer,
+    LayerMerge,
+    LayerRemoval,
+    Origin,
+    VMState,
+)
+
+VM_NAMESPACE = uuid5(NAMESPACE_URL, "https://ckpt.invalid/vm")
+
+
+def vm_id(name: str) -> UUID:
+    """A VM's id follows from its name (case-insensitive), so a name maps to one VM."""
+    return uuid5(VM_NAMESPACE, name.casefold())
+
+
+def _derived_id(origin: Origin, label: str) -> UUID:
+    return uuid5(origin.nonce, label)
+
+
+def _new_layer(origin: Origin, label: str, disk: Disk, parent: UUID) -> Layer:
+    """A differencing layer ``<disk>_<GUID>.avhdx`` whose GUID is its id."""
+    lid = _derived_id(origin, f"{label}:{disk.name}")
+    return Layer(lid, disk.name, differencing_file_name(disk.name, disk.format, lid), parent)
+
+
+class VirtualMachine(Aggregate):
+    TOPIC = "ckpt.domain:VirtualMachine"
+
+    name: str
+    config_version: str
+    checkpoint_type: CheckpointType
+    automatic_checkpoints: bool
+    state: VMState
+    disks: tuple[Disk, ...]
+    layers: dict[UUID, Layer]
+    running: dict[str, UUID]
+    checkpoints: dict[UUID, Checkpoint]
+    current: UUID | None
+    automatic_checkpoint: UUID | None
+
+    def __init__(self) -> None:
+        # State is set by Registered.apply; no constructor arguments, so the
+        # library does not turn the annotations above into __init__ parameters.
+        pass
+
+    # ----------------------------------------------------------------- events
+    class Event(Aggregate.Event):
+        TOPIC = "ckpt.domain:VirtualMachine.Event"
+        actor: str
+        host: str
+
+    class Registered(Aggregate.Created):
+        TOPIC = "ckpt.domain:VirtualMachine.Registered"
+        actor: str
+        host: str
+        name: str
+        config_version: str
+        checkpoint_type: CheckpointType
+        automatic_checkpoints: bool
+        disks: tuple[Disk, ...]
+        base_layers: tuple[Layer, ...]
+
+        def apply(self, vm: VirtualMachine) -> None:
+            vm.name = self.name
+            vm.config_version = self.config_version
+            vm.checkpoint_type = self.checkpoint_type
+            vm.automatic_checkpoints = self.automatic_checkpoints
+            vm.state = VMState.OFF
+            vm.disks = tuple(self.disks)
+            vm.layers = {layer.id: layer for layer in self.base_layers}
+            vm.running = {layer.disk: layer.id for layer in self.base_layers}
+            vm.checkpoints = {}
+            vm.current = None
+            vm.automatic_checkpoint = None
+
+    class SettingsChanged(Event):
+        TOPIC = "ckpt.domain:VirtualMachine.SettingsChanged"
+        checkpoint_type: CheckpointType | None
+        automatic_checkpoints: bool | None
+        config_version: str | None
+
+        def apply(self, vm: VirtualMachine) -> None:
+            if self.checkpoint_type is not None:
+                vm.checkpoint_type = self.checkpoint_type
+            if self.automatic_checkpoints is not None:
+                vm.automatic_checkpoints = self.automatic_checkpoints
+            if self.config_version is not None:
+                vm.config_version = self.config_version
+
+    class StateChanged(Event):
+        TOPIC = "ckpt.domain:VirtualMachine.StateChanged"
+        previous: VMState
+        state: VMState
+
+        def apply(self, vm: VirtualMachine) -> None:
+            vm.state = self.state
+
+    class CheckpointCreated(Event):
+        TOPIC = "ckpt.domain:VirtualMachine.CheckpointCreated"
+        checkpoint: Checkpoint
+        requested_type: CheckpointType
+        fell_back: bool
+        new_layers: tuple[Layer, ...]
+
+        def apply(self, vm: VirtualMachine) -> None:
+            vm.checkpoints[self.checkpoint.id] = self.checkpoint
+            for layer in self.new_layers:
+                vm.layers[layer.id] = layer
+                vm.running[layer.disk] = layer.id
+            vm.current = self.checkpoint.id
+            if self.checkpoint.automatic:
+                vm.automatic_checkpoint = self.checkpoint.id
+
+    class CheckpointApplied(Event):
+        TOPIC = "ckpt.domain:VirtualMachine.CheckpointApplied"
+        checkpoint_id: UUID
+        name: str
+        new_layers: tuple[Layer, ...]
+        changes: tuple[LayerMerge | LayerRemoval, ...]
+        previous: VMState
+        state: VMState
+
+        def apply(self, vm: VirtualMachine) -> None:
+            for layer in self.new_layers:
+                vm.layers[layer.id] = layer
+                vm.running[layer.disk] = layer.id
+            vm._replay_changes(self.changes)
+            vm.current = self.checkpoint_id
+            vm.state = self.state
+
+    class CheckpointReverted(CheckpointApplied):
+        TOPIC = "ckpt.domain:VirtualMachine.CheckpointReverted"
+
+    class CheckpointRenamed(Event):
+        TOPIC = "ckpt.domain:VirtualMachine.CheckpointRenamed"
+        checkpoint_id: UUID
+        old_name: str
+        new_name: str
+
+        def apply(self, vm: VirtualMachine) -> None:
+            vm.checkpoints[self.checkpoint_id] = replace(
+                vm.checkpoints[self.checkpoint_id], name=self.new_name
+            )
+
+    class CheckpointDeleted(Event):
+        """One checkpoint (or, with ``subtree``, it and all its descendants) deleted.
+
+        ``dependants`` counts the root's child checkpoints plus Now if it
+        descended from it; ``changes`` are the merges and file deletions that
+        followed; ``reason`` is "user" or "clean-shutdown" (automatic checkpoints).
+        """
+
+        TOPIC = "ckpt.domain:VirtualMachine.CheckpointDeleted"
+        checkpoint_id: UUID
+        name: str
+        subtree: bool
+        deleted: tuple[UUID, ...]
+        dependants: int
+        changes: tuple[LayerMerge | LayerRemoval, ...]
+        reason: str
+
+        def apply(self, vm: VirtualMachine) -> None:
+            gone = set(self.deleted)
+            root = vm.checkpoints[self.checkpoint_id]
+            for cid in self.deleted:
+                del vm.checkpoints[cid]
+            for cid, cp in list(vm.checkpoints.items()):
+                if cp.parent in gone:
+                    vm.checkpoints[cid] = replace(cp, parent=root.parent)
+            if vm.current in gone:
+                vm.current = root.parent
+            if vm.automatic_checkpoint in gone:
+                vm.automatic_checkpoint = None
+            vm._replay_changes(self.changes)
+
+    class CheckpointExported(Event):
+        TOPIC = "ckpt.domain:VirtualMachine.CheckpointExported"
+        checkpoint_id: UUID
+        name: str
+        destination: str
+
+        def apply(self, vm: VirtualMachine) -> None:
+            pass
+
+    # --------------------------------------------------------------- creation
+    @classmethod
+    def register(
+        cls,
+        origin: Origin,
+        name: str,
+        disks: Sequence[tuple[str, DiskFormat]] = (),
+        config_version: str | None = None,
+        checkpoint_type: CheckpointType = CheckpointType.PRODUCTION,
+        automatic_checkpoints: bool = False,
+    ) -> VirtualMachine:
+        """Register a VM; with no disks given it gets one named after the VM."""
+        check_name(name, "VM")
+        version = config_version or DEFAULT_VERSION
+        parse_version(version)
+        specs = list(disks) or [(name, DiskFormat.VHDX)]
+        seen: set[str] = set()
+        made: list[Disk] = []
+        for disk_name, fmt in specs:
+            check_disk_name(disk_name)
+            if disk_name.casefold() in seen:
+                raise InvalidValue(f"disk {disk_name!r} is given twice")
+            seen.add(disk_name.casefold())
+            made.append(Disk(disk_name, fmt, base_file_name(disk_name, fmt)))
+        base = tuple(
+            Layer(_derived_id(origin, f"base:{d.name}"), d.name, d.base_file, None)
+            for d in made
+        )
+        return cls._create(
+            cls.Registered,
+            id=vm_id(name),
+            actor=origin.actor,
+            host=origin.host,
+            name=name,
+            config_version=version,
+            checkpoint_type=checkpoint_type,
+            automatic_checkpoints=automatic_checkpoints,
+            disks=tuple(made),
+            base_layers=base,
+        )
+
+    # --------------------------------------------------------------- settings
+    def change_settings(
+        self,
+        origin: Origin,
+        checkpoint_type: CheckpointType | None = None,
+        automatic_checkpoints: bool | None = None,
+        config_version: str | None = None,
+    ) -> None:
+        if config_version is not None and config_version != self.config_version:
+            if parse_version(config_version) < parse_version(self.config_version):
+                raise NotAllowed(
+                    f"VM {self.name!r} is at configuration version {self.config_version}; "
+                    "Hyper-V can only upgrade a configuration version"
+                )
+            if self.state is not VMState.OFF:
+                raise NotAllowed(
+                    f"VM {self.name!r} is {self.state.value}; "
+                    "its configuration version can only be changed while it is off"
+                )
+        else:
+            config_version = None
+        if checkpoint_type == self.checkpoint_type:
+            checkpoint_type = None
+        if automatic_checkpoints == self.automatic_checkpoints:
+            automatic_checkpoints = None
+        if checkpoint_type is None and automatic_checkpoints is None and config_version is None:
+            return
+        self._trigger(
+            origin,
+            self.SettingsChanged,
+            checkpoint_type=checkpoint_type,
+            automatic_checkpoints=automatic_checkpoints,
+            config_version=config_version,
+        )
+
+    # ------------------------------------------------------------ power state
+    def start(self, origin: Origin) -> None:
+        if self.state is VMState.RUNNING:
+            raise NotAllowed(f"VM {self.name!r} is already running")
+        if (
+            self.state is VMState.OFF
+            and self.automatic_checkpoints
+            and not self.checkpoints
+            and self.checkpoint_type is not CheckpointType.DISABLED
+        ):
+            self._create_checkpoint(origin, None, self.checkpoint_type, True, automatic=True)
+        self._trigger(origin, self.StateChanged, previous=self.state, state=VMState.RUNNING)
+
+    def stop(self, origin: Origin) -> None:
+        """Turn off: a clean shutdown when running, discarding saved state when saved."""
+        if self.state is VMState.OFF:
+            raise NotAllowed(f"VM {self.name!r} is already off")
+        clean_shutdown = self.state is VMState.RUNNING
+        self._trigger(origin, self.StateChanged, previous=self.state, state=VMState.OFF)
+        if clean_shutdown and self.automatic_checkpoint is not None:
+            self._delete(origin, self.checkpoints[self.automatic_checkpoint], False, "clean-shutdown")
+
+    def save(self, origin: Origin) -> None:
+        if self.state is not VMState.RUNNING:
+            raise NotAllowed(f"VM {self.name!r} is {self.state.value}; only a running VM can be saved")
+        self._trigger(origin, self.StateChanged, previous=self.state, state=VMState.SAVED)
+
+    # ------------------------------------------------------------ checkpoints
+    def create_checkpoint(
+        self,
+        origin: Origin,
+        name: str | None = None,
+        checkpoint_type: CheckpointType | None = None,
+        guest_can_quiesce: bool = True,
+    ) -> Checkpoint:
+        """Checkpoint-VM: freeze every disk's running layer and start new ones."""
+        if checkpoint_type is CheckpointType.DISABLED:
+            raise InvalidValue("'disabled' is a VM setting, not a type of checkpoint")
+        return self._create_checkpoint(
+            origin, name, checkpoint_type or self.checkpoint_type, guest_can_quiesce, False
+        )
+
+    def _create_checkpoint(
+        self,
+        origin: Origin,
+        name: str | None,
+        requested: CheckpointType,
+        guest_can_quiesce: bool,
+        automatic: bool,
+    ) -> Checkpoint:
+        if requested is CheckpointType.DISABLED:
+            raise NotAllowed(f"checkpoints are disabled for VM {self.name!r}")
+        effective, fell_back = self._effective_type(requested, guest_can_quiesce)
+        if name is None:
+            name = default_checkpoint_name(self.name, origin.at, automatic)
+        check_name(name, "checkpoint")
+        prefix = "automatic-" if automatic else ""
+        checkpoint_id = _derived_id(origin, f"{prefix}checkpoint")
+        frozen = tuple((d.name, self.running[d.name]) for d in self.disks)
+        new_layers = tuple(
+            _new_layer(origin, f"{prefix}layer", d, self.running[d.name]) for d in self.disks
+        )
+        memory = effective is CheckpointType.STANDARD and self.state is not VMState.OFF
+        checkpoint = Checkpoint(
+            id=checkpoint_id,
+            name=name,
+            parent=self.current,
+            created_at=origin.at,
+            type=effective,
+            vm_state=self.state,
+            config_version=self.config_version,
+            layers=frozen,
+            state_files=state_files(checkpoint_id, self.config_version, memory),
+            automatic=automatic,
+        )
+        self._trigger(
+            origin,
+            self.CheckpointCreated,
+            checkpoint=checkpoint,
+            requested_type=requested,
+            fell_back=fell_back,
+            new_layers=new_layers,
+        )
+        return checkpoint
+
+    def _effective_type(
+        self, requested: CheckpointType, guest_can_quiesce: bool
+    ) -> tuple[CheckpointType, bool]:
+        """Production needs the guest's VSS/fsfreeze unless the VM is off.
+
+        A saved VM's guest is paused and cannot quiesce, so it is treated like
+        a guest that cannot (our choice; see docs/decisions/0001).
+        """
+        if requested is CheckpointType.STANDARD:
+            return CheckpointType.STANDARD, False
+        quiesced = self.state is VMState.OFF or (
+            self.state is VMState.RUNNING and guest_can_quiesce
+        )
+        if quiesced:
+            return CheckpointType.PRODUCTION, False
+        if requested is CheckpointType.PRODUCTION_ONLY:
+            why = "is saved" if self.state is VMState.SAVED else "cannot quiesce"
+            raise NotAllowed(
+                f"production checkpoint of VM {self.name!r} failed: the guest {why}, "
+                "and the checkpoint type is production-only (no fallback to standard)"
+            )
+        return CheckpointType.STANDARD, True
+
+    def apply_checkpoint(self, origin: Origin, checkpoint_id: UUID) -> None:
+        """Restore-VMSnapshot: Now restarts from the checkpoint on new layers."""
+        self._apply(origin, self.checkpoint(checkpoint_id), self.CheckpointApplied)
+
+    def revert(self, origin: Origin) -> None:
+        """Apply the current checkpoint (the one Now descends from)."""
+        if self.current is None:
+            raise NotAllowed(f"VM {self.name!r} has no current checkpoint to revert to")
+        self._apply(origin, self.checkpoints[self.current], self.CheckpointReverted)
+
+    def _apply(self, origin: Origin, target: Checkpoint, event: type[CheckpointApplied]) -> None:
+        new_layers = tuple(
+            _new_layer(origin, "apply-layer", d, target.layer(d.name)) for d in self.disks
+        )
+        layers = dict(self.layers) | {layer.id: layer for layer in new_layers}
+        pinned = self._checkpoint_layers(self.checkpoints.values()) | {
+            layer.id for layer in new_layers
+        }
+        state = VMState.SAVED if target.has_memory else VMState.OFF
+        self._trigger(
+            origin,
+            event,
+            checkpoint_id=target.id,
+            name=target.name,
+            new_layers=new_layers,
+            changes=layer_rules.collapse(layers, pinned),
+            previous=self.state,
+            state=state,
+        )
+
+    def rename_checkpoint(self, origin: Origin, checkpoint_id: UUID, new_name: str) -> None:
+        checkpoint = self.checkpoint(checkpoint_id)
+        check_name(new_name, "checkpoint")
+        self._trigger(
+            origin,
+            self.CheckpointRenamed,
+            checkpoint_id=checkpoint.id,
+            old_name=checkpoint.name,
+            new_name=new_name,
+        )
+
+    def delete_checkpoint(self, origin: Origin, checkpoint_id: UUID, subtree: bool = False) -> None:
+        """Remove-VMSnapshot [-IncludeAllChildSnapshots]."""
+        self._delete(origin, self.checkpoint(checkpoint_id), subtree, "user")
+
+    def _delete(self, origin: Origin, root: Checkpoint, subtree: bool, reason: str) -> None:
+        deleted = self.descendants(root.id) if subtree else [root.id]
+        gone = set(deleted)
+        dependants = len(self.children(root.id)) + (1 if self.current == root.id else 0)
+        survivors = [cp for cid, cp in self.checkpoints.items() if cid not in gone]
+        pinned = self._checkpoint_layers(survivors) | set(self.running.values())
+        self._trigger(
+            origin,
+            self.CheckpointDeleted,
+            checkpoint_id=root.id,
+            name=root.name,
+            subtree=subtree,
+            deleted=tuple(deleted),
+            dependants=dependants,
+            changes=layer_rules.collapse(self.layers, pinned),
+            reason=reason,
+        )
+
+    def export_checkpoint(self, origin: Origin, checkpoint_id: UUID, destination: str) -> None:
+        checkpoint = self.checkpoint(checkpoint_id)
+        self._trigger(
+            origin,
+            self.CheckpointExported,
+            checkpoint_id=checkpoint.id,
+            name=checkpoint.name,
+            destination=destination,
+        )
+
+    # ---------------------------------------------------------------- queries
+    def checkpoint(self, checkpoint_id: UUID) -> Checkpoint:
+        try:
+            return self.checkpoints[checkpoint_id]
+        except KeyError:
+            raise UnknownCheckpoint(
+                f"VM {self.name!r} has no checkpoint with id {checkpoint_id}"
+            ) from None
+
+    def find_checkpoint(self, ref: str) -> Checkpoint:
+        """A checkpoint by id (any case, braces optional) or by exact name."""
+        text = ref.strip().strip("{}")
+        try:
+            as_id: UUID | None = UUID(text)
+        except ValueError:
+            as_id = None
+        if as_id is not None and as_id in self.checkpoints:
+            return self.checkpoints[as_id]
+        named = [cp for cp in self.checkpoints.values() if cp.name == ref]
+        if len(named) == 1:
+            return named[0]
+        if named:
+            ids = ", ".join(str(cp.id) for cp in named)
+            raise AmbiguousName(
+                f"VM {self.name!r} has {len(named)} checkpoints named {ref!r} ({ids}); "
+                "name one by its id"
+            )
+        raise UnknownCheckpoint(f"VM {self.name!r} has no checkpoint named or with id {ref!r}")
+
+    def children(self, checkpoint_id: UUID | None) -> list[Checkpoint]:
+        return [cp for cp in self.checkpoints.values() if cp.parent == checkpoint_id]
+
+    def descendants(self, checkpoint_id: UUID) -> list[UUID]:
+        """The checkpoint and every checkpoint below it, parents before children."""
+        out = [checkpoint_id]
+        for cid in out:
+            out.extend(cp.id for cp in self.children(cid))
+        return out
+
+    def chain(self, disk: str, checkpoint_id: UUID | None = None) -> list[Layer]:
+        """Files from the base disk to the running layer, or to a checkpoint's layer."""
+        if disk not in self.running:
+            raise InvalidValue(f"VM {self.name!r} has no disk {disk!r}")
+        leaf = self.running[disk] if checkpoint_id is None else self.checkpoint(checkpoint_id).layer(disk)
+        return layer_rules.chain(self.layers, leaf)
+
+    # ---------------------------------------------------------------- helpers
+    @staticmethod
+    def _checkpoint_layers(checkpoints: Iterable[Checkpoint]) -> set[UUID]:
+        return {lid for cp in checkpoints for _, lid in cp.layers}
+
+    def _replay_changes(self, changes: Sequence[LayerMerge | LayerRemoval]) -> None:
+        self.layers, redirect = layer_rules.apply_changes(self.layers, changes)
+        if not redirect:
+            return
+        for disk, lid in self.running.items():
+            self.running[disk] = layer_rules.resolve(redirect, lid)
+        for cid, cp in self.checkpoints.items():
+            moved = tuple((d, layer_rules.resolve(redirect, lid)) for d, lid in cp.layers)
+            if moved != cp.layers:
+                self.checkpoints[cid] = replace(cp, layers=moved)
+
+    def _trigger(self, origin: Origin, event: type[Aggregate.Event], **facts: Any) -> None:
+        self.trigger_event(event, actor=origin.actor, host=origin.host, **facts)
+
+
+EVENT_CLASSES: tuple[type[Aggregate.Event], ...] = (
+    VirtualMachine.Registered,
+    VirtualMachine.SettingsChanged,
+    VirtualMachine.StateChanged,
+    VirtualMachine.CheckpointCreated,
+    VirtualMachine.CheckpointApplied,
+    VirtualMachine.CheckpointReverted,
+    VirtualMachine.CheckpointRenamed,
+    VirtualMachine.CheckpointDeleted,
+    VirtualMachine.CheckpointExported,
+)
+"""Every persisted event class: the schema. Change one only with a new class_version."""

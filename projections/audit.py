@@ -1,0 +1,141 @@
+"""The audit trail: who did what to which VM's checkpoints, and when.
+
+A fold over the event log in global order. Terms: *position* is the event's
+notification id (its place in the whole log, 1-based, gap-free on SQLite);
+*operation* is a stable, kebab-case name per event class that scripts can
+filter on; *details* holds the facts a person wants to see (merges, types,
+states), as JSON-ready values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from ckpt.domain import LayerMerge, LayerRemoval, VirtualMachine
+
+VM = VirtualMachine
+
+OPERATIONS: dict[type[Any], str] = {
+    VM.Registered: "vm-registered",
+    VM.SettingsChanged: "vm-settings-changed",
+    VM.StateChanged: "vm-state-changed",
+    VM.CheckpointCreated: "checkpoint-created",
+    VM.CheckpointApplied: "checkpoint-applied",
+    VM.CheckpointReverted: "checkpoint-reverted",
+    VM.CheckpointRenamed: "checkpoint-renamed",
+    VM.CheckpointDeleted: "checkpoint-deleted",
+    VM.CheckpointExported: "checkpoint-exported",
+}
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    position: int
+    time: datetime
+    actor: str
+    host: str
+    vm: str
+    vm_id: UUID
+    operation: str
+    checkpoint: str | None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def describe_changes(changes: Iterable[LayerMerge | LayerRemoval]) -> list[str]:
+    """One line per merge or file deletion, in the order they happened."""
+    out = []
+    for c in changes:
+        if isinstance(c, LayerMerge):
+            out.append(f"merged {c.source_file} into {c.target_file}")
+        else:
+            out.append(f"deleted {c.file}")
+    return out
+
+
+def _details(event: Any) -> tuple[str | None, dict[str, Any]]:
+    """The checkpoint an event concerns and its details, per event class."""
+    if isinstance(event, VM.Registered):
+        return None, {
+            "config_version": event.config_version,
+            "checkpoint_type": event.checkpoint_type.value,
+            "disks": [d.base_file for d in event.disks],
+        }
+    if isinstance(event, VM.SettingsChanged):
+        raw = {
+            "checkpoint_type": event.checkpoint_type and event.checkpoint_type.value,
+            "automatic_checkpoints": event.automatic_checkpoints,
+            "config_version": event.config_version,
+        }
+        return None, {k: v for k, v in raw.items() if v is not None}
+    if isinstance(event, VM.StateChanged):
+        return None, {"from": event.previous.value, "to": event.state.value}
+    if isinstance(event, VM.CheckpointCreated):
+        cp = event.checkpoint
+        details: dict[str, Any] = {"id": str(cp.id), "type": cp.type.value, "vm_state": cp.vm_state.value}
+        if event.fell_back:
+            details["fell_back_from"] = event.requested_type.value
+        if cp.automatic:
+            details["automatic"] = True
+        return cp.name, details
+    if isinstance(event, VM.CheckpointApplied):
+        return event.name, {
+            "id": str(event.checkpoint_id),
+            "vm_state": event.state.value,
+            "layers": describe_changes(event.changes),
+        }
+    if isinstance(event, VM.CheckpointRenamed):
+        return event.new_name, {"id": str(event.checkpoint_id), "old_name": event.old_name}
+    if isinstance(event, VM.CheckpointDeleted):
+        return event.name, {
+            "id": str(event.checkpoint_id),
+            "subtree": event.subtree,
+            "checkpoints_deleted": len(event.deleted),
+            "dependants": event.dependants,
+            "layers": describe_changes(event.changes),
+            "reason": event.reason,
+        }
+    if isinstance(event, VM.CheckpointExported):
+        return event.name, {"id": str(event.checkpoint_id), "destination": event.destination}
+    return None, {}
+
+
+class AuditTrail:
+    """Folds events into audit entries; remembers VM names as it goes."""
+
+    def __init__(self) -> None:
+        self.names: dict[UUID, str] = {}
+
+    def entry(self, position: int, event: Any) -> AuditEntry | None:
+        operation = OPERATIONS.get(type(event))
+        if operation is None:
+            return None
+        if isinstance(event, VM.Registered):
+            self.names[event.originator_id] = event.name
+        checkpoint, details = _details(event)
+        return AuditEntry(
+            position=position,
+            time=event.timestamp,
+            actor=event.actor,
+            host=event.host,
+            vm=self.names.get(event.originator_id, str(event.originator_id)),
+            vm_id=event.originator_id,
+            operation=operation,
+            checkpoint=checkpoint,
+            details=details,
+        )
+
+    def fold(
+        self,
+        events: Iterable[tuple[int, Any]],
+        keep: Callable[[AuditEntry], bool] = lambda e: True,
+    ) -> list[AuditEntry]:
+        out = []
+        for position, event in events:
+            entry = self.entry(position, event)
+            if entry is not None and keep(entry):
+                out.append(entry)
+        return out
