@@ -21,8 +21,11 @@ demo: $(VENV)/.installed
 	$(BIN)/ckpt-demo
 
 lint: $(VENV)/.installed
+	$(BIN)/ruff format --check domain storage projections ckpt tests
 	$(BIN)/ruff check domain storage projections ckpt tests
-	$(BIN)/mypy -p ckpt
+	# mypy runs outside the repo root so that `ckpt` resolves to the installed
+	# namespace (with ckpt.domain, ...), not to the bare ckpt/ folder.
+	cd $(VENV) && bin/mypy --config-file ../pyproject.toml -p ckpt
 
 test: lint
 	$(BIN)/pytest

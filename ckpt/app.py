@@ -27,7 +27,7 @@ class CheckpointApplication(Application[UUID]):
 
     def get_vm(self, vm_id: UUID, version: int | None = None) -> VirtualMachine:
         try:
-            vm = self.repository.get(vm_id, version=version)
+            vm: object = self.repository.get(vm_id, version=version)
         except AggregateNotFoundError:
             raise UnknownVM(f"no VM with id {vm_id}") from None
         assert isinstance(vm, VirtualMachine)

@@ -36,7 +36,9 @@ def _disk(spec: str) -> tuple[str, DiskFormat]:
 
 def _ctype(text: str) -> CheckpointType:
     try:
-        return CheckpointType(text.lower().replace("_", "-").replace("productiononly", "production-only"))
+        return CheckpointType(
+            text.lower().replace("_", "-").replace("productiononly", "production-only")
+        )
     except ValueError:
         choices = ", ".join(t.value for t in CheckpointType)
         raise argparse.ArgumentTypeError(f"checkpoint type must be one of {choices}") from None
@@ -60,7 +62,9 @@ def _emit(out: TextIO, args: argparse.Namespace, data: Any, text: str) -> None:
 
 # ---------------------------------------------------------------- handlers
 def _vm_add(s: Store, a: argparse.Namespace, out: TextIO) -> None:
-    vm = s.register_vm(a.name, a.disk or (), a.config_version, a.checkpoint_type, a.automatic_checkpoints)
+    vm = s.register_vm(
+        a.name, a.disk or (), a.config_version, a.checkpoint_type, a.automatic_checkpoints
+    )
     _emit(out, a, render.vm_json(vm), f"registered VM {render.vm_text(vm)}")
 
 
@@ -86,7 +90,12 @@ def _vm_power(action: str) -> Handler:
 
 def _vm_list(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     vms = s.vms()
-    _emit(out, a, [render.vm_json(v) for v in vms], "\n".join(render.vm_text(v) for v in vms) or "no VMs")
+    _emit(
+        out,
+        a,
+        [render.vm_json(v) for v in vms],
+        "\n".join(render.vm_text(v) for v in vms) or "no VMs",
+    )
 
 
 def _vm_show(s: Store, a: argparse.Namespace, out: TextIO) -> None:
@@ -97,11 +106,18 @@ def _vm_show(s: Store, a: argparse.Namespace, out: TextIO) -> None:
 def _cp_create(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     cp = s.create_checkpoint(a.vm, a.name, a.type, not a.guest_cannot_quiesce)
     vm = s.vm(a.vm)
-    fell = " (fell back to standard: the guest could not quiesce)" if (
-        cp.type is CheckpointType.STANDARD and (a.type or vm.checkpoint_type) is CheckpointType.PRODUCTION
-    ) else ""
+    fell = (
+        " (fell back to standard: the guest could not quiesce)"
+        if (
+            cp.type is CheckpointType.STANDARD
+            and (a.type or vm.checkpoint_type) is CheckpointType.PRODUCTION
+        )
+        else ""
+    )
     _emit(
-        out, a, render.checkpoint_json(cp, vm.current),
+        out,
+        a,
+        render.checkpoint_json(cp, vm.current),
         f"created {cp.type.value} checkpoint {cp.name!r} ({cp.id}) of VM {vm.name!r}{fell}",
     )
 
@@ -109,19 +125,31 @@ def _cp_create(s: Store, a: argparse.Namespace, out: TextIO) -> None:
 def _cp_apply(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     cp = s.apply_checkpoint(a.vm, a.checkpoint)
     vm = s.vm(a.vm)
-    _emit(out, a, render.vm_json(vm), f"applied checkpoint {cp.name!r}; VM {vm.name!r} is {vm.state.value}")
+    _emit(
+        out,
+        a,
+        render.vm_json(vm),
+        f"applied checkpoint {cp.name!r}; VM {vm.name!r} is {vm.state.value}",
+    )
 
 
 def _cp_revert(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     cp = s.revert(a.vm)
     vm = s.vm(a.vm)
-    _emit(out, a, render.vm_json(vm), f"reverted to checkpoint {cp.name!r}; VM {vm.name!r} is {vm.state.value}")
+    _emit(
+        out,
+        a,
+        render.vm_json(vm),
+        f"reverted to checkpoint {cp.name!r}; VM {vm.name!r} is {vm.state.value}",
+    )
 
 
 def _cp_rename(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     cp = s.rename_checkpoint(a.vm, a.checkpoint, a.new_name)
     vm = s.vm(a.vm)
-    _emit(out, a, render.checkpoint_json(cp, vm.current), f"renamed checkpoint {cp.id} to {cp.name!r}")
+    _emit(
+        out, a, render.checkpoint_json(cp, vm.current), f"renamed checkpoint {cp.id} to {cp.name!r}"
+    )
 
 
 def _cp_delete(s: Store, a: argparse.Namespace, out: TextIO) -> None:
@@ -136,10 +164,16 @@ def _cp_list(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     vm = s.vm(a.vm)
     cps = list(vm.checkpoints.values())
     lines = [
-        f"{cp.id}  {cp.name}  [{cp.type.value}, {cp.vm_state.value}]" + ("  <- current" if cp.id == vm.current else "")
+        f"{cp.id}  {cp.name}  [{cp.type.value}, {cp.vm_state.value}]"
+        + ("  <- current" if cp.id == vm.current else "")
         for cp in cps
     ]
-    _emit(out, a, [render.checkpoint_json(cp, vm.current) for cp in cps], "\n".join(lines) or "no checkpoints")
+    _emit(
+        out,
+        a,
+        [render.checkpoint_json(cp, vm.current) for cp in cps],
+        "\n".join(lines) or "no checkpoints",
+    )
 
 
 def _cp_export(s: Store, a: argparse.Namespace, out: TextIO) -> None:
@@ -156,7 +190,12 @@ def _cp_export(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     }
     (dest / "ckpt-export.json").write_text(json.dumps(manifest, indent=2) + "\n")
     s.export_checkpoint(a.vm, str(cp.id), str(dest.resolve()))
-    _emit(out, a, manifest, f"exported checkpoint {cp.name!r} description to {dest / 'ckpt-export.json'}")
+    _emit(
+        out,
+        a,
+        manifest,
+        f"exported checkpoint {cp.name!r} description to {dest / 'ckpt-export.json'}",
+    )
 
 
 def _tree(s: Store, a: argparse.Namespace, out: TextIO) -> None:
@@ -179,9 +218,9 @@ def _files(s: Store, a: argparse.Namespace, out: TextIO) -> None:
 
 def _log(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     entries = [
-        e for e in s.log(a.vm)
-        if (a.operation is None or e.operation == a.operation)
-        and (a.by is None or e.actor == a.by)
+        e
+        for e in s.log(a.vm)
+        if (a.operation is None or e.operation == a.operation) and (a.by is None or e.actor == a.by)
     ]
     _emit(out, a, render.log_json(entries), render.log_text(entries) or "no entries")
 
@@ -189,11 +228,17 @@ def _log(s: Store, a: argparse.Namespace, out: TextIO) -> None:
 # ------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ckpt", description="Event-sourced checkpoint store for VMs.")
-    p.add_argument("--store", metavar="DIR", help="store directory (default: $CKPT_STORE or ./ckpt-store)")
-    p.add_argument("--actor", help="who is acting, for the audit log (default: $CKPT_ACTOR or the user name)")
+    p.add_argument(
+        "--store", metavar="DIR", help="store directory (default: $CKPT_STORE or ./ckpt-store)"
+    )
+    p.add_argument(
+        "--actor", help="who is acting, for the audit log (default: $CKPT_ACTOR or the user name)"
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def cmd(parent: Any, name: str, handler: Handler | None, help: str, json_out: bool = False) -> argparse.ArgumentParser:
+    def cmd(
+        parent: Any, name: str, handler: Handler | None, help: str, json_out: bool = False
+    ) -> argparse.ArgumentParser:
         q: argparse.ArgumentParser = parent.add_parser(name, help=help, description=help)
         if handler is not None:
             q.set_defaults(handler=handler)
@@ -203,29 +248,60 @@ def build_parser() -> argparse.ArgumentParser:
 
     cmd(sub, "init", None, "create an empty store").set_defaults(init=True)
 
-    vm = cmd(sub, "vm", None, "register and manage VMs").add_subparsers(dest="vm_command", required=True, metavar="ACTION")
+    vm = cmd(sub, "vm", None, "register and manage VMs").add_subparsers(
+        dest="vm_command", required=True, metavar="ACTION"
+    )
     q = cmd(vm, "add", _vm_add, "register a VM", json_out=True)
     q.add_argument("name")
-    q.add_argument("--config-version", help="configuration version (5.0 = 2012 R2 files; 6.2+ = VMCX/VMRS; default 10.0)")
-    q.add_argument("--checkpoint-type", type=_ctype, default=CheckpointType.PRODUCTION, help="standard, production (default), production-only or disabled")
-    q.add_argument("--disk", action="append", type=_disk, metavar="NAME[:FORMAT]", help="a virtual disk (format vhdx or vhd); repeat for more; default: one disk named after the VM")
-    q.add_argument("--automatic-checkpoints", action="store_true", help="take a checkpoint when the VM starts with none, remove it at clean shutdown")
+    q.add_argument(
+        "--config-version",
+        help="configuration version (5.0 = 2012 R2 files; 6.2+ = VMCX/VMRS; default 10.0)",
+    )
+    q.add_argument(
+        "--checkpoint-type",
+        type=_ctype,
+        default=CheckpointType.PRODUCTION,
+        help="standard, production (default), production-only or disabled",
+    )
+    q.add_argument(
+        "--disk",
+        action="append",
+        type=_disk,
+        metavar="NAME[:FORMAT]",
+        help="a virtual disk (format vhdx or vhd); repeat for more; "
+        "default: one disk named after the VM",
+    )
+    q.add_argument(
+        "--automatic-checkpoints",
+        action="store_true",
+        help="take a checkpoint when the VM starts with none, remove it at clean shutdown",
+    )
     q = cmd(vm, "set", _vm_set, "change a VM's settings", json_out=True)
     q.add_argument("name")
     q.add_argument("--checkpoint-type", type=_ctype)
     q.add_argument("--automatic-checkpoints", type=_onoff, metavar="on|off")
     q.add_argument("--config-version", help="upgrade the configuration version (VM off)")
-    for action, text in (("start", "start a VM"), ("stop", "turn a VM off"), ("save", "save a running VM's state")):
+    for action, text in (
+        ("start", "start a VM"),
+        ("stop", "turn a VM off"),
+        ("save", "save a running VM's state"),
+    ):
         cmd(vm, action, _vm_power(action), text, json_out=True).add_argument("name")
     cmd(vm, "list", _vm_list, "list VMs", json_out=True)
     cmd(vm, "show", _vm_show, "show one VM", json_out=True).add_argument("name")
 
-    cp = cmd(sub, "checkpoint", None, "create, apply, rename, delete checkpoints").add_subparsers(dest="cp_command", required=True, metavar="ACTION")
+    cp = cmd(sub, "checkpoint", None, "create, apply, rename, delete checkpoints").add_subparsers(
+        dest="cp_command", required=True, metavar="ACTION"
+    )
     q = cmd(cp, "create", _cp_create, "take a checkpoint (Checkpoint-VM)", json_out=True)
     q.add_argument("vm")
     q.add_argument("name", nargs="?", help="default: '<VM> - (<date time>)'")
     q.add_argument("--type", type=_ctype, help="override the VM's checkpoint type for this one")
-    q.add_argument("--guest-cannot-quiesce", action="store_true", help="the guest cannot do a production checkpoint (VSS/fsfreeze failed)")
+    q.add_argument(
+        "--guest-cannot-quiesce",
+        action="store_true",
+        help="the guest cannot do a production checkpoint (VSS/fsfreeze failed)",
+    )
     q = cmd(cp, "apply", _cp_apply, "apply a checkpoint (Restore-VMSnapshot)", json_out=True)
     q.add_argument("vm")
     q.add_argument("checkpoint", help="name or id")
@@ -234,12 +310,24 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("vm")
     q.add_argument("checkpoint")
     q.add_argument("new_name")
-    q = cmd(cp, "delete", _cp_delete, "delete a checkpoint, merging its disk as Hyper-V does", json_out=True)
+    q = cmd(
+        cp,
+        "delete",
+        _cp_delete,
+        "delete a checkpoint, merging its disk as Hyper-V does",
+        json_out=True,
+    )
     q.add_argument("vm")
     q.add_argument("checkpoint")
     q.add_argument("--subtree", action="store_true", help="also delete every checkpoint below it")
     cmd(cp, "list", _cp_list, "list a VM's checkpoints", json_out=True).add_argument("vm")
-    q = cmd(cp, "export", _cp_export, "record an export and write its description (Export-VMSnapshot)", json_out=True)
+    q = cmd(
+        cp,
+        "export",
+        _cp_export,
+        "record an export and write its description (Export-VMSnapshot)",
+        json_out=True,
+    )
     q.add_argument("vm")
     q.add_argument("checkpoint")
     q.add_argument("-o", "--output", required=True, metavar="DIR")

@@ -20,21 +20,36 @@ STEPS: list[tuple[str, str]] = [
     ("Checkpoint while the VM is off", "checkpoint create web01 'Base install'"),
     ("Start it and take a standard checkpoint while running (memory saved)", "vm start web01"),
     ("", "checkpoint create web01 'Before update' --type standard"),
-    ("A production checkpoint falls back to standard when the guest cannot quiesce", "checkpoint create web01 'After update' --guest-cannot-quiesce"),
-    ("Apply the older checkpoint: the VM comes up off (it was taken while off)", "checkpoint apply web01 'Base install'"),
+    (
+        "A production checkpoint falls back to standard when the guest cannot quiesce",
+        "checkpoint create web01 'After update' --guest-cannot-quiesce",
+    ),
+    (
+        "Apply the older checkpoint: the VM comes up off (it was taken while off)",
+        "checkpoint apply web01 'Base install'",
+    ),
     ("Create a new branch from there", "checkpoint create web01 'Branch: hotfix'"),
     ("Rename a checkpoint", "checkpoint rename web01 'After update' 'Patched (Nov)'"),
     ("The tree, with Now under the current checkpoint", "tree web01"),
-    ("Delete a checkpoint with exactly one dependant: its child's AVHDX merges into it", "checkpoint delete web01 'Before update'"),
+    (
+        "Delete a checkpoint with exactly one dependant: its child's AVHDX merges into it",
+        "checkpoint delete web01 'Before update'",
+    ),
     ("The tree and disk chain after the merge", "tree web01"),
     ("", "chain web01"),
     ("State files of a checkpoint taken while running", "files web01 'Patched (Nov)'"),
-    ("A 2012 R2 VM (config 5.0) on a VHD: XML/VSV/BIN files and AVHD layers", "vm add legacy01 --config-version 5.0 --disk System:vhd --checkpoint-type standard"),
+    (
+        "A 2012 R2 VM (config 5.0) on a VHD: XML/VSV/BIN files and AVHD layers",
+        "vm add legacy01 --config-version 5.0 --disk System:vhd --checkpoint-type standard",
+    ),
     ("", "vm start legacy01"),
     ("", "checkpoint create legacy01 'Running'"),
     ("", "files legacy01 Running"),
     ("", "chain legacy01"),
-    ("Unknown names give one clear line and a stable exit code", "checkpoint apply web01 'No such checkpoint'"),
+    (
+        "Unknown names give one clear line and a stable exit code",
+        "checkpoint apply web01 'No such checkpoint'",
+    ),
     ("The audit log: who did what, when", "log"),
 ]
 

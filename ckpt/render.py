@@ -72,7 +72,9 @@ def vm_json(vm: VirtualMachine) -> dict[str, Any]:
     }
 
 
-def chain_json(vm: VirtualMachine, checkpoint: UUID | None, chains: dict[str, list[ChainEntry]]) -> dict[str, Any]:
+def chain_json(
+    vm: VirtualMachine, checkpoint: UUID | None, chains: dict[str, list[ChainEntry]]
+) -> dict[str, Any]:
     return {
         "vm": vm.name,
         "checkpoint": _id(checkpoint),
@@ -149,8 +151,10 @@ def chain_text(chains: dict[str, list[ChainEntry]]) -> str:
     for disk, entries in chains.items():
         lines.append(f"disk {disk}:")
         for e in entries:
-            role = "running (Now)" if e.running else (
-                f"frozen by {e.frozen_by!r}" if e.frozen_by else "shared parent"
+            role = (
+                "running (Now)"
+                if e.running
+                else (f"frozen by {e.frozen_by!r}" if e.frozen_by else "shared parent")
             )
             parent = e.parent or "-"
             lines.append(f"  {e.file}  <- parent {parent}  [{role}]")
@@ -158,9 +162,7 @@ def chain_text(chains: dict[str, list[ChainEntry]]) -> str:
 
 
 def files_text(files: Sequence[StateFile]) -> str:
-    return "\n".join(
-        f"{f.path}  [{f.kind.value}{', memory' if f.memory else ''}]" for f in files
-    )
+    return "\n".join(f"{f.path}  [{f.kind.value}{', memory' if f.memory else ''}]" for f in files)
 
 
 def log_text(entries: Sequence[AuditEntry]) -> str:
@@ -182,8 +184,9 @@ def log_text(entries: Sequence[AuditEntry]) -> str:
 
 def vm_text(vm: VirtualMachine) -> str:
     disks = ", ".join(d.base_file for d in vm.disks)
+    automatic = "on" if vm.automatic_checkpoints else "off"
     return (
         f"{vm.name}  state={vm.state.value}  config={vm.config_version}  "
-        f"checkpoint-type={vm.checkpoint_type.value}  automatic={'on' if vm.automatic_checkpoints else 'off'}  "
+        f"checkpoint-type={vm.checkpoint_type.value}  automatic={automatic}  "
         f"checkpoints={len(vm.checkpoints)}  disks={disks}"
     )

@@ -105,13 +105,17 @@ class Store:
         path = Path(path)
         marker = path / MARKER
         if not marker.is_file():
-            raise StoreNotFound(f"no ckpt store at {path} (create one with: ckpt --store {path} init)")
+            raise StoreNotFound(
+                f"no ckpt store at {path} (create one with: ckpt --store {path} init)"
+            )
         try:
             fmt = json.loads(marker.read_text()).get("format")
         except (OSError, ValueError, AttributeError) as e:
             raise StoreCorrupt(f"{marker} is not a ckpt store marker: {e}") from e
         if fmt != FORMAT:
-            raise StoreCorrupt(f"{marker} has store format {fmt!r}; this ckpt reads format {FORMAT}")
+            raise StoreCorrupt(
+                f"{marker} has store format {fmt!r}; this ckpt reads format {FORMAT}"
+            )
         return cls(path, **kwargs)
 
     def close(self) -> None:
@@ -168,7 +172,9 @@ class Store:
             with self._translated():
                 self.app.save(vm)
         except StoreConflict:
-            raise AlreadyExists(f"a VM named {self._existing_name(vm.id) or name!r} already exists") from None
+            raise AlreadyExists(
+                f"a VM named {self._existing_name(vm.id) or name!r} already exists"
+            ) from None
         return vm
 
     def _existing_name(self, vid: UUID) -> str | None:

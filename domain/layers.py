@@ -75,9 +75,7 @@ def collapse(layers: Mapping[UUID, Layer], pinned: Iterable[UUID]) -> tuple[Laye
             del work[target.id]
             continue
         source = work[kids[0]]
-        changes.append(
-            LayerMerge(target.disk, source.id, source.file, target.id, target.file)
-        )
+        changes.append(LayerMerge(target.disk, source.id, source.file, target.id, target.file))
         for lid in children[source.id]:
             work[lid] = Layer(lid, work[lid].disk, work[lid].file, target.id)
         del work[source.id]
@@ -114,6 +112,6 @@ def chain(layers: Mapping[UUID, Layer], leaf: UUID) -> list[Layer]:
     """The files from the base disk down to ``leaf``."""
     out = [layers[leaf]]
     while out[-1].parent is not None:
-        out.append(layers[out[-1].parent])  # type: ignore[index]
+        out.append(layers[out[-1].parent])
     out.reverse()
     return out

@@ -22,13 +22,13 @@ from datetime import datetime
 from uuid import UUID
 
 
-class VMState(str, enum.Enum):
+class VMState(enum.StrEnum):
     OFF = "off"
     RUNNING = "running"
     SAVED = "saved"
 
 
-class CheckpointType(str, enum.Enum):
+class CheckpointType(enum.StrEnum):
     """The VM setting (Set-VM -CheckpointType)."""
 
     STANDARD = "standard"
@@ -37,7 +37,7 @@ class CheckpointType(str, enum.Enum):
     DISABLED = "disabled"
 
 
-class DiskFormat(str, enum.Enum):
+class DiskFormat(enum.StrEnum):
     """The base disk's format; it decides the differencing layers' extension."""
 
     VHDX = "vhdx"
@@ -48,7 +48,7 @@ class DiskFormat(str, enum.Enum):
         return "avhdx" if self is DiskFormat.VHDX else "avhd"
 
 
-class StateFileKind(str, enum.Enum):
+class StateFileKind(enum.StrEnum):
     VMCX = "vmcx"  # configuration, 2016+
     VMRS = "vmrs"  # runtime state: device state and memory, 2016+
     XML = "xml"  # configuration, 2012 R2

@@ -244,8 +244,7 @@ class VirtualMachine(Aggregate):
             seen.add(disk_name.casefold())
             made.append(Disk(disk_name, fmt, base_file_name(disk_name, fmt)))
         base = tuple(
-            Layer(_derived_id(origin, f"base:{d.name}"), d.name, d.base_file, None)
-            for d in made
+            Layer(_derived_id(origin, f"base:{d.name}"), d.name, d.base_file, None) for d in made
         )
         return cls._create(
             cls.Registered,
@@ -315,11 +314,15 @@ class VirtualMachine(Aggregate):
         clean_shutdown = self.state is VMState.RUNNING
         self._trigger(origin, self.StateChanged, previous=self.state, state=VMState.OFF)
         if clean_shutdown and self.automatic_checkpoint is not None:
-            self._delete(origin, self.checkpoints[self.automatic_checkpoint], False, "clean-shutdown")
+            self._delete(
+                origin, self.checkpoints[self.automatic_checkpoint], False, "clean-shutdown"
+            )
 
     def save(self, origin: Origin) -> None:
         if self.state is not VMState.RUNNING:
-            raise NotAllowed(f"VM {self.name!r} is {self.state.value}; only a running VM can be saved")
+            raise NotAllowed(
+                f"VM {self.name!r} is {self.state.value}; only a running VM can be saved"
+            )
         self._trigger(origin, self.StateChanged, previous=self.state, state=VMState.SAVED)
 
     # ------------------------------------------------------------ checkpoints
@@ -519,7 +522,11 @@ class VirtualMachine(Aggregate):
         """Files from the base disk to the running layer, or to a checkpoint's layer."""
         if disk not in self.running:
             raise InvalidValue(f"VM {self.name!r} has no disk {disk!r}")
-        leaf = self.running[disk] if checkpoint_id is None else self.checkpoint(checkpoint_id).layer(disk)
+        leaf = (
+            self.running[disk]
+            if checkpoint_id is None
+            else self.checkpoint(checkpoint_id).layer(disk)
+        )
         return layer_rules.chain(self.layers, leaf)
 
     # ---------------------------------------------------------------- helpers

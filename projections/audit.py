@@ -75,7 +75,11 @@ def _details(event: Any) -> tuple[str | None, dict[str, Any]]:
         return None, {"from": event.previous.value, "to": event.state.value}
     if isinstance(event, VM.CheckpointCreated):
         cp = event.checkpoint
-        details: dict[str, Any] = {"id": str(cp.id), "type": cp.type.value, "vm_state": cp.vm_state.value}
+        details: dict[str, Any] = {
+            "id": str(cp.id),
+            "type": cp.type.value,
+            "vm_state": cp.vm_state.value,
+        }
         if event.fell_back:
             details["fell_back_from"] = event.requested_type.value
         if cp.automatic:

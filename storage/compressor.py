@@ -30,10 +30,10 @@ class ZstdCompressor(Compressor):
         if ctx is None:
             ctx = (zstandard.ZstdCompressor(level=self._level), zstandard.ZstdDecompressor())
             self._local.ctx = ctx
-        return ctx  # type: ignore[no-any-return]
+        return ctx
 
     def compress(self, data: bytes) -> bytes:
-        return self._contexts()[0].compress(data)  # type: ignore[no-any-return]
+        return self._contexts()[0].compress(data)
 
     def decompress(self, data: bytes) -> bytes:
         try:
@@ -45,6 +45,6 @@ class ZstdCompressor(Compressor):
                 f"stored event declares {size} bytes uncompressed (limit {MAX_EVENT_BYTES})"
             )
         try:
-            return self._contexts()[1].decompress(data, max_output_size=size)  # type: ignore[no-any-return]
+            return self._contexts()[1].decompress(data, max_output_size=size)
         except zstandard.ZstdError as e:
             raise StoreCorrupt(f"stored event does not decompress: {e}") from e
