@@ -1,0 +1,38 @@
+"""The wheel holds one import namespace, ``ckpt``; the public API is exactly ``__all__``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import ckpt
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_wheel_contains_only_the_ckpt_package(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+         "-q", "-w", str(tmp_path), str(ROOT)],
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
+    )  # fmt: skip
+    (wheel,) = tmp_path.glob("ckpt-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert tops == {"ckpt"}
+    for sub in ("domain", "storage", "projections"):
+        assert f"ckpt/{sub}/__init__.py" in names
+    assert "ckpt/py.typed" in names
+
+
+def test_public_api_is_exactly_all() -> None:
+    public = {n for n in vars(ckpt) if not n.startswith("_")} - {
+        "domain", "storage", "projections", "app", "store", "cli", "render", "exit_codes", "demo",
+    }  # fmt: skip
+    assert public == set(ckpt.__all__) - {"__version__"}
+    for name in ckpt.__all__:
+        assert getattr(ckpt, name) is not None

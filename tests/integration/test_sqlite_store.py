@@ -1,0 +1,139 @@
+"""The embedded store: SQLite event log, reopen, history by version, snapshots, conflicts."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from eventsourcing.persistence import IntegrityError
+
+from ckpt import (
+    AlreadyExists,
+    CheckpointType,
+    DiskFormat,
+    Store,
+    StoreCorrupt,
+    StoreExists,
+    StoreNotFound,
+    UnknownVM,
+    VMState,
+)
+from ckpt.storage.event_store import EVENTS_FILE
+
+
+def _fill(path: Path) -> Store:
+    store = Store.init(path, actor="alice", host="hv1")
+    store.register_vm("VM1", [("Disk0", DiskFormat.VHDX)], "9.0", CheckpointType.STANDARD)
+    store.create_checkpoint("VM1", "one")
+    store.start_vm("VM1")
+    store.create_checkpoint("VM1", "two")
+    store.apply_checkpoint("VM1", "one")
+    store.create_checkpoint("VM1", "three")
+    store.delete_checkpoint("VM1", "one")
+    return store
+
+
+def test_reopened_store_rebuilds_the_same_vm(tmp_path: Path) -> None:
+    with _fill(tmp_path / "s") as store:
+        before = store.vm("VM1")
+    with Store.open(tmp_path / "s") as store:
+        after = store.vm("VM1")
+    assert after.checkpoints == before.checkpoints
+    assert after.layers == before.layers
+    assert after.running == before.running
+    assert after.current == before.current
+    assert after.version == before.version == 7
+
+
+def test_version_gives_the_past(tmp_path: Path) -> None:
+    with _fill(tmp_path / "s") as store:
+        at2 = store.vm("VM1", version=2)
+        assert [cp.name for cp in at2.checkpoints.values()] == ["one"]
+        assert at2.state is VMState.OFF
+        at4 = store.vm("VM1", version=4)
+        assert [cp.name for cp in at4.checkpoints.values()] == ["one", "two"]
+        assert at4.state is VMState.RUNNING
+        at5 = store.vm("VM1", version=5)  # applied 'one', taken while off: the VM is off
+        assert at5.state is VMState.OFF
+        assert at5.current == at5.find_checkpoint("one").id
+        now = store.vm("VM1")
+        assert sorted(cp.name for cp in now.checkpoints.values()) == ["three", "two"]
+
+
+def test_snapshots_are_taken_and_used(tmp_path: Path) -> None:
+    with Store.init(tmp_path / "s", actor="a", host="h") as store:
+        store.register_vm("Big", checkpoint_type=CheckpointType.STANDARD)
+        for i in range(130):
+            store.create_checkpoint("Big", f"c{i}")
+        snaps = list(store.app.snapshots.get(store.vm("Big").id)) if store.app.snapshots else []
+        assert [s.originator_version for s in snaps] == [100]
+        vm = store.vm("Big")
+        assert vm.version == 131 and len(vm.checkpoints) == 130
+        assert len(store.vm("Big", version=101).checkpoints) == 100
+
+
+def test_events_are_msgpack_and_zstd_in_sqlite(tmp_path: Path) -> None:
+    _fill(tmp_path / "s").close()
+    db = sqlite3.connect(tmp_path / "s" / EVENTS_FILE)
+    rows = db.execute("SELECT topic, state FROM stored_events ORDER BY rowid").fetchall()
+    assert rows[0][0] == "ckpt.domain:VirtualMachine.Registered"
+    assert all(state[:4] == b"\x28\xb5\x2f\xfd" for _, state in rows)  # zstd frame magic
+    assert {topic for topic, _ in rows} >= {
+        "ckpt.domain:VirtualMachine.CheckpointCreated",
+        "ckpt.domain:VirtualMachine.CheckpointDeleted",
+    }
+
+
+def test_store_lifecycle_errors(tmp_path: Path) -> None:
+    with pytest.raises(StoreNotFound, match="ckpt --store"):
+        Store.open(tmp_path / "nothing")
+    Store.init(tmp_path / "s").close()
+    with pytest.raises(StoreExists):
+        Store.init(tmp_path / "s")
+    (tmp_path / "s" / "ckpt-store.json").write_text('{"format": 99}')
+    with pytest.raises(StoreCorrupt, match="format 99"):
+        Store.open(tmp_path / "s")
+
+
+def test_duplicate_vm_and_unknown_vm(tmp_path: Path) -> None:
+    with Store.init(tmp_path / "s") as store:
+        store.register_vm("Web")
+        with pytest.raises(AlreadyExists, match="Web"):
+            store.register_vm("WEB")
+        with pytest.raises(UnknownVM, match="'nope'"):
+            store.vm("nope")
+        assert store.vm(str(store.vm("web").id)).name == "Web"
+
+
+def test_two_stores_on_one_directory_conflict_then_retry(tmp_path: Path) -> None:
+    """A writer whose copy is stale is retried on fresh state, so both commands land."""
+    with Store.init(tmp_path / "s") as a, Store.open(tmp_path / "s") as b:
+        a.register_vm("VM1", checkpoint_type=CheckpointType.STANDARD)
+        stale = b.vm("VM1")
+        a.create_checkpoint("VM1", "from a")
+        stale.create_checkpoint(b._origin(), "stale")
+        with pytest.raises(IntegrityError):
+            b.app.save(stale)
+        b.create_checkpoint("VM1", "from b")
+        assert sorted(cp.name for cp in a.vm("VM1").checkpoints.values()) == ["from a", "from b"]
+
+
+def test_audit_log_records_actor_host_and_operations(tmp_path: Path) -> None:
+    with _fill(tmp_path / "s") as store:
+        log = store.log("VM1")
+    assert [e.position for e in log] == list(range(1, 8))
+    assert {(e.actor, e.host, e.vm) for e in log} == {("alice", "hv1", "VM1")}
+    assert [e.operation for e in log] == [
+        "vm-registered",
+        "checkpoint-created",
+        "vm-state-changed",
+        "checkpoint-created",
+        "checkpoint-applied",
+        "checkpoint-created",
+        "checkpoint-deleted",
+    ]
+    assert [e.checkpoint for e in log] == [None, "one", None, "two", "one", "three", "one"]
+    deleted = [e for e in log if e.operation == "checkpoint-deleted"]
+    assert len(deleted) == 1 and deleted[0].checkpoint == "one"
+    assert deleted[0].details["dependants"] == 2
