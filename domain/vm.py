@@ -336,6 +336,8 @@ class VirtualMachine(Aggregate):
         """Checkpoint-VM: freeze every disk's running layer and start new ones."""
         if checkpoint_type is CheckpointType.DISABLED:
             raise InvalidValue("'disabled' is a VM setting, not a type of checkpoint")
+        if self.checkpoint_type is CheckpointType.DISABLED:
+            raise NotAllowed(f"checkpoints are disabled for VM {self.name!r}")
         return self._create_checkpoint(
             origin, name, checkpoint_type or self.checkpoint_type, guest_can_quiesce, False
         )

@@ -151,11 +151,11 @@ class VMMachine(RuleBasedStateMachine):
         try:
             cp = self.vm.create_checkpoint(self.origin(), None, requested, quiesce)
         except NotAllowed:
-            assert setting is CheckpointType.DISABLED or (
+            assert self.ctype is CheckpointType.DISABLED or (
                 setting is CheckpointType.PRODUCTION_ONLY and not guest_ok
             )
             return
-        assert setting is not CheckpointType.DISABLED
+        assert self.ctype is not CheckpointType.DISABLED
         standard = setting is CheckpointType.STANDARD or not guest_ok
         assert cp.type is (CheckpointType.STANDARD if standard else CheckpointType.PRODUCTION)
         self.absorb()
