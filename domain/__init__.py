@@ -1,8 +1,10 @@
 """ckpt.domain: the pure checkpoint model (no files, databases or clocks)."""
 
+from .content import BackupPoint, DiskCapture, FileCapture, FileRole
 from .errors import (
     AlreadyExists,
     AmbiguousName,
+    CaptureOutdated,
     CkptError,
     DomainError,
     InvalidValue,
@@ -37,12 +39,17 @@ __all__ = [
     "VALUE_TYPES",
     "AlreadyExists",
     "AmbiguousName",
+    "BackupPoint",
+    "CaptureOutdated",
     "Checkpoint",
     "CheckpointType",
     "CkptError",
     "Disk",
+    "DiskCapture",
     "DiskFormat",
     "DomainError",
+    "FileCapture",
+    "FileRole",
     "InvalidValue",
     "Layer",
     "LayerMerge",

@@ -12,12 +12,17 @@ them unchanged. Adapters translate sqlite3 / eventsourcing errors at their edge.
     │   ├── AmbiguousName            a checkpoint name used by several checkpoints
     │   ├── InvalidValue             a name, version or option outside its range
     │   ├── NotAllowed               not allowed in the VM's present state
-    │   └── AlreadyExists            a VM with that name is registered
+    │   ├── AlreadyExists            a VM with that name is registered
+    │   └── CaptureOutdated          content was compared against a state that has moved on
     └── StorageError                 the store itself could not do the work
         ├── StoreNotFound            no store at the given place (run `ckpt init`)
         ├── StoreExists              `ckpt init` on an existing store
         ├── StoreConflict            another writer changed the VM first
-        └── StoreCorrupt             stored bytes could not be decoded
+        ├── StoreCorrupt             stored bytes could not be decoded
+        ├── ChunkMissing             a chunk id, or a backend object, is not there
+        ├── ChunkCorrupt             a chunk does not decompress or hash to its id
+        ├── PackCorrupt              a pack file's header, table or trailer is damaged
+        └── IndexCorrupt             an index file is damaged (`rebuild_index` repairs)
 """
 
 from __future__ import annotations
@@ -59,6 +64,10 @@ class AlreadyExists(DomainError):
     """A VM with that name is already registered in this store."""
 
 
+class CaptureOutdated(DomainError):
+    """A capture was diffed against layer content another writer has since changed."""
+
+
 class StorageError(CkptError):
     """The store could not carry out the work."""
 
@@ -77,3 +86,23 @@ class StoreConflict(StorageError):
 
 class StoreCorrupt(StorageError):
     """Stored bytes (an event, a record) could not be decoded."""
+
+
+class ChunkMissing(StorageError):
+    """A chunk id is not in the chunk index, or a backend object (a pack, an
+    index file) is not where the index says it is."""
+
+
+class ChunkCorrupt(StorageError):
+    """A stored chunk is truncated, does not decompress, or its bytes do not
+    hash to its chunk id."""
+
+
+class PackCorrupt(StorageError):
+    """A pack file's header, entry table or trailer is damaged or truncated, so
+    the pack cannot be re-indexed from itself."""
+
+
+class IndexCorrupt(StorageError):
+    """An index file is damaged; ``ChunkStore.rebuild_index`` recreates it from
+    its pack."""

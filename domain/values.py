@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
+from .content import BackupPoint, DiskCapture, FileCapture, FileRole
+
 
 class VMState(enum.StrEnum):
     OFF = "off"
@@ -161,5 +163,9 @@ VALUE_TYPES: tuple[type, ...] = (
     Checkpoint,
     LayerMerge,
     LayerRemoval,
+    FileRole,
+    DiskCapture,
+    FileCapture,
+    BackupPoint,
 )
 """Every value type that events or snapshots hold; the transcoder registers these."""

@@ -21,7 +21,14 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 from eventsourcing.domain import Aggregate
 
 from . import layers as layer_rules
-from .errors import AmbiguousName, InvalidValue, NotAllowed, UnknownCheckpoint
+from .content import BackupPoint, DiskCapture, FileCapture, FileRole
+from .errors import (
+    AmbiguousName,
+    CaptureOutdated,
+    InvalidValue,
+    NotAllowed,
+    UnknownCheckpoint,
+)
 from .naming import (
     base_file_name,
     check_disk_name,
@@ -29,7 +36,7 @@ from .naming import (
     default_checkpoint_name,
     differencing_file_name,
 )
-from .state_files import DEFAULT_VERSION, parse_version, state_files
+from .state_files import DEFAULT_VERSION, parse_version, state_files, uses_vmcx
 from .values import (
     Checkpoint,
     CheckpointType,
@@ -39,6 +46,7 @@ from .values import (
     LayerMerge,
     LayerRemoval,
     Origin,
+    StateFileKind,
     VMState,
 )
 
@@ -74,6 +82,9 @@ class VirtualMachine(Aggregate):
     checkpoints: dict[UUID, Checkpoint]
     current: UUID | None
     automatic_checkpoint: UUID | None
+    contents: dict[UUID, tuple[bytes, ...]]
+    captured_files: dict[UUID, tuple[FileCapture, ...]]
+    backup_points: dict[UUID, BackupPoint]
 
     def __init__(self) -> None:
         # State is set by Registered.apply; no constructor arguments, so the
@@ -109,6 +120,9 @@ class VirtualMachine(Aggregate):
             vm.checkpoints = {}
             vm.current = None
             vm.automatic_checkpoint = None
+            vm.contents = {}
+            vm.captured_files = {}
+            vm.backup_points = {}
 
     class SettingsChanged(Event):
         TOPIC = "ckpt.domain:VirtualMachine.SettingsChanged"
@@ -208,6 +222,8 @@ class VirtualMachine(Aggregate):
                 vm.current = root.parent
             if vm.automatic_checkpoint in gone:
                 vm.automatic_checkpoint = None
+            for cid in self.deleted:
+                vm.captured_files.pop(cid, None)
             vm._replay_changes(self.changes)
 
     class CheckpointExported(Event):
@@ -218,6 +234,31 @@ class VirtualMachine(Aggregate):
 
         def apply(self, vm: VirtualMachine) -> None:
             pass
+
+    class LayerContentRecorded(Event):
+        """A disk's running layer content, captured (at a checkpoint or a backup point)."""
+
+        TOPIC = "ckpt.domain:VirtualMachine.LayerContentRecorded"
+        capture: DiskCapture
+
+        def apply(self, vm: VirtualMachine) -> None:
+            layer = self.capture.layer
+            vm.contents[layer] = (*vm.contents.get(layer, ()), self.capture.manifest)
+
+    class StateContentRecorded(Event):
+        TOPIC = "ckpt.domain:VirtualMachine.StateContentRecorded"
+        checkpoint_id: UUID
+        files: tuple[FileCapture, ...]
+
+        def apply(self, vm: VirtualMachine) -> None:
+            vm.captured_files[self.checkpoint_id] = self.files
+
+    class BackupPointRecorded(Event):
+        TOPIC = "ckpt.domain:VirtualMachine.BackupPointRecorded"
+        point: BackupPoint
+
+        def apply(self, vm: VirtualMachine) -> None:
+            vm.backup_points[self.point.id] = self.point
 
     # --------------------------------------------------------------- creation
     @classmethod
@@ -332,15 +373,112 @@ class VirtualMachine(Aggregate):
         name: str | None = None,
         checkpoint_type: CheckpointType | None = None,
         guest_can_quiesce: bool = True,
+        disks: Sequence[DiskCapture] = (),
+        files: Sequence[FileCapture] = (),
     ) -> Checkpoint:
-        """Checkpoint-VM: freeze every disk's running layer and start new ones."""
+        """Checkpoint-VM: freeze every disk's running layer and start new ones.
+
+        ``disks`` record the running layers' content just before they freeze;
+        ``files`` the checkpoint's state files and memory (paths are set here).
+        """
         if checkpoint_type is CheckpointType.DISABLED:
             raise InvalidValue("'disabled' is a VM setting, not a type of checkpoint")
+        requested = checkpoint_type or self.checkpoint_type
+        _, memory = self.plan_checkpoint(requested, guest_can_quiesce)
+        self._check_captures(disks)
+        for role in {f.role for f in files}:
+            self._check_role(role, memory)
+        if len({f.role for f in files}) != len(files):
+            raise InvalidValue("a state file role is given twice")
+        self._record_captures(origin, disks)
+        checkpoint = self._create_checkpoint(origin, name, requested, guest_can_quiesce, False)
+        if files:
+            self._trigger(
+                origin,
+                self.StateContentRecorded,
+                checkpoint_id=checkpoint.id,
+                files=tuple(replace(f, path=self._role_path(checkpoint, f.role)) for f in files),
+            )
+        return checkpoint
+
+    def plan_checkpoint(
+        self, requested: CheckpointType | None, guest_can_quiesce: bool
+    ) -> tuple[CheckpointType, bool]:
+        """The type a checkpoint would get now, and whether it would hold memory.
+
+        Raises as ``create_checkpoint`` would, so a caller can refuse before
+        capturing any content.
+        """
         if self.checkpoint_type is CheckpointType.DISABLED:
             raise NotAllowed(f"checkpoints are disabled for VM {self.name!r}")
-        return self._create_checkpoint(
-            origin, name, checkpoint_type or self.checkpoint_type, guest_can_quiesce, False
-        )
+        effective, _ = self._effective_type(requested or self.checkpoint_type, guest_can_quiesce)
+        return effective, effective is CheckpointType.STANDARD and self.state is not VMState.OFF
+
+    def sync(self, origin: Origin, name: str | None, disks: Sequence[DiskCapture]) -> BackupPoint:
+        """Record the running layers' content at a moment that is not a checkpoint."""
+        if not disks:
+            raise InvalidValue("a backup point needs the content of at least one disk")
+        self._check_captures(disks)
+        label = name or f"{self.name} - backup point ({origin.at.isoformat(timespec='seconds')})"
+        check_name(label, "backup point")
+        self._record_captures(origin, disks)
+        point = BackupPoint(_derived_id(origin, "backup-point"), label, origin.at, self.version + 1)
+        self._trigger(origin, self.BackupPointRecorded, point=point)
+        return point
+
+    def _check_captures(self, disks: Sequence[DiskCapture]) -> None:
+        seen: set[str] = set()
+        for capture in disks:
+            if capture.disk not in self.running:
+                known = ", ".join(self.running)
+                raise InvalidValue(
+                    f"VM {self.name!r} has no disk {capture.disk!r} (disks: {known})"
+                )
+            if capture.disk in seen:
+                raise InvalidValue(f"disk {capture.disk!r} is captured twice")
+            seen.add(capture.disk)
+            layer = self.running[capture.disk]
+            if capture.layer != layer or capture.base != len(self.contents.get(layer, ())):
+                raise CaptureOutdated(
+                    f"disk {capture.disk!r} of VM {self.name!r} changed while it was captured"
+                )
+
+    def _record_captures(self, origin: Origin, disks: Sequence[DiskCapture]) -> None:
+        for capture in disks:
+            self._trigger(origin, self.LayerContentRecorded, capture=capture)
+
+    def _check_role(self, role: FileRole, memory: bool) -> None:
+        vmcx = uses_vmcx(self.config_version)
+        if role is FileRole.RUNTIME_STATE and not vmcx:
+            raise InvalidValue(
+                f"VM {self.name!r} (configuration {self.config_version}) has no VMRS file; "
+                "give --device-state (VSV) instead"
+            )
+        if role is FileRole.DEVICE_STATE and (vmcx or not memory):
+            raise InvalidValue(
+                "a VSV device-state file exists only for a 5.0 VM's checkpoint with memory"
+                if not vmcx
+                else f"VM {self.name!r} (configuration {self.config_version}) keeps device "
+                "state in the VMRS; give --runtime-state instead"
+            )
+        if role is FileRole.MEMORY and not memory:
+            raise InvalidValue(
+                f"this checkpoint of VM {self.name!r} holds no memory (the VM is "
+                f"{self.state.value} or the checkpoint is production); --memory refused"
+            )
+
+    @staticmethod
+    def _role_path(checkpoint: Checkpoint, role: FileRole) -> str:
+        kinds = {
+            FileRole.CONFIG: (StateFileKind.VMCX, StateFileKind.XML),
+            FileRole.RUNTIME_STATE: (StateFileKind.VMRS,),
+            FileRole.DEVICE_STATE: (StateFileKind.VSV,),
+            FileRole.MEMORY: (StateFileKind.BIN,),
+        }[role]
+        for f in checkpoint.state_files:
+            if f.kind in kinds:
+                return f.path
+        return ""  # 2016+ memory: inside the VMRS on Hyper-V, restored with --memory here
 
     def _create_checkpoint(
         self,
@@ -350,7 +488,7 @@ class VirtualMachine(Aggregate):
         guest_can_quiesce: bool,
         automatic: bool,
     ) -> Checkpoint:
-        if requested is CheckpointType.DISABLED:
+        if self.checkpoint_type is CheckpointType.DISABLED:
             raise NotAllowed(f"checkpoints are disabled for VM {self.name!r}")
         effective, fell_back = self._effective_type(requested, guest_can_quiesce)
         if name is None:
@@ -537,6 +675,14 @@ class VirtualMachine(Aggregate):
         return {lid for cp in checkpoints for _, lid in cp.layers}
 
     def _replay_changes(self, changes: Sequence[LayerMerge | LayerRemoval]) -> None:
+        for change in changes:
+            if isinstance(change, LayerMerge):
+                merged = self.contents.get(change.target, ()) + self.contents.get(change.source, ())
+                self.contents.pop(change.source, None)
+                if merged:
+                    self.contents[change.target] = merged
+            else:
+                self.contents.pop(change.layer, None)
         self.layers, redirect = layer_rules.apply_changes(self.layers, changes)
         if not redirect:
             return
@@ -561,5 +707,8 @@ EVENT_CLASSES: tuple[type[Aggregate.Event], ...] = (
     VirtualMachine.CheckpointRenamed,
     VirtualMachine.CheckpointDeleted,
     VirtualMachine.CheckpointExported,
+    VirtualMachine.LayerContentRecorded,
+    VirtualMachine.StateContentRecorded,
+    VirtualMachine.BackupPointRecorded,
 )
 """Every persisted event class: the schema. Change one only with a new class_version."""
