@@ -1,0 +1,197 @@
+"""Capture: turn a disk image or a file into a block map of what changed.
+
+Terms:
+- *parent map*: the blocks the chain holds now (``{index: chunk id}``,
+  ``ZERO_ID`` or absent = zeros). A capture records only the blocks whose id
+  differs from it, so a recorded layer is a true differencing layer.
+- *regions*: the byte ranges read. By default every data segment of the
+  source (holes of a sparse file are found with SEEK_DATA/SEEK_HOLE and never
+  read: a 2 TiB sparse disk with 1 GiB written reads 1 GiB); with changed
+  extents (Hyper-V RCT, QEMU dirty bitmaps) only those extents, and every
+  block outside them is taken as unchanged.
+- *sink*: where new blocks go: ``add(chunk_id, data) -> bytes added to the
+  store`` (0 when the store already had it).
+
+"This block is unchanged" is decided by SHA-256 ids, never by a weaker hash:
+the guest chooses the bytes, so a collision must be out of its reach.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from ckpt.domain.errors import InvalidValue
+
+from .manifest import ZERO_ID
+
+READ = 4 << 20  # 4 MiB reads: 1,024 pages per syscall, small enough to bound memory
+Sink = Callable[[bytes, bytes], int]
+Progress = Callable[[int], None]
+
+
+@dataclass
+class CaptureResult:
+    entries: dict[int, bytes] = field(default_factory=dict)
+    read_bytes: int = 0
+    added_bytes: int = 0
+
+
+def _zeros(n: int, cache: dict[int, bytes] = {}) -> bytes:  # noqa: B006 - a deliberate cache
+    buf = cache.get(n)
+    if buf is None:
+        buf = cache[n] = bytes(n)
+    return buf
+
+
+def data_segments(src: BinaryIO, size: int) -> list[tuple[int, int]]:
+    """The ranges of ``src`` that hold data (all of it when holes cannot be asked for)."""
+    try:
+        fd = src.fileno()
+    except (AttributeError, OSError, ValueError):
+        return [(0, size)] if size else []
+    segments: list[tuple[int, int]] = []
+    pos = 0
+    try:
+        while pos < size:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+            if start >= size:
+                break
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+            segments.append((start, end))
+            pos = end
+    except OSError as e:
+        if e.errno == 6:  # ENXIO: no data after pos
+            return segments
+        return [(0, size)] if size else []  # the file system cannot tell: read everything
+    return segments
+
+
+def align(extents: Iterable[tuple[int, int]], block_size: int, size: int) -> list[tuple[int, int]]:
+    """Extents (offset, length) widened to whole blocks, clipped to ``size``, merged."""
+    spans = []
+    for offset, length in extents:
+        if offset < 0 or length < 0:
+            raise InvalidValue(f"changed extent ({offset}, {length}) is negative")
+        if length == 0:
+            continue
+        start = offset // block_size * block_size
+        end = min(-(-(offset + length) // block_size) * block_size, size)
+        if start < end:
+            spans.append((start, end))
+    spans.sort()
+    merged: list[tuple[int, int]] = []
+    for start, end in spans:
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _read(src: BinaryIO, offset: int, length: int) -> bytes:
+    try:
+        fd = src.fileno()
+    except (AttributeError, OSError, ValueError):
+        src.seek(offset)
+        data = src.read(length)
+    else:
+        data = os.pread(fd, length, offset)
+    if len(data) < length:  # the image ends before its declared size: the rest is zeros
+        data += _zeros(length - len(data))
+    return data
+
+
+def capture(
+    src: BinaryIO,
+    size: int,
+    block_size: int,
+    parent: Mapping[int, bytes],
+    sink: Sink,
+    extents: Iterable[tuple[int, int]] | None = None,
+    progress: Progress | None = None,
+) -> CaptureResult:
+    """Compare ``src`` with ``parent`` block by block; send new blocks to ``sink``."""
+    result = CaptureResult()
+    if extents is not None:
+        regions = align(extents, block_size, size)
+    else:
+        regions = [(s // block_size * block_size, e) for s, e in data_segments(src, size)]
+        regions = align(((s, e - s) for s, e in regions), block_size, size)
+    zero_block = _zeros(block_size)
+    entries = result.entries
+    sha256 = hashlib.sha256
+    for start, end in regions:
+        pos = start
+        while pos < end:
+            n = min(READ, end - pos)
+            buf = _read(src, pos, n)
+            result.read_bytes += n
+            first = pos // block_size
+            count = -(-n // block_size)
+            if buf == _zeros(n):
+                for index in range(first, first + count):
+                    if parent.get(index, ZERO_ID) != ZERO_ID:
+                        entries[index] = ZERO_ID
+            else:
+                for k in range(count):
+                    # A bytes slice copies 4 KiB (~0.1 us) but then compares with
+                    # memcmp; a memoryview compares element by element, 30x slower.
+                    block = buf[k * block_size : (k + 1) * block_size]
+                    if len(block) < block_size:  # the last, partial block: pad with zeros
+                        block += zero_block[len(block) :]
+                    index = first + k
+                    if block == zero_block:
+                        if parent.get(index, ZERO_ID) != ZERO_ID:
+                            entries[index] = ZERO_ID
+                        continue
+                    cid = sha256(block).digest()
+                    if parent.get(index) != cid:
+                        entries[index] = cid
+                        result.added_bytes += sink(cid, block)
+            pos += n
+            if progress is not None:
+                progress(n)
+    if extents is None:
+        _zero_the_holes(parent, regions, block_size, entries)
+    return result
+
+
+def _zero_the_holes(
+    parent: Mapping[int, bytes],
+    regions: list[tuple[int, int]],
+    block_size: int,
+    entries: dict[int, bytes],
+) -> None:
+    """Blocks the parent held that now fall in a hole of the source read as zeros."""
+    starts = [s // block_size for s, _ in regions]
+    ends = [-(-e // block_size) for _, e in regions]
+    for index, cid in parent.items():
+        if cid == ZERO_ID or index in entries:
+            continue
+        k = bisect.bisect_right(starts, index) - 1
+        if k < 0 or index >= ends[k]:
+            entries[index] = ZERO_ID
+
+
+def parse_extents(text: str, where: str) -> list[tuple[int, int]]:
+    """Changed extents, one ``OFFSET LENGTH`` pair per line (decimal or 0x hex; # comments)."""
+    out = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].replace(",", " ").strip()
+        if not line:
+            continue
+        parts = line.split()
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            out.append((int(parts[0], 0), int(parts[1], 0)))
+        except ValueError:
+            raise InvalidValue(
+                f"{where} line {number}: expected 'OFFSET LENGTH', got {line!r}"
+            ) from None
+    return out
