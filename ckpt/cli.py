@@ -18,8 +18,10 @@ from typing import Any, TextIO
 
 from ckpt.domain import CheckpointType, CkptError, DiskFormat
 
-from . import render
+from . import cli_content, render
+from .cli_content import content_args
 from .exit_codes import exit_code
+from .progress import progress_bars
 from .store import Store
 
 DEFAULT_STORE = "ckpt-store"
@@ -104,7 +106,10 @@ def _vm_show(s: Store, a: argparse.Namespace, out: TextIO) -> None:
 
 
 def _cp_create(s: Store, a: argparse.Namespace, out: TextIO) -> None:
-    cp = s.create_checkpoint(a.vm, a.name, a.type, not a.guest_cannot_quiesce)
+    with progress_bars() as bars:
+        cp = s.create_checkpoint(
+            a.vm, a.name, a.type, not a.guest_cannot_quiesce, **content_args(a), progress=bars
+        )
     vm = s.vm(a.vm)
     fell = (
         " (fell back to standard: the guest could not quiesce)"
@@ -302,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the guest cannot do a production checkpoint (VSS/fsfreeze failed)",
     )
+    cli_content.capture_options(q)
+    cli_content.state_options(q)
     q = cmd(cp, "apply", _cp_apply, "apply a checkpoint (Restore-VMSnapshot)", json_out=True)
     q.add_argument("vm")
     q.add_argument("checkpoint", help="name or id")
@@ -343,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("vm", nargs="?")
     q.add_argument("--operation", help="only this operation (e.g. checkpoint-deleted)")
     q.add_argument("--by", metavar="ACTOR", help="only entries by this actor")
+    cli_content.register(sub, cmd)
     return p
 
 

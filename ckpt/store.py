@@ -17,11 +17,11 @@ import json
 import os
 import socket
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 from uuid import UUID, uuid4
 
 from eventsourcing.persistence import (
@@ -32,9 +32,12 @@ from eventsourcing.persistence import (
 
 from ckpt.domain import (
     AlreadyExists,
+    BackupPoint,
+    CaptureOutdated,
     Checkpoint,
     CheckpointType,
     DiskFormat,
+    FileRole,
     Origin,
     StateFile,
     StoreConflict,
@@ -56,9 +59,12 @@ from ckpt.projections import (
 )
 from ckpt.storage import sqlite_environment
 
+from . import content_ops
 from .app import CheckpointApplication
+from .content_ops import ProgressFactory
 
 MARKER = "ckpt-store.json"
+CHUNKS_DIR = "chunks"
 FORMAT = 1
 RETRIES = 3  # a conflicting writer is rare; three fresh tries settle it or report it
 
@@ -81,6 +87,7 @@ class Store:
         self.actor = actor or default_actor()
         self.host = host or socket.gethostname()
         self._clock = clock
+        self._chunks: Any = None
         try:
             self.app = CheckpointApplication(env=sqlite_environment(path))
         except (PersistenceError, sqlite3.Error) as e:
@@ -146,12 +153,12 @@ class Store:
         """Run ``act`` on a fresh copy of the VM and save; retry on a write conflict."""
         for attempt in range(RETRIES):
             vm = self.vm(name)
-            result = act(vm, self._origin())
             try:
+                result = act(vm, self._origin())
                 with self._translated():
                     self.app.save(vm)
                 return result
-            except StoreConflict:
+            except (StoreConflict, CaptureOutdated):
                 if attempt == RETRIES - 1:
                     raise
         raise AssertionError("unreachable")
@@ -220,10 +227,74 @@ class Store:
         name: str | None = None,
         checkpoint_type: CheckpointType | None = None,
         guest_can_quiesce: bool = True,
+        *,
+        disks: Mapping[str, str | Path] | None = None,
+        files: Mapping[FileRole, str | Path] | None = None,
+        changed_blocks: Mapping[str, Sequence[tuple[int, int]]] | None = None,
+        progress: ProgressFactory | None = None,
     ) -> Checkpoint:
-        return self._command(
-            vm, lambda v, o: v.create_checkpoint(o, name, checkpoint_type, guest_can_quiesce)
-        )
+        """Checkpoint-VM; with ``disks``/``files``, capture their content first.
+
+        ``disks`` maps a disk name to a raw image of it as the VM sees it now;
+        ``files`` maps a role (config, runtime-state, device-state, memory) to
+        the file; ``changed_blocks`` limits reading a disk to (offset, length)
+        extents changed since its last capture.
+        """
+        if not disks and not files:
+            return self._command(
+                vm, lambda v, o: v.create_checkpoint(o, name, checkpoint_type, guest_can_quiesce)
+            )
+        return content_ops.create_checkpoint(
+            self, vm, name, checkpoint_type, guest_can_quiesce,
+            disks or {}, files or {}, changed_blocks or {}, progress,
+        )  # fmt: skip
+
+    def sync(
+        self,
+        vm: str,
+        disks: Mapping[str, str | Path],
+        name: str | None = None,
+        changed_blocks: Mapping[str, Sequence[tuple[int, int]]] | None = None,
+        progress: ProgressFactory | None = None,
+    ) -> BackupPoint:
+        """Record the running disks' content as a backup point (not a checkpoint)."""
+        return content_ops.sync(self, vm, name, disks, changed_blocks or {}, progress)
+
+    def restore_disk(
+        self, vm: str, point: str, disk: str, out: BinaryIO, progress: ProgressFactory | None = None
+    ) -> int:
+        """Write a disk as it was at a checkpoint or backup point (raw, sparse where zero)."""
+        return content_ops.restore_disk(self, vm, point, disk, out, progress)
+
+    def restore_memory(
+        self, vm: str, point: str, out: BinaryIO, progress: ProgressFactory | None = None
+    ) -> int:
+        return content_ops.restore_memory(self, vm, point, out, progress)
+
+    def restore_state_files(self, vm: str, point: str, directory: str | Path) -> list[Path]:
+        return content_ops.restore_state_files(self, vm, point, Path(directory))
+
+    def verify(
+        self, sample: float = 1.0, progress: ProgressFactory | None = None
+    ) -> content_ops.VerifyReport:
+        return content_ops.verify(self, sample, progress)
+
+    def gc(
+        self, grace_seconds: float = 3600.0, progress: ProgressFactory | None = None
+    ) -> content_ops.GcReport:
+        return content_ops.gc(self, grace_seconds, progress)
+
+    def stats(self, vm: str | None = None) -> dict[str, Any]:
+        return content_ops.stats(self, vm)
+
+    @property
+    def chunks(self) -> Any:
+        """The chunk store (``<store>/chunks``), opened on first use."""
+        if self._chunks is None:
+            from ckpt.storage.chunks import ChunkStore, LocalChunkBackend
+
+            self._chunks = ChunkStore(LocalChunkBackend(self.path / CHUNKS_DIR))
+        return self._chunks
 
     def apply_checkpoint(self, vm: str, checkpoint: str) -> Checkpoint:
         def act(v: VirtualMachine, o: Origin) -> Checkpoint:

@@ -387,7 +387,7 @@ class VirtualMachine(Aggregate):
         _, memory = self.plan_checkpoint(requested, guest_can_quiesce)
         self._check_captures(disks)
         for role in {f.role for f in files}:
-            self._check_role(role, memory)
+            self.check_file_role(role, memory)
         if len({f.role for f in files}) != len(files):
             raise InvalidValue("a state file role is given twice")
         self._record_captures(origin, disks)
@@ -447,7 +447,8 @@ class VirtualMachine(Aggregate):
         for capture in disks:
             self._trigger(origin, self.LayerContentRecorded, capture=capture)
 
-    def _check_role(self, role: FileRole, memory: bool) -> None:
+    def check_file_role(self, role: FileRole, memory: bool) -> None:
+        """Refuse a state file this VM's checkpoint cannot have (memory: it will hold memory)."""
         vmcx = uses_vmcx(self.config_version)
         if role is FileRole.RUNTIME_STATE and not vmcx:
             raise InvalidValue(

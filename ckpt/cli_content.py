@@ -1,0 +1,247 @@
+"""CLI commands that move content: capture options, sync, restore, verify, gc, stats."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+from ckpt.domain import FileRole, InvalidValue
+from ckpt.storage.capture import parse_extents
+
+from . import content_ops
+from .progress import progress_bars
+from .store import Store
+
+Handler = Callable[[Store, argparse.Namespace, TextIO], None]
+
+
+def _pairs(values: list[str] | None, option: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for value in values or []:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise InvalidValue(f"{option} expects NAME=FILE, got {value!r}")
+        if name in out:
+            raise InvalidValue(f"{option} {name} is given twice")
+        out[name] = path
+    return out
+
+
+def capture_options(q: argparse.ArgumentParser) -> None:
+    q.add_argument(
+        "--disk",
+        action="append",
+        metavar="DISK=IMAGE",
+        help="raw image of a disk as the VM sees it now; repeat per disk",
+    )
+    q.add_argument(
+        "--changed-blocks",
+        action="append",
+        metavar="DISK=FILE",
+        help="only read these extents ('OFFSET LENGTH' per line) of that disk",
+    )
+
+
+def state_options(q: argparse.ArgumentParser) -> None:
+    q.add_argument(
+        "--memory",
+        metavar="IMAGE",
+        help="the memory image (running or saved VM, standard checkpoint)",
+    )
+    q.add_argument(
+        "--config", metavar="FILE", help="the VMCX (2016+) or XML (5.0) configuration file"
+    )
+    q.add_argument("--runtime-state", metavar="FILE", help="the VMRS file (2016+)")
+    q.add_argument("--device-state", metavar="FILE", help="the VSV file (5.0)")
+
+
+def content_args(a: argparse.Namespace) -> dict[str, Any]:
+    disks = _pairs(a.disk, "--disk")
+    changed: dict[str, list[tuple[int, int]]] = {}
+    for disk, path in _pairs(a.changed_blocks, "--changed-blocks").items():
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise InvalidValue(f"cannot read changed blocks {path!r}: {e.strerror}") from None
+        changed[disk] = parse_extents(text, path)
+    files = {
+        role: path
+        for role, path in (
+            (FileRole.MEMORY, getattr(a, "memory", None)),
+            (FileRole.CONFIG, getattr(a, "config", None)),
+            (FileRole.RUNTIME_STATE, getattr(a, "runtime_state", None)),
+            (FileRole.DEVICE_STATE, getattr(a, "device_state", None)),
+        )
+        if path
+    }
+    return {"disks": disks, "files": files, "changed_blocks": changed}
+
+
+def _emit(out: TextIO, a: argparse.Namespace, data: Any, text: str) -> None:
+    if getattr(a, "json", False):
+        json.dump(data, out, indent=2)
+        out.write("\n")
+    else:
+        out.write(text + "\n")
+
+
+def _sync(s: Store, a: argparse.Namespace, out: TextIO) -> None:
+    args = content_args(a)
+    if not args["disks"]:
+        raise InvalidValue("ckpt sync needs at least one --disk DISK=IMAGE")
+    with progress_bars() as bars:
+        point = s.sync(a.vm, args["disks"], a.name, args["changed_blocks"], bars)
+    data = {
+        "id": str(point.id),
+        "name": point.name,
+        "created_at": point.created_at.isoformat(),
+        "version": point.version,
+    }
+    _emit(out, a, data, f"recorded backup point {point.name!r} ({point.id}) of VM {a.vm!r}")
+
+
+def _restore(s: Store, a: argparse.Namespace, out: TextIO) -> None:
+    chosen = [x for x in (a.disk, a.memory, a.state_files) if x]
+    if len(chosen) != 1:
+        raise InvalidValue("restore needs exactly one of --disk DISK, --memory, --state-files")
+    if a.state_files:
+        files = s.restore_state_files(a.vm, a.checkpoint, a.output)
+        _emit(out, a, {"files": [str(f) for f in files]}, "\n".join(f"wrote {f}" for f in files))
+        return
+    stream = content_ops.open_output(a.output)
+    try:
+        with progress_bars() as bars:
+            if a.disk:
+                size = s.restore_disk(a.vm, a.checkpoint, a.disk, stream, bars)
+            else:
+                size = s.restore_memory(a.vm, a.checkpoint, stream, bars)
+    finally:
+        if a.output != "-":
+            stream.close()
+        else:
+            stream.flush()
+    if a.output != "-":
+        what = f"disk {a.disk}" if a.disk else "memory"
+        _emit(
+            out,
+            a,
+            {"bytes": size, "output": a.output},
+            f"restored {what} of {a.checkpoint!r}: {size} bytes to {a.output}",
+        )
+
+
+def _verify(s: Store, a: argparse.Namespace, out: TextIO) -> None:
+    with progress_bars() as bars:
+        report = s.verify(a.sample, bars)
+    data = {
+        "ok": report.ok,
+        "referenced": report.referenced,
+        "checked": report.checked,
+        "bad": report.bad,
+    }
+    lines = [
+        f"verified {report.checked} of {report.referenced} referenced chunks: "
+        + ("OK" if report.ok else f"{len(report.bad)} BAD")
+    ]
+    for bad in report.bad:
+        lines.append(f"  chunk {bad['chunk'][:16]}: {bad['reason']}")
+        lines.extend(
+            f"    affects VM {x['vm']}: {x['what']} (event {x['position']})" for x in bad["affects"]
+        )
+    _emit(out, a, data, "\n".join(lines))
+    if not report.ok:
+        from ckpt.domain import StoreCorrupt
+
+        raise StoreCorrupt(f"verify found {len(report.bad)} damaged chunks (listed above)")
+
+
+def _gc(s: Store, a: argparse.Namespace, out: TextIO) -> None:
+    with progress_bars() as bars:
+        report = s.gc(a.grace, bars)
+    data = {
+        "referenced": report.referenced,
+        "removed_chunks": report.removed_chunks,
+        "freed_bytes": report.freed_bytes,
+    }
+    _emit(
+        out,
+        a,
+        data,
+        f"gc: kept {report.referenced} referenced chunks, removed {report.removed_chunks}, "
+        f"freed {report.freed_bytes} bytes",
+    )
+
+
+def _stats(s: Store, a: argparse.Namespace, out: TextIO) -> None:
+    st = s.stats(a.vm)
+    lines = [
+        f"{name}: logical {row['logical_bytes']:,} B, new {row['new_bytes']:,} B, "
+        f"captures {row['captures']}"
+        for name, row in st["vms"].items()
+    ]
+    t = st["total"]
+    lines.append(
+        f"total: logical {t['logical_bytes']:,} B, unique {t['unique_bytes']:,} B, "
+        f"stored {t['stored_bytes']:,} B in {t['chunks']:,} chunks; "
+        f"dedup x{t['dedup_ratio']}, compression x{t['compression_ratio']}"
+    )
+    _emit(out, a, st, "\n".join(lines))
+
+
+def register(sub: Any, cmd: Callable[..., argparse.ArgumentParser]) -> None:
+    q = cmd(
+        sub, "sync", _sync, "record the running disks' content as a backup point", json_out=True
+    )
+    q.add_argument("vm")
+    q.add_argument("--name", help="default: '<VM> - backup point (<time>)'")
+    capture_options(q)
+    q = cmd(
+        sub,
+        "restore",
+        _restore,
+        "write a checkpoint's (or backup point's) disk, memory or state files",
+        json_out=True,
+    )
+    q.add_argument("vm")
+    q.add_argument("checkpoint", help="checkpoint or backup point, by name or id")
+    q.add_argument("--disk", metavar="DISK", help="restore this disk (raw, sparse where zero)")
+    q.add_argument("--memory", action="store_true", help="restore the memory image")
+    q.add_argument(
+        "--state-files",
+        action="store_true",
+        help="write the state files under their Hyper-V names into -o DIR",
+    )
+    q.add_argument("-o", "--output", required=True, metavar="FILE|DIR|-")
+    q = cmd(
+        sub,
+        "verify",
+        _verify,
+        "check every referenced chunk: present, decompresses, hashes to its id",
+        json_out=True,
+    )
+    q.add_argument(
+        "--sample",
+        type=float,
+        default=1.0,
+        metavar="P",
+        help="check a random fraction P of the chunks",
+    )
+    q = cmd(
+        sub,
+        "gc",
+        _gc,
+        "remove chunks no event references (older than the grace period)",
+        json_out=True,
+    )
+    q.add_argument(
+        "--grace",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="keep unreferenced chunks younger than this (default 3600)",
+    )
+    q = cmd(sub, "stats", _stats, "logical and stored bytes, dedup and compression", json_out=True)
+    q.add_argument("vm", nargs="?")

@@ -1,0 +1,357 @@
+"""Content operations of a store: capture at checkpoint and sync, restore, verify, gc, stats.
+
+Kept apart from ``store.py`` (the metadata commands) so each stays one
+concept; ``Store`` exposes these as methods. Durability order (DESIGN.md §3):
+every capture writes its chunks through one writer session, which makes the
+packs and their index files durable when it closes; only then is the event
+that names them saved.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+from uuid import UUID
+
+from ckpt.domain import (
+    BackupPoint,
+    Checkpoint,
+    CheckpointType,
+    CkptError,
+    FileCapture,
+    FileRole,
+    InvalidValue,
+    Origin,
+    UnknownCheckpoint,
+    VirtualMachine,
+)
+from ckpt.projections import AuditTrail
+
+from .content import (
+    ManifestCache,
+    Reference,
+    Session,
+    capture_disk,
+    capture_file,
+    captures_in_log,
+    chain_maps,
+    open_source,
+    referenced_chunks,
+    restore_maps,
+)
+
+if TYPE_CHECKING:
+    from .store import Store
+
+ProgressFactory = Callable[[str, int], Callable[[int], None]]
+Extents = Sequence[tuple[int, int]]
+
+
+def _bar(progress: ProgressFactory | None, label: str, total: int) -> Callable[[int], None] | None:
+    return None if progress is None else progress(label, total)
+
+
+def _source_sizes(paths: Sequence[str | Path]) -> int:
+    total = 0
+    for p in paths:
+        with contextlib.suppress(OSError):  # an unreadable source fails clearly when opened
+            total += Path(p).stat().st_size
+    return total
+
+
+def create_checkpoint(
+    store: Store,
+    vm: str,
+    name: str | None,
+    checkpoint_type: CheckpointType | None,
+    guest_can_quiesce: bool,
+    disks: Mapping[str, str | Path],
+    files: Mapping[FileRole, str | Path],
+    changed_blocks: Mapping[str, Extents],
+    progress: ProgressFactory | None,
+) -> Checkpoint:
+    for disk in changed_blocks:
+        if disk not in disks:
+            raise InvalidValue(f"--changed-blocks for disk {disk!r} needs --disk {disk}=IMAGE")
+
+    def act(v: VirtualMachine, o: Origin) -> Checkpoint:
+        _, memory = v.plan_checkpoint(checkpoint_type, guest_can_quiesce)
+        for role in files:
+            v.check_file_role(role, memory)
+        captures, captured = _capture(store, v, disks, files, changed_blocks, progress)
+        return v.create_checkpoint(o, name, checkpoint_type, guest_can_quiesce, captures, captured)
+
+    return store._command(vm, act)
+
+
+def sync(
+    store: Store,
+    vm: str,
+    name: str | None,
+    disks: Mapping[str, str | Path],
+    changed_blocks: Mapping[str, Extents],
+    progress: ProgressFactory | None,
+) -> BackupPoint:
+    def act(v: VirtualMachine, o: Origin) -> BackupPoint:
+        captures, _ = _capture(store, v, disks, {}, changed_blocks, progress)
+        return v.sync(o, name, captures)
+
+    return store._command(vm, act)
+
+
+def _capture(
+    store: Store,
+    v: VirtualMachine,
+    disks: Mapping[str, str | Path],
+    files: Mapping[FileRole, str | Path],
+    changed_blocks: Mapping[str, Extents],
+    progress: ProgressFactory | None,
+) -> tuple[list[Any], list[FileCapture]]:
+    chunks = store.chunks
+    cache = ManifestCache(chunks)
+    total = _source_sizes([*disks.values(), *files.values()])
+    bar = _bar(progress, f"capture {v.name}", total)
+    captures = []
+    captured = []
+    with chunks.writer() as writer:
+        session = Session(writer, chunks)
+        for disk, path in disks.items():
+            with open_source(path, f"image of disk {disk!r}") as src:
+                captures.append(
+                    capture_disk(
+                        v, disk, src, str(path), session, cache, changed_blocks.get(disk), bar
+                    )
+                )
+        for role, path in files.items():
+            with open_source(path, f"{role.value} file") as src:
+                captured.append(capture_file(role, src, str(path), session, bar))
+    return captures, captured
+
+
+# ------------------------------------------------------------------ restore
+@dataclass(frozen=True)
+class RestorePoint:
+    """A checkpoint or backup point, and the VM as of the moment its content was recorded."""
+
+    vm: VirtualMachine
+    label: str
+    layers: dict[str, UUID]
+    files: tuple[FileCapture, ...]
+
+
+def resolve_point(store: Store, vm: str, ref: str) -> RestorePoint:
+    v = store.vm(vm)
+    try:
+        cp = v.find_checkpoint(ref)
+    except UnknownCheckpoint:
+        points = [
+            p
+            for p in v.backup_points.values()
+            if p.name == ref or str(p.id) == ref.strip("{}").lower()
+        ]
+        if not points:
+            raise UnknownCheckpoint(
+                f"VM {v.name!r} has no checkpoint or backup point named or with id {ref!r}"
+            ) from None
+        point = points[-1]
+        past = store.vm(vm, version=point.version)
+        return RestorePoint(past, f"backup point {point.name!r}", dict(past.running), ())
+    layers = dict(cp.layers)
+    return RestorePoint(v, f"checkpoint {cp.name!r}", layers, v.captured_files.get(cp.id, ()))
+
+
+def restore_disk(
+    store: Store, vm: str, ref: str, disk: str, out: BinaryIO, progress: ProgressFactory | None
+) -> int:
+    point = resolve_point(store, vm, ref)
+    if disk not in point.layers:
+        raise InvalidValue(
+            f"VM {point.vm.name!r} has no disk {disk!r} (disks: {', '.join(point.layers)})"
+        )
+    maps = chain_maps(point.vm, point.layers[disk], ManifestCache(store.chunks))
+    if not maps:
+        raise InvalidValue(f"no content was captured for disk {disk!r} up to {point.label}")
+    size = maps[-1].size
+    return restore_maps(maps, store.chunks, out, _bar(progress, f"restore {disk}", size))
+
+
+def _file(point: RestorePoint, role: FileRole) -> FileCapture:
+    for f in point.files:
+        if f.role is role:
+            return f
+    raise InvalidValue(f"no {role.value} content was captured for {point.label}")
+
+
+def restore_memory(
+    store: Store, vm: str, ref: str, out: BinaryIO, progress: ProgressFactory | None
+) -> int:
+    point = resolve_point(store, vm, ref)
+    f = _file(point, FileRole.MEMORY)
+    cache = ManifestCache(store.chunks)
+    return restore_maps(
+        [cache.load(f.manifest)], store.chunks, out, _bar(progress, "restore memory", f.size)
+    )
+
+
+def restore_state_files(store: Store, vm: str, ref: str, directory: Path) -> list[Path]:
+    """Write the captured state files under their Hyper-V names below ``directory``."""
+    point = resolve_point(store, vm, ref)
+    cache = ManifestCache(store.chunks)
+    written = []
+    for f in point.files:
+        if not f.path:  # 2016+ memory lives inside the VMRS: `restore --memory` gives it
+            continue
+        target = directory.joinpath(*f.path.split("/"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with target.open("wb") as out:
+            restore_maps([cache.load(f.manifest)], store.chunks, out)
+        written.append(target)
+    if not written:
+        raise InvalidValue(f"no state files were captured for {point.label}")
+    return written
+
+
+# ------------------------------------------------------------ verify and gc
+@dataclass
+class VerifyReport:
+    checked: int = 0
+    referenced: int = 0
+    bad: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.bad
+
+
+def _references(store: Store) -> list[Reference]:
+    trail = AuditTrail()
+    events = list(store.app.read_log())
+    trail.fold(events)
+    return list(captures_in_log(events, trail.names))
+
+
+def verify(
+    store: Store,
+    sample: float = 1.0,
+    progress: ProgressFactory | None = None,
+    seed: int | None = None,
+) -> VerifyReport:
+    if not 0 < sample <= 1:
+        raise InvalidValue(f"--sample must be in (0, 1], not {sample}")
+    chunks = store.chunks
+    needed, broken = referenced_chunks(_references(store), chunks)
+    report = VerifyReport(referenced=len(needed))
+    for ref, reason in broken:
+        report.bad.append(
+            {"chunk": ref.manifest.hex(), "reason": reason, "affects": [_affect(ref)]}
+        )
+    ids = sorted(needed)
+    if sample < 1:
+        ids = random.Random(seed).sample(ids, max(1, round(len(ids) * sample))) if ids else []
+    bar = _bar(progress, "verify", len(ids))
+    broken_ids = {bytes.fromhex(b["chunk"]) for b in report.bad}
+    for cid in ids:
+        report.checked += 1
+        if bar is not None:
+            bar(1)
+        if cid in broken_ids:
+            continue
+        try:
+            chunks.get(cid)
+        except CkptError as e:
+            report.bad.append(
+                {"chunk": cid.hex(), "reason": str(e), "affects": [_affect(r) for r in needed[cid]]}
+            )
+    return report
+
+
+def _affect(ref: Reference) -> dict[str, Any]:
+    return {"vm": ref.vm, "what": ref.what, "position": ref.position}
+
+
+@dataclass
+class GcReport:
+    referenced: int
+    removed_chunks: int
+    freed_bytes: int
+    details: dict[str, Any]
+
+
+def gc(store: Store, grace_seconds: float, progress: ProgressFactory | None = None) -> GcReport:
+    chunks = store.chunks
+    needed, broken = referenced_chunks(_references(store), chunks)
+    if broken:
+        # A manifest we cannot read hides what it references: deleting anything then
+        # could delete live data. Refuse, and let verify name the damage.
+        raise InvalidValue(f"gc refused: {len(broken)} manifests cannot be read; run ckpt verify")
+    before = chunks.stats()
+    result = chunks.delete_unreferenced(set(needed), grace_seconds, time.time())
+    after = chunks.stats()
+    return GcReport(
+        referenced=len(needed),
+        removed_chunks=before.chunks - after.chunks,
+        freed_bytes=before.stored_bytes - after.stored_bytes,
+        details=vars(result) if hasattr(result, "__dict__") else {"result": str(result)},
+    )
+
+
+def stats(store: Store, vm: str | None = None) -> dict[str, Any]:
+    """Logical bytes handed over, stored bytes, dedup and compression ratios, per VM and total."""
+    trail = AuditTrail()
+    events = list(store.app.read_log())
+    trail.fold(events)
+    per_vm: dict[str, dict[str, int]] = {}
+    for _, event in events:
+        name = trail.names.get(event.originator_id, "?")
+        row = per_vm.setdefault(name, {"logical_bytes": 0, "new_bytes": 0, "captures": 0})
+        if isinstance(event, VirtualMachine.LayerContentRecorded):
+            row["logical_bytes"] += event.capture.virtual_size
+            row["new_bytes"] += event.capture.added_bytes
+            row["captures"] += 1
+        elif isinstance(event, VirtualMachine.StateContentRecorded):
+            for f in event.files:
+                row["logical_bytes"] += f.size
+                row["new_bytes"] += f.added_bytes
+                row["captures"] += 1
+    if vm is not None:
+        name = store.vm(vm).name
+        per_vm = {name: per_vm.get(name, {"logical_bytes": 0, "new_bytes": 0, "captures": 0})}
+    s = store.chunks.stats()
+    logical = sum(r["logical_bytes"] for r in per_vm.values())
+    total = {
+        "logical_bytes": logical,
+        "unique_bytes": s.uncompressed_bytes,
+        "stored_bytes": s.stored_bytes,
+        "chunks": s.chunks,
+        "dedup_ratio": round(logical / s.uncompressed_bytes, 3) if s.uncompressed_bytes else None,
+        "compression_ratio": round(s.uncompressed_bytes / s.stored_bytes, 3)
+        if s.stored_bytes
+        else None,
+    }
+    vms = {
+        name: dict(
+            row,
+            dedup_ratio=round(row["logical_bytes"] / row["new_bytes"], 3)
+            if row["new_bytes"]
+            else None,
+        )
+        for name, row in per_vm.items()
+    }
+    return {"vms": vms, "total": total}
+
+
+def open_output(path: str) -> BinaryIO:
+    """``-`` is standard output; anything else a file created or truncated."""
+    import sys
+
+    if path == "-":
+        return sys.stdout.buffer
+    try:
+        return open(path, "wb")
+    except OSError as e:
+        raise InvalidValue(f"cannot write {path!r}: {e.strerror}") from None
