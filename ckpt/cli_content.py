@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
@@ -111,18 +112,27 @@ def _restore(s: Store, a: argparse.Namespace, out: TextIO) -> None:
         files = s.restore_state_files(a.vm, a.checkpoint, a.output)
         _emit(out, a, {"files": [str(f) for f in files]}, "\n".join(f"wrote {f}" for f in files))
         return
-    stream = content_ops.open_output(a.output)
+    # A file is written beside its final name and renamed only when every chunk
+    # was read and verified: a failed restore never leaves wrong bytes under FILE.
+    partial = a.output if a.output == "-" else f"{a.output}.ckpt-partial"
+    stream = content_ops.open_output(partial)
+    done = False
     try:
         with progress_bars() as bars:
             if a.disk:
                 size = s.restore_disk(a.vm, a.checkpoint, a.disk, stream, bars)
             else:
                 size = s.restore_memory(a.vm, a.checkpoint, stream, bars)
+        done = True
     finally:
-        if a.output != "-":
-            stream.close()
-        else:
+        if a.output == "-":
             stream.flush()
+        else:
+            stream.close()
+            if done:
+                os.replace(partial, a.output)
+            else:
+                Path(partial).unlink(missing_ok=True)
     if a.output != "-":
         what = f"disk {a.disk}" if a.disk else "memory"
         _emit(
