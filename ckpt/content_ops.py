@@ -10,9 +10,11 @@ that names them saved.
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -49,6 +51,7 @@ if TYPE_CHECKING:
     from .store import Store
 
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
+WORKERS = min(4, os.cpu_count() or 2)  # hashing and zstd release the GIL: one thread per core
 Extents = Sequence[tuple[int, int]]
 
 
@@ -118,8 +121,8 @@ def _capture(
     bar = _bar(progress, f"capture {v.name}", total)
     captures = []
     captured = []
-    with chunks.writer() as writer:
-        session = Session(writer, chunks)
+    with chunks.writer() as writer, ThreadPoolExecutor(WORKERS) as pool:
+        session = Session(writer, chunks, pool)
         for disk, path in disks.items():
             with open_source(path, f"image of disk {disk!r}") as src:
                 captures.append(

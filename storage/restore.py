@@ -5,14 +5,15 @@ Terms: *entries* is the folded map of a disk or file (``manifest.overlay``);
 chunk's SHA-256 against its id, so a wrong byte stops the restore with an
 error instead of reaching the output).
 
-Zero runs become holes when the output can seek (a sparse file); on a pipe
-(``-o -``) they are written as zeros. Chunk reads run in a small thread pool
-one batch ahead of the writer: zstd decompression and SHA-256 both release
-the GIL, so the second core is used.
+Zero runs become holes in a regular file (a sparse file); on a pipe
+(``-o -``) they are written as zeros. Into a regular file, one thread fetches and
+checks chunks while another ``pwrite``s them (see ``_write_parallel``).
 """
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO
@@ -36,6 +37,74 @@ def _batches(fetch: Fetch, ids: list[bytes], workers: int) -> Iterator[list[byte
             yield future.result()
 
 
+def _regular_fd(out: BinaryIO) -> int | None:
+    """The descriptor of a regular file positioned at 0, else None."""
+    try:
+        fd = out.fileno()
+        if out.tell() != 0 or not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+    except (AttributeError, OSError, ValueError):
+        return None
+    return fd
+
+
+def _runs(
+    batch: list[tuple[int, bytes]], datas: list[bytes], block_size: int, size: int
+) -> Iterator[tuple[int, bytes]]:
+    """Contiguous blocks joined into (offset, bytes) runs, the last block cut to ``size``."""
+    run: list[bytes] = []
+    run_at = run_end = -1
+    for (index, _), data in zip(batch, datas, strict=True):
+        if len(data) != block_size:
+            raise ValueError(f"block {index} is {len(data)} bytes, expected {block_size}")
+        offset = index * block_size
+        if offset + block_size > size:
+            data = data[: size - offset]
+        if run and offset != run_end:
+            yield run_at, b"".join(run)
+            run = []
+        if not run:
+            run_at = offset
+        run.append(data)
+        run_end = offset + len(data)
+    if run:
+        yield run_at, b"".join(run)
+
+
+def _write_parallel(
+    fd: int,
+    blocks: list[tuple[int, bytes]],
+    size: int,
+    block_size: int,
+    fetch: Fetch,
+    progress: Progress | None,
+) -> int:
+    """Fetch and check in this thread, ``pwrite`` in another.
+
+    Measured on a 1 GiB restore: fetching 210,000 chunks took 1.8 s in one
+    thread and 5.1 s split over two (the per-chunk Python work fights over the
+    GIL), while the copy into the page cache, 0.4-2 s, holds no GIL at all:
+    so one fetching thread and one writing thread.
+    """
+    os.ftruncate(fd, 0)
+    data_bytes = 0
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        pending: list[Future[int]] = []
+        for start in range(0, len(blocks), BATCH):
+            batch = blocks[start : start + BATCH]
+            for offset, run in _runs(batch, fetch([cid for _, cid in batch]), block_size, size):
+                pending.append(writer.submit(os.pwrite, fd, run, offset))
+                data_bytes += len(run)
+            while len(pending) > 8:  # bound the bytes waiting to be written (~8 MiB)
+                pending.pop(0).result()
+            if progress is not None:
+                progress(len(batch) * block_size)
+        for future in pending:
+            future.result()
+    os.ftruncate(fd, size)  # the tail after the last data block: a hole
+    return data_bytes
+
+
 def write_image(
     entries: Mapping[int, bytes],
     size: int,
@@ -43,10 +112,16 @@ def write_image(
     fetch: Fetch,
     out: BinaryIO,
     progress: Progress | None = None,
-    workers: int = 2,
+    workers: int = 1,
 ) -> int:
     """Write ``size`` bytes to ``out``; return how many bytes came from chunks."""
     blocks = [(i, cid) for i, cid in present(entries) if i * block_size < size]
+    fd = _regular_fd(out)
+    if fd is not None:
+        out.flush()
+        data_bytes = _write_parallel(fd, blocks, size, block_size, fetch, progress)
+        out.seek(size)
+        return data_bytes
     sparse = _seekable(out)
     start_at = out.tell() if sparse else 0
     written = 0  # bytes of the image emitted so far (holes included)

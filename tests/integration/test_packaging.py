@@ -32,6 +32,7 @@ def test_wheel_contains_only_the_ckpt_package(tmp_path: Path) -> None:
 def test_public_api_is_exactly_all() -> None:
     public = {n for n in vars(ckpt) if not n.startswith("_")} - {
         "domain", "storage", "projections", "app", "store", "cli", "render", "exit_codes", "demo",
+        "content", "content_ops", "cli_content", "progress",
     }  # fmt: skip
     assert public == set(ckpt.__all__) - {"__version__"}
     for name in ckpt.__all__:

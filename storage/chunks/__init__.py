@@ -1,0 +1,55 @@
+"""ckpt.storage.chunks: the content-addressed chunk store.
+
+Chunks (disk blocks, memory pages, manifests) are stored once per content,
+named by the SHA-256 of their uncompressed bytes, compressed with zstd one
+frame per chunk, gathered into ~16 MiB packs, and found through one small
+index file per pack. docs/chunk-format.md specifies the formats byte by byte.
+
+Modules, from the bottom up:
+    ids         ChunkId, hashing, the all-zero convention
+    backend     the ChunkBackend port; memory and local-directory adapters
+    pack        the pack format (bytes only)
+    index_file  the index file format (bytes only)
+    layout      object names in the backend; reading a pack's own table
+    codec       zstd per thread; checked decoding
+    chunk_map   the compact in-memory id -> location map
+    index       all index files of a backend, loaded
+    writer      writer sessions: add, flush
+    verify      read-back checks
+    gc          deleting unreferenced chunks, repacking
+    repair      rebuilding index files from packs
+    store       ChunkStore, the facade
+"""
+
+from .backend import ChunkBackend, LocalChunkBackend, MemoryChunkBackend
+from .codec import DEFAULT_LEVEL
+from .gc import GcReport
+from .ids import ChunkId, chunk_id, from_hex, is_zero, to_hex
+from .index import ChunkStats
+from .pack import DEFAULT_PACK_SIZE, PackEntry, PackWriter, read_pack_index
+from .repair import RebuildReport
+from .store import ChunkStore
+from .verify import VerifyReport
+from .writer import ChunkWriter
+
+__all__ = [
+    "DEFAULT_LEVEL",
+    "DEFAULT_PACK_SIZE",
+    "ChunkBackend",
+    "ChunkId",
+    "ChunkStats",
+    "ChunkStore",
+    "ChunkWriter",
+    "GcReport",
+    "LocalChunkBackend",
+    "MemoryChunkBackend",
+    "PackEntry",
+    "PackWriter",
+    "RebuildReport",
+    "VerifyReport",
+    "chunk_id",
+    "from_hex",
+    "is_zero",
+    "read_pack_index",
+    "to_hex",
+]

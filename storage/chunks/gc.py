@@ -1,0 +1,141 @@
+"""Garbage collection: deleting chunks no event references.
+
+Terms:
+    keep      the chunk ids some event still references (the caller folds them
+              from the event log; deleted checkpoints count until purged).
+    age       ``now`` minus the pack's creation time, which the writer took from
+              the store's clock and stored in the pack trailer and index file.
+              No file-system time is used: an object store may not keep one and
+              a copy or restore would reset it.
+    grace     packs younger than ``grace_seconds`` are never touched: a writer
+              may have flushed them and not yet saved the events that
+              reference them (DESIGN.md §3, between steps 1 and 2).
+    live      a chunk of a pack that is in ``keep`` and whose indexed copy is
+              in that pack (a duplicate copy in another pack is garbage).
+    repack    copy a partly live pack's live frames (checked first, not
+              recompressed) into new packs, make those durable with their
+              index files, then delete the old index file, then the old pack.
+    orphan    a pack without an index file: a session that failed before its
+              flush, or a GC that crashed between the two deletes.
+
+Order of deletes: index file first, then pack. A crash in between leaves an
+orphan pack, which a later run deletes; the reverse order could leave an index
+file pointing at a missing pack. Run GC while no writer session is open in any
+process (an exclusive store lock is the caller's job): a writer that skipped a
+chunk because the index had it relies on that chunk staying.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from collections.abc import Set as AbstractSet
+from typing import NamedTuple
+
+from ckpt.domain.errors import ChunkCorrupt, ChunkMissing, PackCorrupt
+
+from .backend import ChunkBackend
+from .codec import ChunkCodec
+from .index import ChunkIndex, PackInfo
+from .layout import PACKS, index_name, pack_id_of_pack, read_pack_meta
+from .pack import PackEntry
+from .writer import ChunkWriter
+
+
+class GcReport(NamedTuple):
+    """What a GC run did. ``removed_chunks`` counts chunk copies dropped
+    (duplicates included); ``freed_bytes`` is old pack bytes deleted minus new
+    pack bytes written; ``young_packs`` were skipped for the grace period;
+    ``problems`` lists what was left alone and why."""
+
+    deleted_packs: list[str]
+    repacked_packs: list[str]
+    new_packs: list[str]
+    removed_chunks: int
+    freed_bytes: int
+    young_packs: int
+    problems: list[str]
+
+
+def delete_unreferenced(
+    backend: ChunkBackend,
+    index: ChunkIndex,
+    codec: ChunkCodec,
+    new_writer: Callable[[], ChunkWriter],
+    keep: AbstractSet[bytes],
+    grace_seconds: float,
+    now: float,
+) -> GcReport:
+    index.reload()
+    packs = index.packs()
+    live: dict[str, list[PackEntry]] = defaultdict(list)
+    for info, entry in index.items():
+        if entry.chunk_id in keep:
+            live[info.name].append(entry)
+    present = {n for n in backend.list(PACKS) if pack_id_of_pack(n) is not None}
+    problems: list[str] = []
+    young = 0
+    doomed: list[tuple[PackInfo, int]] = []  # (pack, number of live chunks)
+    repack: list[tuple[PackInfo, list[PackEntry]]] = []
+    for p in packs:
+        kept = live.get(p.name, [])
+        if now - p.created < grace_seconds:
+            young += 1
+        elif len(kept) == p.entry_count:
+            pass  # fully live
+        elif p.name not in present and kept:
+            problems.append(f"{p.name}: missing, but {len(kept)} referenced chunks index to it")
+        elif kept:
+            repack.append((p, kept))
+        else:
+            doomed.append((p, 0))
+
+    writer = new_writer()
+    for p, kept in repack:
+        try:
+            data = backend.get(p.name)
+            frames = [data[e.offset : e.offset + e.compressed_length] for e in kept]
+            for e, frame in zip(kept, frames, strict=True):
+                codec.decode(frame, e.chunk_id, e.uncompressed_length, p.name)
+        except (ChunkMissing, ChunkCorrupt) as error:
+            problems.append(f"{p.name}: not repacked: {error}")
+            continue
+        for e, frame in zip(kept, frames, strict=True):
+            writer.add_compressed(e.chunk_id, frame, e.uncompressed_length)
+        doomed.append((p, len(kept)))
+    writer.flush()  # new packs and their index files are durable before any delete
+    new_packs = writer.flushed_packs
+
+    removed = freed = 0
+    for p, kept_count in doomed:
+        backend.delete(index_name(p.pack_id))
+        if p.name in present:
+            backend.delete(p.name)
+            freed += p.size
+        removed += p.entry_count - kept_count
+    freed -= sum(backend.size(n) for n in new_packs)
+
+    deleted = [p.name for p, n in doomed if n == 0]
+    index.reload()
+    for name in sorted(present - {p.name for p in packs}):
+        try:
+            meta = read_pack_meta(backend, name)
+        except (PackCorrupt, ChunkMissing) as error:
+            problems.append(f"orphan pack unreadable, left alone: {error}")
+            continue
+        if now - meta.created < grace_seconds:
+            young += 1
+            continue
+        # A referenced chunk indexed elsewhere is a duplicate copy: not needed.
+        needed = [e for e in meta.entries if e.chunk_id in keep and e.chunk_id not in index]
+        if needed:
+            problems.append(
+                f"{name}: no index file, holds {len(needed)} referenced chunks; run rebuild_index"
+            )
+            continue
+        backend.delete(name)
+        deleted.append(name)
+        removed += len(meta.entries)
+        freed += meta.size
+    repacked = [p.name for p, n in doomed if n > 0]
+    return GcReport(deleted, repacked, new_packs, removed, freed, young, problems)

@@ -1,0 +1,176 @@
+"""The chunk index: every index file of a backend, loaded into memory.
+
+Terms:
+    index       chunk id -> ``Location`` (pack name, offset, compressed length,
+                uncompressed length), for every chunk of every index file.
+    pack info   what the index knows of a pack without opening it: name, id,
+                creation time, size, entry count.
+    winner      when two packs hold the same chunk (two writers stored it at
+                the same time), the index keeps the location read first, in
+                sorted index-file order; the other copy is garbage for GC.
+
+Loading lists ``index/`` and reads every file (cached; ``refresh`` reads only
+files it has not seen). If a file it had loaded is gone (GC or repack in
+another process deleted it), ``refresh`` reloads everything, because entries
+cannot be removed from the insert-only ``ChunkMap`` and a chunk may have moved.
+Memory: 57 bytes per chunk measured (200,000 chunks in 1 MiB packs, pack
+infos included; see chunk_map.py). Loading costs ~1.6 us per entry.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import NamedTuple
+
+from ckpt.domain.errors import ChunkMissing, IndexCorrupt
+
+from .backend import ChunkBackend
+from .chunk_map import ChunkMap
+from .ids import ChunkId
+from .index_file import IndexFile, decode_index_file
+from .layout import INDEX, index_name, pack_id_of_index, pack_name
+from .pack import PackEntry
+
+
+class PackInfo(NamedTuple):
+    name: str
+    pack_id: bytes
+    created: float
+    size: int
+    entry_count: int
+
+
+class Location(NamedTuple):
+    pack: str
+    offset: int
+    compressed_length: int
+    uncompressed_length: int
+
+
+class ChunkStats(NamedTuple):
+    """Counts for ``ChunkStore.stats``: stored bytes are compressed frame bytes,
+    pack bytes add headers, tables, trailers and not-yet-collected garbage."""
+
+    chunks: int
+    stored_bytes: int
+    uncompressed_bytes: int
+    packs: int
+    pack_bytes: int
+
+
+class _State:
+    """One consistent generation of the index. Readers take ``self._state``
+    once per call, so a concurrent reload (which builds a new ``_State`` and
+    swaps it in) never shows them an empty or half-built index."""
+
+    def __init__(self) -> None:
+        self.map = ChunkMap()
+        self.packs: list[PackInfo] = []  # appended before their chunks are added
+        self.files: dict[str, int] = {}  # index file name -> pack number
+
+    def insert(self, f: IndexFile) -> None:
+        number = len(self.packs)
+        self.packs.append(
+            PackInfo(pack_name(f.pack_id), f.pack_id, f.created, f.pack_size, len(f.entries))
+        )
+        self.files[index_name(f.pack_id)] = number
+        add = self.map.add
+        for e in f.entries:
+            add(e.chunk_id, number, e.offset, e.compressed_length, e.uncompressed_length)
+
+
+class ChunkIndex:
+    """The in-memory index of one backend. Thread-safe; loads lazily."""
+
+    def __init__(self, backend: ChunkBackend) -> None:
+        self._backend = backend
+        self._lock = threading.Lock()
+        self._loaded = False
+        self._state = _State()
+
+    def _ensure_loaded(self) -> _State:
+        if not self._loaded:
+            self.refresh()
+        return self._state
+
+    def reload(self) -> None:
+        """Forget everything and read every index file again."""
+        self._refresh(_State())
+
+    def refresh(self) -> None:
+        """Read index files written since the last load (by any process).
+
+        ``IndexCorrupt`` names the first damaged file (and the index stays as
+        it was); ``ChunkStore.rebuild_index`` repairs it."""
+        self._refresh(None)
+
+    def _refresh(self, fresh: _State | None) -> None:
+        with self._lock:
+            names = [n for n in self._backend.list(INDEX) if pack_id_of_index(n) is not None]
+            state = self._state if fresh is None else fresh
+            if state is self._state and self._loaded and not state.files.keys() <= set(names):
+                state = _State()
+            for name in names:
+                if name not in state.files:
+                    f = self._read_file(name)
+                    if f is not None:
+                        state.insert(f)
+            self._state = state
+            self._loaded = True
+
+    def _read_file(self, name: str) -> IndexFile | None:
+        try:
+            data = self._backend.get(name)
+        except ChunkMissing:
+            return None  # deleted between list and get: its pack is going too
+        f = decode_index_file(data, name)
+        if f.pack_id != pack_id_of_index(name):
+            raise IndexCorrupt(
+                f"index file {name!r} is damaged: it describes pack {f.pack_id.hex()}; "
+                "run rebuild_index"
+            )
+        return f
+
+    def add(self, f: IndexFile) -> None:
+        """Record an index file this process has just written (durably)."""
+        self._ensure_loaded()
+        with self._lock:
+            if index_name(f.pack_id) not in self._state.files:
+                self._state.insert(f)
+
+    def location(self, cid: bytes) -> Location | None:
+        state = self._ensure_loaded()
+        slot = state.map.get(cid)
+        if slot is None:
+            return None
+        number, offset, clen, ulen = slot
+        return Location(state.packs[number].name, offset, clen, ulen)
+
+    def __contains__(self, cid: object) -> bool:
+        return cid in self._ensure_loaded().map
+
+    def __len__(self) -> int:
+        return len(self._ensure_loaded().map)
+
+    def ids(self) -> Iterator[ChunkId]:
+        for cid, *_ in self._ensure_loaded().map.items():
+            yield cid
+
+    def packs(self) -> list[PackInfo]:
+        """Every indexed pack, in load order."""
+        return list(self._ensure_loaded().packs)
+
+    def items(self) -> Iterator[tuple[PackInfo, PackEntry]]:
+        """Every chunk with the pack that holds it (the winner copy)."""
+        state = self._ensure_loaded()
+        for cid, number, offset, clen, ulen in state.map.items():
+            yield state.packs[number], PackEntry(cid, offset, clen, ulen)
+
+    def stats(self) -> ChunkStats:
+        state = self._ensure_loaded()
+        m = state.map
+        pack_bytes = sum(p.size for p in state.packs)
+        return ChunkStats(
+            len(m), m.stored_bytes, m.uncompressed_bytes, len(state.packs), pack_bytes
+        )

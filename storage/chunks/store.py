@@ -1,0 +1,184 @@
+"""The chunk store: content-addressed, deduplicated, compressed chunks.
+
+Terms:
+    ChunkStore  the facade: a backend, the index loaded from it, a codec and a
+                clock. Safe to share between threads; any number of stores (in
+                any number of processes) may use one backend at once.
+    writer      a session adding chunks (writer.py); its chunks become visible
+                when it flushes.
+    get         one ranged read of the chunk's frame, decompressed no further
+                than the recorded length and checked against its SHA-256 id.
+
+Readers pick up other processes' flushed packs lazily: a ``get`` of an id the
+index does not know, or whose pack has vanished (a GC repacked it), refreshes
+the index once before giving up. ``has`` never refreshes (it answers "is it
+stored as far as this process knows", the question dedup asks); call
+``refresh`` to see other writers' chunks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Set as AbstractSet
+
+from ckpt.domain.errors import ChunkCorrupt, ChunkMissing
+
+from .backend import ChunkBackend
+from .codec import DEFAULT_LEVEL, ChunkCodec
+from .gc import GcReport, delete_unreferenced
+from .ids import ChunkId
+from .index import ChunkIndex, ChunkStats, Location
+from .pack import DEFAULT_PACK_SIZE, MAX_PACK_SIZE
+from .repair import RebuildReport, rebuild_index
+from .verify import VerifyReport, verify_chunks
+from .writer import ChunkWriter
+
+GAP = 64 << 10  # read through gaps up to 64 KiB: cheaper than another read call
+SPAN = 8 << 20  # but never read more than 8 MiB at once
+
+
+class ChunkStore:
+    """Chunks by id in packs on a ``ChunkBackend``; see the module docstring."""
+
+    def __init__(
+        self,
+        backend: ChunkBackend,
+        pack_size: int = DEFAULT_PACK_SIZE,
+        level: int = DEFAULT_LEVEL,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not 0 < pack_size <= MAX_PACK_SIZE:
+            raise ValueError(f"pack size {pack_size} is outside 1..{MAX_PACK_SIZE}")
+        self._backend = backend
+        self._pack_size = pack_size
+        self._codec = ChunkCodec(level)
+        self._clock = clock
+        self._index = ChunkIndex(backend)
+
+    def __repr__(self) -> str:
+        return f"ChunkStore({self._backend!r})"
+
+    @property
+    def backend(self) -> ChunkBackend:
+        return self._backend
+
+    def writer(self) -> ChunkWriter:
+        """A new writer session: ``with store.writer() as w: w.add(data)``."""
+        return ChunkWriter(self._backend, self._index, self._codec, self._pack_size, self._clock)
+
+    def refresh(self) -> None:
+        """Pick up index files other processes have written (or deleted)."""
+        self._index.refresh()
+
+    def has(self, cid: bytes) -> bool:
+        return cid in self._index
+
+    def ids(self) -> Iterator[ChunkId]:
+        return self._index.ids()
+
+    def stats(self) -> ChunkStats:
+        return self._index.stats()
+
+    def get(self, cid: bytes) -> bytes:
+        """The chunk's bytes. ``ChunkMissing`` if no index file lists it (or its
+        pack is gone); ``ChunkCorrupt`` naming chunk and pack if its stored
+        bytes are truncated, do not decompress, or do not hash to ``cid``."""
+        loc = self._index.location(cid)
+        if loc is None:
+            self._index.refresh()
+            loc = self._index.location(cid)
+            if loc is None:
+                raise ChunkMissing(f"chunk {cid.hex()} is not in the index of {self._backend!r}")
+        try:
+            return self._read(cid, loc)
+        except ChunkMissing:
+            self._index.refresh()  # a GC may have moved it into a new pack
+            moved = self._index.location(cid)
+            if moved is None or moved == loc:
+                raise
+            return self._read(cid, moved)
+
+    def get_many(self, ids: Sequence[bytes]) -> list[bytes]:
+        """The bytes of several chunks, each checked as ``get`` checks it.
+
+        Frames that lie close together in one pack are read with one ranged
+        read (gaps up to ``GAP`` bytes are read and dropped): a restore reads
+        4 KiB chunks mostly in the order a capture packed them, so one read
+        serves ~100 chunks instead of 100 opens and seeks.
+        """
+        out: list[bytes | None] = [None] * len(ids)
+        located: list[tuple[str, int, int, Location]] = []
+        for i, cid in enumerate(ids):
+            loc = self._index.location(cid)
+            if loc is None:
+                out[i] = self.get(cid)  # refreshes the index, or raises ChunkMissing
+                continue
+            located.append((loc.pack, loc.offset, i, loc))
+        located.sort()
+        start = 0
+        while start < len(located):
+            pack, first, _, _ = located[start]
+            end = start + 1
+            last = first + located[start][3].compressed_length
+            while end < len(located):
+                p, offset, _, loc = located[end]
+                if (
+                    p != pack
+                    or offset - last > GAP
+                    or offset + loc.compressed_length - first > SPAN
+                ):
+                    break
+                last = max(last, offset + loc.compressed_length)
+                end += 1
+            group = located[start:end]
+            try:
+                data = self._backend.get(pack, first, last - first)
+            except ChunkMissing:
+                for _, _, i, _ in group:  # a GC may have moved them: one by one
+                    out[i] = self.get(ids[i])
+            else:
+                for _, offset, i, loc in group:
+                    frame = data[offset - first : offset - first + loc.compressed_length]
+                    if len(frame) != loc.compressed_length:
+                        raise ChunkCorrupt(
+                            f"chunk {ids[i].hex()} in {pack}: pack truncated, {len(frame)} of "
+                            f"{loc.compressed_length} bytes at offset {offset}"
+                        )
+                    out[i] = self._codec.decode(frame, ids[i], loc.uncompressed_length, pack)
+            start = end
+        result = [b for b in out if b is not None]
+        if len(result) != len(ids):  # pragma: no cover - every branch above fills or raises
+            raise AssertionError(f"{len(ids) - len(result)} chunks were neither read nor reported")
+        return result
+
+    def _read(self, cid: bytes, loc: Location) -> bytes:
+        frame = self._backend.get(loc.pack, loc.offset, loc.compressed_length)
+        if len(frame) != loc.compressed_length:
+            raise ChunkCorrupt(
+                f"chunk {cid.hex()} in {loc.pack}: pack truncated, {len(frame)} of "
+                f"{loc.compressed_length} bytes at offset {loc.offset}"
+            )
+        return self._codec.decode(frame, cid, loc.uncompressed_length, loc.pack)
+
+    def verify(
+        self,
+        ids: Iterable[bytes] | None = None,
+        sample: float = 1.0,
+        seed: int | None = None,
+    ) -> VerifyReport:
+        """Check that chunks read back (all, ``ids``, or a random ``sample``)."""
+        return verify_chunks(self._backend, self._index, self._codec, ids, sample, seed)
+
+    def delete_unreferenced(
+        self, keep: AbstractSet[bytes], grace_seconds: float, now: float
+    ) -> GcReport:
+        """Delete chunks not in ``keep`` from packs older than the grace period;
+        see gc.py. Run it while no writer session is open in any process."""
+        return delete_unreferenced(
+            self._backend, self._index, self._codec, self.writer, keep, grace_seconds, now
+        )
+
+    def rebuild_index(self) -> RebuildReport:
+        """Recreate every index file from its pack; see repair.py."""
+        return rebuild_index(self._backend, self._index)
