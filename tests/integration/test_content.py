@@ -223,3 +223,34 @@ def test_sigkill_during_capture_leaves_a_store_that_verifies(store: Store, tmp_p
         hashlib.sha256(_restore(after, "VM", "committed")).digest()
         == hashlib.sha256(first).digest()
     )
+
+
+def test_two_tib_sparse_disk_reads_and_stores_only_what_was_written(
+    store: Store, tmp_path: Path
+) -> None:
+    """Metadata follows the data written, not the virtual size (2 TiB, 8 MiB written)."""
+    image = tmp_path / "huge.img"
+    rng = random.Random(7)
+    with image.open("wb") as f:
+        f.truncate(2 << 40)
+        for offset in (0, 1 << 40, (2 << 40) - (4 << 20)):
+            f.seek(offset)
+            f.write(rng.randbytes(2 << 20))
+    store.create_checkpoint("VM", "huge", disks={"D": image})
+    (capture,) = [
+        e.capture for _, e in store.app.read_log() if type(e).__name__ == "LayerContentRecorded"
+    ]
+    assert capture.virtual_size == 2 << 40
+    assert capture.read_bytes <= 8 << 20  # the holes were never read
+    assert capture.changed_blocks == 3 * 512
+    assert store.stats()["total"]["stored_bytes"] < 7 << 20
+    out = tmp_path / "restored.img"
+    with out.open("wb") as o:
+        store.restore_disk("VM", "huge", "D", o)
+    assert out.stat().st_size == 2 << 40
+    assert out.stat().st_blocks * 512 < 64 << 20  # restored sparse
+    with image.open("rb") as a, out.open("rb") as b:
+        for offset in (0, 1 << 40, (2 << 40) - (4 << 20), 5 << 30):
+            a.seek(offset)
+            b.seek(offset)
+            assert a.read(2 << 20) == b.read(2 << 20)
