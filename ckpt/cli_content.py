@@ -158,9 +158,11 @@ def _verify(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     ]
     for bad in report.bad:
         lines.append(f"  chunk {bad['chunk'][:16]}: {bad['reason']}")
-        lines.extend(
-            f"    affects VM {x['vm']}: {x['what']} (event {x['position']})" for x in bad["affects"]
-        )
+        for x in bad["affects"]:
+            users = ", ".join(x["checkpoints"]) or "no live checkpoint (history only)"
+            lines.append(
+                f"    VM {x['vm']}: {x['what']} (event {x['position']}); needed by {users}"
+            )
     _emit(out, a, data, "\n".join(lines))
     if not report.ok:
         from ckpt.domain import StoreCorrupt

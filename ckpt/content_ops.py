@@ -270,11 +270,49 @@ def verify(
             report.bad.append(
                 {"chunk": cid.hex(), "reason": str(e), "affects": [_affect(r) for r in needed[cid]]}
             )
+    if report.bad:
+        _name_checkpoints(store, report.bad)
     return report
 
 
 def _affect(ref: Reference) -> dict[str, Any]:
-    return {"vm": ref.vm, "what": ref.what, "position": ref.position}
+    return {
+        "vm": ref.vm,
+        "what": ref.what,
+        "position": ref.position,
+        "manifest": ref.manifest.hex(),
+    }
+
+
+def _name_checkpoints(store: Store, bad: list[dict[str, Any]]) -> None:
+    """Replace each affected capture's manifest id with the live checkpoints (and Now)
+    whose bytes need it.
+
+    A disk capture is needed by every checkpoint whose chain holds its manifest
+    (merges move manifests to the surviving layer, so this follows them); a
+    state file by its own checkpoint.
+    """
+    users: dict[tuple[str, bytes], list[str]] = {}
+    for vm in store.vms():
+        for cp in vm.checkpoints.values():
+            for disk, leaf in cp.layers:
+                for ref in _chain_refs(vm, leaf):
+                    users.setdefault((vm.name, ref), []).append(f"{cp.name} (disk {disk})")
+            for f in vm.captured_files.get(cp.id, ()):
+                users.setdefault((vm.name, f.manifest), []).append(f"{cp.name} ({f.role.value})")
+        for disk, leaf in vm.running.items():
+            for ref in _chain_refs(vm, leaf):
+                users.setdefault((vm.name, ref), []).append(f"Now (disk {disk})")
+    for entry in bad:
+        for affect in entry["affects"]:
+            manifest_id = bytes.fromhex(affect.pop("manifest"))
+            affect["checkpoints"] = sorted(set(users.get((affect["vm"], manifest_id), [])))
+
+
+def _chain_refs(vm: VirtualMachine, leaf: UUID) -> list[bytes]:
+    from ckpt.domain.layers import chain
+
+    return [ref for layer in chain(vm.layers, leaf) for ref in vm.contents.get(layer.id, ())]
 
 
 @dataclass
