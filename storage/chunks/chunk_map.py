@@ -25,7 +25,7 @@ a match is rejected by checking that it starts on a record boundary.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from .ids import ID_SIZE, ChunkId
 
@@ -98,6 +98,37 @@ class ChunkMap:
         if self._count > _MAX_AVERAGE * len(self._table[1]):
             self._grow()
         return True
+
+    def add_many(self, pack: int, entries: Iterable[tuple[bytes, int, int, int]]) -> None:
+        """``add`` for every (id, offset, compressed, uncompressed) of one pack.
+
+        The loading path: the same checks as ``add``, inlined (one method call
+        per chunk was a third of the time of loading 200,000 entries), and the
+        table sized once for the whole batch instead of doubling along the way.
+        """
+        batch = entries if isinstance(entries, list) else list(entries)
+        while self._count + len(batch) > _MAX_AVERAGE * len(self._table[1]):
+            self._grow()
+        shift, buckets = self._table
+        pack_record = RECORD.pack
+        size = RECORD.size
+        added = stored = uncompressed = 0
+        for cid, offset, clen, ulen in batch:
+            if len(cid) != ID_SIZE:
+                raise ValueError(f"chunk id must be {ID_SIZE} bytes, got {len(cid)}")
+            bucket = buckets[int.from_bytes(cid[:4], "big") >> shift]
+            pos = bucket.find(cid)
+            while pos > 0 and pos % size:
+                pos = bucket.find(cid, pos + 1)
+            if pos >= 0:
+                continue
+            bucket += pack_record(cid, pack, offset, clen, ulen)
+            added += 1
+            stored += clen
+            uncompressed += ulen
+        self._count += added
+        self._stored += stored
+        self._uncompressed += uncompressed
 
     def _grow(self) -> None:
         # Bucket i splits into 2i and 2i+1 on the next bit of the id: O(n)

@@ -75,9 +75,7 @@ class _State:
             PackInfo(pack_name(f.pack_id), f.pack_id, f.created, f.pack_size, len(f.entries))
         )
         self.files[index_name(f.pack_id)] = number
-        add = self.map.add
-        for e in f.entries:
-            add(e.chunk_id, number, e.offset, e.compressed_length, e.uncompressed_length)
+        self.map.add_many(number, f.entries)
 
 
 class ChunkIndex:

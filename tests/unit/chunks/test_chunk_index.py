@@ -149,3 +149,19 @@ def test_an_index_file_under_another_packs_name_is_damage() -> None:
     backend.put("index/" + "ab" * 16 + ".idx", encode_index_file(_index_file()))
     with pytest.raises(IndexCorrupt, match="describes pack 000102"):
         ChunkIndex(backend).refresh()
+
+
+@given(
+    st.lists(
+        st.tuples(st.binary(min_size=32, max_size=32), st.integers(0, 2**32 - 1)),
+        max_size=300,
+    )
+)
+def test_add_many_equals_add_one_by_one(records: list[tuple[bytes, int]]) -> None:
+    one, many = ChunkMap(), ChunkMap()
+    entries = [(cid, n, n % 1000 + 1, n % 4096 + 1) for cid, n in records]
+    for cid, offset, clen, ulen in entries:
+        one.add(cid, 7, offset, clen, ulen)
+    many.add_many(7, entries)
+    assert sorted(one.items()) == sorted(many.items())
+    assert (len(one), one.stored_bytes) == (len(many), many.stored_bytes)
