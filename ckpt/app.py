@@ -7,7 +7,6 @@ from typing import Any, ClassVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import Transcoder
 
 from ckpt.domain import VALUE_TYPES, UnknownVM, VirtualMachine
@@ -35,7 +34,7 @@ class CheckpointApplication(Application[UUID]):
 
     def read_log(
         self, start: int = 1, stop: int | None = None, topics: tuple[str, ...] = ()
-    ) -> Iterator[tuple[int, DomainEventProtocol[UUID]]]:
+    ) -> Iterator[tuple[int, Any]]:
         """Every event in global (notification) order, with its position."""
         while True:
             page = self.recorder.select_notifications(start, PAGE, stop=stop, topics=topics)

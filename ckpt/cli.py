@@ -16,7 +16,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from ckpt.domain import CheckpointType, CkptError, DiskFormat
+from ckpt.domain import CheckpointType, CkptError, DiskFormat, InvalidValue
+from ckpt.projections import disk_chains, tree_entries
+from ckpt.projections import documents as docs
 
 from . import cli_content, render
 from .cli_content import content_args
@@ -25,6 +27,7 @@ from .progress import progress_bars
 from .store import Store
 
 DEFAULT_STORE = "ckpt-store"
+AT_HELP = "as of a log position or an ISO 8601 time (default: now)"
 Handler = Callable[[Store, argparse.Namespace, TextIO], None]
 
 
@@ -67,12 +70,12 @@ def _vm_add(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     vm = s.register_vm(
         a.name, a.disk or (), a.config_version, a.checkpoint_type, a.automatic_checkpoints
     )
-    _emit(out, a, render.vm_json(vm), f"registered VM {render.vm_text(vm)}")
+    _emit(out, a, docs.vm_json(vm), f"registered VM {render.vm_text(vm)}")
 
 
 def _vm_set(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     vm = s.set_vm(a.name, a.checkpoint_type, a.automatic_checkpoints, a.config_version)
-    _emit(out, a, render.vm_json(vm), f"VM {render.vm_text(vm)}")
+    _emit(out, a, docs.vm_json(vm), f"VM {render.vm_text(vm)}")
 
 
 def _vm_power(action: str) -> Handler:
@@ -85,7 +88,7 @@ def _vm_power(action: str) -> Handler:
             text += f"; automatic checkpoint {vm.checkpoints[cid].name!r} taken"
         for cid in had - set(vm.checkpoints):
             text += f"; automatic checkpoint {before.checkpoints[cid].name!r} removed"
-        _emit(out, a, render.vm_json(vm), text)
+        _emit(out, a, docs.vm_json(vm), text)
 
     return handle
 
@@ -95,14 +98,14 @@ def _vm_list(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     _emit(
         out,
         a,
-        [render.vm_json(v) for v in vms],
+        [docs.vm_json(v) for v in vms],
         "\n".join(render.vm_text(v) for v in vms) or "no VMs",
     )
 
 
 def _vm_show(s: Store, a: argparse.Namespace, out: TextIO) -> None:
-    vm = s.vm(a.name)
-    _emit(out, a, render.vm_json(vm), render.vm_text(vm))
+    vm = s.vm(a.name, at=a.at)
+    _emit(out, a, docs.vm_json(vm), render.vm_text(vm))
 
 
 def _cp_create(s: Store, a: argparse.Namespace, out: TextIO) -> None:
@@ -122,7 +125,7 @@ def _cp_create(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     _emit(
         out,
         a,
-        render.checkpoint_json(cp, vm.current),
+        docs.checkpoint_json(cp, vm.current),
         f"created {cp.type.value} checkpoint {cp.name!r} ({cp.id}) of VM {vm.name!r}{fell}",
     )
 
@@ -133,7 +136,7 @@ def _cp_apply(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     _emit(
         out,
         a,
-        render.vm_json(vm),
+        docs.vm_json(vm),
         f"applied checkpoint {cp.name!r}; VM {vm.name!r} is {vm.state.value}",
     )
 
@@ -144,7 +147,7 @@ def _cp_revert(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     _emit(
         out,
         a,
-        render.vm_json(vm),
+        docs.vm_json(vm),
         f"reverted to checkpoint {cp.name!r}; VM {vm.name!r} is {vm.state.value}",
     )
 
@@ -153,7 +156,7 @@ def _cp_rename(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     cp = s.rename_checkpoint(a.vm, a.checkpoint, a.new_name)
     vm = s.vm(a.vm)
     _emit(
-        out, a, render.checkpoint_json(cp, vm.current), f"renamed checkpoint {cp.id} to {cp.name!r}"
+        out, a, docs.checkpoint_json(cp, vm.current), f"renamed checkpoint {cp.id} to {cp.name!r}"
     )
 
 
@@ -166,7 +169,7 @@ def _cp_delete(s: Store, a: argparse.Namespace, out: TextIO) -> None:
 
 
 def _cp_list(s: Store, a: argparse.Namespace, out: TextIO) -> None:
-    vm = s.vm(a.vm)
+    vm = s.vm(a.vm, at=a.at)
     cps = list(vm.checkpoints.values())
     lines = [
         f"{cp.id}  {cp.name}  [{cp.type.value}, {cp.vm_state.value}]"
@@ -176,7 +179,7 @@ def _cp_list(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     _emit(
         out,
         a,
-        [render.checkpoint_json(cp, vm.current) for cp in cps],
+        [docs.checkpoint_json(cp, vm.current) for cp in cps],
         "\n".join(lines) or "no checkpoints",
     )
 
@@ -187,10 +190,10 @@ def _cp_export(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     dest = Path(a.output) / vm.name
     dest.mkdir(parents=True, exist_ok=True)
     manifest = {
-        "vm": render.vm_json(vm),
-        "checkpoint": render.checkpoint_json(cp, vm.current),
-        "chain": render.chain_json(vm, cp.id, s.chain(a.vm, str(cp.id)))["disks"],
-        "state_files": render.files_json(cp.state_files),
+        "vm": docs.vm_json(vm),
+        "checkpoint": docs.checkpoint_json(cp, vm.current),
+        "chain": docs.chain_json(vm, cp.id, s.chain(a.vm, str(cp.id)))["disks"],
+        "state_files": docs.files_json(cp.state_files),
         "content": "not captured: this store holds checkpoint metadata only",
     }
     (dest / "ckpt-export.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -204,30 +207,40 @@ def _cp_export(s: Store, a: argparse.Namespace, out: TextIO) -> None:
 
 
 def _tree(s: Store, a: argparse.Namespace, out: TextIO) -> None:
-    vm = s.vm(a.vm)
-    entries = s.tree(a.vm)
-    _emit(out, a, render.tree_json(entries), render.tree_text(vm, entries))
+    vm = s.vm(a.vm, at=a.at)
+    entries = tree_entries(vm)
+    _emit(out, a, docs.tree_json(entries), render.tree_text(vm, entries))
 
 
 def _chain(s: Store, a: argparse.Namespace, out: TextIO) -> None:
-    vm = s.vm(a.vm)
+    vm = s.vm(a.vm, at=a.at)
     cid = None if a.checkpoint is None else vm.find_checkpoint(a.checkpoint).id
-    chains = s.chain(a.vm, a.checkpoint)
-    _emit(out, a, render.chain_json(vm, cid, chains), render.chain_text(chains))
+    chains = disk_chains(vm, cid)
+    _emit(out, a, docs.chain_json(vm, cid, chains), render.chain_text(chains))
 
 
 def _files(s: Store, a: argparse.Namespace, out: TextIO) -> None:
-    files = s.files(a.vm, a.checkpoint)
-    _emit(out, a, render.files_json(files), render.files_text(files))
+    files = s.files(a.vm, a.checkpoint, at=a.at)
+    _emit(out, a, docs.files_json(files), render.files_text(files))
 
 
 def _log(s: Store, a: argparse.Namespace, out: TextIO) -> None:
-    entries = [
-        e
-        for e in s.log(a.vm)
-        if (a.operation is None or e.operation == a.operation) and (a.by is None or e.actor == a.by)
-    ]
-    _emit(out, a, render.log_json(entries), render.log_text(entries) or "no entries")
+    if a.at is not None and a.until is not None:
+        raise InvalidValue("give --at or --until, not both (they mean the same)")
+    entries = s.log(a.vm, a.operation, a.by, a.since, a.until if a.at is None else a.at)
+    _emit(out, a, docs.log_json(entries), render.log_text(entries) or "no entries")
+
+
+def _rebuild(s: Store, a: argparse.Namespace, out: TextIO) -> None:
+    events, seconds = s.rebuild_read_models()
+    rate = events / seconds if seconds else 0.0
+    data = {"events": events, "seconds": round(seconds, 3), "events_per_second": round(rate)}
+    _emit(
+        out,
+        a,
+        data,
+        f"rebuilt the read models from {events} events in {seconds:.2f} s ({rate:,.0f} events/s)",
+    )
 
 
 # ------------------------------------------------------------------ parser
@@ -293,7 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         cmd(vm, action, _vm_power(action), text, json_out=True).add_argument("name")
     cmd(vm, "list", _vm_list, "list VMs", json_out=True)
-    cmd(vm, "show", _vm_show, "show one VM", json_out=True).add_argument("name")
+    q = cmd(vm, "show", _vm_show, "show one VM", json_out=True)
+    q.add_argument("name")
+    q.add_argument("--at", metavar="POSITION|TIME", help=AT_HELP)
 
     cp = cmd(sub, "checkpoint", None, "create, apply, rename, delete checkpoints").add_subparsers(
         dest="cp_command", required=True, metavar="ACTION"
@@ -327,7 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("vm")
     q.add_argument("checkpoint")
     q.add_argument("--subtree", action="store_true", help="also delete every checkpoint below it")
-    cmd(cp, "list", _cp_list, "list a VM's checkpoints", json_out=True).add_argument("vm")
+    q = cmd(cp, "list", _cp_list, "list a VM's checkpoints", json_out=True)
+    q.add_argument("vm")
+    q.add_argument("--at", metavar="POSITION|TIME", help=AT_HELP)
     q = cmd(
         cp,
         "export",
@@ -339,17 +356,34 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("checkpoint")
     q.add_argument("-o", "--output", required=True, metavar="DIR")
 
-    cmd(sub, "tree", _tree, "draw a VM's checkpoint tree", json_out=True).add_argument("vm")
+    q = cmd(sub, "tree", _tree, "draw a VM's checkpoint tree", json_out=True)
+    q.add_argument("vm")
+    q.add_argument("--at", metavar="POSITION|TIME", help=AT_HELP)
     q = cmd(sub, "chain", _chain, "list each disk's files from base to leaf", json_out=True)
     q.add_argument("vm")
     q.add_argument("--checkpoint", help="the chain a checkpoint points to (default: Now)")
+    q.add_argument("--at", metavar="POSITION|TIME", help=AT_HELP)
     q = cmd(sub, "files", _files, "list a checkpoint's state files", json_out=True)
     q.add_argument("vm")
     q.add_argument("checkpoint")
+    q.add_argument("--at", metavar="POSITION|TIME", help=AT_HELP)
     q = cmd(sub, "log", _log, "the audit trail", json_out=True)
     q.add_argument("vm", nargs="?")
     q.add_argument("--operation", help="only this operation (e.g. checkpoint-deleted)")
-    q.add_argument("--by", metavar="ACTOR", help="only entries by this actor")
+    q.add_argument("--by", "--actor-is", metavar="ACTOR", help="only entries by this actor")
+    q.add_argument("--since", metavar="POSITION|TIME", help="from this position or time on")
+    q.add_argument("--until", metavar="POSITION|TIME", help="up to this position or time")
+    q.add_argument("--at", metavar="POSITION|TIME", help="the log as it stood then (= --until)")
+    rebuild = cmd(sub, "projections", None, "the read models").add_subparsers(
+        dest="projections_command", required=True, metavar="ACTION"
+    )
+    cmd(
+        rebuild,
+        "rebuild",
+        _rebuild,
+        "empty the read models and fold the whole log again",
+        json_out=True,
+    )
     cli_content.register(sub, cmd)
     return p
 

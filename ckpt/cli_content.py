@@ -109,7 +109,7 @@ def _restore(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     if len(chosen) != 1:
         raise InvalidValue("restore needs exactly one of --disk DISK, --memory, --state-files")
     if a.state_files:
-        files = s.restore_state_files(a.vm, a.checkpoint, a.output)
+        files = s.restore_state_files(a.vm, a.checkpoint, a.output, at=a.at)
         _emit(out, a, {"files": [str(f) for f in files]}, "\n".join(f"wrote {f}" for f in files))
         return
     # A file is written beside its final name and renamed only when every chunk
@@ -120,9 +120,9 @@ def _restore(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     try:
         with progress_bars() as bars:
             if a.disk:
-                size = s.restore_disk(a.vm, a.checkpoint, a.disk, stream, bars)
+                size = s.restore_disk(a.vm, a.checkpoint, a.disk, stream, bars, at=a.at)
             else:
-                size = s.restore_memory(a.vm, a.checkpoint, stream, bars)
+                size = s.restore_memory(a.vm, a.checkpoint, stream, bars, at=a.at)
         done = True
     finally:
         if a.output == "-":
@@ -188,13 +188,17 @@ def _gc(s: Store, a: argparse.Namespace, out: TextIO) -> None:
 
 
 def _stats(s: Store, a: argparse.Namespace, out: TextIO) -> None:
-    st = s.stats(a.vm)
+    st = s.stats(a.vm, at=a.at)
     lines = [
         f"{name}: logical {row['logical_bytes']:,} B, new {row['new_bytes']:,} B, "
         f"captures {row['captures']}"
         for name, row in st["vms"].items()
     ]
     t = st["total"]
+    if "stored_bytes" not in t:
+        lines.append(f"total at position {t['position']}: logical {t['logical_bytes']:,} B")
+        _emit(out, a, st, "\n".join(lines))
+        return
     lines.append(
         f"total: logical {t['logical_bytes']:,} B, unique {t['unique_bytes']:,} B, "
         f"stored {t['stored_bytes']:,} B in {t['chunks']:,} chunks; "
@@ -227,6 +231,11 @@ def register(sub: Any, cmd: Callable[..., argparse.ArgumentParser]) -> None:
         help="write the state files under their Hyper-V names into -o DIR",
     )
     q.add_argument("-o", "--output", required=True, metavar="FILE|DIR|-")
+    q.add_argument(
+        "--at",
+        metavar="POSITION|TIME",
+        help="look the checkpoint up as of then (reaches deleted ones)",
+    )
     q = cmd(
         sub,
         "verify",
@@ -257,3 +266,4 @@ def register(sub: Any, cmd: Callable[..., argparse.ArgumentParser]) -> None:
     )
     q = cmd(sub, "stats", _stats, "logical and stored bytes, dedup and compression", json_out=True)
     q.add_argument("vm", nargs="?")
+    q.add_argument("--at", metavar="POSITION|TIME", help="per-VM figures as of then")

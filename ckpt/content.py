@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -230,29 +230,6 @@ class Reference:
     vm: str
     what: str  # "disk Boot (layer ...)" or "config file Snapshots/X.vmcx"
     manifest: bytes
-
-
-def captures_in_log(
-    events: Iterable[tuple[int, Any]], names: Mapping[UUID, str]
-) -> Iterator[Reference]:
-    for position, event in events:
-        if isinstance(event, VirtualMachine.LayerContentRecorded):
-            c = event.capture
-            yield Reference(
-                position,
-                names.get(event.originator_id, "?"),
-                f"disk {c.disk} layer {c.layer}",
-                c.manifest,
-            )
-        elif isinstance(event, VirtualMachine.StateContentRecorded):
-            for f in event.files:
-                label = f.path or "memory image"
-                yield Reference(
-                    position,
-                    names.get(event.originator_id, "?"),
-                    f"{f.role.value} {label} of checkpoint {event.checkpoint_id}",
-                    f.manifest,
-                )
 
 
 def referenced_chunks(

@@ -32,7 +32,6 @@ from ckpt.domain import (
     UnknownCheckpoint,
     VirtualMachine,
 )
-from ckpt.projections import AuditTrail
 
 from .content import (
     ManifestCache,
@@ -40,7 +39,6 @@ from .content import (
     Session,
     capture_disk,
     capture_file,
-    captures_in_log,
     chain_maps,
     open_source,
     referenced_chunks,
@@ -147,8 +145,10 @@ class RestorePoint:
     files: tuple[FileCapture, ...]
 
 
-def resolve_point(store: Store, vm: str, ref: str) -> RestorePoint:
-    v = store.vm(vm)
+def resolve_point(store: Store, vm: str, ref: str, at: str | int | None = None) -> RestorePoint:
+    """A live checkpoint or backup point, now or as of ``at`` (which reaches
+    checkpoints deleted since: their content stays until gc may purge it)."""
+    v = store.vm(vm, at=at)
     try:
         cp = v.find_checkpoint(ref)
     except UnknownCheckpoint:
@@ -162,16 +162,22 @@ def resolve_point(store: Store, vm: str, ref: str) -> RestorePoint:
                 f"VM {v.name!r} has no checkpoint or backup point named or with id {ref!r}"
             ) from None
         point = points[-1]
-        past = store.vm(vm, version=point.version)
+        past = store.vm(str(v.id), version=point.version)
         return RestorePoint(past, f"backup point {point.name!r}", dict(past.running), ())
     layers = dict(cp.layers)
     return RestorePoint(v, f"checkpoint {cp.name!r}", layers, v.captured_files.get(cp.id, ()))
 
 
 def restore_disk(
-    store: Store, vm: str, ref: str, disk: str, out: BinaryIO, progress: ProgressFactory | None
+    store: Store,
+    vm: str,
+    ref: str,
+    disk: str,
+    out: BinaryIO,
+    progress: ProgressFactory | None,
+    at: str | int | None = None,
 ) -> int:
-    point = resolve_point(store, vm, ref)
+    point = resolve_point(store, vm, ref, at)
     if disk not in point.layers:
         raise InvalidValue(
             f"VM {point.vm.name!r} has no disk {disk!r} (disks: {', '.join(point.layers)})"
@@ -191,9 +197,14 @@ def _file(point: RestorePoint, role: FileRole) -> FileCapture:
 
 
 def restore_memory(
-    store: Store, vm: str, ref: str, out: BinaryIO, progress: ProgressFactory | None
+    store: Store,
+    vm: str,
+    ref: str,
+    out: BinaryIO,
+    progress: ProgressFactory | None,
+    at: str | int | None = None,
 ) -> int:
-    point = resolve_point(store, vm, ref)
+    point = resolve_point(store, vm, ref, at)
     f = _file(point, FileRole.MEMORY)
     cache = ManifestCache(store.chunks)
     return restore_maps(
@@ -201,9 +212,11 @@ def restore_memory(
     )
 
 
-def restore_state_files(store: Store, vm: str, ref: str, directory: Path) -> list[Path]:
+def restore_state_files(
+    store: Store, vm: str, ref: str, directory: Path, at: str | int | None = None
+) -> list[Path]:
     """Write the captured state files under their Hyper-V names below ``directory``."""
-    point = resolve_point(store, vm, ref)
+    point = resolve_point(store, vm, ref, at)
     cache = ManifestCache(store.chunks)
     written = []
     for f in point.files:
@@ -231,11 +244,19 @@ class VerifyReport:
         return not self.bad
 
 
-def _references(store: Store) -> list[Reference]:
-    trail = AuditTrail()
-    events = list(store.app.read_log())
-    trail.fold(events)
-    return list(captures_in_log(events, trail.names))
+def _references(store: Store, until: int | None = None) -> list[Reference]:
+    """Every capture the log records (the chunk-references read model)."""
+    store.catch_up()
+    refs = []
+    for row in store.read_models.recorder.captures(until):
+        position, _, _, vm, kind, subject, label, manifest, _, _ = row
+        what = (
+            f"disk {label} (layer {subject})"
+            if kind == "disk"
+            else f"{label} of checkpoint {subject}"
+        )
+        refs.append(Reference(position, vm, what, manifest))
+    return refs
 
 
 def verify(
@@ -341,30 +362,26 @@ def gc(store: Store, grace_seconds: float, progress: ProgressFactory | None = No
     )
 
 
-def stats(store: Store, vm: str | None = None) -> dict[str, Any]:
-    """Logical bytes handed over, stored bytes, dedup and compression ratios, per VM and total."""
-    trail = AuditTrail()
-    events = list(store.app.read_log())
-    trail.fold(events)
+def stats(store: Store, vm: str | None = None, at: str | int | None = None) -> dict[str, Any]:
+    """Logical bytes handed over, stored bytes, dedup and compression ratios, per VM and total.
+
+    With ``at``, the per-VM figures are those of the log up to that point, and
+    the store-wide chunk figures (which the log does not record) are left out.
+    """
+    until = store.position(at)
+    store.catch_up()
     per_vm: dict[str, dict[str, int]] = {}
-    for _, event in events:
-        name = trail.names.get(event.originator_id, "?")
-        row = per_vm.setdefault(name, {"logical_bytes": 0, "new_bytes": 0, "captures": 0})
-        if isinstance(event, VirtualMachine.LayerContentRecorded):
-            row["logical_bytes"] += event.capture.virtual_size
-            row["new_bytes"] += event.capture.added_bytes
-            row["captures"] += 1
-        elif isinstance(event, VirtualMachine.StateContentRecorded):
-            for f in event.files:
-                row["logical_bytes"] += f.size
-                row["new_bytes"] += f.added_bytes
-                row["captures"] += 1
+    for row in store.read_models.recorder.captures(until):
+        entry = per_vm.setdefault(row[3], {"logical_bytes": 0, "new_bytes": 0, "captures": 0})
+        entry["logical_bytes"] += row[8]
+        entry["new_bytes"] += row[9]
+        entry["captures"] += 1
     if vm is not None:
-        name = store.vm(vm).name
+        name = store.vm(vm, at=at).name
         per_vm = {name: per_vm.get(name, {"logical_bytes": 0, "new_bytes": 0, "captures": 0})}
     s = store.chunks.stats()
     logical = sum(r["logical_bytes"] for r in per_vm.values())
-    total = {
+    total: dict[str, Any] = {
         "logical_bytes": logical,
         "unique_bytes": s.uncompressed_bytes,
         "stored_bytes": s.stored_bytes,
@@ -383,6 +400,8 @@ def stats(store: Store, vm: str | None = None) -> dict[str, Any]:
         )
         for name, row in per_vm.items()
     }
+    if until is not None:
+        total = {"logical_bytes": logical, "position": until}
     return {"vms": vms, "total": total}
 
 

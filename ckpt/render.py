@@ -6,113 +6,11 @@ add keys freely, never rename or remove one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from datetime import datetime
-from typing import Any
+from collections.abc import Sequence
 from uuid import UUID
 
-from ckpt.domain import Checkpoint, StateFile, VirtualMachine
+from ckpt.domain import StateFile, VirtualMachine
 from ckpt.projections import AuditEntry, ChainEntry, TreeEntry
-
-
-def iso(t: datetime) -> str:
-    return t.isoformat()
-
-
-def _id(value: UUID | None) -> str | None:
-    return None if value is None else str(value)
-
-
-# ------------------------------------------------------------------- JSON
-def checkpoint_json(cp: Checkpoint, current: UUID | None) -> dict[str, Any]:
-    return {
-        "id": str(cp.id),
-        "name": cp.name,
-        "parent": _id(cp.parent),
-        "type": cp.type.value,
-        "vm_state": cp.vm_state.value,
-        "created_at": iso(cp.created_at),
-        "current": cp.id == current,
-        "automatic": cp.automatic,
-        "config_version": cp.config_version,
-    }
-
-
-def tree_json(entries: Iterable[TreeEntry]) -> list[dict[str, Any]]:
-    return [
-        {
-            "id": str(e.id),
-            "name": e.name,
-            "parent": _id(e.parent),
-            "type": e.type,
-            "vm_state": e.vm_state,
-            "created_at": iso(e.created_at),
-            "current": e.current,
-            "depth": e.depth,
-            "automatic": e.automatic,
-        }
-        for e in entries
-    ]
-
-
-def vm_json(vm: VirtualMachine) -> dict[str, Any]:
-    return {
-        "id": str(vm.id),
-        "name": vm.name,
-        "state": vm.state.value,
-        "config_version": vm.config_version,
-        "checkpoint_type": vm.checkpoint_type.value,
-        "automatic_checkpoints": vm.automatic_checkpoints,
-        "disks": [
-            {"name": d.name, "format": d.format.value, "base_file": d.base_file} for d in vm.disks
-        ],
-        "checkpoints": len(vm.checkpoints),
-        "current": _id(vm.current),
-        "version": vm.version,
-    }
-
-
-def chain_json(
-    vm: VirtualMachine, checkpoint: UUID | None, chains: dict[str, list[ChainEntry]]
-) -> dict[str, Any]:
-    return {
-        "vm": vm.name,
-        "checkpoint": _id(checkpoint),
-        "disks": {
-            disk: [
-                {
-                    "file": e.file,
-                    "parent": e.parent,
-                    "layer": str(e.layer),
-                    "frozen_by": e.frozen_by,
-                    "running": e.running,
-                }
-                for e in entries
-            ]
-            for disk, entries in chains.items()
-        },
-    }
-
-
-def files_json(files: Sequence[StateFile]) -> list[dict[str, Any]]:
-    return [{"path": f.path, "kind": f.kind.value, "memory": f.memory} for f in files]
-
-
-def log_json(entries: Iterable[AuditEntry]) -> list[dict[str, Any]]:
-    return [
-        {
-            "position": e.position,
-            "time": iso(e.time),
-            "actor": e.actor,
-            "host": e.host,
-            "vm": e.vm,
-            "vm_id": str(e.vm_id),
-            "operation": e.operation,
-            "checkpoint": e.checkpoint,
-            "details": e.details,
-        }
-        for e in entries
-    ]
 
 
 # ------------------------------------------------------------------- text

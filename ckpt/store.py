@@ -12,6 +12,7 @@ A store directory holds ``ckpt-store.json`` (format marker) and
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
@@ -36,8 +37,10 @@ from ckpt.domain import (
     CaptureOutdated,
     Checkpoint,
     CheckpointType,
+    CkptError,
     DiskFormat,
     FileRole,
+    InvalidValue,
     Origin,
     StateFile,
     StoreConflict,
@@ -50,7 +53,6 @@ from ckpt.domain import (
 )
 from ckpt.projections import (
     AuditEntry,
-    AuditTrail,
     ChainEntry,
     TreeEntry,
     describe_changes,
@@ -62,6 +64,7 @@ from ckpt.storage import sqlite_environment
 from . import content_ops
 from .app import CheckpointApplication
 from .content_ops import ProgressFactory
+from .read_models import ReadModels
 
 MARKER = "ckpt-store.json"
 CHUNKS_DIR = "chunks"
@@ -90,6 +93,7 @@ class Store:
         self._chunks: Any = None
         try:
             self.app = CheckpointApplication(env=sqlite_environment(path))
+            self.read_models = ReadModels(self.app)
         except (PersistenceError, sqlite3.Error) as e:
             raise StoreCorrupt(f"cannot open the event log in {path}: {e}") from e
 
@@ -157,6 +161,7 @@ class Store:
                 result = act(vm, self._origin())
                 with self._translated():
                     self.app.save(vm)
+                self._after_save(vm)
                 return result
             except (StoreConflict, CaptureOutdated):
                 if attempt == RETRIES - 1:
@@ -182,7 +187,17 @@ class Store:
             raise AlreadyExists(
                 f"a VM named {self._existing_name(vm.id) or name!r} already exists"
             ) from None
+        self._after_save(vm)
         return vm
+
+    def _after_save(self, vm: VirtualMachine) -> None:
+        """Bring the read models up to date; the command has already succeeded.
+
+        A failure here must not turn a saved command into an error (a retry
+        would repeat it): the next catch-up, at any read, folds what is missing.
+        """
+        with contextlib.suppress(CkptError, PersistenceError, sqlite3.Error), self._translated():
+            self.read_models.catch_up(known=vm)
 
     def _existing_name(self, vid: UUID) -> str | None:
         try:
@@ -261,18 +276,34 @@ class Store:
         return content_ops.sync(self, vm, name, disks, changed_blocks or {}, progress)
 
     def restore_disk(
-        self, vm: str, point: str, disk: str, out: BinaryIO, progress: ProgressFactory | None = None
+        self,
+        vm: str,
+        point: str,
+        disk: str,
+        out: BinaryIO,
+        progress: ProgressFactory | None = None,
+        at: str | int | None = None,
     ) -> int:
-        """Write a disk as it was at a checkpoint or backup point (raw, sparse where zero)."""
-        return content_ops.restore_disk(self, vm, point, disk, out, progress)
+        """Write a disk as it was at a checkpoint or backup point (raw, sparse where zero).
+
+        With ``at`` (a log position or ISO time) the checkpoint is looked up as
+        of then, so one deleted since can still be restored."""
+        return content_ops.restore_disk(self, vm, point, disk, out, progress, at)
 
     def restore_memory(
-        self, vm: str, point: str, out: BinaryIO, progress: ProgressFactory | None = None
+        self,
+        vm: str,
+        point: str,
+        out: BinaryIO,
+        progress: ProgressFactory | None = None,
+        at: str | int | None = None,
     ) -> int:
-        return content_ops.restore_memory(self, vm, point, out, progress)
+        return content_ops.restore_memory(self, vm, point, out, progress, at)
 
-    def restore_state_files(self, vm: str, point: str, directory: str | Path) -> list[Path]:
-        return content_ops.restore_state_files(self, vm, point, Path(directory))
+    def restore_state_files(
+        self, vm: str, point: str, directory: str | Path, at: str | int | None = None
+    ) -> list[Path]:
+        return content_ops.restore_state_files(self, vm, point, Path(directory), at)
 
     def verify(
         self, sample: float = 1.0, progress: ProgressFactory | None = None
@@ -284,8 +315,8 @@ class Store:
     ) -> content_ops.GcReport:
         return content_ops.gc(self, grace_seconds, progress)
 
-    def stats(self, vm: str | None = None) -> dict[str, Any]:
-        return content_ops.stats(self, vm)
+    def stats(self, vm: str | None = None, at: str | int | None = None) -> dict[str, Any]:
+        return content_ops.stats(self, vm, at)
 
     @property
     def chunks(self) -> Any:
@@ -341,45 +372,123 @@ class Store:
         return self._command(vm, act)
 
     # --------------------------------------------------------------- queries
-    def vm(self, name: str, version: int | None = None) -> VirtualMachine:
-        """A VM by name (case-insensitive) or id, optionally as of an event version."""
+    def position(self, at: str | int | None) -> int | None:
+        """A log position from ``--at``: a position number, or an ISO 8601 time
+        (the last position at or before it). None stays None (= now)."""
+        if at is None:
+            return None
+        text = str(at).strip()
+        last = self.app.last_position()
+        if text.isdigit():
+            position = int(text)
+            if position > last:
+                raise InvalidValue(f"position {position} is beyond the end of the log ({last})")
+            return position
+        try:
+            when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidValue(
+                f"--at {text!r} is neither a log position nor an ISO 8601 time"
+            ) from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)  # times without an offset are UTC, as logged
+        self.catch_up()
+        return self.read_models.recorder.position_at(when.timestamp())
+
+    def catch_up(self) -> int:
+        """Fold events other writers appended into the read models."""
+        with self._translated():
+            return self.read_models.catch_up()
+
+    def rebuild_read_models(self) -> tuple[int, float]:
+        """Empty the read models and fold the whole log again: (events, seconds)."""
+        with self._translated():
+            return self.read_models.rebuild()
+
+    def vm(
+        self, name: str, version: int | None = None, at: str | int | None = None
+    ) -> VirtualMachine:
+        """A VM by name (case-insensitive) or id: now, as of an event version of
+        its own, or as of a log position or time (``at``)."""
         try:
             vid = UUID(name.strip().strip("{}"))
         except ValueError:
             vid = vm_id(name)
+        position = self.position(at)
         with self._translated():
-            try:
-                return self.app.get_vm(vid, version)
-            except UnknownVM:
-                if vid != vm_id(name):
-                    try:
-                        return self.app.get_vm(vm_id(name), version)
-                    except UnknownVM:
-                        pass
-                raise UnknownVM(f"no VM named {name!r} in the store at {self.path}") from None
+            for candidate in dict.fromkeys((vid, vm_id(name))):
+                if position is not None:
+                    self.catch_up()
+                    version = self.read_models.recorder.version_at(str(candidate), position)
+                    if version is None:
+                        continue
+                try:
+                    return self.app.get_vm(candidate, version)
+                except UnknownVM:
+                    continue
+        when = "" if position is None else f" at position {position}"
+        raise UnknownVM(f"no VM named {name!r}{when} in the store at {self.path}")
 
     def vms(self) -> list[VirtualMachine]:
-        topic = VirtualMachine.Registered.TOPIC
+        self.catch_up()
         with self._translated():
-            ids = [event.originator_id for _, event in self.app.read_log(topics=(topic,))]
-            return [self.app.get_vm(vid) for vid in ids]
+            return [self.app.get_vm(UUID(doc["id"])) for doc in self.read_models.recorder.vms()]
 
-    def tree(self, vm: str) -> list[TreeEntry]:
-        return tree_entries(self.vm(vm))
+    def tree(self, vm: str, at: str | int | None = None) -> list[TreeEntry]:
+        return tree_entries(self.vm(vm, at=at))
 
-    def checkpoints(self, vm: str) -> list[Checkpoint]:
-        return list(self.vm(vm).checkpoints.values())
+    def checkpoints(self, vm: str, at: str | int | None = None) -> list[Checkpoint]:
+        return list(self.vm(vm, at=at).checkpoints.values())
 
-    def chain(self, vm: str, checkpoint: str | None = None) -> dict[str, list[ChainEntry]]:
-        v = self.vm(vm)
+    def chain(
+        self, vm: str, checkpoint: str | None = None, at: str | int | None = None
+    ) -> dict[str, list[ChainEntry]]:
+        v = self.vm(vm, at=at)
         return disk_chains(v, None if checkpoint is None else v.find_checkpoint(checkpoint).id)
 
-    def files(self, vm: str, checkpoint: str) -> tuple[StateFile, ...]:
-        return self.vm(vm).find_checkpoint(checkpoint).state_files
+    def files(self, vm: str, checkpoint: str, at: str | int | None = None) -> tuple[StateFile, ...]:
+        return self.vm(vm, at=at).find_checkpoint(checkpoint).state_files
 
-    def log(self, vm: str | None = None) -> list[AuditEntry]:
-        only = None if vm is None else self.vm(vm).id
-        with self._translated():
-            return AuditTrail().fold(
-                self.app.read_log(), keep=lambda e: only is None or e.vm_id == only
+    def log(
+        self,
+        vm: str | None = None,
+        operation: str | None = None,
+        actor: str | None = None,
+        since: str | int | None = None,
+        until: str | int | None = None,
+    ) -> list[AuditEntry]:
+        """The audit trail from the read model; ``since``/``until`` are positions
+        or ISO times, inclusive (a time means the last position at or before it)."""
+        only = None if vm is None else str(self.vm(vm).id)
+        self.catch_up()
+        low = None if since is None else self._since(since)
+        rows = self.read_models.recorder.audit(only, operation, actor, low, self.position(until))
+        return [
+            AuditEntry(
+                position=r[0],
+                time=datetime.fromtimestamp(r[1], UTC),
+                actor=r[5],
+                host=r[6],
+                vm=r[4],
+                vm_id=UUID(r[2]),
+                operation=r[7],
+                checkpoint=r[8],
+                details=json.loads(r[9]),
             )
+            for r in rows
+        ]
+
+    def _since(self, since: str | int) -> int:
+        """A position, or for a time the first position at or after it."""
+        text = str(since).strip()
+        if text.isdigit():
+            return int(text)
+        try:
+            when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidValue(
+                f"--since {text!r} is neither a log position nor an ISO 8601 time"
+            ) from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return self.read_models.recorder.first_position_from(when.timestamp())

@@ -29,6 +29,9 @@ OPERATIONS: dict[type[Any], str] = {
     VM.CheckpointRenamed: "checkpoint-renamed",
     VM.CheckpointDeleted: "checkpoint-deleted",
     VM.CheckpointExported: "checkpoint-exported",
+    VM.LayerContentRecorded: "disk-content-captured",
+    VM.StateContentRecorded: "state-files-captured",
+    VM.BackupPointRecorded: "backup-point-recorded",
 }
 
 
@@ -104,6 +107,18 @@ def _details(event: Any) -> tuple[str | None, dict[str, Any]]:
         }
     if isinstance(event, VM.CheckpointExported):
         return event.name, {"id": str(event.checkpoint_id), "destination": event.destination}
+    if isinstance(event, VM.LayerContentRecorded):
+        c = event.capture
+        return None, {
+            "disk": c.disk,
+            "layer": str(c.layer),
+            "size": c.virtual_size,
+            "changed_blocks": c.changed_blocks,
+            "read_bytes": c.read_bytes,
+            "new_bytes": c.added_bytes,
+        }
+    if isinstance(event, VM.BackupPointRecorded):
+        return event.point.name, {"id": str(event.point.id)}
     return None, {}
 
 
@@ -112,6 +127,7 @@ class AuditTrail:
 
     def __init__(self) -> None:
         self.names: dict[UUID, str] = {}
+        self.checkpoints: dict[UUID, str] = {}  # checkpoint id -> latest name
 
     def entry(self, position: int, event: Any) -> AuditEntry | None:
         operation = OPERATIONS.get(type(event))
@@ -119,7 +135,19 @@ class AuditTrail:
             return None
         if isinstance(event, VM.Registered):
             self.names[event.originator_id] = event.name
-        checkpoint, details = _details(event)
+        elif isinstance(event, VM.CheckpointCreated):
+            self.checkpoints[event.checkpoint.id] = event.checkpoint.name
+        elif isinstance(event, VM.CheckpointRenamed):
+            self.checkpoints[event.checkpoint_id] = event.new_name
+        if isinstance(event, VM.StateContentRecorded):
+            checkpoint: str | None = self.checkpoints.get(event.checkpoint_id)
+            details: dict[str, Any] = {
+                "id": str(event.checkpoint_id),
+                "files": [f.path or f.role.value for f in event.files],
+                "new_bytes": sum(f.added_bytes for f in event.files),
+            }
+        else:
+            checkpoint, details = _details(event)
         return AuditEntry(
             position=position,
             time=event.timestamp,

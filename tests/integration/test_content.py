@@ -169,7 +169,7 @@ def test_flipped_byte_is_found_and_restore_refuses(store: Store, tmp_path: Path)
     reopened = Store.open(store.path)
     report = reopened.verify()
     assert not report.ok
-    affected = {x["what"].split(" layer")[0] for bad in report.bad for x in bad["affects"]}
+    affected = {x["what"].split(" (layer")[0] for bad in report.bad for x in bad["affects"]}
     assert affected == {"disk D"}
     named = {c for bad in report.bad for x in bad["affects"] for c in x["checkpoints"]}
     assert "bad (disk D)" in named and "good (disk D)" not in named

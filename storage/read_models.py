@@ -1,0 +1,223 @@
+"""The read-model tables in the store's SQLite database, with their tracking record.
+
+Terms: a *batch* is everything a catch-up derived from a run of events; it is
+written in one transaction together with the position reached (an
+eventsourcing tracking record, application name ``READ_MODELS``), so the
+tables and the position never disagree. Tables (all prefixed ``ckpt_``):
+
+- ``audit``: one row per event: position, time, VM, version, actor, host,
+  operation, checkpoint, details (JSON). Indexed by time and by (VM, position),
+  which answers "which version had this VM reached at position P" and "which
+  position is time T".
+- ``captures``: the chunk references: one row per captured disk layer or file,
+  with its manifest id (verify and gc expand manifests to chunks).
+- ``vms``, ``checkpoints``, ``chain``, ``state_files``: each VM's present tree,
+  disk chains and state files as the JSON documents ``--json`` prints, in
+  display order; replaced whole for every VM a batch touched.
+
+Deleting these tables loses nothing: ``rebuild`` folds the log again.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from eventsourcing.persistence import Tracking
+from eventsourcing.sqlite import SQLiteCursor, SQLiteTrackingRecorder
+
+READ_MODELS = "ckpt-read-models"
+
+TABLES = ("audit", "captures", "vms", "checkpoints", "chain", "state_files")
+
+
+@dataclass
+class VMDocuments:
+    """One VM's present documents, each list in display order."""
+
+    vm: dict[str, Any]
+    checkpoints: list[dict[str, Any]]
+    chain: dict[str, dict[str, Any]]
+    state_files: dict[str, list[dict[str, Any]]]
+
+
+@dataclass
+class Batch:
+    audit: list[tuple[Any, ...]] = field(default_factory=list)
+    captures: list[tuple[Any, ...]] = field(default_factory=list)
+    vms: dict[str, VMDocuments] = field(default_factory=dict)
+
+
+class SQLiteReadModels(SQLiteTrackingRecorder):
+    def construct_create_table_statements(self) -> list[str]:
+        return [
+            *super().construct_create_table_statements(),
+            "CREATE TABLE IF NOT EXISTS ckpt_audit (position INTEGER PRIMARY KEY, "
+            "time REAL NOT NULL, vm_id TEXT NOT NULL, version INTEGER NOT NULL, "
+            "vm TEXT NOT NULL, actor TEXT NOT NULL, host TEXT NOT NULL, "
+            "operation TEXT NOT NULL, checkpoint TEXT, details TEXT NOT NULL)",
+            "CREATE INDEX IF NOT EXISTS ckpt_audit_time ON ckpt_audit (time)",
+            "CREATE INDEX IF NOT EXISTS ckpt_audit_vm ON ckpt_audit (vm_id, position)",
+            "CREATE TABLE IF NOT EXISTS ckpt_captures (position INTEGER NOT NULL, "
+            "seq INTEGER NOT NULL, vm_id TEXT NOT NULL, vm TEXT NOT NULL, kind TEXT NOT NULL, "
+            "subject TEXT NOT NULL, label TEXT NOT NULL, manifest BLOB NOT NULL, "
+            "size INTEGER NOT NULL, new_bytes INTEGER NOT NULL, PRIMARY KEY (position, seq))",
+            "CREATE TABLE IF NOT EXISTS ckpt_vms (vm_id TEXT PRIMARY KEY, name TEXT NOT NULL, "
+            "doc TEXT NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS ckpt_checkpoints (vm_id TEXT NOT NULL, "
+            "seq INTEGER NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (vm_id, seq))",
+            "CREATE TABLE IF NOT EXISTS ckpt_chain (vm_id TEXT NOT NULL, leaf TEXT NOT NULL, "
+            "doc TEXT NOT NULL, PRIMARY KEY (vm_id, leaf))",
+            "CREATE TABLE IF NOT EXISTS ckpt_state_files (vm_id TEXT NOT NULL, "
+            "checkpoint TEXT NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (vm_id, checkpoint))",
+        ]
+
+    # ------------------------------------------------------------------ write
+    def position(self) -> int:
+        return self.max_tracking_id(READ_MODELS) or 0
+
+    def consistent(self) -> bool:
+        """The audit table ends where the tracking record says (false after the
+        tables were dropped or emptied behind our back: then rebuild)."""
+        rows = self._rows("SELECT MAX(position) FROM ckpt_audit")
+        return (rows[0][0] or 0) == self.position()
+
+    def write(self, batch: Batch, position: int) -> None:
+        """Everything a batch derived, and the position it reached, atomically."""
+        with self.datastore.transaction(commit=True) as c:
+            c.executemany(
+                "INSERT INTO ckpt_audit VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", batch.audit
+            )
+            c.executemany(
+                "INSERT INTO ckpt_captures VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", batch.captures
+            )
+            for vm_id, docs in batch.vms.items():
+                self._replace_vm(c, vm_id, docs)
+            self._insert_tracking(c, Tracking(READ_MODELS, position))
+
+    def write_rows(self, batch: Batch) -> None:
+        """Audit and capture rows without moving the position (a rebuild's pages)."""
+        with self.datastore.transaction(commit=True) as c:
+            c.executemany(
+                "INSERT INTO ckpt_audit VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", batch.audit
+            )
+            c.executemany(
+                "INSERT INTO ckpt_captures VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", batch.captures
+            )
+
+    def forget_after(self, position: int) -> None:
+        """Drop audit and capture rows past ``position`` (left by an interrupted rebuild)."""
+        with self.datastore.transaction(commit=True) as c:
+            c.execute("DELETE FROM ckpt_audit WHERE position > ?", (position,))
+            c.execute("DELETE FROM ckpt_captures WHERE position > ?", (position,))
+
+    @staticmethod
+    def _replace_vm(c: SQLiteCursor, vm_id: str, docs: VMDocuments) -> None:
+        for table in ("ckpt_vms", "ckpt_checkpoints", "ckpt_chain", "ckpt_state_files"):
+            c.execute(f"DELETE FROM {table} WHERE vm_id = ?", (vm_id,))
+        c.execute(
+            "INSERT INTO ckpt_vms VALUES (?, ?, ?)",
+            (vm_id, docs.vm["name"], json.dumps(docs.vm)),
+        )
+        c.executemany(
+            "INSERT INTO ckpt_checkpoints VALUES (?, ?, ?)",
+            [(vm_id, i, json.dumps(d)) for i, d in enumerate(docs.checkpoints)],
+        )
+        c.executemany(
+            "INSERT INTO ckpt_chain VALUES (?, ?, ?)",
+            [(vm_id, leaf, json.dumps(d)) for leaf, d in docs.chain.items()],
+        )
+        c.executemany(
+            "INSERT INTO ckpt_state_files VALUES (?, ?, ?)",
+            [(vm_id, cp, json.dumps(d)) for cp, d in docs.state_files.items()],
+        )
+
+    def drop(self) -> None:
+        """Forget every read model and the position (``rebuild`` starts from zero)."""
+        with self.datastore.transaction(commit=True) as c:
+            for table in TABLES:
+                c.execute(f"DELETE FROM ckpt_{table}")
+            c.execute("DELETE FROM tracking WHERE application_name = ?", (READ_MODELS,))
+
+    # ------------------------------------------------------------------- read
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(sql, params)
+            return list(c.fetchall())
+
+    def vms(self) -> list[dict[str, Any]]:
+        return [json.loads(r[0]) for r in self._rows("SELECT doc FROM ckpt_vms ORDER BY name")]
+
+    def checkpoints(self, vm_id: str) -> list[dict[str, Any]]:
+        rows = self._rows("SELECT doc FROM ckpt_checkpoints WHERE vm_id = ? ORDER BY seq", (vm_id,))
+        return [json.loads(r[0]) for r in rows]
+
+    def chain(self, vm_id: str, leaf: str) -> dict[str, Any] | None:
+        rows = self._rows("SELECT doc FROM ckpt_chain WHERE vm_id = ? AND leaf = ?", (vm_id, leaf))
+        return json.loads(rows[0][0]) if rows else None
+
+    def state_files(self, vm_id: str, checkpoint: str) -> list[dict[str, Any]] | None:
+        rows = self._rows(
+            "SELECT doc FROM ckpt_state_files WHERE vm_id = ? AND checkpoint = ?",
+            (vm_id, checkpoint),
+        )
+        return json.loads(rows[0][0]) if rows else None
+
+    def audit(
+        self,
+        vm_id: str | None = None,
+        operation: str | None = None,
+        actor: str | None = None,
+        since: int | None = None,
+        until: int | None = None,
+    ) -> list[tuple[Any, ...]]:
+        """Audit rows in position order; positions ``since`` and ``until`` are inclusive."""
+        where, params = ["1"], []
+        for clause, value in (
+            ("vm_id = ?", vm_id),
+            ("operation = ?", operation),
+            ("actor = ?", actor),
+            ("position >= ?", since),
+            ("position <= ?", until),
+        ):
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        return self._rows(
+            f"SELECT * FROM ckpt_audit WHERE {' AND '.join(where)} ORDER BY position",
+            params,
+        )
+
+    def version_at(self, vm_id: str, position: int) -> int | None:
+        rows = self._rows(
+            "SELECT MAX(version) FROM ckpt_audit WHERE vm_id = ? AND position <= ?",
+            (vm_id, position),
+        )
+        return rows[0][0] if rows else None
+
+    def position_at(self, time: float) -> int:
+        """The last position whose event time is at or before ``time`` (0: none)."""
+        rows = self._rows("SELECT MAX(position) FROM ckpt_audit WHERE time <= ?", (time,))
+        return rows[0][0] or 0
+
+    def first_position_from(self, time: float) -> int:
+        """The first position whose event time is at or after ``time`` (past the end: none)."""
+        rows = self._rows("SELECT MIN(position) FROM ckpt_audit WHERE time >= ?", (time,))
+        return rows[0][0] if rows[0][0] is not None else self.position() + 1
+
+    def captures(self, until: int | None = None) -> list[tuple[Any, ...]]:
+        sql = "SELECT * FROM ckpt_captures"
+        params: list[Any] = []
+        if until is not None:
+            sql += " WHERE position <= ?"
+            params.append(until)
+        return self._rows(sql + " ORDER BY position, seq", params)
+
+    def dump(self) -> dict[str, list[tuple[Any, ...]]]:
+        """Every row of every read model, in key order (for comparing two builds)."""
+        return {
+            table: [tuple(r) for r in self._rows(f"SELECT * FROM ckpt_{table} ORDER BY 1, 2")]
+            for table in TABLES
+        }
