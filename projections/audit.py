@@ -129,7 +129,12 @@ class AuditTrail:
         self.names: dict[UUID, str] = {}
         self.checkpoints: dict[UUID, str] = {}  # checkpoint id -> latest name
 
-    def entry(self, position: int, event: Any) -> AuditEntry | None:
+    def describe(self, event: Any) -> tuple[str, str | None, dict[str, Any]] | None:
+        """(operation, checkpoint name, details) of an event; None for no audit entry.
+
+        Remembers VM and checkpoint names as it goes, so call it on every event
+        in log order.
+        """
         operation = OPERATIONS.get(type(event))
         if operation is None:
             return None
@@ -140,14 +145,23 @@ class AuditTrail:
         elif isinstance(event, VM.CheckpointRenamed):
             self.checkpoints[event.checkpoint_id] = event.new_name
         if isinstance(event, VM.StateContentRecorded):
-            checkpoint: str | None = self.checkpoints.get(event.checkpoint_id)
-            details: dict[str, Any] = {
-                "id": str(event.checkpoint_id),
-                "files": [f.path or f.role.value for f in event.files],
-                "new_bytes": sum(f.added_bytes for f in event.files),
-            }
-        else:
-            checkpoint, details = _details(event)
+            return (
+                operation,
+                self.checkpoints.get(event.checkpoint_id),
+                {
+                    "id": str(event.checkpoint_id),
+                    "files": [f.path or f.role.value for f in event.files],
+                    "new_bytes": sum(f.added_bytes for f in event.files),
+                },
+            )
+        checkpoint, details = _details(event)
+        return operation, checkpoint, details
+
+    def entry(self, position: int, event: Any) -> AuditEntry | None:
+        described = self.describe(event)
+        if described is None:
+            return None
+        operation, checkpoint, details = described
         return AuditEntry(
             position=position,
             time=event.timestamp,

@@ -10,6 +10,7 @@ from its first event to bring its documents up to date.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
 from typing import Any
 from uuid import UUID
@@ -30,8 +31,7 @@ def documents(vm: VirtualMachine) -> VMDocuments:
     return VMDocuments(
         vm=vm_json(vm),
         checkpoints=tree_json(tree_entries(vm)),
-        chain={"now": chain_json(vm, None, disk_chains(vm))},
-        state_files={str(cid): files_json(cp.state_files) for cid, cp in vm.checkpoints.items()},
+        chain=chain_json(vm, None, disk_chains(vm)),
     )
 
 
@@ -40,6 +40,7 @@ class Folder:
 
     def __init__(self) -> None:
         self.trail = AuditTrail()
+        self.ids: dict[UUID, str] = {}  # str(uuid) costs ~0.7 us; every event needs it
 
     def fold(
         self, events: Iterable[tuple[int, Any]], get_vm: GetVM
@@ -49,38 +50,41 @@ class Folder:
         batch = Batch()
         reached: dict[UUID, int] = {}
         position = 0
+        trail = self.trail
+        ids = self.ids
+        audit = batch.audit
         for position, event in events:
-            if event.originator_id not in self.trail.names:  # a catch-up that starts mid-log
-                self.trail.names[event.originator_id] = get_vm(event.originator_id, 1).name
-            entry = self.trail.entry(position, event)
-            if entry is None:  # pragma: no cover - every event class has an operation
-                continue
             vm_id = event.originator_id
+            vm_text = ids.get(vm_id)
+            if vm_text is None:
+                vm_text = ids[vm_id] = str(vm_id)
+                if vm_id not in trail.names:  # a catch-up that starts mid-log
+                    trail.names[vm_id] = get_vm(vm_id, 1).name
+            described = trail.describe(event)
+            if described is None:  # pragma: no cover - every event class has an operation
+                continue
+            operation, checkpoint, details = described
+            vm_name = trail.names[vm_id]
             reached[vm_id] = event.originator_version
-            batch.audit.append(
-                (
-                    position,
-                    entry.time.timestamp(),
-                    str(vm_id),
-                    event.originator_version,
-                    entry.vm,
-                    entry.actor,
-                    entry.host,
-                    entry.operation,
-                    entry.checkpoint,
-                    _json(entry.details),
-                )
-            )
-            if isinstance(event, VM.LayerContentRecorded):
+            audit.append(
+                (position, event.timestamp.timestamp(), vm_text, event.originator_version,
+                 vm_name, event.actor, event.host, operation, checkpoint, _dumps(details))
+            )  # fmt: skip
+            if isinstance(event, VM.CheckpointCreated):
+                cp = event.checkpoint
+                batch.state_files.append((vm_text, str(cp.id), _dumps(files_json(cp.state_files))))
+            elif isinstance(event, VM.CheckpointDeleted):
+                batch.state_files.extend((vm_text, str(cid), None) for cid in event.deleted)
+            elif isinstance(event, VM.LayerContentRecorded):
                 c = event.capture
                 batch.captures.append(
-                    (position, 0, str(vm_id), entry.vm, "disk", str(c.layer), c.disk,
+                    (position, 0, vm_text, vm_name, "disk", str(c.layer), c.disk,
                      c.manifest, c.virtual_size, c.added_bytes)
                 )  # fmt: skip
             elif isinstance(event, VM.StateContentRecorded):
                 for seq, f in enumerate(event.files):
                     batch.captures.append(
-                        (position, seq, str(vm_id), entry.vm, "file", str(event.checkpoint_id),
+                        (position, seq, vm_text, vm_name, "file", str(event.checkpoint_id),
                          f.path or f.role.value, f.manifest, f.size, f.added_bytes)
                     )  # fmt: skip
         return batch, reached, position
@@ -104,7 +108,4 @@ def add_documents(
         batch.vms[str(vm_id)] = documents(vm)
 
 
-def _json(details: dict[str, Any]) -> str:
-    import json
-
-    return json.dumps(details, sort_keys=True)
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode

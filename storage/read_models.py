@@ -11,9 +11,12 @@ tables and the position never disagree. Tables (all prefixed ``ckpt_``):
   position is time T".
 - ``captures``: the chunk references: one row per captured disk layer or file,
   with its manifest id (verify and gc expand manifests to chunks).
-- ``vms``, ``checkpoints``, ``chain``, ``state_files``: each VM's present tree,
-  disk chains and state files as the JSON documents ``--json`` prints, in
-  display order; replaced whole for every VM a batch touched.
+- ``vms``: per VM one row with its present summary, checkpoint tree (in
+  display order) and disk chains (Now), as the JSON documents ``--json``
+  prints; the row is replaced for every VM a batch touched (one row, not one
+  per checkpoint: a command then costs one statement, whatever the tree size).
+- ``state_files``: one row per live checkpoint, added when it is created and
+  removed when it is deleted (its files never change in between).
 
 Deleting these tables loses nothing: ``rebuild`` folds the log again.
 """
@@ -30,17 +33,24 @@ from eventsourcing.sqlite import SQLiteCursor, SQLiteTrackingRecorder
 
 READ_MODELS = "ckpt-read-models"
 
-TABLES = ("audit", "captures", "vms", "checkpoints", "chain", "state_files")
+TABLES = ("audit", "captures", "vms", "state_files")
+COLUMNS = {
+    "audit": ["position", "time", "vm_id", "version", "vm", "actor", "host", "operation",
+              "checkpoint", "details"],
+    "captures": ["position", "seq", "vm_id", "vm", "kind", "subject", "label", "manifest",
+                 "size", "new_bytes"],
+    "vms": ["vm_id", "name", "doc", "tree", "chain"],
+    "state_files": ["vm_id", "checkpoint", "doc"],
+}  # fmt: skip
 
 
 @dataclass
 class VMDocuments:
-    """One VM's present documents, each list in display order."""
+    """One VM's present documents: summary, tree (display order), chain of Now."""
 
     vm: dict[str, Any]
     checkpoints: list[dict[str, Any]]
-    chain: dict[str, dict[str, Any]]
-    state_files: dict[str, list[dict[str, Any]]]
+    chain: dict[str, Any]
 
 
 @dataclass
@@ -48,6 +58,8 @@ class Batch:
     audit: list[tuple[Any, ...]] = field(default_factory=list)
     captures: list[tuple[Any, ...]] = field(default_factory=list)
     vms: dict[str, VMDocuments] = field(default_factory=dict)
+    # (vm id, checkpoint id, JSON) to add, or (vm id, checkpoint id, None) to remove; in order
+    state_files: list[tuple[str, str, str | None]] = field(default_factory=list)
 
 
 class SQLiteReadModels(SQLiteTrackingRecorder):
@@ -65,14 +77,30 @@ class SQLiteReadModels(SQLiteTrackingRecorder):
             "subject TEXT NOT NULL, label TEXT NOT NULL, manifest BLOB NOT NULL, "
             "size INTEGER NOT NULL, new_bytes INTEGER NOT NULL, PRIMARY KEY (position, seq))",
             "CREATE TABLE IF NOT EXISTS ckpt_vms (vm_id TEXT PRIMARY KEY, name TEXT NOT NULL, "
-            "doc TEXT NOT NULL)",
-            "CREATE TABLE IF NOT EXISTS ckpt_checkpoints (vm_id TEXT NOT NULL, "
-            "seq INTEGER NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (vm_id, seq))",
-            "CREATE TABLE IF NOT EXISTS ckpt_chain (vm_id TEXT NOT NULL, leaf TEXT NOT NULL, "
-            "doc TEXT NOT NULL, PRIMARY KEY (vm_id, leaf))",
+            "doc TEXT NOT NULL, tree TEXT NOT NULL, chain TEXT NOT NULL)",
             "CREATE TABLE IF NOT EXISTS ckpt_state_files (vm_id TEXT NOT NULL, "
             "checkpoint TEXT NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (vm_id, checkpoint))",
         ]
+
+    def create_table(self) -> None:
+        """Create the tables; drop read models of another layout first (they are
+        only a cache of the log: the next catch-up rebuilds them)."""
+        with self.datastore.transaction(commit=True) as c:
+            for table, columns in COLUMNS.items():
+                c.execute(f"PRAGMA table_info(ckpt_{table})")
+                found = [row[1] for row in c.fetchall()]
+                if found and found != columns:
+                    for other in (
+                        "audit",
+                        "captures",
+                        "vms",
+                        "state_files",
+                        "checkpoints",
+                        "chain",
+                    ):
+                        c.execute(f"DROP TABLE IF EXISTS ckpt_{other}")
+                    break
+        super().create_table()
 
     # ------------------------------------------------------------------ write
     def position(self) -> int:
@@ -87,52 +115,37 @@ class SQLiteReadModels(SQLiteTrackingRecorder):
     def write(self, batch: Batch, position: int) -> None:
         """Everything a batch derived, and the position it reached, atomically."""
         with self.datastore.transaction(commit=True) as c:
+            self._write_rows(c, batch)
             c.executemany(
-                "INSERT INTO ckpt_audit VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", batch.audit
-            )
-            c.executemany(
-                "INSERT INTO ckpt_captures VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", batch.captures
-            )
-            for vm_id, docs in batch.vms.items():
-                self._replace_vm(c, vm_id, docs)
+                "INSERT OR REPLACE INTO ckpt_vms VALUES (?, ?, ?, ?, ?)",
+                [
+                    (vm_id, d.vm["name"], json.dumps(d.vm), json.dumps(d.checkpoints),
+                     json.dumps(d.chain))
+                    for vm_id, d in batch.vms.items()
+                ],
+            )  # fmt: skip
             self._insert_tracking(c, Tracking(READ_MODELS, position))
 
     def write_rows(self, batch: Batch) -> None:
-        """Audit and capture rows without moving the position (a rebuild's pages)."""
+        """Audit, capture and state-file rows without moving the position (a
+        rebuild's pages; the VM rows and the position come with the last write)."""
         with self.datastore.transaction(commit=True) as c:
-            c.executemany(
-                "INSERT INTO ckpt_audit VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", batch.audit
-            )
-            c.executemany(
-                "INSERT INTO ckpt_captures VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", batch.captures
-            )
-
-    def forget_after(self, position: int) -> None:
-        """Drop audit and capture rows past ``position`` (left by an interrupted rebuild)."""
-        with self.datastore.transaction(commit=True) as c:
-            c.execute("DELETE FROM ckpt_audit WHERE position > ?", (position,))
-            c.execute("DELETE FROM ckpt_captures WHERE position > ?", (position,))
+            self._write_rows(c, batch)
 
     @staticmethod
-    def _replace_vm(c: SQLiteCursor, vm_id: str, docs: VMDocuments) -> None:
-        for table in ("ckpt_vms", "ckpt_checkpoints", "ckpt_chain", "ckpt_state_files"):
-            c.execute(f"DELETE FROM {table} WHERE vm_id = ?", (vm_id,))
-        c.execute(
-            "INSERT INTO ckpt_vms VALUES (?, ?, ?)",
-            (vm_id, docs.vm["name"], json.dumps(docs.vm)),
-        )
+    def _write_rows(c: SQLiteCursor, batch: Batch) -> None:
+        c.executemany("INSERT INTO ckpt_audit VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", batch.audit)
         c.executemany(
-            "INSERT INTO ckpt_checkpoints VALUES (?, ?, ?)",
-            [(vm_id, i, json.dumps(d)) for i, d in enumerate(docs.checkpoints)],
+            "INSERT INTO ckpt_captures VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", batch.captures
         )
-        c.executemany(
-            "INSERT INTO ckpt_chain VALUES (?, ?, ?)",
-            [(vm_id, leaf, json.dumps(d)) for leaf, d in docs.chain.items()],
-        )
-        c.executemany(
-            "INSERT INTO ckpt_state_files VALUES (?, ?, ?)",
-            [(vm_id, cp, json.dumps(d)) for cp, d in docs.state_files.items()],
-        )
+        for vm_id, checkpoint, doc in batch.state_files:
+            if doc is None:
+                c.execute(
+                    "DELETE FROM ckpt_state_files WHERE vm_id = ? AND checkpoint = ?",
+                    (vm_id, checkpoint),
+                )
+            else:
+                c.execute("INSERT INTO ckpt_state_files VALUES (?, ?, ?)", (vm_id, checkpoint, doc))
 
     def drop(self) -> None:
         """Forget every read model and the position (``rebuild`` starts from zero)."""
@@ -151,11 +164,11 @@ class SQLiteReadModels(SQLiteTrackingRecorder):
         return [json.loads(r[0]) for r in self._rows("SELECT doc FROM ckpt_vms ORDER BY name")]
 
     def checkpoints(self, vm_id: str) -> list[dict[str, Any]]:
-        rows = self._rows("SELECT doc FROM ckpt_checkpoints WHERE vm_id = ? ORDER BY seq", (vm_id,))
-        return [json.loads(r[0]) for r in rows]
+        rows = self._rows("SELECT tree FROM ckpt_vms WHERE vm_id = ?", (vm_id,))
+        return json.loads(rows[0][0]) if rows else []
 
-    def chain(self, vm_id: str, leaf: str) -> dict[str, Any] | None:
-        rows = self._rows("SELECT doc FROM ckpt_chain WHERE vm_id = ? AND leaf = ?", (vm_id, leaf))
+    def chain(self, vm_id: str) -> dict[str, Any] | None:
+        rows = self._rows("SELECT chain FROM ckpt_vms WHERE vm_id = ?", (vm_id,))
         return json.loads(rows[0][0]) if rows else None
 
     def state_files(self, vm_id: str, checkpoint: str) -> list[dict[str, Any]] | None:

@@ -65,10 +65,17 @@ def test_rebuild_equals_incremental(tmp_path: Path, ops: list[tuple[str, int]]) 
         recorder = store.read_models.recorder
         incremental = recorder.dump()
         assert recorder.position() == store.app.last_position()
+        rows = {(vm_id, cp) for vm_id, cp, _ in incremental["state_files"]}
+        assert rows == {(str(vm.id), str(c)) for vm in store.vms() for c in vm.checkpoints}
         for vm in store.vms():  # the stored documents are those of the VM itself
             docs = documents(vm)
             assert recorder.checkpoints(str(vm.id)) == docs.checkpoints
-            assert recorder.chain(str(vm.id), "now") == docs.chain["now"]
+            assert recorder.chain(str(vm.id)) == docs.chain
+            for cp in vm.checkpoints.values():
+                assert recorder.state_files(str(vm.id), str(cp.id)) == [
+                    {"path": f.path, "kind": f.kind.value, "memory": f.memory}
+                    for f in cp.state_files
+                ]
         events, _ = store.rebuild_read_models()
         assert events == store.app.last_position()
         assert recorder.dump() == incremental

@@ -49,8 +49,16 @@ values = st.recursive(
 @given(values)
 def test_any_value_round_trips_with_its_exact_type(value: Any) -> None:
     back = codec.decode(codec.encode({"v": value}))["v"]
-    assert back == value
+    assert back == value  # aware datetimes compare as instants: UTC or not
     assert type(back) is type(value)
+
+
+def test_datetimes_come_back_as_the_same_instant_in_utc() -> None:
+    local = datetime(2026, 11, 26, 9, 30, 15, 123456, tzinfo=timezone(timedelta(hours=-5)))
+    back = codec.decode(codec.encode({"t": local}))["t"]
+    assert back == local and back.tzinfo == UTC and back.hour == 14
+    with pytest.raises(TypeError, match="naive datetime"):
+        codec.encode({"t": datetime(2026, 1, 1)})
 
 
 def test_domain_values_round_trip() -> None:
