@@ -34,15 +34,19 @@ class CheckpointApplication(Application[UUID]):
         return vm
 
     def read_log(
-        self, start: int = 1, stop: int | None = None, topics: tuple[str, ...] = ()
+        self,
+        start: int = 1,
+        stop: int | None = None,
+        topics: tuple[str, ...] = (),
+        page_size: int = PAGE,
     ) -> Iterator[tuple[int, Any]]:
         """Every event in global (notification) order, with its position."""
         decode = self._decoder()
         while True:
-            page = self.recorder.select_notifications(start, PAGE, stop=stop, topics=topics)
+            page = self.recorder.select_notifications(start, page_size, stop=stop, topics=topics)
             for notification in page:
                 yield notification.id, decode(notification)
-            if len(page) < PAGE:
+            if len(page) < page_size:
                 return
             start = page[-1].id + 1
 

