@@ -183,3 +183,5 @@ def test_demo_runs_every_step() -> None:
     assert "demo finished" in text
     assert "merged " in text and "▶ Now" in text and "checkpoint-deleted" in text
     assert ".bin  [bin, memory]" in text and ".avhd " in text
+    assert "identical" in text and "DIFFERENT" not in text  # a deleted checkpoint, via --at
+    assert "referenced chunks: OK" in text
