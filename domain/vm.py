@@ -227,8 +227,10 @@ class VirtualMachine(Aggregate):
             vm._replay_changes(self.changes)
 
     class CheckpointExported(Event):
+        """A checkpoint (or Now, ``checkpoint_id`` None) written out as a Hyper-V folder."""
+
         TOPIC = "ckpt.domain:VirtualMachine.CheckpointExported"
-        checkpoint_id: UUID
+        checkpoint_id: UUID | None
         name: str
         destination: str
 
@@ -426,6 +428,12 @@ class VirtualMachine(Aggregate):
         self._trigger(origin, self.BackupPointRecorded, point=point)
         return point
 
+    def import_disk_content(self, origin: Origin, capture: DiskCapture) -> None:
+        """A disk file's content becomes the running layer's content (``ckpt import disk``);
+        the next checkpoint freezes it like any other."""
+        self._check_captures([capture])
+        self._record_captures(origin, [capture])
+
     def _check_captures(self, disks: Sequence[DiskCapture]) -> None:
         seen: set[str] = set()
         for capture in disks:
@@ -610,13 +618,16 @@ class VirtualMachine(Aggregate):
             reason=reason,
         )
 
-    def export_checkpoint(self, origin: Origin, checkpoint_id: UUID, destination: str) -> None:
-        checkpoint = self.checkpoint(checkpoint_id)
+    def export_checkpoint(
+        self, origin: Origin, checkpoint_id: UUID | None, destination: str
+    ) -> None:
+        """Record Export-VMSnapshot of a checkpoint, or of Now when ``checkpoint_id`` is None."""
+        name = "Now" if checkpoint_id is None else self.checkpoint(checkpoint_id).name
         self._trigger(
             origin,
             self.CheckpointExported,
-            checkpoint_id=checkpoint.id,
-            name=checkpoint.name,
+            checkpoint_id=checkpoint_id,
+            name=name,
             destination=destination,
         )
 

@@ -106,7 +106,8 @@ def _details(event: Any) -> tuple[str | None, dict[str, Any]]:
             "reason": event.reason,
         }
     if isinstance(event, VM.CheckpointExported):
-        return event.name, {"id": str(event.checkpoint_id), "destination": event.destination}
+        cid = None if event.checkpoint_id is None else str(event.checkpoint_id)
+        return event.name, {"id": cid, "destination": event.destination}
     if isinstance(event, VM.LayerContentRecorded):
         c = event.capture
         return None, {

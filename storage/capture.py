@@ -22,7 +22,7 @@ import bisect
 import hashlib
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -146,17 +146,22 @@ def capture(
     extents: Iterable[tuple[int, int]] | None = None,
     progress: Progress | None = None,
     pool: Executor | None = None,
+    segments: Sequence[tuple[int, int]] | None = None,
 ) -> CaptureResult:
     """Compare ``src`` with ``parent`` block by block; send new blocks to ``sink``.
 
     With a ``pool``, buffers are read and hashed in its threads, up to
     ``AHEAD`` buffers ahead of the comparison, which stays in this thread.
+    ``segments`` ((start, end) byte ranges) say where a source that cannot be
+    asked for holes (a VHDX read through its reader) holds data; the rest
+    reads as zeros, as holes do.
     """
     result = CaptureResult()
     if extents is not None:
         regions = align(extents, block_size, size)
     else:
-        regions = [(s // block_size * block_size, e) for s, e in data_segments(src, size)]
+        found = data_segments(src, size) if segments is None else segments
+        regions = [(s // block_size * block_size, e) for s, e in found]
         regions = align(((s, e - s) for s, e in regions), block_size, size)
     spans = [
         (pos, min(READ, end - pos)) for start, end in regions for pos in range(start, end, READ)
