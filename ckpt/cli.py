@@ -184,26 +184,11 @@ def _cp_list(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     )
 
 
-def _cp_export(s: Store, a: argparse.Namespace, out: TextIO) -> None:
-    vm = s.vm(a.vm)
-    cp = vm.find_checkpoint(a.checkpoint)
-    dest = Path(a.output) / vm.name
-    dest.mkdir(parents=True, exist_ok=True)
-    manifest = {
-        "vm": docs.vm_json(vm),
-        "checkpoint": docs.checkpoint_json(cp, vm.current),
-        "chain": docs.chain_json(vm, cp.id, s.chain(a.vm, str(cp.id)))["disks"],
-        "state_files": docs.files_json(cp.state_files),
-        "content": "not captured: this store holds checkpoint metadata only",
-    }
-    (dest / "ckpt-export.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    s.export_checkpoint(a.vm, str(cp.id), str(dest.resolve()))
-    _emit(
-        out,
-        a,
-        manifest,
-        f"exported checkpoint {cp.name!r} description to {dest / 'ckpt-export.json'}",
-    )
+def _export(s: Store, a: argparse.Namespace, out: TextIO) -> None:
+    files = s.export(a.vm, a.checkpoint, a.output, at=a.at, flatten=a.flatten)
+    what = f"checkpoint {a.checkpoint!r}" if a.checkpoint else "Now"
+    lines = [f"exported {what} of VM {a.vm!r} as a Hyper-V folder:"] + [f"  {f}" for f in files]
+    _emit(out, a, {"files": [str(f) for f in files]}, "\n".join(lines))
 
 
 def _tree(s: Store, a: argparse.Namespace, out: TextIO) -> None:
@@ -244,6 +229,35 @@ def _rebuild(s: Store, a: argparse.Namespace, out: TextIO) -> None:
 
 
 # ------------------------------------------------------------------ parser
+def _export_options(q: argparse.ArgumentParser, checkpoint_required: bool) -> None:
+    q.add_argument("vm")
+    if checkpoint_required:
+        q.add_argument("checkpoint")
+    else:
+        q.add_argument("checkpoint", nargs="?", help="default: Now (the whole current chain)")
+    q.add_argument("-o", "--output", required=True, metavar="DIR")
+    q.add_argument("--flatten", action="store_true", help="one standalone VHDX per disk")
+    q.add_argument("--at", metavar="POSITION|TIME", help=AT_HELP)
+
+
+def _import_disk(s: Store, a: argparse.Namespace, out: TextIO) -> None:
+    capture = s.import_disk(a.vm, a.disk, a.file)
+    data = {
+        "disk": capture.disk,
+        "layer": str(capture.layer),
+        "virtual_size": capture.virtual_size,
+        "changed_blocks": capture.changed_blocks,
+        "new_bytes": capture.added_bytes,
+    }
+    _emit(
+        out,
+        a,
+        data,
+        f"imported {a.file} as disk {a.disk!r} of VM {a.vm!r}: {capture.virtual_size} bytes, "
+        f"{capture.changed_blocks} blocks recorded",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ckpt", description="Event-sourced checkpoint store for VMs.")
     p.add_argument(
@@ -348,14 +362,27 @@ def build_parser() -> argparse.ArgumentParser:
     q = cmd(
         cp,
         "export",
-        _cp_export,
-        "record an export and write its description (Export-VMSnapshot)",
+        _export,
+        "export a checkpoint as a Hyper-V folder (Export-VMSnapshot); same as `ckpt export`",
+        json_out=True,
+    )
+    _export_options(q, checkpoint_required=True)
+
+    q = cmd(sub, "export", _export, "export a checkpoint or Now as a Hyper-V folder", json_out=True)
+    _export_options(q, checkpoint_required=False)
+    imp = cmd(sub, "import", None, "import Hyper-V files").add_subparsers(
+        dest="import_command", required=True, metavar="WHAT"
+    )
+    q = cmd(
+        imp,
+        "disk",
+        _import_disk,
+        "a VHDX/AVHDX (read with its parents) or a raw image becomes a disk's running content",
         json_out=True,
     )
     q.add_argument("vm")
-    q.add_argument("checkpoint")
-    q.add_argument("-o", "--output", required=True, metavar="DIR")
-
+    q.add_argument("disk")
+    q.add_argument("file")
     q = cmd(sub, "tree", _tree, "draw a VM's checkpoint tree", json_out=True)
     q.add_argument("vm")
     q.add_argument("--at", metavar="POSITION|TIME", help=AT_HELP)

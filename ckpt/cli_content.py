@@ -108,6 +108,11 @@ def _restore(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     chosen = [x for x in (a.disk, a.memory, a.state_files) if x]
     if len(chosen) != 1:
         raise InvalidValue("restore needs exactly one of --disk DISK, --memory, --state-files")
+    fmt = a.format or ("vhdx" if a.output.lower().endswith(".vhdx") else "raw")
+    if fmt == "vhdx" and not a.disk:
+        raise InvalidValue("--format vhdx is for a disk (--disk DISK)")
+    if fmt == "vhdx" and a.output == "-":
+        raise InvalidValue("a VHDX cannot be streamed to stdout (it is written out of order)")
     if a.state_files:
         files = s.restore_state_files(a.vm, a.checkpoint, a.output, at=a.at)
         _emit(out, a, {"files": [str(f) for f in files]}, "\n".join(f"wrote {f}" for f in files))
@@ -119,7 +124,9 @@ def _restore(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     done = False
     try:
         with progress_bars() as bars:
-            if a.disk:
+            if a.disk and fmt == "vhdx":
+                size = s.restore_disk_vhdx(a.vm, a.checkpoint, a.disk, stream, at=a.at)
+            elif a.disk:
                 size = s.restore_disk(a.vm, a.checkpoint, a.disk, stream, bars, at=a.at)
             else:
                 size = s.restore_memory(a.vm, a.checkpoint, stream, bars, at=a.at)
@@ -231,6 +238,11 @@ def register(sub: Any, cmd: Callable[..., argparse.ArgumentParser]) -> None:
         help="write the state files under their Hyper-V names into -o DIR",
     )
     q.add_argument("-o", "--output", required=True, metavar="FILE|DIR|-")
+    q.add_argument(
+        "--format",
+        choices=("raw", "vhdx"),
+        help="disk output format (default: vhdx when FILE ends in .vhdx, else raw)",
+    )
     q.add_argument(
         "--at",
         metavar="POSITION|TIME",

@@ -162,6 +162,7 @@ def capture_disk(
     cache: ManifestCache,
     extents: Sequence[tuple[int, int]] | None = None,
     progress: Progress | None = None,
+    segments: Sequence[tuple[int, int]] | None = None,
 ) -> DiskCapture:
     if disk not in vm.running:
         known = ", ".join(vm.running)
@@ -173,7 +174,9 @@ def capture_disk(
     size = _size(src, where)
     if size % 512:
         raise InvalidValue(f"{where}: {size} bytes is not a whole number of 512-byte sectors")
-    result = capture(src, size, DISK_BLOCK, parent, session.sink, extents, progress, session.pool)
+    result = capture(
+        src, size, DISK_BLOCK, parent, session.sink, extents, progress, session.pool, segments
+    )
     session.finish()
     ref = manifest.store(BlockMap(KIND_DISK, DISK_BLOCK, size, result.entries), session.add)
     return DiskCapture(

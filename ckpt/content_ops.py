@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 from uuid import UUID
 
 from ckpt.domain import (
@@ -25,6 +25,7 @@ from ckpt.domain import (
     Checkpoint,
     CheckpointType,
     CkptError,
+    DiskCapture,
     FileCapture,
     FileRole,
     InvalidValue,
@@ -134,6 +135,39 @@ def _capture(
     return captures, captured
 
 
+def import_disk(store: Store, vm: str, disk: str, path: Path) -> DiskCapture:
+    """Capture a disk file into the disk's running layer (``ckpt import disk``).
+
+    ``.vhdx``/``.avhdx`` files are read through their parent chain (every
+    structure checked; a missing parent or a cycle is refused, naming the
+    file); anything else is a raw image. Nothing is recorded on any error.
+    """
+    from .interop import ChainStream, open_vhdx_chain
+
+    def act(v: VirtualMachine, o: Origin) -> DiskCapture:
+        chunks = store.chunks
+        cache = ManifestCache(chunks)
+        with chunks.writer() as writer, ThreadPoolExecutor(WORKERS) as pool:
+            session = Session(writer, chunks, pool)
+            if path.suffix.lower() in (".vhdx", ".avhdx"):
+                vhdx, files, segments = open_vhdx_chain(path)
+                try:
+                    stream = cast(BinaryIO, ChainStream(vhdx))  # a RawIOBase: read, seek, tell
+                    capture = capture_disk(
+                        v, disk, stream, str(path), session, cache, segments=segments
+                    )
+                finally:
+                    for f in files:
+                        f.close()
+            else:
+                with open_source(path, f"image of disk {disk!r}") as src:
+                    capture = capture_disk(v, disk, src, str(path), session, cache)
+        v.import_disk_content(o, capture)
+        return capture
+
+    return store._command(vm, act)
+
+
 # ------------------------------------------------------------------ restore
 @dataclass(frozen=True)
 class RestorePoint:
@@ -187,6 +221,22 @@ def restore_disk(
         raise InvalidValue(f"no content was captured for disk {disk!r} up to {point.label}")
     size = maps[-1].size
     return restore_maps(maps, store.chunks, out, _bar(progress, f"restore {disk}", size))
+
+
+def restore_disk_vhdx(
+    store: Store, vm: str, ref: str, disk: str, out: BinaryIO, at: str | int | None = None
+) -> int:
+    from .interop import write_disk_vhdx
+
+    point = resolve_point(store, vm, ref, at)
+    if disk not in point.layers:
+        raise InvalidValue(
+            f"VM {point.vm.name!r} has no disk {disk!r} (disks: {', '.join(point.layers)})"
+        )
+    maps = chain_maps(point.vm, point.layers[disk], ManifestCache(store.chunks))
+    if not maps:
+        raise InvalidValue(f"no content was captured for disk {disk!r} up to {point.label}")
+    return write_disk_vhdx(maps, store, out)
 
 
 def _file(point: RestorePoint, role: FileRole) -> FileCapture:

@@ -30,6 +30,10 @@ TABLE: tuple[tuple[type[e.CkptError], int], ...] = (
     (e.ChunkCorrupt, 25),
     (e.PackCorrupt, 26),
     (e.IndexCorrupt, 27),
+    (e.VhdxCorrupt, 30),
+    (e.VhdxUnsupported, 31),
+    (e.VhdxChainMismatch, 32),
+    (e.VhdxError, 33),
     (e.StorageError, 29),
     (e.CkptError, 1),
 )

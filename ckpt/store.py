@@ -38,6 +38,7 @@ from ckpt.domain import (
     Checkpoint,
     CheckpointType,
     CkptError,
+    DiskCapture,
     DiskFormat,
     FileRole,
     InvalidValue,
@@ -301,6 +302,12 @@ class Store:
         of then, so one deleted since can still be restored."""
         return content_ops.restore_disk(self, vm, point, disk, out, progress, at)
 
+    def restore_disk_vhdx(
+        self, vm: str, point: str, disk: str, out: BinaryIO, at: str | int | None = None
+    ) -> int:
+        """The disk as one standalone dynamic VHDX (out must be a seekable file)."""
+        return content_ops.restore_disk_vhdx(self, vm, point, disk, out, at)
+
     def restore_memory(
         self,
         vm: str,
@@ -374,13 +381,31 @@ class Store:
 
         return self._command(vm, act)
 
-    def export_checkpoint(self, vm: str, checkpoint: str, destination: str) -> Checkpoint:
-        def act(v: VirtualMachine, o: Origin) -> Checkpoint:
-            cp = v.find_checkpoint(checkpoint)
-            v.export_checkpoint(o, cp.id, destination)
-            return cp
+    def export(
+        self,
+        vm: str,
+        checkpoint: str | None,
+        directory: str | Path,
+        at: str | int | None = None,
+        flatten: bool = False,
+    ) -> list[Path]:
+        """Export-VMSnapshot: a Hyper-V folder (VHDX + AVHDX chain, or one flattened
+        VHDX, and the captured state files) for a checkpoint, or Now; recorded."""
+        from . import interop
 
-        return self._command(vm, act)
+        return interop.export(self, vm, checkpoint, Path(directory), at, flatten)
+
+    def record_export(self, vm: str, checkpoint_id: str | None, destination: str) -> None:
+        def act(v: VirtualMachine, o: Origin) -> None:
+            v.export_checkpoint(
+                o, None if checkpoint_id is None else UUID(checkpoint_id), destination
+            )
+
+        self._command(vm, act)
+
+    def import_disk(self, vm: str, disk: str, path: str | Path) -> DiskCapture:
+        """A VHDX/AVHDX chain or a raw image becomes the disk's running content."""
+        return content_ops.import_disk(self, vm, disk, Path(path))
 
     # --------------------------------------------------------------- queries
     def position(self, at: str | int | None) -> int | None:

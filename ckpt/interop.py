@@ -1,0 +1,260 @@
+"""Hyper-V interop: export a checkpoint as a Hyper-V VM folder, restore a disk as a
+VHDX, import a disk file (a VHDX/AVHDX chain or a raw image) as a disk's content.
+
+Terms: a *layer's own runs* are the (offset, bytes) the layer's manifests
+define, in order; in a base VHDX a block recorded as zero needs no data (the
+file reads as zero there), in a differencing AVHDX it must be written as zero
+sectors, or the parent's bytes would show through. A *Hyper-V folder* is
+``<VM>/Virtual Hard Disks/`` (the base VHDX and the AVHDX chain, each child
+naming its parent by DataWriteGuid, relative path and absolute Windows path)
+and ``<VM>/Snapshots/`` (the captured state files under their Hyper-V names).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path, PureWindowsPath
+from typing import TYPE_CHECKING, BinaryIO
+from uuid import UUID
+
+from ckpt.domain import Checkpoint, DiskFormat, InvalidValue, VirtualMachine
+from ckpt.domain.errors import VhdxError
+from ckpt.domain.layers import chain
+from ckpt.storage import manifest
+from ckpt.storage.manifest import ZERO_ID, BlockMap
+from ckpt.storage.vhdx import BlockState, VhdxChain, VhdxReader, write_avhdx, write_vhdx
+
+from .content import ManifestCache, fetcher
+
+if TYPE_CHECKING:
+    from .store import Store
+
+DISKS_DIR = "Virtual Hard Disks"
+RUN = 1 << 20  # join contiguous blocks into runs of up to 1 MiB for the writer
+WINDOWS_ROOT = PureWindowsPath("C:/Hyper-V")  # where an export says it lives: a guess, by design
+_UNSAFE = re.compile(r'[<>:"/\\|?*\x00-\x1f]')
+
+
+def safe_folder_name(name: str) -> str:
+    """A VM name as one path component: no separators, no '..', no control characters."""
+    cleaned = _UNSAFE.sub("_", name).strip(" .") or "vm"
+    return cleaned if cleaned not in (".", "..") else "vm"
+
+
+def layer_runs(
+    maps: Sequence[BlockMap], store: Store, size: int, differencing: bool
+) -> Iterator[tuple[int, bytes]]:
+    """The bytes ``maps`` define, as sorted, joined (offset, bytes) runs, cut at ``size``."""
+    entries, block_size, _ = manifest.overlay(list(maps))
+    fetch = fetcher(store.chunks)
+    indices = [i for i in sorted(entries) if i * block_size < size]
+    if not differencing:
+        indices = [i for i in indices if entries[i] != ZERO_ID]
+    zero = bytes(block_size)
+    run_at, run = -1, bytearray()
+    for start in range(0, len(indices), 256):
+        batch = indices[start : start + 256]
+        wanted = [entries[i] for i in batch if entries[i] != ZERO_ID]
+        datas = iter(fetch(wanted))
+        for index in batch:
+            data = zero if entries[index] == ZERO_ID else next(datas)
+            offset = index * block_size
+            data = data[: size - offset]
+            if run and (offset != run_at + len(run) or len(run) >= RUN):
+                yield run_at, bytes(run)
+                run = bytearray()
+            if not run:
+                run_at = offset
+            run += data
+    if run:
+        yield run_at, bytes(run)
+
+
+def _maps(vm: VirtualMachine, layer: UUID, cache: ManifestCache) -> list[BlockMap]:
+    return [cache.load(ref) for ref in vm.contents.get(layer, ())]
+
+
+def _disk_size(vm: VirtualMachine, leaf: UUID, cache: ManifestCache, disk: str) -> int:
+    maps = [m for lay in chain(vm.layers, leaf) for m in _maps(vm, lay.id, cache)]
+    if not maps:
+        raise InvalidValue(f"no content was captured for disk {disk!r} of VM {vm.name!r}")
+    return maps[-1].size
+
+
+def export(
+    store: Store,
+    vm_name: str,
+    checkpoint: str | None,
+    out_dir: Path,
+    at: str | int | None = None,
+    flatten: bool = False,
+) -> list[Path]:
+    """Write a Hyper-V folder for a checkpoint (or Now); return the files written."""
+    vm = store.vm(vm_name, at=at)
+    cp: Checkpoint | None = None if checkpoint is None else vm.find_checkpoint(checkpoint)
+    folder = Path(out_dir) / safe_folder_name(vm.name)
+    disks_dir = folder / DISKS_DIR
+    disks_dir.mkdir(parents=True, exist_ok=True)
+    cache = ManifestCache(store.chunks)
+    written: list[Path] = []
+    for disk in vm.disks:
+        if disk.format is DiskFormat.VHD:
+            raise InvalidValue(f"disk {disk.name!r} is a VHD; ckpt writes VHDX chains only")
+        leaf = cp.layer(disk.name) if cp else vm.running[disk.name]
+        size = _disk_size(vm, leaf, cache, disk.name)
+        layers = chain(vm.layers, leaf)
+        if flatten:
+            maps = [m for lay in layers for m in _maps(vm, lay.id, cache)]
+            path = disks_dir / disk.base_file
+            with _create(path) as out:
+                write_vhdx(out, size, layer_runs(maps, store, size, differencing=False))
+            written.append(path)
+            continue
+        parent_guid = None
+        parent_file = ""
+        for layer in layers:
+            path = disks_dir / layer.file
+            runs = layer_runs(_maps(vm, layer.id, cache), store, size, parent_guid is not None)
+            with _create(path) as out:
+                if parent_guid is None:
+                    result = write_vhdx(out, size, runs)
+                else:
+                    result = write_avhdx(
+                        out,
+                        size,
+                        parent_guid,
+                        f".\\{parent_file}",
+                        str(WINDOWS_ROOT / safe_folder_name(vm.name) / DISKS_DIR / parent_file),
+                        runs,
+                    )
+            parent_guid, parent_file = result.data_write_guid, layer.file
+            written.append(path)
+    files = vm.captured_files.get(cp.id, ()) if cp else ()
+    for f in files:
+        if not f.path:  # 2016+ memory is inside the VMRS Hyper-V gave us
+            continue
+        path = folder.joinpath(*f.path.split("/"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _create(path) as out:
+            from .content import restore_maps
+
+            restore_maps([cache.load(f.manifest)], store.chunks, out)
+        written.append(path)
+    store.record_export(vm.name, None if cp is None else str(cp.id), str(folder.resolve()))
+    return written
+
+
+def _create(path: Path) -> BinaryIO:
+    try:
+        return path.open("wb")
+    except OSError as e:
+        raise InvalidValue(f"cannot write {str(path)!r}: {e.strerror}") from None
+
+
+def write_disk_vhdx(maps: Sequence[BlockMap], store: Store, out: BinaryIO) -> int:
+    """A whole disk (all its chain's maps, base first) as one dynamic VHDX."""
+    size = maps[-1].size
+    write_vhdx(out, size, layer_runs(maps, store, size, differencing=False))
+    return size
+
+
+# ------------------------------------------------------------------ import
+class ChainStream(io.RawIOBase):
+    """A VHDX chain seen as a raw disk, for the capture code (which reads streams)."""
+
+    def __init__(self, vhdx: VhdxChain) -> None:
+        self.vhdx = vhdx
+        self.pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.pos, os.SEEK_END: self.vhdx.virtual_size}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self.vhdx.read(self.pos, len(buffer))
+        buffer[: len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+
+def open_vhdx_chain(path: Path) -> tuple[VhdxChain, list[BinaryIO], list[tuple[int, int]]]:
+    """Open ``path`` and its parents (found by relative path, then by the absolute
+    path's file name next to it); refuse a missing parent or a cycle, naming the file.
+    Return the chain, the open files (the caller closes them) and its data segments."""
+    files: list[BinaryIO] = []
+    readers: list[VhdxReader] = []
+    seen: set[Path] = set()
+    current = path
+    try:
+        while True:
+            real = current.resolve()
+            if real in seen:
+                raise VhdxError(f"{current}: a cycle of parents (this file is its own ancestor)")
+            seen.add(real)
+            opened: BinaryIO = current.open("rb")
+            files.append(opened)
+            reader = VhdxReader(opened, str(current))
+            readers.append(reader)
+            if not reader.has_parent:
+                break
+            current = _find_parent(current, reader.parent_locator or {})
+    except OSError as e:
+        for done in files:
+            done.close()
+        raise VhdxError(f"cannot read {current}: {e.strerror}") from None
+    except BaseException:
+        for done in files:
+            done.close()
+        raise
+    vhdx = VhdxChain(readers)
+    return vhdx, files, _segments(readers)
+
+
+def _find_parent(child: Path, locator: dict[str, str]) -> Path:
+    tried = []
+    for key in ("relative_path", "absolute_win32_path", "volume_path"):
+        value = locator.get(key)
+        if not value:
+            continue
+        win = PureWindowsPath(value)
+        candidate = (
+            child.parent.joinpath(*[p for p in win.parts if p not in (".",)])
+            if key == "relative_path"
+            else child.parent / win.name
+        )
+        tried.append(str(candidate))
+        if candidate.is_file():
+            return candidate
+    raise VhdxError(
+        f"{child}: its parent disk is missing (looked for {', '.join(tried) or 'no path given'})"
+    )
+
+
+def _segments(readers: Sequence[VhdxReader]) -> list[tuple[int, int]]:
+    """Byte ranges some file of the chain stores data for (the rest reads as zero)."""
+    block_sets: set[tuple[int, int]] = set()
+    for r in readers:
+        for b in range(r.block_count):
+            if r.block_state(b) in (BlockState.FULLY_PRESENT, BlockState.PARTIALLY_PRESENT):
+                start = b * r.block_size
+                block_sets.add((start, min(start + r.block_size, r.virtual_size)))
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(block_sets):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
+        else:
+            merged.append((start, end))
+    return merged
