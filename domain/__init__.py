@@ -21,6 +21,10 @@ from .errors import (
     StoreNotFound,
     UnknownCheckpoint,
     UnknownVM,
+    VhdxChainMismatch,
+    VhdxCorrupt,
+    VhdxError,
+    VhdxUnsupported,
 )
 from .values import (
     VALUE_TYPES,
@@ -75,6 +79,10 @@ __all__ = [
     "UnknownCheckpoint",
     "UnknownVM",
     "VMState",
+    "VhdxChainMismatch",
+    "VhdxCorrupt",
+    "VhdxError",
+    "VhdxUnsupported",
     "VirtualMachine",
     "vm_id",
 ]

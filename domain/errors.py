@@ -22,7 +22,12 @@ them unchanged. Adapters translate sqlite3 / eventsourcing errors at their edge.
         ├── ChunkMissing             a chunk id, or a backend object, is not there
         ├── ChunkCorrupt             a chunk does not decompress or hash to its id
         ├── PackCorrupt              a pack file's header, table or trailer is damaged
-        └── IndexCorrupt             an index file is damaged (`rebuild_index` repairs)
+        ├── IndexCorrupt             an index file is damaged (`rebuild_index` repairs)
+        └── VhdxError                a VHDX/AVHDX file could not be read or written
+            ├── VhdxCorrupt          a structure is damaged, truncated or inconsistent
+            ├── VhdxUnsupported      valid VHDX we refuse (non-empty log, unknown
+            │                        required region or item, unwritable parameters)
+            └── VhdxChainMismatch    the files given as a chain do not link up
 """
 
 from __future__ import annotations
@@ -106,3 +111,25 @@ class PackCorrupt(StorageError):
 class IndexCorrupt(StorageError):
     """An index file is damaged; ``ChunkStore.rebuild_index`` recreates it from
     its pack."""
+
+
+class VhdxError(StorageError):
+    """A VHDX or AVHDX file could not be read or written; the message names the
+    file and the structure (header, region table, metadata item, BAT entry)."""
+
+
+class VhdxCorrupt(VhdxError):
+    """A VHDX structure is damaged: a bad signature or checksum, an offset or
+    length outside the file, or fields that contradict each other."""
+
+
+class VhdxUnsupported(VhdxError):
+    """A well-formed VHDX uses something ckpt refuses: a log that still holds
+    entries (ckpt does not replay logs), an unknown required region or metadata
+    item, another format version; or a writer parameter VHDX cannot express."""
+
+
+class VhdxChainMismatch(VhdxError):
+    """Files given as a differencing chain do not link: a child's parent
+    linkage is not its parent's DataWriteGuid, the sizes differ, or the last
+    file is not a base disk."""
