@@ -258,6 +258,25 @@ def _import_disk(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     )
 
 
+def _import_hyperv(s: Store, a: argparse.Namespace, out: TextIO) -> None:
+    from .hyperv_import import import_folder
+
+    report = import_folder(s, Path(a.directory), a.name)
+    data = {
+        "vm": report.vm,
+        "disks": report.disks,
+        "checkpoints": report.checkpoints,
+        "files": report.files,
+    }
+    _emit(
+        out,
+        a,
+        data,
+        f"imported VM {report.vm!r} from {report.files} disk files: disks "
+        f"{', '.join(report.disks)}; {len(report.checkpoints)} checkpoints",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ckpt", description="Event-sourced checkpoint store for VMs.")
     p.add_argument(
@@ -383,6 +402,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("vm")
     q.add_argument("disk")
     q.add_argument("file")
+    q = cmd(
+        imp,
+        "hyperv",
+        _import_hyperv,
+        "a Hyper-V VM folder: its disks' VHDX/AVHDX trees become a VM with checkpoints",
+        json_out=True,
+    )
+    q.add_argument("directory")
+    q.add_argument("--name", help="the VM's name (default: the folder's name)")
     q = cmd(sub, "tree", _tree, "draw a VM's checkpoint tree", json_out=True)
     q.add_argument("vm")
     q.add_argument("--at", metavar="POSITION|TIME", help=AT_HELP)

@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path, PureWindowsPath
 from typing import TYPE_CHECKING, BinaryIO
-from uuid import UUID
+from uuid import NAMESPACE_URL, UUID, uuid5
 
 from ckpt.domain import Checkpoint, DiskFormat, InvalidValue, VirtualMachine
 from ckpt.domain.errors import VhdxError
@@ -118,9 +118,13 @@ def export(
         for layer in layers:
             path = disks_dir / layer.file
             runs = layer_runs(_maps(vm, layer.id, cache), store, size, parent_guid is not None)
+            ids = {
+                "data_write_guid": _content_guid(vm, layer.id),
+                "virtual_disk_id": uuid5(VM_DISK_IDS, f"{vm.id}/{disk.name}"),
+            }
             with _create(path) as out:
                 if parent_guid is None:
-                    result = write_vhdx(out, size, runs)
+                    result = write_vhdx(out, size, runs, **ids)
                 else:
                     result = write_avhdx(
                         out,
@@ -129,6 +133,7 @@ def export(
                         f".\\{parent_file}",
                         str(WINDOWS_ROOT / safe_folder_name(vm.name) / DISKS_DIR / parent_file),
                         runs,
+                        **ids,
                     )
             parent_guid, parent_file = result.data_write_guid, layer.file
             written.append(path)
@@ -145,6 +150,17 @@ def export(
         written.append(path)
     store.record_export(vm.name, None if cp is None else str(cp.id), str(folder.resolve()))
     return written
+
+
+VM_DISK_IDS = uuid5(NAMESPACE_URL, "https://ckpt.invalid/virtual-disk")
+
+
+def _content_guid(vm: VirtualMachine, layer: UUID) -> UUID:
+    """A layer file's DataWriteGuid, from the layer and the content it holds: two
+    exports of the same layer into one folder write the same file, so their
+    children (written by either export) all find their parent."""
+    refs = b"".join(vm.contents.get(layer, ()))
+    return uuid5(layer, refs.hex())
 
 
 def _create(path: Path) -> BinaryIO:

@@ -74,9 +74,18 @@ def test_export_import_restore_round_trip_for_every_checkpoint(
         fresh.register_vm("Copy", [("D", DiskFormat.VHDX)], checkpoint_type=CheckpointType.STANDARD)
         fresh.import_disk("Copy", "D", chain_files[-1])  # the leaf; its parents are found
         fresh.create_checkpoint("Copy", "imported")
-        assert _restore(fresh, "Copy", "imported") == data, name
+        got = _restore(fresh, "Copy", "imported")
+        assert got == data, (name, _first_difference(got, data))
     log = [e.operation for e in store.log("VM")]
     assert log.count("checkpoint-exported") == len(expected)
+
+
+def _first_difference(a: bytes, b: bytes) -> tuple[int, int, int] | None:
+    """(offset, len a, len b) of the first differing 512-byte sector."""
+    for offset in range(0, max(len(a), len(b)), 512):
+        if a[offset : offset + 512] != b[offset : offset + 512]:
+            return offset, len(a), len(b)
+    return None
 
 
 def test_flattened_export_and_vhdx_restore(
@@ -169,3 +178,35 @@ def test_bad_files_are_refused_naming_the_file_and_nothing_is_recorded(
         store.import_disk("VM", "D", loop / files[-2].name)
     assert _vm_version(store) == before
     assert list(disks.iterdir())  # the export itself is untouched
+
+
+def test_import_hyperv_folder_rebuilds_the_tree(
+    tree: tuple[Store, dict[str, bytes]], tmp_path: Path
+) -> None:
+    """Every checkpoint and Now exported into one folder -> import hyperv -> same bytes."""
+    store, expected = tree
+    folder = tmp_path / "hv"
+    for name in expected:
+        store.export("VM", name, folder)
+    now_bytes = _restore_now(store)
+    store.export("VM", None, folder)  # Now last: its running layer is the newest leaf
+    fresh = Store.init(tmp_path / "fresh")
+    from ckpt.hyperv_import import import_folder
+
+    report = import_folder(fresh, folder / "VM", "Copy")
+    assert report.disks == ["D"] and report.files == 5
+    vm = store.vm("VM")
+    for name, data in expected.items():
+        frozen = vm.layers[vm.find_checkpoint(name).layer("D")].file
+        assert _restore(fresh, "Copy", f"Imported {frozen}") == data, name
+    copy = fresh.vm("Copy")
+    assert len(copy.checkpoints) == len(expected)
+    tree_shape = {e.name: e.depth for e in fresh.tree("Copy")}
+    assert sorted(tree_shape.values()) == [0, 1, 1, 2]  # a -> {b, c -> d}
+    assert now_bytes == expected["d"]
+
+
+def _restore_now(store: Store) -> bytes:
+    vm = store.vm("VM")
+    assert vm.current is not None
+    return _restore(store, "VM", vm.checkpoints[vm.current].name)
