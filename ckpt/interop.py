@@ -118,13 +118,13 @@ def export(
         for layer in layers:
             path = disks_dir / layer.file
             runs = layer_runs(_maps(vm, layer.id, cache), store, size, parent_guid is not None)
-            ids = {
-                "data_write_guid": _content_guid(vm, layer.id),
-                "virtual_disk_id": uuid5(VM_DISK_IDS, f"{vm.id}/{disk.name}"),
-            }
+            guid = _content_guid(vm, layer.id)
+            disk_id = uuid5(VM_DISK_IDS, f"{vm.id}/{disk.name}")
             with _create(path) as out:
                 if parent_guid is None:
-                    result = write_vhdx(out, size, runs, **ids)
+                    result = write_vhdx(
+                        out, size, runs, data_write_guid=guid, virtual_disk_id=disk_id
+                    )
                 else:
                     result = write_avhdx(
                         out,
@@ -133,7 +133,8 @@ def export(
                         f".\\{parent_file}",
                         str(WINDOWS_ROOT / safe_folder_name(vm.name) / DISKS_DIR / parent_file),
                         runs,
-                        **ids,
+                        data_write_guid=guid,
+                        virtual_disk_id=disk_id,
                     )
             parent_guid, parent_file = result.data_write_guid, layer.file
             written.append(path)
