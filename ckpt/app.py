@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.domain import OriginatorIDError, OriginatorVersionError
 from eventsourcing.persistence import Notification, Transcoder
 from eventsourcing.utils import resolve_topic
 
@@ -30,6 +31,10 @@ class CheckpointApplication(Application[UUID]):
             vm: object = self.repository.get(vm_id, version=version)
         except AggregateNotFoundError:
             raise UnknownVM(f"no VM with id {vm_id}") from None
+        except (OriginatorVersionError, OriginatorIDError) as e:
+            raise StoreCorrupt(
+                f"the events of VM {vm_id} are out of sequence (one removed or moved?): {e!r}"
+            ) from e
         assert isinstance(vm, VirtualMachine)
         return vm
 
@@ -46,6 +51,26 @@ class CheckpointApplication(Application[UUID]):
             page = self.recorder.select_notifications(start, page_size, stop=stop, topics=topics)
             for notification in page:
                 yield notification.id, decode(notification)
+            if len(page) < page_size:
+                return
+            start = page[-1].id + 1
+
+    def read_rows(self, start: int = 1, stop: int | None = None) -> Iterator[Notification]:
+        """Stored rows in position order, not decoded (the hash chain covers these bytes)."""
+        while True:
+            page = self.recorder.select_notifications(start, PAGE, stop=stop)
+            yield from page
+            if len(page) < PAGE:
+                return
+            start = page[-1].id + 1
+
+    def read_raw(self, start: int = 1, page_size: int = PAGE) -> Iterator[tuple[Notification, Any]]:
+        """Every stored row after ``start`` with its decoded event (for the hash chain)."""
+        decode = self._decoder()
+        while True:
+            page = self.recorder.select_notifications(start, page_size)
+            for notification in page:
+                yield notification, decode(notification)
             if len(page) < page_size:
                 return
             start = page[-1].id + 1

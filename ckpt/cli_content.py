@@ -11,6 +11,7 @@ from typing import Any, TextIO
 
 from ckpt.domain import FileRole, InvalidValue
 from ckpt.storage.capture import parse_extents
+from ckpt.storage.log_chain import format_anchor
 
 from . import content_ops
 from .progress import progress_bars
@@ -150,7 +151,36 @@ def _restore(s: Store, a: argparse.Namespace, out: TextIO) -> None:
         )
 
 
+def _verify_log(s: Store, a: argparse.Namespace, out: TextIO) -> None:
+    report = s.verify_log(a.anchor)
+    anchor = format_anchor(report.last_position, report.last_link)
+    data = {
+        "ok": report.ok,
+        "events": report.events,
+        "problems": report.problems,
+        "anchor": anchor,
+        "anchor_found": report.anchor_found,
+    }
+    lines = [
+        f"walked the hash chain over {report.events} events: " + ("OK" if report.ok else "BROKEN")
+    ]
+    lines += [f"  {p}" for p in report.problems]
+    if a.anchor is not None and report.anchor_found:
+        lines.append(f"  the anchor {a.anchor} is reached: the log up to it is unchanged")
+    lines.append(f"anchor (keep it elsewhere; check later with --anchor): {anchor}")
+    _emit(out, a, data, "\n".join(lines))
+    if not report.ok:
+        from ckpt.domain import StoreCorrupt
+
+        raise StoreCorrupt(f"the event log fails its hash chain: {report.problems[0]}")
+
+
 def _verify(s: Store, a: argparse.Namespace, out: TextIO) -> None:
+    if a.log:
+        _verify_log(s, a, out)
+        return
+    if a.anchor is not None:
+        raise InvalidValue("--anchor goes with --log")
     with progress_bars() as bars:
         report = s.verify(a.sample, bars)
     data = {
@@ -261,6 +291,10 @@ def register(sub: Any, cmd: Callable[..., argparse.ArgumentParser]) -> None:
         default=1.0,
         metavar="P",
         help="check a random fraction P of the chunks",
+    )
+    q.add_argument("--log", action="store_true", help="walk the event log's hash chain instead")
+    q.add_argument(
+        "--anchor", metavar="POSITION:HASH", help="with --log: check this earlier anchor"
     )
     q = cmd(
         sub,

@@ -61,6 +61,7 @@ from ckpt.projections import (
     tree_entries,
 )
 from ckpt.storage import sqlite_environment
+from ckpt.storage.log_chain import ChainReport, parse_anchor, walk
 
 from . import content_ops
 from .app import CheckpointApplication
@@ -492,6 +493,7 @@ class Store:
         self.catch_up()
         low = None if since is None else self._since(since)
         rows = self.read_models.recorder.audit(only, operation, actor, low, self.position(until))
+        links = self.read_models.recorder.links(rows[0][0] if rows else 0)
         return [
             AuditEntry(
                 position=r[0],
@@ -503,9 +505,29 @@ class Store:
                 operation=r[7],
                 checkpoint=r[8],
                 details=json.loads(r[9]),
+                link=links.get(r[0]),
             )
             for r in rows
         ]
+
+    def verify_log(self, anchor: str | None = None) -> ChainReport:
+        """Walk the hash chain over every stored event: name the first position where
+        the log was changed, removed or reordered; check an anchor if given."""
+        parsed = None
+        if anchor is not None:
+            try:
+                parsed = parse_anchor(anchor)
+            except ValueError as e:
+                raise InvalidValue(f"--anchor {anchor!r}: {e}") from None
+        # Link any new events first; a log too damaged to decode is still walked.
+        with contextlib.suppress(CkptError):
+            self.catch_up()
+        with self._translated():
+            rows = (
+                (n.id, n.originator_id, n.originator_version, n.topic, n.state)
+                for n in self.app.read_rows(1)
+            )
+            return walk(rows, self.read_models.recorder.links(), parsed)
 
     def _since(self, since: str | int) -> int:
         """A position, or for a time the first position at or after it."""

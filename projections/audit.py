@@ -46,6 +46,7 @@ class AuditEntry:
     operation: str
     checkpoint: str | None
     details: dict[str, Any] = field(default_factory=dict)
+    link: bytes | None = None  # the event's hash-chain link (storage/log_chain.py)
 
 
 def describe_changes(changes: Iterable[LayerMerge | LayerRemoval]) -> list[str]:

@@ -113,6 +113,7 @@ def log_json(entries: Iterable[AuditEntry]) -> list[dict[str, Any]]:
             "operation": e.operation,
             "checkpoint": e.checkpoint,
             "details": e.details,
+            "link": None if e.link is None else e.link.hex(),
         }
         for e in entries
     ]

@@ -60,6 +60,7 @@ class Batch:
     vms: dict[str, VMDocuments] = field(default_factory=dict)
     # (vm id, checkpoint id, JSON) to add, or (vm id, checkpoint id, None) to remove; in order
     state_files: list[tuple[str, str, str | None]] = field(default_factory=list)
+    links: list[tuple[int, bytes]] = field(default_factory=list)
 
 
 class SQLiteReadModels(SQLiteTrackingRecorder):
@@ -80,6 +81,11 @@ class SQLiteReadModels(SQLiteTrackingRecorder):
             "doc TEXT NOT NULL, tree TEXT NOT NULL, chain TEXT NOT NULL)",
             "CREATE TABLE IF NOT EXISTS ckpt_state_files (vm_id TEXT NOT NULL, "
             "checkpoint TEXT NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (vm_id, checkpoint))",
+            # Not a read model: the hash chain (storage/log_chain.py). Never dropped by a
+            # rebuild, and a rebuild never overwrites a recorded link (INSERT OR IGNORE),
+            # so a rewritten event cannot launder its own link.
+            "CREATE TABLE IF NOT EXISTS ckpt_links (position INTEGER PRIMARY KEY, "
+            "link BLOB NOT NULL)",
         ]
 
     def create_table(self) -> None:
@@ -138,6 +144,7 @@ class SQLiteReadModels(SQLiteTrackingRecorder):
         c.executemany(
             "INSERT INTO ckpt_captures VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", batch.captures
         )
+        c.executemany("INSERT OR IGNORE INTO ckpt_links VALUES (?, ?)", batch.links)
         for vm_id, checkpoint, doc in batch.state_files:
             if doc is None:
                 c.execute(
@@ -214,6 +221,14 @@ class SQLiteReadModels(SQLiteTrackingRecorder):
         """The last position whose event time is at or before ``time`` (0: none)."""
         rows = self._rows("SELECT MAX(position) FROM ckpt_audit WHERE time <= ?", (time,))
         return rows[0][0] or 0
+
+    def last_link(self) -> tuple[int, bytes] | None:
+        rows = self._rows("SELECT position, link FROM ckpt_links ORDER BY position DESC LIMIT 1")
+        return (rows[0][0], bytes(rows[0][1])) if rows else None
+
+    def links(self, since: int = 0) -> dict[int, bytes]:
+        rows = self._rows("SELECT position, link FROM ckpt_links WHERE position >= ?", (since,))
+        return {r[0]: bytes(r[1]) for r in rows}
 
     def first_position_from(self, time: float) -> int:
         """The first position whose event time is at or after ``time`` (past the end: none)."""
