@@ -151,6 +151,21 @@ def _restore(s: Store, a: argparse.Namespace, out: TextIO) -> None:
         )
 
 
+def _repair_text(repaired: dict[str, Any]) -> str:
+    lines = [
+        f"repair: rebuilt {repaired['index_files_rebuilt']} index files from their packs, "
+        f"removed {repaired['stale_index_files_removed']} stale ones"
+    ]
+    if "read_models_rebuilt_from_events" in repaired:
+        lines.append(
+            f"repair: read models rebuilt from {repaired['read_models_rebuilt_from_events']} events"
+        )
+    else:
+        lines.append(f"repair: read models NOT rebuilt: {repaired.get('read_models_error')}")
+    lines += [f"  damaged pack {p}: {why}" for p, why in repaired["damaged_packs"].items()]
+    return "\n".join(lines)
+
+
 def _verify_log(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     report = s.verify_log(a.anchor)
     anchor = format_anchor(report.last_position, report.last_link)
@@ -181,6 +196,9 @@ def _verify(s: Store, a: argparse.Namespace, out: TextIO) -> None:
         return
     if a.anchor is not None:
         raise InvalidValue("--anchor goes with --log")
+    repaired = s.repair() if a.repair else None
+    if repaired is not None and not getattr(a, "json", False):
+        out.write(_repair_text(repaired) + "\n")
     with progress_bars() as bars:
         report = s.verify(a.sample, bars)
     data = {
@@ -188,6 +206,7 @@ def _verify(s: Store, a: argparse.Namespace, out: TextIO) -> None:
         "referenced": report.referenced,
         "checked": report.checked,
         "bad": report.bad,
+        "repair": repaired,
     }
     lines = [
         f"verified {report.checked} of {report.referenced} referenced chunks: "
@@ -293,6 +312,11 @@ def register(sub: Any, cmd: Callable[..., argparse.ArgumentParser]) -> None:
         help="check a random fraction P of the chunks",
     )
     q.add_argument("--log", action="store_true", help="walk the event log's hash chain instead")
+    q.add_argument(
+        "--repair",
+        action="store_true",
+        help="first rebuild the chunk index from the packs and the read models from the log",
+    )
     q.add_argument(
         "--anchor", metavar="POSITION:HASH", help="with --log: check this earlier anchor"
     )

@@ -318,6 +318,12 @@ def verify(
     if not 0 < sample <= 1:
         raise InvalidValue(f"--sample must be in (0, 1], not {sample}")
     chunks = store.chunks
+    problems = database_problems(store)
+    if problems:
+        from ckpt.domain import StoreCorrupt
+
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise StoreCorrupt(f"the store's database is damaged: {'; '.join(problems[:2])}{more}")
     needed, broken = referenced_chunks(_references(store), chunks)
     report = VerifyReport(referenced=len(needed))
     for ref, reason in broken:
@@ -344,6 +350,38 @@ def verify(
     if report.bad:
         _name_checkpoints(store, report.bad)
     return report
+
+
+def repair(store: Store) -> dict[str, Any]:
+    """Rebuild what can be rebuilt from what remains: every index file from its pack,
+    the read models from the event log. Content lost from a pack cannot come back."""
+    rebuilt = store.chunks.rebuild_index()
+    result: dict[str, Any] = {
+        "index_files_rebuilt": len(rebuilt.rebuilt),
+        "stale_index_files_removed": len(rebuilt.removed),
+        "damaged_packs": dict(rebuilt.damaged_packs),
+    }
+    try:
+        events, _ = store.rebuild_read_models()
+        result["read_models_rebuilt_from_events"] = events
+    except CkptError as e:
+        result["read_models_error"] = str(e)
+    return result
+
+
+def database_problems(store: Store) -> list[str]:
+    """SQLite's own check of the database file (pages, b-trees, indexes)."""
+    import sqlite3
+
+    from ckpt.storage.event_store import EVENTS_FILE
+
+    try:
+        with sqlite3.connect(store.path / EVENTS_FILE) as db:
+            rows = db.execute("PRAGMA quick_check").fetchall()
+    except sqlite3.DatabaseError as e:
+        return [f"{EVENTS_FILE}: {e}"]
+    lines = [line for r in rows for line in str(r[0]).splitlines() if line.strip()]
+    return [] if lines == ["ok"] else [f"{EVENTS_FILE}: {line}" for line in lines[:10]]
 
 
 def _affect(ref: Reference) -> dict[str, Any]:

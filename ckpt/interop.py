@@ -207,7 +207,9 @@ class ChainStream(io.RawIOBase):
         return len(data)
 
 
-def open_vhdx_chain(path: Path) -> tuple[VhdxChain, list[BinaryIO], list[tuple[int, int]]]:
+def open_vhdx_chain(
+    path: Path, root: Path | None = None
+) -> tuple[VhdxChain, list[BinaryIO], list[tuple[int, int]]]:
     """Open ``path`` and its parents (found by relative path, then by the absolute
     path's file name next to it); refuse a missing parent or a cycle, naming the file.
     Return the chain, the open files (the caller closes them) and its data segments."""
@@ -227,7 +229,7 @@ def open_vhdx_chain(path: Path) -> tuple[VhdxChain, list[BinaryIO], list[tuple[i
             readers.append(reader)
             if not reader.has_parent:
                 break
-            current = _find_parent(current, reader.parent_locator or {})
+            current = _find_parent(current, reader.parent_locator or {}, root or path.parent)
     except OSError as e:
         for done in files:
             done.close()
@@ -240,7 +242,10 @@ def open_vhdx_chain(path: Path) -> tuple[VhdxChain, list[BinaryIO], list[tuple[i
     return vhdx, files, _segments(readers)
 
 
-def _find_parent(child: Path, locator: dict[str, str]) -> Path:
+def _find_parent(child: Path, locator: dict[str, str], root: Path | None = None) -> Path:
+    """The parent file a child's locator names, inside ``root`` (default: the child's
+    folder): a locator is data from the file, and may not lead the import elsewhere."""
+    fence = (root or child.parent).resolve()
     tried = []
     for key in ("relative_path", "absolute_win32_path", "volume_path"):
         value = locator.get(key)
@@ -253,6 +258,8 @@ def _find_parent(child: Path, locator: dict[str, str]) -> Path:
             else child.parent / win.name
         )
         tried.append(str(candidate))
+        if not candidate.resolve().is_relative_to(fence):
+            raise VhdxError(f"{child}: its {key} {value!r} points outside {fence}; refused")
         if candidate.is_file():
             return candidate
     raise VhdxError(

@@ -329,6 +329,10 @@ class Store:
     ) -> content_ops.VerifyReport:
         return content_ops.verify(self, sample, progress)
 
+    def repair(self) -> dict[str, Any]:
+        """Rebuild the chunk index from the packs and the read models from the log."""
+        return content_ops.repair(self)
+
     def gc(
         self, grace_seconds: float = 3600.0, progress: ProgressFactory | None = None
     ) -> content_ops.GcReport:

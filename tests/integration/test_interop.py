@@ -210,3 +210,36 @@ def _restore_now(store: Store) -> bytes:
     vm = store.vm("VM")
     assert vm.current is not None
     return _restore(store, "VM", vm.checkpoints[vm.current].name)
+
+
+def test_a_parent_locator_cannot_lead_the_import_out_of_its_folder(
+    tree: tuple[Store, dict[str, bytes]], tmp_path: Path
+) -> None:
+    store, _ = tree
+    files = [f for f in store.export("VM", "b", tmp_path / "e") if f.suffix == ".avhdx"]
+    inner = tmp_path / "jail" / "inner"
+    inner.mkdir(parents=True)
+    shutil.copy(files[0], inner / files[0].name)
+    shutil.copy(files[0].parent / "D.vhdx", tmp_path / "jail" / "D.vhdx")  # one level up
+    data = (inner / files[0].name).read_bytes()
+    old = ".\\D.vhdx".encode("utf-16-le")
+    new = "..\\D.vhdx".encode("utf-16-le")
+    assert old in data
+    # same length is impossible (one more character): rewrite the value in a fresh file instead
+    from ckpt.storage.vhdx import VhdxReader
+
+    with (inner / files[0].name).open("rb") as fh:
+        reader = VhdxReader(fh)
+        runs = [r for b in reader.iter_blocks() for r in b.runs()]
+        guid = reader.parent_linkages[0]
+        size = reader.virtual_size
+    from ckpt.storage.vhdx import write_avhdx
+
+    escaped = inner / "escaped.avhdx"
+    with escaped.open("wb") as out:
+        write_avhdx(out, size, guid, "..\\D.vhdx", "C:\\elsewhere\\D.vhdx", runs)
+    assert new in escaped.read_bytes()
+    before = store.vm("VM").version
+    with pytest.raises(VhdxError, match="points outside"):
+        store.import_disk("VM", "D", escaped)
+    assert store.vm("VM").version == before
