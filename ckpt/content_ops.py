@@ -202,6 +202,19 @@ def resolve_point(store: Store, vm: str, ref: str, at: str | int | None = None) 
     return RestorePoint(v, f"checkpoint {cp.name!r}", layers, v.captured_files.get(cp.id, ()))
 
 
+def _disk_maps(store: Store, vm: str, ref: str, disk: str, at: str | int | None) -> list[Any]:
+    """The manifests of a disk's chain at a checkpoint or backup point, base first."""
+    point = resolve_point(store, vm, ref, at)
+    if disk not in point.layers:
+        raise InvalidValue(
+            f"VM {point.vm.name!r} has no disk {disk!r} (disks: {', '.join(point.layers)})"
+        )
+    maps = chain_maps(point.vm, point.layers[disk], ManifestCache(store.chunks))
+    if not maps:
+        raise InvalidValue(f"no content was captured for disk {disk!r} up to {point.label}")
+    return maps
+
+
 def restore_disk(
     store: Store,
     vm: str,
@@ -211,14 +224,7 @@ def restore_disk(
     progress: ProgressFactory | None,
     at: str | int | None = None,
 ) -> int:
-    point = resolve_point(store, vm, ref, at)
-    if disk not in point.layers:
-        raise InvalidValue(
-            f"VM {point.vm.name!r} has no disk {disk!r} (disks: {', '.join(point.layers)})"
-        )
-    maps = chain_maps(point.vm, point.layers[disk], ManifestCache(store.chunks))
-    if not maps:
-        raise InvalidValue(f"no content was captured for disk {disk!r} up to {point.label}")
+    maps = _disk_maps(store, vm, ref, disk, at)
     size = maps[-1].size
     return restore_maps(maps, store.chunks, out, _bar(progress, f"restore {disk}", size))
 
@@ -228,15 +234,7 @@ def restore_disk_vhdx(
 ) -> int:
     from .interop import write_disk_vhdx
 
-    point = resolve_point(store, vm, ref, at)
-    if disk not in point.layers:
-        raise InvalidValue(
-            f"VM {point.vm.name!r} has no disk {disk!r} (disks: {', '.join(point.layers)})"
-        )
-    maps = chain_maps(point.vm, point.layers[disk], ManifestCache(store.chunks))
-    if not maps:
-        raise InvalidValue(f"no content was captured for disk {disk!r} up to {point.label}")
-    return write_disk_vhdx(maps, store, out)
+    return write_disk_vhdx(_disk_maps(store, vm, ref, disk, at), store, out)
 
 
 def _file(point: RestorePoint, role: FileRole) -> FileCapture:
