@@ -34,6 +34,7 @@ from ckpt.domain import (
     UnknownVM,
     VirtualMachine,
     VMState,
+    WrongKey,
 )
 from ckpt.projections import AuditEntry, ChainEntry, TreeEntry
 
@@ -72,5 +73,6 @@ __all__ = [
     "UnknownVM",
     "VMState",
     "VirtualMachine",
+    "WrongKey",
     "__version__",
 ]

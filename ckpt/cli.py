@@ -285,6 +285,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--actor", help="who is acting, for the audit log (default: $CKPT_ACTOR or the user name)"
     )
+    p.add_argument(
+        "--key-file",
+        metavar="FILE",
+        help="the key of an encrypted store (default: $CKPT_KEY_FILE, or $CKPT_KEY: 64 hex digits)",
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def cmd(
@@ -297,7 +302,14 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--json", action="store_true", help="print JSON for scripts")
         return q
 
-    cmd(sub, "init", None, "create an empty store").set_defaults(init=True)
+    q = cmd(sub, "init", None, "create an empty store")
+    q.set_defaults(init=True)
+    q.add_argument(
+        "--encrypt",
+        action="store_true",
+        help="encrypt events, chunks and read models (AES-256-GCM) under the store key; "
+        "with --key-file naming a file that does not exist, a new key is written there",
+    )
 
     vm = cmd(sub, "vm", None, "register and manage VMs").add_subparsers(
         dest="vm_command", required=True, metavar="ACTION"
@@ -443,6 +455,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _key(args: argparse.Namespace, create: bool) -> bytes | None:
+    """The store key from --key-file, $CKPT_KEY_FILE or $CKPT_KEY; with ``create``,
+    a key file named but missing is created with a new random key (mode 0600)."""
+    from ckpt.storage.keyring import generate_key, parse_key
+
+    file = args.key_file or os.environ.get("CKPT_KEY_FILE")
+    if file:
+        path = Path(file)
+        if create and not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(generate_key() + "\n")
+        try:
+            return parse_key(path.read_text(), str(path))
+        except OSError as e:
+            raise InvalidValue(f"cannot read the key file {file!r}: {e.strerror}") from None
+    text = os.environ.get("CKPT_KEY")
+    return parse_key(text, "$CKPT_KEY") if text else None
+
+
 def run(argv: Sequence[str], out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     parser = build_parser()
     try:
@@ -452,10 +484,12 @@ def run(argv: Sequence[str], out: TextIO = sys.stdout, err: TextIO = sys.stderr)
     path = Path(args.store or os.environ.get("CKPT_STORE") or DEFAULT_STORE)
     try:
         if getattr(args, "init", False):
-            with Store.init(path, actor=args.actor):
-                out.write(f"initialised an empty ckpt store at {path}\n")
+            key = _key(args, create=args.encrypt)
+            with Store.init(path, encrypt=args.encrypt, actor=args.actor, key=key):
+                what = "an encrypted" if args.encrypt else "an empty"
+                out.write(f"initialised {what} ckpt store at {path}\n")
             return 0
-        with Store.open(path, actor=args.actor) as store:
+        with Store.open(path, actor=args.actor, key=_key(args, create=False)) as store:
             args.handler(store, args, out)
         return 0
     except CkptError as e:

@@ -56,12 +56,15 @@ class Session:
     BATCH = 256  # blocks per compression task: 1 MiB of input, ~3 ms of zstd work
 
     def __init__(self, writer: Any, chunks: Chunks, pool: Executor | None = None) -> None:
-        from ckpt.storage.chunks.codec import DEFAULT_LEVEL, ChunkCodec
+        from ckpt.storage.chunks.codec import ChunkCodec
 
         self.writer = writer
         self.chunks = chunks
         self.pool = pool
-        self.codec = ChunkCodec(DEFAULT_LEVEL)
+        codec = getattr(chunks, "codec", None)
+        self.codec = codec if isinstance(codec, ChunkCodec) else ChunkCodec()
+        # SHA-256 ids are computed by the capture's own fast loop; keyed ids by the codec
+        self.hasher = self.codec.identify if self.codec.keyed else None
         self.seen: set[bytes] = set()
         self.batch: list[tuple[bytes, bytes]] = []
         self.pending: deque[tuple[list[tuple[bytes, bytes]], Future[list[bytes]]]] = deque()
@@ -76,7 +79,7 @@ class Session:
         return len(data)
 
     def _compress(self, batch: list[tuple[bytes, bytes]]) -> list[bytes]:
-        return [self.codec.compress(data) for _, data in batch]
+        return [self.codec.compress(data, cid) for cid, data in batch]
 
     def _submit(self) -> None:
         batch, self.batch = self.batch, []
@@ -175,7 +178,16 @@ def capture_disk(
     if size % 512:
         raise InvalidValue(f"{where}: {size} bytes is not a whole number of 512-byte sectors")
     result = capture(
-        src, size, DISK_BLOCK, parent, session.sink, extents, progress, session.pool, segments
+        src,
+        size,
+        DISK_BLOCK,
+        parent,
+        session.sink,
+        extents,
+        progress,
+        session.pool,
+        segments,
+        session.hasher,
     )
     session.finish()
     ref = manifest.store(BlockMap(KIND_DISK, DISK_BLOCK, size, result.entries), session.add)
@@ -196,7 +208,9 @@ def capture_file(
     role: FileRole, src: BinaryIO, where: str, session: Session, progress: Progress | None = None
 ) -> FileCapture:
     size = _size(src, where)
-    result = capture(src, size, FILE_BLOCK, {}, session.sink, None, progress, session.pool)
+    result = capture(
+        src, size, FILE_BLOCK, {}, session.sink, None, progress, session.pool, None, session.hasher
+    )
     session.finish()
     ref = manifest.store(BlockMap(KIND_FILE, FILE_BLOCK, size, result.entries), session.add)
     return FileCapture(role=role, path="", manifest=ref, size=size, added_bytes=result.added_bytes)

@@ -26,6 +26,7 @@ TABLE: tuple[tuple[type[e.CkptError], int], ...] = (
     (e.StoreExists, 21),
     (e.StoreConflict, 22),
     (e.StoreCorrupt, 23),
+    (e.WrongKey, 28),
     (e.ChunkMissing, 24),
     (e.ChunkCorrupt, 25),
     (e.PackCorrupt, 26),

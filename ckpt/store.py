@@ -50,6 +50,7 @@ from ckpt.domain import (
     StoreNotFound,
     UnknownVM,
     VirtualMachine,
+    WrongKey,
     vm_id,
 )
 from ckpt.projections import (
@@ -61,6 +62,7 @@ from ckpt.projections import (
     tree_entries,
 )
 from ckpt.storage import sqlite_environment
+from ckpt.storage.keyring import Keyring
 from ckpt.storage.log_chain import ChainReport, parse_anchor, walk
 
 from . import content_ops
@@ -98,22 +100,37 @@ class Store:
         actor: str | None = None,
         host: str | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        key: bytes | None = None,
     ) -> None:
+        """Use ``init`` or ``open``. ``key``: the store key of an encrypted store."""
         self.path = path
         self.actor = actor or default_actor()
         self.host = host or socket.gethostname()
         self._clock = clock
         self._chunks: Any = None
+        self.keyring = None if key is None else Keyring(key)
+        env = sqlite_environment(path)
+        if self.keyring is not None:
+            env |= {
+                "CIPHER_TOPIC": "eventsourcing.cryptography:AESCipher",
+                "CIPHER_KEY": self.keyring.events_key,
+            }
         try:
-            self.app = CheckpointApplication(env=sqlite_environment(path))
+            self.app = CheckpointApplication(env=env)
             self.read_models = ReadModels(self.app)
+            self.read_models.recorder.keyring = self.keyring
         except (PersistenceError, sqlite3.Error) as e:
             raise StoreCorrupt(f"cannot open the event log in {path}: {e}") from e
 
     # ------------------------------------------------------------- lifecycle
     @classmethod
-    def init(cls, path: str | Path, **kwargs: Any) -> Store:
+    def init(cls, path: str | Path, encrypt: bool = False, **kwargs: Any) -> Store:
+        """Create a store; with ``encrypt`` (and ``key=``), everything in it is encrypted."""
         path = Path(path)
+        if encrypt and kwargs.get("key") is None:
+            raise InvalidValue("an encrypted store needs a key (--key-file FILE or CKPT_KEY)")
+        if not encrypt and kwargs.get("key") is not None:
+            raise InvalidValue("a key was given for a store created without --encrypt")
         marker = path / MARKER
         if marker.exists():
             raise StoreExists(f"a ckpt store already exists at {path}")
@@ -121,7 +138,10 @@ class Store:
             raise StoreExists(f"{path} exists and is not a directory")
         path.mkdir(parents=True, exist_ok=True)
         store = cls(path, **kwargs)
-        marker.write_text(json.dumps({"format": FORMAT, "events": "sqlite"}) + "\n")
+        meta: dict[str, Any] = {"format": FORMAT, "events": "sqlite"}
+        if store.keyring is not None:
+            meta["encryption"] = {"cipher": "AES-256-GCM", "key_check": store.keyring.key_check}
+        marker.write_text(json.dumps(meta) + "\n")
         return store
 
     @classmethod
@@ -133,13 +153,25 @@ class Store:
                 f"no ckpt store at {path} (create one with: ckpt --store {path} init)"
             )
         try:
-            fmt = json.loads(marker.read_text()).get("format")
+            meta = json.loads(marker.read_text())
+            fmt = meta.get("format")
         except (OSError, ValueError, AttributeError) as e:
             raise StoreCorrupt(f"{marker} is not a ckpt store marker: {e}") from e
         if fmt != FORMAT:
             raise StoreCorrupt(
                 f"{marker} has store format {fmt!r}; this ckpt reads format {FORMAT}"
             )
+        encryption = meta.get("encryption")
+        key = kwargs.get("key")
+        if encryption is None and key is not None:
+            kwargs["key"] = None  # a plain store: a key in the environment is not for it
+        if encryption is not None:
+            if key is None:
+                raise WrongKey(
+                    f"the store at {path} is encrypted: give its key (--key-file or CKPT_KEY)"
+                )
+            if Keyring(key).key_check != encryption.get("key_check"):
+                raise WrongKey(f"that is not the key of the encrypted store at {path}")
         return cls(path, **kwargs)
 
     def close(self) -> None:
@@ -347,7 +379,9 @@ class Store:
         if self._chunks is None:
             from ckpt.storage.chunks import ChunkStore, LocalChunkBackend
 
-            self._chunks = ChunkStore(LocalChunkBackend(self.path / CHUNKS_DIR))
+            self._chunks = ChunkStore(
+                LocalChunkBackend(self.path / CHUNKS_DIR), keyring=self.keyring
+            )
         return self._chunks
 
     def apply_checkpoint(self, vm: str, checkpoint: str) -> Checkpoint:

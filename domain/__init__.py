@@ -25,6 +25,7 @@ from .errors import (
     VhdxCorrupt,
     VhdxError,
     VhdxUnsupported,
+    WrongKey,
 )
 from .values import (
     VALUE_TYPES,
@@ -84,5 +85,6 @@ __all__ = [
     "VhdxError",
     "VhdxUnsupported",
     "VirtualMachine",
+    "WrongKey",
     "vm_id",
 ]

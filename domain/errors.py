@@ -19,6 +19,7 @@ them unchanged. Adapters translate sqlite3 / eventsourcing errors at their edge.
         ├── StoreExists              `ckpt init` on an existing store
         ├── StoreConflict            another writer changed the VM first
         ├── StoreCorrupt             stored bytes could not be decoded
+        ├── WrongKey                 an encrypted store opened without its key
         ├── ChunkMissing             a chunk id, or a backend object, is not there
         ├── ChunkCorrupt             a chunk does not decompress or hash to its id
         ├── PackCorrupt              a pack file's header, table or trailer is damaged
@@ -91,6 +92,10 @@ class StoreConflict(StorageError):
 
 class StoreCorrupt(StorageError):
     """Stored bytes (an event, a record) could not be decoded."""
+
+
+class WrongKey(StorageError):
+    """An encrypted store was opened without a key, or with another store's key."""
 
 
 class ChunkMissing(StorageError):

@@ -31,6 +31,8 @@ from typing import Any
 from eventsourcing.persistence import Tracking
 from eventsourcing.sqlite import SQLiteCursor, SQLiteTrackingRecorder
 
+from ckpt.storage.keyring import Keyring
+
 READ_MODELS = "ckpt-read-models"
 
 TABLES = ("audit", "captures", "vms", "state_files")
@@ -64,6 +66,20 @@ class Batch:
 
 
 class SQLiteReadModels(SQLiteTrackingRecorder):
+    """With a ``keyring`` (an encrypted store) every name, document and detail is
+    sealed before it is written; positions, times, VM ids and versions stay plain
+    (``--at`` needs them; a VM id is a hash of the name, not the name)."""
+
+    keyring: Keyring | None = None
+
+    def _seal(self, text: str | None) -> Any:
+        return text if self.keyring is None else self.keyring.seal_text(text)
+
+    def _open(self, value: Any) -> Any:
+        if self.keyring is None or value is None:
+            return value
+        return self.keyring.open_text(bytes(value))
+
     def construct_create_table_statements(self) -> list[str]:
         return [
             *super().construct_create_table_statements(),
@@ -125,8 +141,8 @@ class SQLiteReadModels(SQLiteTrackingRecorder):
             c.executemany(
                 "INSERT OR REPLACE INTO ckpt_vms VALUES (?, ?, ?, ?, ?)",
                 [
-                    (vm_id, d.vm["name"], json.dumps(d.vm), json.dumps(d.checkpoints),
-                     json.dumps(d.chain))
+                    (vm_id, self._seal(d.vm["name"]), self._seal(json.dumps(d.vm)),
+                     self._seal(json.dumps(d.checkpoints)), self._seal(json.dumps(d.chain)))
                     for vm_id, d in batch.vms.items()
                 ],
             )  # fmt: skip
@@ -138,12 +154,14 @@ class SQLiteReadModels(SQLiteTrackingRecorder):
         with self.datastore.transaction(commit=True) as c:
             self._write_rows(c, batch)
 
-    @staticmethod
-    def _write_rows(c: SQLiteCursor, batch: Batch) -> None:
-        c.executemany("INSERT INTO ckpt_audit VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", batch.audit)
-        c.executemany(
-            "INSERT INTO ckpt_captures VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", batch.captures
-        )
+    def _write_rows(self, c: SQLiteCursor, batch: Batch) -> None:
+        audit, captures = batch.audit, batch.captures
+        if self.keyring is not None:
+            seal = self._seal
+            audit = [(*r[:4], *map(seal, r[4:])) for r in audit]
+            captures = [(*r[:3], seal(r[3]), r[4], r[5], seal(r[6]), *r[7:]) for r in captures]
+        c.executemany("INSERT INTO ckpt_audit VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", audit)
+        c.executemany("INSERT INTO ckpt_captures VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", captures)
         c.executemany("INSERT OR IGNORE INTO ckpt_links VALUES (?, ?)", batch.links)
         for vm_id, checkpoint, doc in batch.state_files:
             if doc is None:
@@ -152,7 +170,10 @@ class SQLiteReadModels(SQLiteTrackingRecorder):
                     (vm_id, checkpoint),
                 )
             else:
-                c.execute("INSERT INTO ckpt_state_files VALUES (?, ?, ?)", (vm_id, checkpoint, doc))
+                c.execute(
+                    "INSERT INTO ckpt_state_files VALUES (?, ?, ?)",
+                    (vm_id, checkpoint, self._seal(doc)),
+                )
 
     def drop(self) -> None:
         """Forget every read model and the position (``rebuild`` starts from zero)."""
@@ -168,22 +189,23 @@ class SQLiteReadModels(SQLiteTrackingRecorder):
             return list(c.fetchall())
 
     def vms(self) -> list[dict[str, Any]]:
-        return [json.loads(r[0]) for r in self._rows("SELECT doc FROM ckpt_vms ORDER BY name")]
+        docs = [json.loads(self._open(r[0])) for r in self._rows("SELECT doc FROM ckpt_vms")]
+        return sorted(docs, key=lambda d: d["name"])
 
     def checkpoints(self, vm_id: str) -> list[dict[str, Any]]:
         rows = self._rows("SELECT tree FROM ckpt_vms WHERE vm_id = ?", (vm_id,))
-        return json.loads(rows[0][0]) if rows else []
+        return json.loads(self._open(rows[0][0])) if rows else []
 
     def chain(self, vm_id: str) -> dict[str, Any] | None:
         rows = self._rows("SELECT chain FROM ckpt_vms WHERE vm_id = ?", (vm_id,))
-        return json.loads(rows[0][0]) if rows else None
+        return json.loads(self._open(rows[0][0])) if rows else None
 
     def state_files(self, vm_id: str, checkpoint: str) -> list[dict[str, Any]] | None:
         rows = self._rows(
             "SELECT doc FROM ckpt_state_files WHERE vm_id = ? AND checkpoint = ?",
             (vm_id, checkpoint),
         )
-        return json.loads(rows[0][0]) if rows else None
+        return json.loads(self._open(rows[0][0])) if rows else None
 
     def audit(
         self,
@@ -194,21 +216,30 @@ class SQLiteReadModels(SQLiteTrackingRecorder):
         until: int | None = None,
     ) -> list[tuple[Any, ...]]:
         """Audit rows in position order; positions ``since`` and ``until`` are inclusive."""
+        sealed = self.keyring is not None  # sealed columns are filtered after opening
         where, params = ["1"], []
         for clause, value in (
             ("vm_id = ?", vm_id),
-            ("operation = ?", operation),
-            ("actor = ?", actor),
+            ("operation = ?", None if sealed else operation),
+            ("actor = ?", None if sealed else actor),
             ("position >= ?", since),
             ("position <= ?", until),
         ):
             if value is not None:
                 where.append(clause)
                 params.append(value)
-        return self._rows(
+        rows = self._rows(
             f"SELECT * FROM ckpt_audit WHERE {' AND '.join(where)} ORDER BY position",
             params,
         )
+        if not sealed:
+            return rows
+        opened = [(*r[:4], *map(self._open, r[4:])) for r in rows]
+        return [
+            r
+            for r in opened
+            if (operation is None or r[7] == operation) and (actor is None or r[5] == actor)
+        ]
 
     def version_at(self, vm_id: str, position: int) -> int | None:
         rows = self._rows(
@@ -241,7 +272,10 @@ class SQLiteReadModels(SQLiteTrackingRecorder):
         if until is not None:
             sql += " WHERE position <= ?"
             params.append(until)
-        return self._rows(sql + " ORDER BY position, seq", params)
+        rows = self._rows(sql + " ORDER BY position, seq", params)
+        if self.keyring is None:
+            return rows
+        return [(*r[:3], self._open(r[3]), r[4], r[5], self._open(r[6]), *r[7:]) for r in rows]
 
     def dump(self) -> dict[str, list[tuple[Any, ...]]]:
         """Every row of every read model, in key order (for comparing two builds)."""

@@ -24,6 +24,7 @@ import threading
 import zstandard
 
 from ckpt.domain.errors import ChunkCorrupt
+from ckpt.storage.keyring import Keyring
 
 DEFAULT_LEVEL = 1
 
@@ -31,12 +32,26 @@ DEFAULT_LEVEL = 1
 class ChunkCodec:
     """zstd at a fixed level, one context pair per thread."""
 
-    def __init__(self, level: int = DEFAULT_LEVEL) -> None:
+    def __init__(self, level: int = DEFAULT_LEVEL, keyring: Keyring | None = None) -> None:
         # zstd accepts -131072 (fastest) .. 22 (smallest); 0 means its default, 3.
         if not -(1 << 17) <= level <= zstandard.MAX_COMPRESSION_LEVEL:
             raise ValueError(f"zstd level {level} is outside -131072..22")
         self._level = level
         self._local = threading.local()
+        # An encrypted store names chunks by a keyed hash and seals every frame
+        # (storage/keyring.py); a plain one uses SHA-256 and bare zstd frames.
+        self._keyring = keyring
+
+    @property
+    def keyed(self) -> bool:
+        """True in an encrypted store: keyed ids, sealed frames."""
+        return self._keyring is not None
+
+    def identify(self, data: bytes) -> bytes:
+        """The id of ``data`` in this store."""
+        if self._keyring is not None:
+            return self._keyring.chunk_id(data)
+        return hashlib.sha256(data).digest()
 
     @property
     def level(self) -> int:
@@ -61,9 +76,12 @@ class ChunkCodec:
             self._local.decompressor = d
         return d
 
-    def compress(self, data: bytes) -> bytes:
-        """One zstd frame holding ``data``."""
-        return self._compressor().compress(data)
+    def compress(self, data: bytes, cid: bytes | None = None) -> bytes:
+        """One zstd frame holding ``data`` (sealed, with ``cid``, in an encrypted store)."""
+        frame: bytes = self._compressor().compress(data)
+        if self._keyring is None:
+            return frame
+        return self._keyring.seal_chunk(frame, cid if cid is not None else self.identify(data))
 
     def decode(self, frame: bytes, cid: bytes, length: int, where: str) -> bytes:
         """The chunk's bytes, or ``ChunkCorrupt`` naming the chunk and ``where``
@@ -72,6 +90,11 @@ class ChunkCodec:
         def corrupt(reason: str) -> ChunkCorrupt:
             return ChunkCorrupt(f"chunk {cid.hex()} in {where}: {reason}")
 
+        if self._keyring is not None:
+            try:
+                frame = self._keyring.open_chunk(frame, cid)
+            except ValueError as e:
+                raise corrupt(str(e)) from e
         try:
             declared = zstandard.frame_content_size(frame)
         except zstandard.ZstdError as e:
@@ -84,6 +107,6 @@ class ChunkCodec:
             raise corrupt(f"does not decompress ({e})") from e
         if len(data) != length:
             raise corrupt(f"decompressed to {len(data)} bytes, expected {length}")
-        if hashlib.sha256(data).digest() != cid:
+        if self.identify(data) != cid:
             raise corrupt("content does not hash to its id (SHA-256 mismatch)")
         return data

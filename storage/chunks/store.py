@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 
 from ckpt.domain.errors import ChunkCorrupt, ChunkMissing
+from ckpt.storage.keyring import Keyring
 
 from .backend import ChunkBackend
 from .codec import DEFAULT_LEVEL, ChunkCodec
@@ -47,12 +48,13 @@ class ChunkStore:
         pack_size: int = DEFAULT_PACK_SIZE,
         level: int = DEFAULT_LEVEL,
         clock: Callable[[], float] = time.time,
+        keyring: Keyring | None = None,
     ) -> None:
         if not 0 < pack_size <= MAX_PACK_SIZE:
             raise ValueError(f"pack size {pack_size} is outside 1..{MAX_PACK_SIZE}")
         self._backend = backend
         self._pack_size = pack_size
-        self._codec = ChunkCodec(level)
+        self._codec = ChunkCodec(level, keyring)
         self._clock = clock
         self._index = ChunkIndex(backend)
 
@@ -62,6 +64,11 @@ class ChunkStore:
     @property
     def backend(self) -> ChunkBackend:
         return self._backend
+
+    @property
+    def codec(self) -> ChunkCodec:
+        """How this store names, compresses and (if encrypted) seals chunks."""
+        return self._codec
 
     def writer(self) -> ChunkWriter:
         """A new writer session: ``with store.writer() as w: w.add(data)``."""

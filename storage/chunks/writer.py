@@ -29,7 +29,7 @@ from types import TracebackType
 
 from .backend import ChunkBackend
 from .codec import ChunkCodec
-from .ids import ChunkId, chunk_id, is_zero
+from .ids import ChunkId, is_zero
 from .index import ChunkIndex
 from .index_file import IndexFile, encode_index_file
 from .layout import index_name, new_pack_id, pack_name
@@ -89,9 +89,9 @@ class ChunkWriter:
         (never stored: record the block as zero). Visible after ``flush``."""
         if is_zero(data):
             return None
-        cid = chunk_id(data)
+        cid = ChunkId(self._codec.identify(data))
         if not self._known(cid):
-            self._append(cid, self._codec.compress(data), len(data))
+            self._append(cid, self._codec.compress(data, cid), len(data))
         return cid
 
     def add_compressed(self, cid: ChunkId, frame: bytes, length: int) -> None:
