@@ -292,18 +292,26 @@ class VerifyReport:
         return not self.bad
 
 
-def _references(store: Store, until: int | None = None) -> list[Reference]:
-    """Every capture the log records (the chunk-references read model)."""
-    store.catch_up()
+def _references(store: Store) -> list[Reference]:
+    """Every capture the event log records, read from the log itself.
+
+    Not from the read models: gc deletes what is not listed here, so the list
+    must come from the source of truth even if a read model lags or is damaged.
+    """
+    names: dict[UUID, str] = {}
     refs = []
-    for row in store.read_models.recorder.captures(until):
-        position, _, _, vm, kind, subject, label, manifest, _, _ = row
-        what = (
-            f"disk {label} (layer {subject})"
-            if kind == "disk"
-            else f"{label} of checkpoint {subject}"
-        )
-        refs.append(Reference(position, vm, what, manifest))
+    with store._translated():
+        for position, event in store.app.read_log():
+            if isinstance(event, VirtualMachine.Registered):
+                names[event.originator_id] = event.name
+            vm = names.get(event.originator_id, str(event.originator_id))
+            if isinstance(event, VirtualMachine.LayerContentRecorded):
+                c = event.capture
+                refs.append(Reference(position, vm, f"disk {c.disk} (layer {c.layer})", c.manifest))
+            elif isinstance(event, VirtualMachine.StateContentRecorded):
+                for f in event.files:
+                    what = f"{f.path or f.role.value} of checkpoint {event.checkpoint_id}"
+                    refs.append(Reference(position, vm, what, f.manifest))
     return refs
 
 

@@ -28,7 +28,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from eventsourcing.persistence import Tracking
 from eventsourcing.sqlite import SQLiteCursor, SQLiteTrackingRecorder
 
 from ckpt.storage.keyring import Keyring
@@ -100,6 +99,10 @@ class SQLiteReadModels(SQLiteTrackingRecorder):
             # Not a read model: the hash chain (storage/log_chain.py). Never dropped by a
             # rebuild, and a rebuild never overwrites a recorded link (INSERT OR IGNORE),
             # so a rewritten event cannot launder its own link.
+            # One row that every read-model writer writes first: it takes SQLite's write
+            # lock at the start of the transaction, so two catch-ups (or a catch-up and
+            # a rebuild) never interleave their reads of the position and their writes.
+            "CREATE TABLE IF NOT EXISTS ckpt_lock (id INTEGER PRIMARY KEY)",
             "CREATE TABLE IF NOT EXISTS ckpt_links (position INTEGER PRIMARY KEY, "
             "link BLOB NOT NULL)",
         ]
@@ -131,22 +134,68 @@ class SQLiteReadModels(SQLiteTrackingRecorder):
     def consistent(self) -> bool:
         """The audit table ends where the tracking record says (false after the
         tables were dropped or emptied behind our back: then rebuild)."""
-        rows = self._rows("SELECT MAX(position) FROM ckpt_audit")
-        return (rows[0][0] or 0) == self.position()
+        with self.datastore.transaction(commit=False) as c:
+            return self.consistent_in(c)
+
+    # Cursor-level verbs: the read-model runner does a whole catch-up or rebuild in
+    # one transaction, after ``lock``.
+    @staticmethod
+    def lock(c: SQLiteCursor) -> None:
+        c.execute("INSERT OR REPLACE INTO ckpt_lock VALUES (1)")
+
+    @staticmethod
+    def position_in(c: SQLiteCursor) -> int:
+        c.execute("SELECT notification_id FROM tracking WHERE application_name = ?", (READ_MODELS,))
+        row = c.fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def consistent_in(self, c: SQLiteCursor) -> bool:
+        c.execute("SELECT MAX(position) FROM ckpt_audit")
+        return (c.fetchone()[0] or 0) == self.position_in(c)
+
+    @staticmethod
+    def last_link_in(c: SQLiteCursor, position: int) -> bytes | None:
+        c.execute("SELECT link FROM ckpt_links WHERE position = ?", (position,))
+        row = c.fetchone()
+        return bytes(row[0]) if row else None
+
+    @staticmethod
+    def rows_in(c: SQLiteCursor, after: int, limit: int) -> list[tuple[int, str, int, str, bytes]]:
+        c.execute(
+            "SELECT rowid, originator_id, originator_version, topic, state FROM stored_events "
+            "WHERE rowid > ? ORDER BY rowid LIMIT ?",
+            (after, limit),
+        )
+        return [(r[0], r[1], r[2], r[3], bytes(r[4])) for r in c.fetchall()]
+
+    def drop_in(self, c: SQLiteCursor) -> None:
+        for table in TABLES:
+            c.execute(f"DELETE FROM ckpt_{table}")
+        c.execute("DELETE FROM tracking WHERE application_name = ?", (READ_MODELS,))
+
+    def write_in(self, c: SQLiteCursor, batch: Batch, position: int | None) -> None:
+        """A batch's rows, its VM documents and (unless None) the position reached."""
+        self._write_rows(c, batch)
+        c.executemany(
+            "INSERT OR REPLACE INTO ckpt_vms VALUES (?, ?, ?, ?, ?)",
+            [
+                (vm_id, self._seal(d.vm["name"]), self._seal(json.dumps(d.vm)),
+                 self._seal(json.dumps(d.checkpoints)), self._seal(json.dumps(d.chain)))
+                for vm_id, d in batch.vms.items()
+            ],
+        )  # fmt: skip
+        if position is not None:
+            c.execute(
+                "INSERT INTO tracking VALUES (?, ?) ON CONFLICT (application_name) "
+                "DO UPDATE SET notification_id = excluded.notification_id",
+                (READ_MODELS, position),
+            )
 
     def write(self, batch: Batch, position: int) -> None:
         """Everything a batch derived, and the position it reached, atomically."""
         with self.datastore.transaction(commit=True) as c:
-            self._write_rows(c, batch)
-            c.executemany(
-                "INSERT OR REPLACE INTO ckpt_vms VALUES (?, ?, ?, ?, ?)",
-                [
-                    (vm_id, self._seal(d.vm["name"]), self._seal(json.dumps(d.vm)),
-                     self._seal(json.dumps(d.checkpoints)), self._seal(json.dumps(d.chain)))
-                    for vm_id, d in batch.vms.items()
-                ],
-            )  # fmt: skip
-            self._insert_tracking(c, Tracking(READ_MODELS, position))
+            self.lock(c)
+            self.write_in(c, batch, position)
 
     def write_rows(self, batch: Batch) -> None:
         """Audit, capture and state-file rows without moving the position (a
@@ -178,9 +227,8 @@ class SQLiteReadModels(SQLiteTrackingRecorder):
     def drop(self) -> None:
         """Forget every read model and the position (``rebuild`` starts from zero)."""
         with self.datastore.transaction(commit=True) as c:
-            for table in TABLES:
-                c.execute(f"DELETE FROM ckpt_{table}")
-            c.execute("DELETE FROM tracking WHERE application_name = ?", (READ_MODELS,))
+            self.lock(c)
+            self.drop_in(c)
 
     # ------------------------------------------------------------------- read
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:

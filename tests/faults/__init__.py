@@ -1,0 +1,1 @@
+"""Fault injection: ckpt commands SIGKILLed at seeded moments, then the store checked."""

@@ -1,0 +1,37 @@
+"""Run one ``ckpt`` command line in this process once the imports are done.
+
+The fault tests start this script (not the ``ckpt`` entry point) so that the
+seeded kill delay is measured from the moment the command itself starts: the
+interpreter's start-up and the imports (~0.15 s, longer than most commands
+here) would otherwise swallow most kill points. It prints ``go`` on a line of
+its own, then runs exactly what ``ckpt ARGS...`` runs (``ckpt.cli.run``),
+reports on stderr how long that took (the "typical duration" the kill delays
+are drawn from: interpreter tear-down excluded) and exits with its code.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+# Everything a command may import lazily, imported before "go".
+import ckpt.content_ops
+import ckpt.interop
+import ckpt.storage.chunks
+from ckpt.cli import run
+
+RAN = "ckpt-fault-driver: ran in"
+
+
+def main() -> None:
+    assert ckpt.content_ops and ckpt.interop and ckpt.storage.chunks
+    sys.stdout.write("go\n")
+    sys.stdout.flush()
+    began = time.perf_counter()
+    code = run(sys.argv[1:])
+    sys.stderr.write(f"{RAN} {time.perf_counter() - began:.6f}\n")
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
