@@ -63,7 +63,8 @@ class ReadModels:
         waits, then finds nothing left to do (two catch-ups that interleaved lost
         rows, found by the concurrent-writers test).
         """
-        if self.app.last_position() <= self.recorder.position() and self.recorder.consistent():
+        nothing_new = known is None and self.app.last_position() <= self.recorder.position()
+        if nothing_new and self.recorder.consistent():
             return 0  # the common read: nothing new, no write lock taken
         with self.recorder.datastore.transaction(commit=True) as c:
             self.recorder.lock(c)

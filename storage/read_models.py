@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import groupby
 from typing import Any
 
 from eventsourcing.sqlite import SQLiteCursor, SQLiteTrackingRecorder
@@ -212,16 +213,18 @@ class SQLiteReadModels(SQLiteTrackingRecorder):
         c.executemany("INSERT INTO ckpt_audit VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", audit)
         c.executemany("INSERT INTO ckpt_captures VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", captures)
         c.executemany("INSERT OR IGNORE INTO ckpt_links VALUES (?, ?)", batch.links)
-        for vm_id, checkpoint, doc in batch.state_files:
-            if doc is None:
-                c.execute(
+        # In event order, consecutive additions (or removals) in one statement each.
+        for removal, group in groupby(batch.state_files, key=lambda op: op[2] is None):
+            ops = list(group)
+            if removal:
+                c.executemany(
                     "DELETE FROM ckpt_state_files WHERE vm_id = ? AND checkpoint = ?",
-                    (vm_id, checkpoint),
+                    [(vm_id, checkpoint) for vm_id, checkpoint, _ in ops],
                 )
             else:
-                c.execute(
+                c.executemany(
                     "INSERT INTO ckpt_state_files VALUES (?, ?, ?)",
-                    (vm_id, checkpoint, self._seal(doc)),
+                    [(vm_id, checkpoint, self._seal(doc)) for vm_id, checkpoint, doc in ops],
                 )
 
     def drop(self) -> None:
