@@ -135,6 +135,9 @@ def demo(out: io.TextIOBase | None = None) -> int:
         note("Every referenced chunk present, decompressing and hashing to its id")
         if ckpt("verify") or ckpt("stats"):
             return 1
+        note("The log's hash chain: any change to a recorded event is found, and where")
+        if ckpt("verify --log"):
+            return 1
         note("The audit log: who did what, when")
         if ckpt("log"):
             return 1

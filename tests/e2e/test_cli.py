@@ -185,3 +185,4 @@ def test_demo_runs_every_step() -> None:
     assert ".bin  [bin, memory]" in text and ".avhd " in text
     assert "identical" in text and "DIFFERENT" not in text  # a deleted checkpoint, via --at
     assert "referenced chunks: OK" in text
+    assert "walked the hash chain over" in text and "anchor (keep it elsewhere" in text
