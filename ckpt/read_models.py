@@ -86,22 +86,12 @@ class ReadModels:
             return len(batch.audit)
 
     def _rows_after(self, c: Any, start: int) -> list[tuple[Notification, Any]]:
-        decode = self.app._decoder()
-        out = []
-        while True:
-            page = self.recorder.rows_in(c, start, PAGE)
-            for rowid, originator, version, topic, state in page:
-                n = Notification(
-                    id=rowid,
-                    originator_id=UUID(originator),
-                    originator_version=version,
-                    topic=topic,
-                    state=state,
-                )
-                out.append((n, decode(n)))
-            if len(page) < PAGE:
-                return out
-            start = page[-1][0]
+        """Every stored event after ``start``, decoded (a catch-up: usually a few)."""
+        out: list[tuple[Notification, Any]] = []
+        while page := self._page(c, start):
+            out += page
+            start = page[-1][0].id
+        return out
 
     def rebuild(self) -> tuple[int, float]:
         """Fold the whole log again into empty tables; return events and seconds.
