@@ -171,7 +171,10 @@ def capture_disk(
         known = ", ".join(vm.running)
         raise InvalidValue(f"VM {vm.name!r} has no disk {disk!r} (disks: {known})")
     layer = vm.running[disk]
-    parent, block_size, _ = manifest.overlay(chain_maps(vm, layer, cache))
+    # The decoded manifests are needed only for their overlay: a cache of its own,
+    # dropped here, keeps them out of the capture's peak memory (benchmark step 4:
+    # peak RSS 268-288 MiB with the shared cache, 252 MiB without).
+    parent, block_size, _ = manifest.overlay(chain_maps(vm, layer, ManifestCache(cache.chunks)))
     if block_size not in (0, DISK_BLOCK):
         raise InvalidValue(f"disk {disk!r} was captured with {block_size}-byte blocks before")
     size = _size(src, where)
