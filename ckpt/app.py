@@ -64,17 +64,6 @@ class CheckpointApplication(Application[UUID]):
                 return
             start = page[-1].id + 1
 
-    def read_raw(self, start: int = 1, page_size: int = PAGE) -> Iterator[tuple[Notification, Any]]:
-        """Every stored row after ``start`` with its decoded event (for the hash chain)."""
-        decode = self._decoder()
-        while True:
-            page = self.recorder.select_notifications(start, page_size)
-            for notification in page:
-                yield notification, decode(notification)
-            if len(page) < page_size:
-                return
-            start = page[-1].id + 1
-
     def _decoder(self) -> Callable[[Notification], Any]:
         """``mapper.to_domain_event`` without its per-event generality: topics
         resolved once per class, ids already UUIDs. Classes with a

@@ -9,7 +9,6 @@ else ``./ckpt-store``. Read commands take ``--json``. Errors print one line,
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -57,25 +56,17 @@ def _onoff(text: str) -> bool:
     raise argparse.ArgumentTypeError("expected on or off")
 
 
-def _emit(out: TextIO, args: argparse.Namespace, data: Any, text: str) -> None:
-    if getattr(args, "json", False):
-        json.dump(data, out, indent=2, ensure_ascii=False)
-        out.write("\n")
-    elif text:
-        out.write(text + "\n")
-
-
 # ---------------------------------------------------------------- handlers
 def _vm_add(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     vm = s.register_vm(
         a.name, a.disk or (), a.config_version, a.checkpoint_type, a.automatic_checkpoints
     )
-    _emit(out, a, docs.vm_json(vm), f"registered VM {render.vm_text(vm)}")
+    render.emit(out, a, docs.vm_json(vm), f"registered VM {render.vm_text(vm)}")
 
 
 def _vm_set(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     vm = s.set_vm(a.name, a.checkpoint_type, a.automatic_checkpoints, a.config_version)
-    _emit(out, a, docs.vm_json(vm), f"VM {render.vm_text(vm)}")
+    render.emit(out, a, docs.vm_json(vm), f"VM {render.vm_text(vm)}")
 
 
 def _vm_power(action: str) -> Handler:
@@ -88,14 +79,14 @@ def _vm_power(action: str) -> Handler:
             text += f"; automatic checkpoint {vm.checkpoints[cid].name!r} taken"
         for cid in had - set(vm.checkpoints):
             text += f"; automatic checkpoint {before.checkpoints[cid].name!r} removed"
-        _emit(out, a, docs.vm_json(vm), text)
+        render.emit(out, a, docs.vm_json(vm), text)
 
     return handle
 
 
 def _vm_list(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     vms = s.vms()
-    _emit(
+    render.emit(
         out,
         a,
         [docs.vm_json(v) for v in vms],
@@ -105,7 +96,7 @@ def _vm_list(s: Store, a: argparse.Namespace, out: TextIO) -> None:
 
 def _vm_show(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     vm = s.vm(a.name, at=a.at)
-    _emit(out, a, docs.vm_json(vm), render.vm_text(vm))
+    render.emit(out, a, docs.vm_json(vm), render.vm_text(vm))
 
 
 def _cp_create(s: Store, a: argparse.Namespace, out: TextIO) -> None:
@@ -122,7 +113,7 @@ def _cp_create(s: Store, a: argparse.Namespace, out: TextIO) -> None:
         )
         else ""
     )
-    _emit(
+    render.emit(
         out,
         a,
         docs.checkpoint_json(cp, vm.current),
@@ -133,7 +124,7 @@ def _cp_create(s: Store, a: argparse.Namespace, out: TextIO) -> None:
 def _cp_apply(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     cp = s.apply_checkpoint(a.vm, a.checkpoint)
     vm = s.vm(a.vm)
-    _emit(
+    render.emit(
         out,
         a,
         docs.vm_json(vm),
@@ -144,7 +135,7 @@ def _cp_apply(s: Store, a: argparse.Namespace, out: TextIO) -> None:
 def _cp_revert(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     cp = s.revert(a.vm)
     vm = s.vm(a.vm)
-    _emit(
+    render.emit(
         out,
         a,
         docs.vm_json(vm),
@@ -155,7 +146,7 @@ def _cp_revert(s: Store, a: argparse.Namespace, out: TextIO) -> None:
 def _cp_rename(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     cp = s.rename_checkpoint(a.vm, a.checkpoint, a.new_name)
     vm = s.vm(a.vm)
-    _emit(
+    render.emit(
         out, a, docs.checkpoint_json(cp, vm.current), f"renamed checkpoint {cp.id} to {cp.name!r}"
     )
 
@@ -165,7 +156,7 @@ def _cp_delete(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     target = s.vm(a.vm).find_checkpoint(a.checkpoint)
     changes = s.delete_checkpoint(a.vm, str(target.id), a.subtree)
     text = f"deleted {what} {target.name!r}" + "".join(f"\n  {c}" for c in changes)
-    _emit(out, a, {"deleted": str(target.id), "layers": changes}, text)
+    render.emit(out, a, {"deleted": str(target.id), "layers": changes}, text)
 
 
 def _cp_list(s: Store, a: argparse.Namespace, out: TextIO) -> None:
@@ -176,7 +167,7 @@ def _cp_list(s: Store, a: argparse.Namespace, out: TextIO) -> None:
         + ("  <- current" if cp.id == vm.current else "")
         for cp in cps
     ]
-    _emit(
+    render.emit(
         out,
         a,
         [docs.checkpoint_json(cp, vm.current) for cp in cps],
@@ -188,39 +179,39 @@ def _export(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     files = s.export(a.vm, a.checkpoint, a.output, at=a.at, flatten=a.flatten)
     what = f"checkpoint {a.checkpoint!r}" if a.checkpoint else "Now"
     lines = [f"exported {what} of VM {a.vm!r} as a Hyper-V folder:"] + [f"  {f}" for f in files]
-    _emit(out, a, {"files": [str(f) for f in files]}, "\n".join(lines))
+    render.emit(out, a, {"files": [str(f) for f in files]}, "\n".join(lines))
 
 
 def _tree(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     vm = s.vm(a.vm, at=a.at)
     entries = tree_entries(vm)
-    _emit(out, a, docs.tree_json(entries), render.tree_text(vm, entries))
+    render.emit(out, a, docs.tree_json(entries), render.tree_text(vm, entries))
 
 
 def _chain(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     vm = s.vm(a.vm, at=a.at)
     cid = None if a.checkpoint is None else vm.find_checkpoint(a.checkpoint).id
     chains = disk_chains(vm, cid)
-    _emit(out, a, docs.chain_json(vm, cid, chains), render.chain_text(chains))
+    render.emit(out, a, docs.chain_json(vm, cid, chains), render.chain_text(chains))
 
 
 def _files(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     files = s.files(a.vm, a.checkpoint, at=a.at)
-    _emit(out, a, docs.files_json(files), render.files_text(files))
+    render.emit(out, a, docs.files_json(files), render.files_text(files))
 
 
 def _log(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     if a.at is not None and a.until is not None:
         raise InvalidValue("give --at or --until, not both (they mean the same)")
     entries = s.log(a.vm, a.operation, a.by, a.since, a.until if a.at is None else a.at)
-    _emit(out, a, docs.log_json(entries), render.log_text(entries) or "no entries")
+    render.emit(out, a, docs.log_json(entries), render.log_text(entries) or "no entries")
 
 
 def _rebuild(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     events, seconds = s.rebuild_read_models()
     rate = events / seconds if seconds else 0.0
     data = {"events": events, "seconds": round(seconds, 3), "events_per_second": round(rate)}
-    _emit(
+    render.emit(
         out,
         a,
         data,
@@ -249,7 +240,7 @@ def _import_disk(s: Store, a: argparse.Namespace, out: TextIO) -> None:
         "changed_blocks": capture.changed_blocks,
         "new_bytes": capture.added_bytes,
     }
-    _emit(
+    render.emit(
         out,
         a,
         data,
@@ -268,7 +259,7 @@ def _import_hyperv(s: Store, a: argparse.Namespace, out: TextIO) -> None:
         "checkpoints": report.checkpoints,
         "files": report.files,
     }
-    _emit(
+    render.emit(
         out,
         a,
         data,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +12,7 @@ from ckpt.domain import FileRole, InvalidValue
 from ckpt.storage.capture import parse_extents
 from ckpt.storage.log_chain import format_anchor
 
-from . import content_ops
+from . import content_ops, render
 from .progress import progress_bars
 from .store import Store
 
@@ -82,14 +81,6 @@ def content_args(a: argparse.Namespace) -> dict[str, Any]:
     return {"disks": disks, "files": files, "changed_blocks": changed}
 
 
-def _emit(out: TextIO, a: argparse.Namespace, data: Any, text: str) -> None:
-    if getattr(a, "json", False):
-        json.dump(data, out, indent=2)
-        out.write("\n")
-    else:
-        out.write(text + "\n")
-
-
 def _sync(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     args = content_args(a)
     if not args["disks"]:
@@ -102,7 +93,7 @@ def _sync(s: Store, a: argparse.Namespace, out: TextIO) -> None:
         "created_at": point.created_at.isoformat(),
         "version": point.version,
     }
-    _emit(out, a, data, f"recorded backup point {point.name!r} ({point.id}) of VM {a.vm!r}")
+    render.emit(out, a, data, f"recorded backup point {point.name!r} ({point.id}) of VM {a.vm!r}")
 
 
 def _restore(s: Store, a: argparse.Namespace, out: TextIO) -> None:
@@ -116,7 +107,9 @@ def _restore(s: Store, a: argparse.Namespace, out: TextIO) -> None:
         raise InvalidValue("a VHDX cannot be streamed to stdout (it is written out of order)")
     if a.state_files:
         files = s.restore_state_files(a.vm, a.checkpoint, a.output, at=a.at)
-        _emit(out, a, {"files": [str(f) for f in files]}, "\n".join(f"wrote {f}" for f in files))
+        render.emit(
+            out, a, {"files": [str(f) for f in files]}, "\n".join(f"wrote {f}" for f in files)
+        )
         return
     # A file is written beside its final name and renamed only when every chunk
     # was read and verified: a failed restore never leaves wrong bytes under FILE.
@@ -143,7 +136,7 @@ def _restore(s: Store, a: argparse.Namespace, out: TextIO) -> None:
                 Path(partial).unlink(missing_ok=True)
     if a.output != "-":
         what = f"disk {a.disk}" if a.disk else "memory"
-        _emit(
+        render.emit(
             out,
             a,
             {"bytes": size, "output": a.output},
@@ -183,7 +176,7 @@ def _verify_log(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     if a.anchor is not None and report.anchor_found:
         lines.append(f"  the anchor {a.anchor} is reached: the log up to it is unchanged")
     lines.append(f"anchor (keep it elsewhere; check later with --anchor): {anchor}")
-    _emit(out, a, data, "\n".join(lines))
+    render.emit(out, a, data, "\n".join(lines))
     if not report.ok:
         from ckpt.domain import StoreCorrupt
 
@@ -219,7 +212,7 @@ def _verify(s: Store, a: argparse.Namespace, out: TextIO) -> None:
             lines.append(
                 f"    VM {x['vm']}: {x['what']} (event {x['position']}); needed by {users}"
             )
-    _emit(out, a, data, "\n".join(lines))
+    render.emit(out, a, data, "\n".join(lines))
     if not report.ok:
         from ckpt.domain import StoreCorrupt
 
@@ -234,7 +227,7 @@ def _gc(s: Store, a: argparse.Namespace, out: TextIO) -> None:
         "removed_chunks": report.removed_chunks,
         "freed_bytes": report.freed_bytes,
     }
-    _emit(
+    render.emit(
         out,
         a,
         data,
@@ -253,14 +246,14 @@ def _stats(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     t = st["total"]
     if "stored_bytes" not in t:
         lines.append(f"total at position {t['position']}: logical {t['logical_bytes']:,} B")
-        _emit(out, a, st, "\n".join(lines))
+        render.emit(out, a, st, "\n".join(lines))
         return
     lines.append(
         f"total: logical {t['logical_bytes']:,} B, unique {t['unique_bytes']:,} B, "
         f"stored {t['stored_bytes']:,} B in {t['chunks']:,} chunks; "
         f"dedup x{t['dedup_ratio']}, compression x{t['compression_ratio']}"
     )
-    _emit(out, a, st, "\n".join(lines))
+    render.emit(out, a, st, "\n".join(lines))
 
 
 def register(sub: Any, cmd: Callable[..., argparse.ArgumentParser]) -> None:

@@ -27,7 +27,7 @@ from ckpt.storage import manifest
 from ckpt.storage.manifest import ZERO_ID, BlockMap
 from ckpt.storage.vhdx import BlockState, VhdxChain, VhdxReader, write_avhdx, write_vhdx
 
-from .content import ManifestCache, fetcher
+from .content import ManifestCache, fetcher, restore_maps
 
 if TYPE_CHECKING:
     from .store import Store
@@ -145,8 +145,6 @@ def export(
         path = folder.joinpath(*f.path.split("/"))
         path.parent.mkdir(parents=True, exist_ok=True)
         with _create(path) as out:
-            from .content import restore_maps
-
             restore_maps([cache.load(f.manifest)], store.chunks, out)
         written.append(path)
     store.record_export(vm.name, None if cp is None else str(cp.id), str(folder.resolve()))

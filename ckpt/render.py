@@ -6,11 +6,23 @@ add keys freely, never rename or remove one.
 
 from __future__ import annotations
 
+import argparse
+import json
 from collections.abc import Sequence
+from typing import Any, TextIO
 from uuid import UUID
 
 from ckpt.domain import StateFile, VirtualMachine
 from ckpt.projections import AuditEntry, ChainEntry, TreeEntry
+
+
+def emit(out: TextIO, args: argparse.Namespace, data: Any, text: str) -> None:
+    """``--json``: the document; otherwise the text (nothing when it is empty)."""
+    if getattr(args, "json", False):
+        json.dump(data, out, indent=2, ensure_ascii=False)
+        out.write("\n")
+    elif text:
+        out.write(text + "\n")
 
 
 # ------------------------------------------------------------------- text

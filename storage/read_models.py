@@ -198,12 +198,6 @@ class SQLiteReadModels(SQLiteTrackingRecorder):
             self.lock(c)
             self.write_in(c, batch, position)
 
-    def write_rows(self, batch: Batch) -> None:
-        """Audit, capture and state-file rows without moving the position (a
-        rebuild's pages; the VM rows and the position come with the last write)."""
-        with self.datastore.transaction(commit=True) as c:
-            self._write_rows(c, batch)
-
     def _write_rows(self, c: SQLiteCursor, batch: Batch) -> None:
         audit, captures = batch.audit, batch.captures
         if self.keyring is not None:
@@ -226,12 +220,6 @@ class SQLiteReadModels(SQLiteTrackingRecorder):
                     "INSERT INTO ckpt_state_files VALUES (?, ?, ?)",
                     [(vm_id, checkpoint, self._seal(doc)) for vm_id, checkpoint, doc in ops],
                 )
-
-    def drop(self) -> None:
-        """Forget every read model and the position (``rebuild`` starts from zero)."""
-        with self.datastore.transaction(commit=True) as c:
-            self.lock(c)
-            self.drop_in(c)
 
     # ------------------------------------------------------------------- read
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
@@ -303,10 +291,6 @@ class SQLiteReadModels(SQLiteTrackingRecorder):
         """The last position whose event time is at or before ``time`` (0: none)."""
         rows = self._rows("SELECT MAX(position) FROM ckpt_audit WHERE time <= ?", (time,))
         return rows[0][0] or 0
-
-    def last_link(self) -> tuple[int, bytes] | None:
-        rows = self._rows("SELECT position, link FROM ckpt_links ORDER BY position DESC LIMIT 1")
-        return (rows[0][0], bytes(rows[0][1])) if rows else None
 
     def links(self, since: int = 0) -> dict[int, bytes]:
         rows = self._rows("SELECT position, link FROM ckpt_links WHERE position >= ?", (since,))
