@@ -27,8 +27,11 @@ lint: $(VENV)/.installed
 	# namespace (with ckpt.domain, ...), not to the bare ckpt/ folder.
 	cd $(VENV) && bin/mypy --config-file ../pyproject.toml -p ckpt
 
+# The backend suites need PostgreSQL and S3: tests/servers.py starts throwaway
+# ones on loopback (unless CKPT_TEST_POSTGRES_URL / CKPT_TEST_S3_URL name
+# running ones), and those suites skip, saying why, when a server cannot start.
 test: lint
-	$(BIN)/pytest
+	$(BIN)/python tests/servers.py run -- $(BIN)/pytest
 
 clean:
 	rm -rf $(VENV) build *.egg-info

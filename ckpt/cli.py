@@ -1,6 +1,7 @@
 """The ``ckpt`` command line.
 
-The store is ``--store DIR`` (before the subcommand), else ``CKPT_STORE``,
+The store is ``--store DIR`` (before the subcommand), else ``CKPT_STORE``, else
+the backends ``--events URL --chunks URL`` (``CKPT_EVENTS``, ``CKPT_CHUNKS``),
 else ``./ckpt-store``. Read commands take ``--json``. Errors print one line,
 ``ckpt: error: ...``, to stderr and exit with the code of their class
 (``ckpt.exit_codes``).
@@ -18,12 +19,14 @@ from typing import Any, TextIO
 from ckpt.domain import CheckpointType, CkptError, DiskFormat, InvalidValue
 from ckpt.projections import disk_chains, tree_entries
 from ckpt.projections import documents as docs
+from ckpt.storage.locations import environ_secrets, scrub
 
 from . import cli_content, render
 from .cli_content import content_args
 from .exit_codes import exit_code
 from .progress import progress_bars
 from .store import Store
+from .store_config import read_marker
 
 DEFAULT_STORE = "ckpt-store"
 AT_HELP = "as of a log position or an ISO 8601 time (default: now)"
@@ -274,6 +277,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--store", metavar="DIR", help="store directory (default: $CKPT_STORE or ./ckpt-store)"
     )
     p.add_argument(
+        "--events",
+        metavar="URL",
+        help="the event store of a store without a directory: postgresql://USER:PASS@HOST:PORT/DB"
+        "[?schema=S] or sqlite:///PATH (default: $CKPT_EVENTS)",
+    )
+    p.add_argument(
+        "--chunks",
+        metavar="URL",
+        help="the chunk storage of a store without a directory: s3://BUCKET/PREFIX?endpoint=URL"
+        "&region=R (credentials: the AWS environment variables) or file:///PATH "
+        "(default: $CKPT_CHUNKS)",
+    )
+    p.add_argument(
         "--actor", help="who is acting, for the audit log (default: $CKPT_ACTOR or the user name)"
     )
     p.add_argument(
@@ -293,8 +309,22 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--json", action="store_true", help="print JSON for scripts")
         return q
 
-    q = cmd(sub, "init", None, "create an empty store")
+    q = cmd(sub, "init", None, "create an empty store (or attach to one at --events/--chunks)")
     q.set_defaults(init=True)
+    q.add_argument(
+        "--events",
+        dest="init_events",
+        metavar="URL",
+        help="keep the events there (postgresql://... or sqlite:///PATH), not in DIR; "
+        "written into DIR's ckpt-store.json (mode 0600)",
+    )
+    q.add_argument(
+        "--chunks",
+        dest="init_chunks",
+        metavar="URL",
+        help="keep the chunks there (s3://BUCKET/PREFIX?endpoint=...&region=... or "
+        "file:///PATH), not in DIR",
+    )
     q.add_argument(
         "--encrypt",
         action="store_true",
@@ -466,25 +496,55 @@ def _key(args: argparse.Namespace, create: bool) -> bytes | None:
     return parse_key(text, "$CKPT_KEY") if text else None
 
 
+def _marker_urls(path: Path | None) -> list[str]:
+    """The backend URLs a store directory's marker names (their passwords are secrets)."""
+    try:
+        config = read_marker(path) if path is not None else None
+    except CkptError:
+        return []
+    return [u for u in (config.events, config.chunks) if u] if config else []
+
+
 def run(argv: Sequence[str], out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(list(argv))
     except SystemExit as e:
         return int(e.code or 0)
-    path = Path(args.store or os.environ.get("CKPT_STORE") or DEFAULT_STORE)
+    events = getattr(args, "init_events", None) or args.events or os.environ.get("CKPT_EVENTS")
+    chunks = getattr(args, "init_chunks", None) or args.chunks or os.environ.get("CKPT_CHUNKS")
+    directory = args.store or os.environ.get("CKPT_STORE")
+    if directory is None and not (events or chunks):
+        directory = DEFAULT_STORE
+    path = None if directory is None else Path(directory)
     try:
         if getattr(args, "init", False):
             key = _key(args, create=args.encrypt)
-            with Store.init(path, encrypt=args.encrypt, actor=args.actor, key=key):
-                what = "an encrypted" if args.encrypt else "an empty"
-                out.write(f"initialised {what} ckpt store at {path}\n")
+            with Store.init(
+                path, encrypt=args.encrypt, events=events, chunks=chunks,
+                actor=args.actor, key=key,
+            ) as store:  # fmt: skip
+                if store.attached:
+                    out.write(f"attached to the ckpt store at {store.where}\n")
+                else:
+                    what = "an encrypted" if args.encrypt else "an empty"
+                    out.write(f"initialised {what} ckpt store at {store.where}\n")
             return 0
-        with Store.open(path, actor=args.actor, key=_key(args, create=False)) as store:
+        if path is not None and (args.events or args.chunks):
+            raise InvalidValue(
+                "give --store DIR or --events/--chunks, not both "
+                "(a store directory names its own backends)"
+            )
+        with Store.open(
+            path, events=None if path else events, chunks=None if path else chunks,
+            actor=args.actor, key=_key(args, create=False),
+        ) as store:  # fmt: skip
             args.handler(store, args, out)
         return 0
     except CkptError as e:
-        err.write(f"ckpt: error: {e}\n")
+        # A server's error text may quote what it was given: never a password or key.
+        message = scrub(str(e), environ_secrets([events, chunks, *_marker_urls(path)]))
+        err.write(f"ckpt: error: {message}\n")
         return exit_code(e)
     except BrokenPipeError:
         return 0

@@ -376,13 +376,17 @@ def repair(store: Store) -> dict[str, Any]:
 
 
 def database_problems(store: Store) -> list[str]:
-    """SQLite's own check of the database file (pages, b-trees, indexes)."""
+    """SQLite's own check of the database file (pages, b-trees, indexes).
+    PostgreSQL checks its own pages (checksums, amcheck): that is the DBA's."""
     import sqlite3
 
     from ckpt.storage.event_store import EVENTS_FILE
 
+    path = store.config.sqlite_file()
+    if path is None:
+        return []
     try:
-        with sqlite3.connect(store.path / EVENTS_FILE) as db:
+        with sqlite3.connect(path) as db:
             rows = db.execute("PRAGMA quick_check").fetchall()
     except sqlite3.DatabaseError as e:
         return [f"{EVENTS_FILE}: {e}"]

@@ -27,6 +27,7 @@ TABLE: tuple[tuple[type[e.CkptError], int], ...] = (
     (e.StoreConflict, 22),
     (e.StoreCorrupt, 23),
     (e.WrongKey, 28),
+    (e.StoreUnavailable, 34),
     (e.ChunkMissing, 24),
     (e.ChunkCorrupt, 25),
     (e.PackCorrupt, 26),

@@ -23,7 +23,7 @@ from eventsourcing.persistence import Notification
 from ckpt.domain import VirtualMachine
 from ckpt.projections.fold import Folder, add_documents
 from ckpt.storage.log_chain import GENESIS, link
-from ckpt.storage.read_models import Batch, SQLiteReadModels
+from ckpt.storage.read_models import Batch, ReadModelsSQL, SQLiteReadModels
 
 from .app import CheckpointApplication
 
@@ -48,9 +48,16 @@ def _without_cycle_collector() -> Iterator[None]:
 class ReadModels:
     def __init__(self, app: CheckpointApplication) -> None:
         self.app = app
-        recorder = app.factory.tracking_recorder(SQLiteReadModels)
-        assert isinstance(recorder, SQLiteReadModels)
-        self.recorder = recorder
+        made: object
+        if app.factory.__class__.__module__ == "eventsourcing.postgres":
+            # Imported only here: psycopg is needed only by PostgreSQL stores.
+            from ckpt.storage.read_models_pg import PostgresReadModels
+
+            made = app.factory.tracking_recorder(PostgresReadModels)
+        else:
+            made = app.factory.tracking_recorder(SQLiteReadModels)
+        assert isinstance(made, ReadModelsSQL)
+        self.recorder = made
         self.folder = Folder()
 
     def _get_vm(self, vm_id: UUID, version: int) -> VirtualMachine:
@@ -66,7 +73,7 @@ class ReadModels:
         nothing_new = known is None and self.app.last_position() <= self.recorder.position()
         if nothing_new and self.recorder.consistent():
             return 0  # the common read: nothing new, no write lock taken
-        with self.recorder.datastore.transaction(commit=True) as c:
+        with self.recorder.transaction(commit=True) as c:
             self.recorder.lock(c)
             if not self.recorder.consistent_in(c):
                 return self._rebuild_in(c)[0]
@@ -99,7 +106,7 @@ class ReadModels:
         One write transaction: other writers wait for it (their events are saved
         once it commits), and no catch-up can write into half-rebuilt tables.
         """
-        with self.recorder.datastore.transaction(commit=True) as c:
+        with self.recorder.transaction(commit=True) as c:
             self.recorder.lock(c)
             return self._rebuild_in(c)
 

@@ -16,8 +16,10 @@ import contextlib
 import getpass
 import json
 import os
+import random
 import socket
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -27,7 +29,10 @@ from uuid import UUID, uuid4
 
 from eventsourcing.persistence import (
     IntegrityError,
+    InterfaceError,
+    InternalError,
     MapperDeserialisationError,
+    OperationalError,
     PersistenceError,
 )
 
@@ -48,6 +53,7 @@ from ckpt.domain import (
     StoreCorrupt,
     StoreExists,
     StoreNotFound,
+    StoreUnavailable,
     UnknownVM,
     VirtualMachine,
     WrongKey,
@@ -61,7 +67,6 @@ from ckpt.projections import (
     disk_chains,
     tree_entries,
 )
-from ckpt.storage import sqlite_environment
 from ckpt.storage.keyring import Keyring
 from ckpt.storage.log_chain import ChainReport, parse_anchor, walk
 
@@ -69,10 +74,15 @@ from . import content_ops
 from .app import CheckpointApplication
 from .content_ops import ProgressFactory
 from .read_models import ReadModels
+from .store_config import (
+    MARKER,
+    StoreConfig,
+    read_marker,
+    read_remote_meta,
+    write_remote_meta,
+)
 
-MARKER = "ckpt-store.json"
-CHUNKS_DIR = "chunks"
-FORMAT = 1
+DDL_RETRIES = 5
 RETRIES = 3  # a conflicting writer is rare; three fresh tries settle it or report it
 
 T = TypeVar("T")
@@ -89,6 +99,15 @@ def _parse_time(text: str, option: str) -> datetime:
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
+def _check_key(encryption: dict[str, Any] | None, key: bytes | None, where: str) -> None:
+    if encryption is None:
+        return
+    if key is None:
+        raise WrongKey(f"the store at {where} is encrypted: give its key (--key-file or CKPT_KEY)")
+    if Keyring(key).key_check != encryption.get("key_check"):
+        raise WrongKey(f"that is not the key of the encrypted store at {where}")
+
+
 def default_actor() -> str:
     return os.environ.get("CKPT_ACTOR") or getpass.getuser()
 
@@ -96,83 +115,138 @@ def default_actor() -> str:
 class Store:
     def __init__(
         self,
-        path: Path,
+        path: Path | None,
         actor: str | None = None,
         host: str | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         key: bytes | None = None,
+        events: str | None = None,
+        chunks: str | None = None,
+        config: StoreConfig | None = None,
     ) -> None:
-        """Use ``init`` or ``open``. ``key``: the store key of an encrypted store."""
+        """Use ``init`` or ``open``. ``key``: the store key of an encrypted store;
+        ``events``/``chunks``: backend URLs (storage/locations.py), else ``path``'s."""
+        self.config = config or StoreConfig(path, events, chunks)
         self.path = path
+        self.where = self.config.describe()
+        self.attached = False  # init found the store already there (a second host)
         self.actor = actor or default_actor()
         self.host = host or socket.gethostname()
         self._clock = clock
         self._chunks: Any = None
         self.keyring = None if key is None else Keyring(key)
-        env = sqlite_environment(path)
+        env = self.config.events_environment()
         if self.keyring is not None:
             env |= {
                 "CIPHER_TOPIC": "eventsourcing.cryptography:AESCipher",
                 "CIPHER_KEY": self.keyring.events_key,
             }
         try:
-            self.app = CheckpointApplication(env=env)
-            self.read_models = ReadModels(self.app)
+            self.app, self.read_models = self._connect(env)
             self.read_models.recorder.keyring = self.keyring
+        except (OperationalError, InterfaceError) as e:
+            raise StoreUnavailable(f"cannot reach the event store of {self.where}: {e}") from e
         except (PersistenceError, sqlite3.Error) as e:
-            raise StoreCorrupt(f"cannot open the event log in {path}: {e}") from e
+            raise StoreCorrupt(f"cannot open the event log of {self.where}: {e}") from e
+
+    @staticmethod
+    def _connect(env: dict[str, str]) -> tuple[CheckpointApplication, ReadModels]:
+        """The application and its read models. PostgreSQL: tables missing (a
+        first open) are created, and two processes creating them at once can
+        fail with "tuple concurrently updated"; the loser tries again."""
+        for attempt in range(DDL_RETRIES):
+            try:
+                app = CheckpointApplication(env=env)
+                return app, ReadModels(app)
+            except InternalError as e:
+                if "concurrently" not in str(e) or attempt == DDL_RETRIES - 1:
+                    raise
+                time.sleep(random.uniform(0.05, 0.3))
+        raise AssertionError("unreachable")
 
     # ------------------------------------------------------------- lifecycle
     @classmethod
-    def init(cls, path: str | Path, encrypt: bool = False, **kwargs: Any) -> Store:
-        """Create a store; with ``encrypt`` (and ``key=``), everything in it is encrypted."""
-        path = Path(path)
+    def init(
+        cls,
+        path: str | Path | None,
+        encrypt: bool = False,
+        events: str | None = None,
+        chunks: str | None = None,
+        **kwargs: Any,
+    ) -> Store:
+        """Create a store; with ``encrypt`` (and ``key=``), everything in it is encrypted.
+
+        With ``events``/``chunks`` URLs that already hold a ckpt store, attach to
+        it instead (``store.attached`` is then true): how a second host joins.
+        """
+        directory = None if path is None else Path(path)
         if encrypt and kwargs.get("key") is None:
             raise InvalidValue("an encrypted store needs a key (--key-file FILE or CKPT_KEY)")
         if not encrypt and kwargs.get("key") is not None:
             raise InvalidValue("a key was given for a store created without --encrypt")
-        marker = path / MARKER
-        if marker.exists():
-            raise StoreExists(f"a ckpt store already exists at {path}")
-        if path.exists() and not path.is_dir():
-            raise StoreExists(f"{path} exists and is not a directory")
-        path.mkdir(parents=True, exist_ok=True)
-        store = cls(path, **kwargs)
-        meta: dict[str, Any] = {"format": FORMAT, "events": "sqlite"}
+        if directory is not None:
+            if (directory / MARKER).exists():
+                raise StoreExists(f"a ckpt store already exists at {directory}")
+            if directory.exists() and not directory.is_dir():
+                raise StoreExists(f"{directory} exists and is not a directory")
+        config = StoreConfig(directory, events, chunks)
+        backend = config.chunk_backend() if config.remote else None
+        existing = None if backend is None else read_remote_meta(backend, config.describe())
+        if existing is not None:
+            _check_key(existing.get("encryption"), kwargs.get("key"), config.describe())
+            if kwargs.get("key") is not None and not encrypt:
+                raise InvalidValue("a key was given for a store created without --encrypt")
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+        store = cls(directory, config=config, **kwargs)
         if store.keyring is not None:
-            meta["encryption"] = {"cipher": "AES-256-GCM", "key_check": store.keyring.key_check}
-        marker.write_text(json.dumps(meta) + "\n")
+            config.encryption = {"cipher": "AES-256-GCM", "key_check": store.keyring.key_check}
+        store.attached = existing is not None
+        if backend is not None and existing is None:
+            if store.app.last_position():
+                store.close()
+                raise StoreExists(
+                    f"the event store of {config.describe()} already holds events but its "
+                    "chunk storage has no ckpt store marker: not a store this ckpt can attach to"
+                )
+            write_remote_meta(backend, config)  # durable before the marker names it
+        if directory is not None:
+            config.write_marker()
         return store
 
     @classmethod
-    def open(cls, path: str | Path, **kwargs: Any) -> Store:
-        path = Path(path)
-        marker = path / MARKER
-        if not marker.is_file():
-            raise StoreNotFound(
-                f"no ckpt store at {path} (create one with: ckpt --store {path} init)"
-            )
-        try:
-            meta = json.loads(marker.read_text())
-            fmt = meta.get("format")
-        except (OSError, ValueError, AttributeError) as e:
-            raise StoreCorrupt(f"{marker} is not a ckpt store marker: {e}") from e
-        if fmt != FORMAT:
-            raise StoreCorrupt(
-                f"{marker} has store format {fmt!r}; this ckpt reads format {FORMAT}"
-            )
-        encryption = meta.get("encryption")
+    def open(
+        cls,
+        path: str | Path | None,
+        events: str | None = None,
+        chunks: str | None = None,
+        **kwargs: Any,
+    ) -> Store:
+        """Open the store in directory ``path``, or the one at the ``events`` and
+        ``chunks`` URLs (then ``path`` is None)."""
+        if path is not None:
+            if events or chunks:
+                raise InvalidValue(
+                    "give --store DIR or --events/--chunks, not both "
+                    "(a store directory names its own backends)"
+                )
+            config = read_marker(Path(path))
+            encryption = config.encryption
+        else:
+            config = StoreConfig(None, events, chunks)
+            meta = read_remote_meta(config.chunk_backend(), config.describe())
+            if meta is None:
+                raise StoreNotFound(
+                    f"no ckpt store at {config.describe()} (create one with: "
+                    "ckpt --events URL --chunks URL init)"
+                )
+            encryption = config.encryption = meta.get("encryption")
         key = kwargs.get("key")
         if encryption is None and key is not None:
             kwargs["key"] = None  # a plain store: a key in the environment is not for it
         if encryption is not None:
-            if key is None:
-                raise WrongKey(
-                    f"the store at {path} is encrypted: give its key (--key-file or CKPT_KEY)"
-                )
-            if Keyring(key).key_check != encryption.get("key_check"):
-                raise WrongKey(f"that is not the key of the encrypted store at {path}")
-        return cls(path, **kwargs)
+            _check_key(encryption, key, config.describe())
+        return cls(config.directory, config=config, **kwargs)
 
     def close(self) -> None:
         self.app.close()
@@ -194,9 +268,13 @@ class Store:
         except IntegrityError as e:
             raise StoreConflict(f"another writer changed the store first: {e}") from e
         except sqlite3.OperationalError as e:
-            raise StoreConflict(f"the event log in {self.path} is busy: {e}") from e
+            raise StoreConflict(f"the event log of {self.where} is busy: {e}") from e
+        except (OperationalError, InterfaceError) as e:
+            if "lock timeout" in str(e) or "lock_timeout" in str(e):
+                raise StoreConflict(f"the event log of {self.where} is busy: {e}") from e
+            raise StoreUnavailable(f"the event store of {self.where} failed: {e}") from e
         except (PersistenceError, MapperDeserialisationError) as e:
-            raise StoreCorrupt(f"the event log in {self.path} failed: {e}") from e
+            raise StoreCorrupt(f"the event log of {self.where} failed: {e}") from e
 
     def _command(self, name: str, act: Callable[[VirtualMachine, Origin], T]) -> T:
         """Run ``act`` on a fresh copy of the VM and save; retry on a write conflict."""
@@ -375,13 +453,11 @@ class Store:
 
     @property
     def chunks(self) -> Any:
-        """The chunk store (``<store>/chunks``), opened on first use."""
+        """The chunk store (``<store>/chunks`` or the chunks URL), opened on first use."""
         if self._chunks is None:
-            from ckpt.storage.chunks import ChunkStore, LocalChunkBackend
+            from ckpt.storage.chunks import ChunkStore
 
-            self._chunks = ChunkStore(
-                LocalChunkBackend(self.path / CHUNKS_DIR), keyring=self.keyring
-            )
+            self._chunks = ChunkStore(self.config.chunk_backend(), keyring=self.keyring)
         return self._chunks
 
     def apply_checkpoint(self, vm: str, checkpoint: str) -> Checkpoint:
@@ -495,7 +571,7 @@ class Store:
                 except UnknownVM:
                     continue
         when = "" if position is None else f" at position {position}"
-        raise UnknownVM(f"no VM named {name!r}{when} in the store at {self.path}")
+        raise UnknownVM(f"no VM named {name!r}{when} in the store at {self.where}")
 
     def vms(self) -> list[VirtualMachine]:
         self.catch_up()

@@ -94,6 +94,10 @@ class StoreCorrupt(StorageError):
     """Stored bytes (an event, a record) could not be decoded."""
 
 
+class StoreUnavailable(StorageError):
+    """A server of the store (PostgreSQL, S3) cannot be reached or refused us."""
+
+
 class WrongKey(StorageError):
     """An encrypted store was opened without a key, or with another store's key."""
 

@@ -24,12 +24,13 @@ Deleting these tables loses nothing: ``rebuild`` folds the log again.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import groupby
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from eventsourcing.sqlite import SQLiteCursor, SQLiteTrackingRecorder
+from eventsourcing.sqlite import SQLiteTrackingRecorder
 
 from ckpt.storage.keyring import Keyring
 
@@ -65,12 +66,71 @@ class Batch:
     links: list[tuple[int, bytes]] = field(default_factory=list)
 
 
-class SQLiteReadModels(SQLiteTrackingRecorder):
-    """With a ``keyring`` (an encrypted store) every name, document and detail is
-    sealed before it is written; positions, times, VM ids and versions stay plain
-    (``--at`` needs them; a VM id is a hash of the name, not the name)."""
+class Cursor(Protocol):
+    """What the verbs below use of a DB-API cursor (``?`` placeholders)."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ...) -> Any: ...
+    def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> Any: ...
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+
+
+def create_statements(types: dict[str, str]) -> list[str]:
+    """The tables, in the dialect's column ``types`` (real, blob, bigint)."""
+    return [
+        "CREATE TABLE IF NOT EXISTS ckpt_audit (position {bigint} PRIMARY KEY, "
+        "time {real} NOT NULL, vm_id TEXT NOT NULL, version {bigint} NOT NULL, "
+        "vm TEXT NOT NULL, actor TEXT NOT NULL, host TEXT NOT NULL, "
+        "operation TEXT NOT NULL, checkpoint TEXT, details TEXT NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS ckpt_audit_time ON ckpt_audit (time)",
+        "CREATE INDEX IF NOT EXISTS ckpt_audit_vm ON ckpt_audit (vm_id, position)",
+        "CREATE TABLE IF NOT EXISTS ckpt_captures (position {bigint} NOT NULL, "
+        "seq {bigint} NOT NULL, vm_id TEXT NOT NULL, vm TEXT NOT NULL, kind TEXT NOT NULL, "
+        "subject TEXT NOT NULL, label TEXT NOT NULL, manifest {blob} NOT NULL, "
+        "size {bigint} NOT NULL, new_bytes {bigint} NOT NULL, PRIMARY KEY (position, seq))",
+        "CREATE TABLE IF NOT EXISTS ckpt_vms (vm_id TEXT PRIMARY KEY, name TEXT NOT NULL, "
+        "doc TEXT NOT NULL, tree TEXT NOT NULL, chain TEXT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS ckpt_state_files (vm_id TEXT NOT NULL, "
+        "checkpoint TEXT NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (vm_id, checkpoint))",
+        # One row that every read-model writer writes (or locks) first: it takes the
+        # write lock at the start of the transaction, so two catch-ups (or a catch-up
+        # and a rebuild) never interleave their reads of the position and their writes.
+        "CREATE TABLE IF NOT EXISTS ckpt_lock (id INTEGER PRIMARY KEY)",
+        # Not a read model: the hash chain (storage/log_chain.py). Never dropped by a
+        # rebuild, and a rebuild never overwrites a recorded link (ON CONFLICT DO
+        # NOTHING), so a rewritten event cannot launder its own link.
+        "CREATE TABLE IF NOT EXISTS ckpt_links (position {bigint} PRIMARY KEY, "
+        "link {blob} NOT NULL)",
+    ]
+
+
+class ReadModelsSQL:
+    """The read models over any SQL database the event store uses: every verb is
+    written once, in SQL both SQLite (3.24+) and PostgreSQL accept; an adapter
+    supplies ``transaction``, ``lock``, ``columns`` and where the events and the
+    tracking record are. With a ``keyring`` (an encrypted store) every name,
+    document and detail is sealed before it is written; positions, times, VM ids
+    and versions stay plain (``--at`` needs them; a VM id is a hash of the name,
+    not the name)."""
 
     keyring: Keyring | None = None
+    # Set by the adapter: the events table, its position column, the tracking table.
+    events_table = "stored_events"
+    position_column = "rowid"
+    originator_text = "originator_id"
+    tracking_table = "tracking"
+
+    if TYPE_CHECKING:  # supplied by the eventsourcing tracking recorder
+
+        def max_tracking_id(self, application_name: str) -> int | None: ...
+
+    @contextmanager
+    def transaction(self, commit: bool) -> Iterator[Cursor]:
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+    def lock(self, c: Cursor) -> None:
+        raise NotImplementedError
 
     def _seal(self, text: str | None) -> Any:
         return text if self.keyring is None else self.keyring.seal_text(text)
@@ -80,53 +140,16 @@ class SQLiteReadModels(SQLiteTrackingRecorder):
             return value
         return self.keyring.open_text(bytes(value))
 
-    def construct_create_table_statements(self) -> list[str]:
-        return [
-            *super().construct_create_table_statements(),
-            "CREATE TABLE IF NOT EXISTS ckpt_audit (position INTEGER PRIMARY KEY, "
-            "time REAL NOT NULL, vm_id TEXT NOT NULL, version INTEGER NOT NULL, "
-            "vm TEXT NOT NULL, actor TEXT NOT NULL, host TEXT NOT NULL, "
-            "operation TEXT NOT NULL, checkpoint TEXT, details TEXT NOT NULL)",
-            "CREATE INDEX IF NOT EXISTS ckpt_audit_time ON ckpt_audit (time)",
-            "CREATE INDEX IF NOT EXISTS ckpt_audit_vm ON ckpt_audit (vm_id, position)",
-            "CREATE TABLE IF NOT EXISTS ckpt_captures (position INTEGER NOT NULL, "
-            "seq INTEGER NOT NULL, vm_id TEXT NOT NULL, vm TEXT NOT NULL, kind TEXT NOT NULL, "
-            "subject TEXT NOT NULL, label TEXT NOT NULL, manifest BLOB NOT NULL, "
-            "size INTEGER NOT NULL, new_bytes INTEGER NOT NULL, PRIMARY KEY (position, seq))",
-            "CREATE TABLE IF NOT EXISTS ckpt_vms (vm_id TEXT PRIMARY KEY, name TEXT NOT NULL, "
-            "doc TEXT NOT NULL, tree TEXT NOT NULL, chain TEXT NOT NULL)",
-            "CREATE TABLE IF NOT EXISTS ckpt_state_files (vm_id TEXT NOT NULL, "
-            "checkpoint TEXT NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (vm_id, checkpoint))",
-            # Not a read model: the hash chain (storage/log_chain.py). Never dropped by a
-            # rebuild, and a rebuild never overwrites a recorded link (INSERT OR IGNORE),
-            # so a rewritten event cannot launder its own link.
-            # One row that every read-model writer writes first: it takes SQLite's write
-            # lock at the start of the transaction, so two catch-ups (or a catch-up and
-            # a rebuild) never interleave their reads of the position and their writes.
-            "CREATE TABLE IF NOT EXISTS ckpt_lock (id INTEGER PRIMARY KEY)",
-            "CREATE TABLE IF NOT EXISTS ckpt_links (position INTEGER PRIMARY KEY, "
-            "link BLOB NOT NULL)",
-        ]
+    @staticmethod
+    def stale_layout(found: dict[str, list[str]]) -> bool:
+        """Whether tables of another layout exist (then they are all dropped:
+        they are only a cache of the log, the next catch-up rebuilds them)."""
+        return any(cols and cols != COLUMNS[table] for table, cols in found.items())
 
-    def create_table(self) -> None:
-        """Create the tables; drop read models of another layout first (they are
-        only a cache of the log: the next catch-up rebuilds them)."""
-        with self.datastore.transaction(commit=True) as c:
-            for table, columns in COLUMNS.items():
-                c.execute(f"PRAGMA table_info(ckpt_{table})")
-                found = [row[1] for row in c.fetchall()]
-                if found and found != columns:
-                    for other in (
-                        "audit",
-                        "captures",
-                        "vms",
-                        "state_files",
-                        "checkpoints",
-                        "chain",
-                    ):
-                        c.execute(f"DROP TABLE IF EXISTS ckpt_{other}")
-                    break
-        super().create_table()
+    @staticmethod
+    def drop_stale(c: Cursor) -> None:
+        for other in ("audit", "captures", "vms", "state_files", "checkpoints", "chain"):
+            c.execute(f"DROP TABLE IF EXISTS ckpt_{other}")
 
     # ------------------------------------------------------------------ write
     def position(self) -> int:
@@ -135,50 +158,50 @@ class SQLiteReadModels(SQLiteTrackingRecorder):
     def consistent(self) -> bool:
         """The audit table ends where the tracking record says (false after the
         tables were dropped or emptied behind our back: then rebuild)."""
-        with self.datastore.transaction(commit=False) as c:
+        with self.transaction(commit=False) as c:
             return self.consistent_in(c)
 
     # Cursor-level verbs: the read-model runner does a whole catch-up or rebuild in
     # one transaction, after ``lock``.
-    @staticmethod
-    def lock(c: SQLiteCursor) -> None:
-        c.execute("INSERT OR REPLACE INTO ckpt_lock VALUES (1)")
-
-    @staticmethod
-    def position_in(c: SQLiteCursor) -> int:
-        c.execute("SELECT notification_id FROM tracking WHERE application_name = ?", (READ_MODELS,))
+    def position_in(self, c: Cursor) -> int:
+        c.execute(
+            f"SELECT notification_id FROM {self.tracking_table} WHERE application_name = ?",
+            (READ_MODELS,),
+        )
         row = c.fetchone()
         return int(row[0]) if row and row[0] is not None else 0
 
-    def consistent_in(self, c: SQLiteCursor) -> bool:
+    def consistent_in(self, c: Cursor) -> bool:
         c.execute("SELECT MAX(position) FROM ckpt_audit")
         return (c.fetchone()[0] or 0) == self.position_in(c)
 
     @staticmethod
-    def last_link_in(c: SQLiteCursor, position: int) -> bytes | None:
+    def last_link_in(c: Cursor, position: int) -> bytes | None:
         c.execute("SELECT link FROM ckpt_links WHERE position = ?", (position,))
         row = c.fetchone()
         return bytes(row[0]) if row else None
 
-    @staticmethod
-    def rows_in(c: SQLiteCursor, after: int, limit: int) -> list[tuple[int, str, int, str, bytes]]:
+    def rows_in(self, c: Cursor, after: int, limit: int) -> list[tuple[int, str, int, str, bytes]]:
+        pos = self.position_column
         c.execute(
-            "SELECT rowid, originator_id, originator_version, topic, state FROM stored_events "
-            "WHERE rowid > ? ORDER BY rowid LIMIT ?",
+            f"SELECT {pos}, {self.originator_text}, originator_version, topic, state "
+            f"FROM {self.events_table} WHERE {pos} > ? ORDER BY {pos} LIMIT ?",
             (after, limit),
         )
         return [(r[0], r[1], r[2], r[3], bytes(r[4])) for r in c.fetchall()]
 
-    def drop_in(self, c: SQLiteCursor) -> None:
+    def drop_in(self, c: Cursor) -> None:
         for table in TABLES:
             c.execute(f"DELETE FROM ckpt_{table}")
-        c.execute("DELETE FROM tracking WHERE application_name = ?", (READ_MODELS,))
+        c.execute(f"DELETE FROM {self.tracking_table} WHERE application_name = ?", (READ_MODELS,))
 
-    def write_in(self, c: SQLiteCursor, batch: Batch, position: int | None) -> None:
+    def write_in(self, c: Cursor, batch: Batch, position: int | None) -> None:
         """A batch's rows, its VM documents and (unless None) the position reached."""
         self._write_rows(c, batch)
         c.executemany(
-            "INSERT OR REPLACE INTO ckpt_vms VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO ckpt_vms VALUES (?, ?, ?, ?, ?) ON CONFLICT (vm_id) DO UPDATE SET "
+            "name = excluded.name, doc = excluded.doc, tree = excluded.tree, "
+            "chain = excluded.chain",
             [
                 (vm_id, self._seal(d.vm["name"]), self._seal(json.dumps(d.vm)),
                  self._seal(json.dumps(d.checkpoints)), self._seal(json.dumps(d.chain)))
@@ -187,18 +210,18 @@ class SQLiteReadModels(SQLiteTrackingRecorder):
         )  # fmt: skip
         if position is not None:
             c.execute(
-                "INSERT INTO tracking VALUES (?, ?) ON CONFLICT (application_name) "
+                f"INSERT INTO {self.tracking_table} VALUES (?, ?) ON CONFLICT (application_name) "
                 "DO UPDATE SET notification_id = excluded.notification_id",
                 (READ_MODELS, position),
             )
 
     def write(self, batch: Batch, position: int) -> None:
         """Everything a batch derived, and the position it reached, atomically."""
-        with self.datastore.transaction(commit=True) as c:
+        with self.transaction(commit=True) as c:
             self.lock(c)
             self.write_in(c, batch, position)
 
-    def _write_rows(self, c: SQLiteCursor, batch: Batch) -> None:
+    def _write_rows(self, c: Cursor, batch: Batch) -> None:
         audit, captures = batch.audit, batch.captures
         if self.keyring is not None:
             seal = self._seal
@@ -206,7 +229,7 @@ class SQLiteReadModels(SQLiteTrackingRecorder):
             captures = [(*r[:3], seal(r[3]), r[4], r[5], seal(r[6]), *r[7:]) for r in captures]
         c.executemany("INSERT INTO ckpt_audit VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", audit)
         c.executemany("INSERT INTO ckpt_captures VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", captures)
-        c.executemany("INSERT OR IGNORE INTO ckpt_links VALUES (?, ?)", batch.links)
+        c.executemany("INSERT INTO ckpt_links VALUES (?, ?) ON CONFLICT DO NOTHING", batch.links)
         # In event order, consecutive additions (or removals) in one statement each.
         for removal, group in groupby(batch.state_files, key=lambda op: op[2] is None):
             ops = list(group)
@@ -223,7 +246,7 @@ class SQLiteReadModels(SQLiteTrackingRecorder):
 
     # ------------------------------------------------------------------- read
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        with self.datastore.transaction(commit=False) as c:
+        with self.transaction(commit=False) as c:
             c.execute(sql, params)
             return list(c.fetchall())
 
@@ -256,7 +279,7 @@ class SQLiteReadModels(SQLiteTrackingRecorder):
     ) -> list[tuple[Any, ...]]:
         """Audit rows in position order; positions ``since`` and ``until`` are inclusive."""
         sealed = self.keyring is not None  # sealed columns are filtered after opening
-        where, params = ["1"], []
+        where, params = ["TRUE"], []
         for clause, value in (
             ("vm_id = ?", vm_id),
             ("operation = ?", None if sealed else operation),
@@ -318,3 +341,30 @@ class SQLiteReadModels(SQLiteTrackingRecorder):
             table: [tuple(r) for r in self._rows(f"SELECT * FROM ckpt_{table} ORDER BY 1, 2")]
             for table in TABLES
         }
+
+
+class SQLiteReadModels(ReadModelsSQL, SQLiteTrackingRecorder):
+    """The read models in the store's SQLite file (the embedded default)."""
+
+    def construct_create_table_statements(self) -> list[str]:
+        types = {"real": "REAL", "blob": "BLOB", "bigint": "INTEGER"}
+        statements = [s.format(**types) for s in create_statements(types)]
+        return [*super().construct_create_table_statements(), *statements]
+
+    def create_table(self) -> None:
+        with self.datastore.transaction(commit=True) as c:
+            found = {}
+            for table in COLUMNS:
+                c.execute(f"PRAGMA table_info(ckpt_{table})")
+                found[table] = [row[1] for row in c.fetchall()]
+            if self.stale_layout(found):
+                self.drop_stale(c)
+        super().create_table()
+
+    @contextmanager
+    def transaction(self, commit: bool) -> Iterator[Cursor]:
+        with self.datastore.transaction(commit=commit) as c:
+            yield c
+
+    def lock(self, c: Cursor) -> None:
+        c.execute("INSERT OR REPLACE INTO ckpt_lock VALUES (1)")

@@ -9,3 +9,32 @@ settings.register_profile(
     "ci", deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+# ---------------------------------------------------------------- backends
+# The backend suites take the ``backends`` fixture: one run per combination of
+# event store and chunk storage (tests/backends.py). Calling it gives the
+# ``events=``/``chunks=`` arguments of ``Store.init`` for a fresh, private store.
+
+from collections.abc import Callable  # noqa: E402
+
+import pytest  # noqa: E402
+from backends import COMBINATION_IDS, COMBINATIONS, postgres_url, s3_url  # noqa: E402
+
+Backends = Callable[[], dict[str, str]]
+
+
+@pytest.fixture(params=COMBINATIONS, ids=COMBINATION_IDS)
+def backends(request: pytest.FixtureRequest) -> Backends:
+    events, chunks = request.param
+
+    def fresh() -> dict[str, str]:
+        kwargs = {}
+        if events == "postgres":
+            kwargs["events"] = postgres_url()
+        if chunks == "s3":
+            kwargs["chunks"] = s3_url()
+        return kwargs
+
+    fresh()  # skips now, with the reason, when a server is missing
+    return fresh

@@ -8,6 +8,7 @@ index file per pack. docs/chunk-format.md specifies the formats byte by byte.
 Modules, from the bottom up:
     ids         ChunkId, hashing, the all-zero convention
     backend     the ChunkBackend port; memory and local-directory adapters
+    s3          the S3 adapter of the port; parsing s3:// URLs
     pack        the pack format (bytes only)
     index_file  the index file format (bytes only)
     layout      object names in the backend; reading a pack's own table
@@ -28,6 +29,7 @@ from .ids import ChunkId, chunk_id, from_hex, is_zero, to_hex
 from .index import ChunkStats
 from .pack import DEFAULT_PACK_SIZE, PackEntry, PackWriter, read_pack_index
 from .repair import RebuildReport
+from .s3 import S3ChunkBackend, S3Location, parse_s3_url
 from .store import ChunkStore
 from .verify import VerifyReport
 from .writer import ChunkWriter
@@ -46,10 +48,13 @@ __all__ = [
     "PackEntry",
     "PackWriter",
     "RebuildReport",
+    "S3ChunkBackend",
+    "S3Location",
     "VerifyReport",
     "chunk_id",
     "from_hex",
     "is_zero",
+    "parse_s3_url",
     "read_pack_index",
     "to_hex",
 ]

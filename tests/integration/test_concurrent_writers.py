@@ -1,9 +1,12 @@
-"""Four writer processes and a gc loop on one store at once.
+"""Many writer processes and a gc loop on one store at once.
 
-Two writers share a VM (create checkpoints with disk captures, apply, rename,
-delete, sync), two have a VM each, and a fifth process runs ``gc --grace 3600``
-in a loop. Each process records every command it ran: success, or the error
-class and the exit code ``ckpt`` would give. Only clear conflicts
+On the embedded store (SQLite + local): four writers; two share a VM (create
+checkpoints with disk captures, apply, rename, delete, sync), two have a VM
+each. On PostgreSQL + S3: eight writers, two on each of four VMs, each attached
+to the store from its own directory (``init --events --chunks``, as a second
+host would). Another process runs ``gc --grace 3600`` in a loop. Each process
+records every command it ran: success, or the error class and the exit code
+``ckpt`` would give. Only clear conflicts
 (StoreConflict 22, CaptureOutdated 17) and domain refusals (UnknownCheckpoint 11
 after another writer deleted the checkpoint, NotAllowed 15) may fail.
 
@@ -20,7 +23,6 @@ import contextlib
 import hashlib
 import json
 import random
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from backends import postgres_url, s3_url
 
 import ckpt
 
@@ -48,7 +51,6 @@ ALLOWED = {
 }
 CONFLICTS = {"StoreConflict", "CaptureOutdated"}
 CKPT = Path(sys.executable).with_name("ckpt")
-READ_MODEL_TABLES = ("ckpt_audit", "ckpt_captures", "ckpt_vms", "ckpt_state_files")
 # operation -> the log operation its success records (once per command)
 LOGGED = {
     "create": "checkpoint-created",
@@ -205,19 +207,18 @@ def _ckpt(store: Path, cwd: Path, *args: str) -> str:
     return done.stdout
 
 
-def _read_model_tables(db: Path) -> dict[str, list[tuple[Any, ...]]]:
-    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as c:
-        return {
-            t: sorted((tuple(r) for r in c.execute(f"SELECT * FROM {t}")), key=repr)
-            for t in READ_MODEL_TABLES
-        }
+def _read_model_tables(store: Path) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every read-model table, as stored (any event store)."""
+    with ckpt.Store.open(store) as s:
+        tables = s.read_models.recorder.dump()
+    return {f"ckpt_{t}": sorted(rows, key=repr) for t, rows in tables.items()}
 
 
-def _read_models(store: Path, cwd: Path) -> dict[str, Any]:
+def _read_models(store: Path, cwd: Path, vms: list[str] | None = None) -> dict[str, Any]:
     seen: dict[str, Any] = {"log": json.loads(_ckpt(store, cwd, "log", "--json"))}
-    for vm in sorted(set(WRITERS.values())):
+    for vm in vms or sorted(set(WRITERS.values())):
         seen[f"tree {vm}"] = json.loads(_ckpt(store, cwd, "tree", vm, "--json"))
-    seen["tables"] = _read_model_tables(store / "events.sqlite")
+    seen["tables"] = _read_model_tables(store)
     return seen
 
 
@@ -230,13 +231,33 @@ def _sha_of_restore(store: ckpt.Store, vm: str, point: str, target: Path) -> str
 def test_four_writers_and_a_gc_loop_on_one_store(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    _many_writers(tmp_path, capsys, WRITERS, {}, SECONDS, START_DELAY)
+
+
+def test_eight_writers_on_four_vms_on_postgresql_and_s3(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    backends = {"events": postgres_url(), "chunks": s3_url()}
+    writers = {f"w{i + 1}": f"vm{i // 2 + 1}" for i in range(8)}
+    # Nine interpreters importing ckpt, boto3 and psycopg on two cores: ~4 s.
+    _many_writers(tmp_path, capsys, writers, backends, 8.0, 5.0)
+
+
+def _many_writers(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    writers: dict[str, str],
+    backends: dict[str, str],
+    seconds: float,
+    start_delay: float,
+) -> None:
     store = tmp_path / "store"
-    with ckpt.Store.init(store, actor="setup") as s:
-        for vm in sorted(set(WRITERS.values())):
+    vms = sorted(set(writers.values()))
+    with ckpt.Store.init(store, actor="setup", **backends) as s:
+        for vm in vms:
             s.register_vm(vm, [("D", ckpt.DiskFormat.VHDX)])
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    start = time.time() + START_DELAY
     configs: dict[str, dict[str, Any]] = {
         name: {
             "role": "writer",
@@ -245,16 +266,23 @@ def test_four_writers_and_a_gc_loop_on_one_store(
             "seed": f"{SEED}/{name}",
             "size": IMAGE_SIZE,
             "image": str(tmp_path / f"{name}.raw"),
+            "store": str(store),
         }
-        for name, vm in WRITERS.items()
+        for name, vm in writers.items()
     }
-    configs["gc"] = {"role": "gc"}
+    configs["gc"] = {"role": "gc", "store": str(store)}
+    if backends:  # each writer is another host: its own directory, attached by init
+        for name, cfg in configs.items():
+            own = tmp_path / f"host-{name}"
+            with ckpt.Store.init(own, actor=name, **backends) as attached:
+                assert attached.attached
+            cfg["store"] = str(own)
+    start = time.time() + start_delay
     procs = {}
     for name, cfg in configs.items():
         cfg |= {
-            "store": str(store),
             "start": start,
-            "stop": start + SECONDS,
+            "stop": start + seconds,
             "out": str(tmp_path / f"{name}.json"),
         }
         procs[name] = subprocess.Popen(
@@ -265,7 +293,7 @@ def test_four_writers_and_a_gc_loop_on_one_store(
             text=True,
         )
     for name, proc in procs.items():
-        _, err = proc.communicate(timeout=START_DELAY + SECONDS + 120)
+        _, err = proc.communicate(timeout=start_delay + seconds + 120)
         assert proc.returncode == 0, f"process {name} exited {proc.returncode}: {err}"
     ops = {name: json.loads((tmp_path / f"{name}.json").read_text()) for name in procs}
 
@@ -286,7 +314,7 @@ def test_four_writers_and_a_gc_loop_on_one_store(
     created: dict[str, dict[str, Any]] = {}  # id -> the create record, name updated by renames
     deleted: set[str] = set()
     points: list[dict[str, Any]] = []  # backup points
-    for name in WRITERS:
+    for name in writers:
         for rec in ops[name]:
             if not rec["ok"]:
                 continue
@@ -303,7 +331,7 @@ def test_four_writers_and_a_gc_loop_on_one_store(
     expected = {cid: rec for cid, rec in created.items() if cid not in deleted}
 
     # 3. The trees hold exactly those checkpoints, under their last names.
-    for vm in sorted(set(WRITERS.values())):
+    for vm in vms:
         tree = json.loads(_ckpt(store, tmp_path, "tree", vm, "--json"))
         found = {e["id"]: e["name"] for e in tree}
         want = {cid: rec["name"] for cid, rec in expected.items() if rec["vm"] == vm}
@@ -325,11 +353,11 @@ def test_four_writers_and_a_gc_loop_on_one_store(
 
     # 6. One event per successful command, none for a failed one (in the log as
     # a rebuild folds it from the event store).
-    before = _read_models(store, tmp_path)
+    before = _read_models(store, tmp_path, vms)
     rebuilt = json.loads(_ckpt(store, tmp_path, "projections", "rebuild", "--json"))
-    after = _read_models(store, tmp_path)
+    after = _read_models(store, tmp_path, vms)
     logged = Counter((e["actor"], e["operation"]) for e in after["log"])
-    for name in WRITERS:
+    for name in writers:
         done = Counter(LOGGED[rec["op"]] for rec in ops[name] if rec["ok"])
         for operation in LOGGED.values():
             assert logged[name, operation] == done[operation], (
@@ -346,11 +374,12 @@ def test_four_writers_and_a_gc_loop_on_one_store(
     )
     with capsys.disabled():  # shown in CI output, -s or not
         print(
-            f"\nconcurrent writers: {total} commands in {SECONDS:.0f} s ({per_writer}); "
+            f"\nconcurrent writers on {'PostgreSQL + S3' if backends else 'SQLite + local'}: "
+            f"{total} commands in {seconds:.0f} s ({per_writer}); "
             f"{conflicts} conflicts ({dict(errors)}); {len(expected)} checkpoints and "
             f"{len(points)} backup points restored; log of {rebuilt['events']} events"
         )
-    assert all(len(ops[name]) >= 5 for name in WRITERS), "a writer hardly ran"
+    assert all(len(ops[name]) >= 5 for name in writers), "a writer hardly ran"
 
     # 8. The read models the writers left equal a rebuild of the log.
     for key in before:

@@ -1,4 +1,8 @@
-"""Content end to end on a real store: capture, checkpoint operations, restore, verify, gc."""
+"""Content end to end on a real store: capture, checkpoint operations, restore, verify, gc.
+
+The chunk-store contract at the store level: runs on every combination of
+event store and chunk storage (``backends``).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import Backends
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -51,12 +56,12 @@ ops = st.lists(
 )
 @given(ops=ops)
 def test_any_sequence_restores_every_live_checkpoint_exactly(
-    tmp_path: Path, ops: list[tuple]
+    tmp_path: Path, backends: Backends, ops: list[tuple]
 ) -> None:  # type: ignore[type-arg]
     root = Path(tempfile.mkdtemp(dir=tmp_path))
     image = bytearray(SIZE)
     expected: dict[str, bytes] = {}
-    with Store.init(root / "s") as store:
+    with Store.init(root / "s", **backends()) as store:
         store.register_vm("VM", [("D", DiskFormat.VHDX)], checkpoint_type=CheckpointType.STANDARD)
         src = root / "d.img"
         for n, op in enumerate(ops):
@@ -80,8 +85,8 @@ def test_any_sequence_restores_every_live_checkpoint_exactly(
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    s = Store.init(tmp_path / "s", actor="t")
+def store(tmp_path: Path, backends: Backends) -> Store:
+    s = Store.init(tmp_path / "s", actor="t", **backends())
     s.register_vm("VM", [("D", DiskFormat.VHDX)], "9.0", CheckpointType.STANDARD)
     return s
 
@@ -154,18 +159,19 @@ def test_dedup_zero_blocks_and_stats(store: Store, tmp_path: Path) -> None:
     assert store.stats()["total"]["chunks"] == 2  # same content, same manifest: nothing new
 
 
-def _packs(root: Path) -> list[Path]:
-    return sorted(p for p in (root / "chunks").rglob("*.pack"))
+def _packs(store: Store) -> set[str]:
+    return set(store.chunks.backend.list("packs/"))
 
 
 def test_flipped_byte_is_found_and_restore_refuses(store: Store, tmp_path: Path) -> None:
     rng = random.Random(4)
     store.create_checkpoint("VM", "good", disks={"D": _write(tmp_path / "d", rng.randbytes(8192))})
+    before = _packs(store)
     store.create_checkpoint("VM", "bad", disks={"D": _write(tmp_path / "d", rng.randbytes(8192))})
-    newest = max(_packs(store.path), key=lambda p: p.stat().st_mtime_ns)
-    data = bytearray(newest.read_bytes())
+    (newest,) = _packs(store) - before
+    data = bytearray(store.chunks.backend.get(newest))
     data[40] ^= 0xFF  # inside the first chunk's frame
-    newest.write_bytes(bytes(data))
+    store.chunks.backend.put(newest, bytes(data))
     reopened = Store.open(store.path)
     report = reopened.verify()
     assert not report.ok

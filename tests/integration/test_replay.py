@@ -1,22 +1,25 @@
-"""Read models and replay to any point: rebuild equals incremental, --at on reads and restore."""
+"""Read models and replay to any point: rebuild equals incremental, --at on reads and restore.
+
+The read-model contract: runs on every combination of event store and chunk
+storage (``backends``).
+"""
 
 from __future__ import annotations
 
 import io
 import random
-import sqlite3
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import Backends
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ckpt import CheckpointType, DiskFormat, InvalidValue, Store, UnknownCheckpoint, UnknownVM
 from ckpt.cli import run
 from ckpt.projections.fold import documents
-from ckpt.storage.event_store import EVENTS_FILE
 from ckpt.storage.read_models import TABLES
 
 steps = st.lists(
@@ -59,8 +62,11 @@ def _play(store: Store, ops: list[tuple[str, int]]) -> None:
     max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(ops=steps)
-def test_rebuild_equals_incremental(tmp_path: Path, ops: list[tuple[str, int]]) -> None:
-    with Store.init(Path(tempfile.mkdtemp(dir=tmp_path)) / "s", actor="p", host="h") as store:
+def test_rebuild_equals_incremental(
+    tmp_path: Path, backends: Backends, ops: list[tuple[str, int]]
+) -> None:
+    path = Path(tempfile.mkdtemp(dir=tmp_path)) / "s"
+    with Store.init(path, actor="p", host="h", **backends()) as store:
         _play(store, ops)
         recorder = store.read_models.recorder
         incremental = recorder.dump()
@@ -87,29 +93,31 @@ def _cli(store: Path, *args: str) -> tuple[int, str]:
     return code, out.getvalue() + err.getvalue()
 
 
-def test_dropped_tables_are_rebuilt_with_the_same_answers(tmp_path: Path) -> None:
+def test_dropped_tables_are_rebuilt_with_the_same_answers(
+    tmp_path: Path, backends: Backends
+) -> None:
     path = tmp_path / "s"
-    with Store.init(path) as store:
+    with Store.init(path, **backends()) as store:
         _play(store, [("create", 0), ("start", 0), ("create", 0), ("apply", 0), ("create", 0),
                       ("delete", 1), ("rename", 0), ("add", 0), ("create", 1)])  # fmt: skip
     reads = [("log", "--json"), ("tree", "A", "--json"), ("vm", "list", "--json"),
              ("chain", "A", "--json"), ("stats", "--json"), ("tree", "A", "--at", "4")]  # fmt: skip
     before = [_cli(path, *r) for r in reads]
-    db = sqlite3.connect(path / EVENTS_FILE)
-    for table in TABLES:
-        db.execute(f"DROP TABLE ckpt_{table}")
-    db.commit()
-    db.close()
+    with Store.open(path) as store, store.read_models.recorder.transaction(commit=True) as c:
+        for table in TABLES:
+            c.execute(f"DROP TABLE ckpt_{table}")
     assert [_cli(path, *r) for r in reads] == before  # reopened: tables empty, noticed, rebuilt
     code, text = _cli(path, "projections", "rebuild")
     assert code == 0 and "rebuilt the read models from" in text
     assert [_cli(path, *r) for r in reads] == before
 
 
-def test_deleted_checkpoint_restores_byte_identical_at_an_earlier_position(tmp_path: Path) -> None:
+def test_deleted_checkpoint_restores_byte_identical_at_an_earlier_position(
+    tmp_path: Path, backends: Backends
+) -> None:
     rng = random.Random(9)
     image = tmp_path / "d.img"
-    with Store.init(tmp_path / "s") as store:
+    with Store.init(tmp_path / "s", **backends()) as store:
         store.register_vm("VM", [("D", DiskFormat.VHDX)], checkpoint_type=CheckpointType.STANDARD)
         first = rng.randbytes(64 * 1024)
         image.write_bytes(first)
@@ -128,11 +136,12 @@ def test_deleted_checkpoint_restores_byte_identical_at_an_earlier_position(tmp_p
         assert code == 0 and (tmp_path / "r.img").read_bytes() == first
 
 
-def test_at_resolves_positions_and_times(tmp_path: Path) -> None:
+def test_at_resolves_positions_and_times(tmp_path: Path, backends: Backends) -> None:
     times = iter(f"2026-11-26T14:{m:02d}:00+00:00" for m in range(60))
     from datetime import datetime
 
-    with Store.init(tmp_path / "s", clock=lambda: datetime.fromisoformat(next(times))) as store:
+    clock = lambda: datetime.fromisoformat(next(times))  # noqa: E731
+    with Store.init(tmp_path / "s", clock=clock, **backends()) as store:
         store.register_vm("VM", checkpoint_type=CheckpointType.STANDARD)
         store.create_checkpoint("VM", "one")
         store.create_checkpoint("VM", "two")
@@ -156,9 +165,9 @@ def test_at_resolves_positions_and_times(tmp_path: Path) -> None:
         assert store.log(actor="nobody") == []
 
 
-def test_stats_at_a_position(tmp_path: Path) -> None:
+def test_stats_at_a_position(tmp_path: Path, backends: Backends) -> None:
     image = tmp_path / "d.img"
-    with Store.init(tmp_path / "s") as store:
+    with Store.init(tmp_path / "s", **backends()) as store:
         store.register_vm("VM", [("D", DiskFormat.VHDX)], checkpoint_type=CheckpointType.STANDARD)
         image.write_bytes(random.Random(1).randbytes(8192))
         store.create_checkpoint("VM", "a", disks={"D": image})

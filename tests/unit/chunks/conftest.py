@@ -6,8 +6,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from backends import s3_url
 
-from ckpt.storage.chunks import ChunkBackend, ChunkStore, LocalChunkBackend, MemoryChunkBackend
+from ckpt.storage.chunks import (
+    ChunkBackend,
+    ChunkStore,
+    LocalChunkBackend,
+    MemoryChunkBackend,
+    S3ChunkBackend,
+)
 
 
 class FakeClock:
@@ -20,14 +27,21 @@ class FakeClock:
         return self.now
 
 
-@pytest.fixture(params=["memory", "local"])
+@pytest.fixture(params=["memory", "local", "s3"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ChunkBackend]:
     """The backend port's contract holds for every adapter: each test that uses
-    this fixture runs once per adapter."""
+    this fixture runs once per adapter. "s3" runs on the test S3 server under
+    a fresh key prefix (skipped without a server, see tests/backends.py)."""
     if request.param == "memory":
         yield MemoryChunkBackend()
-    else:
+    elif request.param == "local":
         yield LocalChunkBackend(tmp_path / "chunks")
+    else:
+        s3 = S3ChunkBackend(s3_url())
+        yield s3
+        # The server outlives the test: leave its bucket as we found it.
+        for name in s3.list(""):
+            s3.delete(name)
 
 
 @pytest.fixture

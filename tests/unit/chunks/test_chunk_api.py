@@ -20,10 +20,13 @@ def test_all_is_exactly_the_public_api() -> None:
         "PackEntry",
         "PackWriter",
         "RebuildReport",
+        "S3ChunkBackend",
+        "S3Location",
         "VerifyReport",
         "chunk_id",
         "from_hex",
         "is_zero",
+        "parse_s3_url",
         "read_pack_index",
         "to_hex",
     ]

@@ -7,11 +7,17 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from backends import S3_VAR, s3_url
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ckpt.domain.errors import ChunkMissing
-from ckpt.storage.chunks import ChunkBackend, LocalChunkBackend, MemoryChunkBackend
+from ckpt.storage.chunks import (
+    ChunkBackend,
+    LocalChunkBackend,
+    MemoryChunkBackend,
+    S3ChunkBackend,
+)
 
 
 def test_put_then_get_returns_the_bytes(backend: ChunkBackend) -> None:
@@ -113,6 +119,12 @@ def test_local_backend_treats_a_directory_as_missing(tmp_path: Path) -> None:
     assert not backend.exists("packs")
 
 
+def _s3_configured() -> bool:
+    # Not s3_url() alone: it skips the whole test, memory and local included.
+    value = os.environ.get(S3_VAR, "")
+    return bool(value) and not value.startswith("unavailable:")
+
+
 _names = st.sampled_from(["a", "b/c", "b/d", "index/e.idx", "packs/00/f.pack"])
 _ops = st.lists(st.tuples(st.booleans(), _names, st.binary(max_size=64)), max_size=20)
 
@@ -123,7 +135,10 @@ def test_any_sequence_of_puts_and_deletes_matches_a_dict(
     ops: list[tuple[bool, str, bytes]],
 ) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        for backend in (MemoryChunkBackend(), LocalChunkBackend(Path(tmp))):
+        backends: list[ChunkBackend] = [MemoryChunkBackend(), LocalChunkBackend(Path(tmp))]
+        if _s3_configured():
+            backends.append(S3ChunkBackend(s3_url()))  # a fresh prefix per example
+        for backend in backends:
             model: dict[str, bytes] = {}
             for is_put, name, data in ops:
                 if is_put:
@@ -134,6 +149,8 @@ def test_any_sequence_of_puts_and_deletes_matches_a_dict(
                     del model[name]
             assert list(backend.list("")) == sorted(model)
             assert {n: backend.get(n) for n in model} == model
+            for name in model:  # the S3 server outlives the test
+                backend.delete(name)
 
 
 def test_local_put_and_delete_fsync_the_file_and_its_directory(

@@ -1,11 +1,17 @@
-"""The embedded store: SQLite event log, reopen, history by version, snapshots, conflicts."""
+"""The event store contract: reopen, history by version, snapshots, conflicts, audit.
+
+Runs on every combination of event store and chunk storage (``backends``:
+SQLite + local, PostgreSQL + local, SQLite + S3, PostgreSQL + S3).
+"""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
+import msgpack
 import pytest
+import zstandard
+from conftest import Backends
 from eventsourcing.persistence import IntegrityError
 
 from ckpt import (
@@ -19,11 +25,10 @@ from ckpt import (
     UnknownVM,
     VMState,
 )
-from ckpt.storage.event_store import EVENTS_FILE
 
 
-def _fill(path: Path) -> Store:
-    store = Store.init(path, actor="alice", host="hv1")
+def _fill(path: Path, backends: Backends) -> Store:
+    store = Store.init(path, actor="alice", host="hv1", **backends())
     store.register_vm("VM1", [("Disk0", DiskFormat.VHDX)], "9.0", CheckpointType.STANDARD)
     store.create_checkpoint("VM1", "one")
     store.start_vm("VM1")
@@ -34,8 +39,8 @@ def _fill(path: Path) -> Store:
     return store
 
 
-def test_reopened_store_rebuilds_the_same_vm(tmp_path: Path) -> None:
-    with _fill(tmp_path / "s") as store:
+def test_reopened_store_rebuilds_the_same_vm(tmp_path: Path, backends: Backends) -> None:
+    with _fill(tmp_path / "s", backends) as store:
         before = store.vm("VM1")
     with Store.open(tmp_path / "s") as store:
         after = store.vm("VM1")
@@ -46,8 +51,8 @@ def test_reopened_store_rebuilds_the_same_vm(tmp_path: Path) -> None:
     assert after.version == before.version == 7
 
 
-def test_version_gives_the_past(tmp_path: Path) -> None:
-    with _fill(tmp_path / "s") as store:
+def test_version_gives_the_past(tmp_path: Path, backends: Backends) -> None:
+    with _fill(tmp_path / "s", backends) as store:
         at2 = store.vm("VM1", version=2)
         assert [cp.name for cp in at2.checkpoints.values()] == ["one"]
         assert at2.state is VMState.OFF
@@ -61,8 +66,8 @@ def test_version_gives_the_past(tmp_path: Path) -> None:
         assert sorted(cp.name for cp in now.checkpoints.values()) == ["three", "two"]
 
 
-def test_snapshots_are_taken_and_used(tmp_path: Path) -> None:
-    with Store.init(tmp_path / "s", actor="a", host="h") as store:
+def test_snapshots_are_taken_and_used(tmp_path: Path, backends: Backends) -> None:
+    with Store.init(tmp_path / "s", actor="a", host="h", **backends()) as store:
         store.register_vm("Big", checkpoint_type=CheckpointType.STANDARD)
         for i in range(130):
             store.create_checkpoint("Big", f"c{i}")
@@ -73,22 +78,25 @@ def test_snapshots_are_taken_and_used(tmp_path: Path) -> None:
         assert len(store.vm("Big", version=101).checkpoints) == 100
 
 
-def test_events_are_msgpack_and_zstd_in_sqlite(tmp_path: Path) -> None:
-    _fill(tmp_path / "s").close()
-    db = sqlite3.connect(tmp_path / "s" / EVENTS_FILE)
-    rows = db.execute("SELECT topic, state FROM stored_events ORDER BY rowid").fetchall()
+def test_events_are_stored_as_msgpack_in_zstd(tmp_path: Path, backends: Backends) -> None:
+    with _fill(tmp_path / "s", backends) as store:
+        stored = store.app.recorder.select_notifications(1, 100)
+    rows = [(n.topic, n.state) for n in stored]
+    assert [n.id for n in stored] == list(range(1, 8))
     assert rows[0][0] == "ckpt.domain:VirtualMachine.Registered"
     assert all(state[:4] == b"\x28\xb5\x2f\xfd" for _, state in rows)  # zstd frame magic
+    first = msgpack.unpackb(zstandard.ZstdDecompressor().decompress(rows[0][1]), raw=False)
+    assert "VM1" in str(first)
     assert {topic for topic, _ in rows} >= {
         "ckpt.domain:VirtualMachine.CheckpointCreated",
         "ckpt.domain:VirtualMachine.CheckpointDeleted",
     }
 
 
-def test_store_lifecycle_errors(tmp_path: Path) -> None:
+def test_store_lifecycle_errors(tmp_path: Path, backends: Backends) -> None:
     with pytest.raises(StoreNotFound, match="ckpt --store"):
         Store.open(tmp_path / "nothing")
-    Store.init(tmp_path / "s").close()
+    Store.init(tmp_path / "s", **backends()).close()
     with pytest.raises(StoreExists):
         Store.init(tmp_path / "s")
     (tmp_path / "s" / "ckpt-store.json").write_text('{"format": 99}')
@@ -96,8 +104,8 @@ def test_store_lifecycle_errors(tmp_path: Path) -> None:
         Store.open(tmp_path / "s")
 
 
-def test_duplicate_vm_and_unknown_vm(tmp_path: Path) -> None:
-    with Store.init(tmp_path / "s") as store:
+def test_duplicate_vm_and_unknown_vm(tmp_path: Path, backends: Backends) -> None:
+    with Store.init(tmp_path / "s", **backends()) as store:
         store.register_vm("Web")
         with pytest.raises(AlreadyExists, match="Web"):
             store.register_vm("WEB")
@@ -106,9 +114,11 @@ def test_duplicate_vm_and_unknown_vm(tmp_path: Path) -> None:
         assert store.vm(str(store.vm("web").id)).name == "Web"
 
 
-def test_two_stores_on_one_directory_conflict_then_retry(tmp_path: Path) -> None:
+def test_two_stores_on_one_directory_conflict_then_retry(
+    tmp_path: Path, backends: Backends
+) -> None:
     """A writer whose copy is stale is retried on fresh state, so both commands land."""
-    with Store.init(tmp_path / "s") as a, Store.open(tmp_path / "s") as b:
+    with Store.init(tmp_path / "s", **backends()) as a, Store.open(tmp_path / "s") as b:
         a.register_vm("VM1", checkpoint_type=CheckpointType.STANDARD)
         stale = b.vm("VM1")
         a.create_checkpoint("VM1", "from a")
@@ -119,8 +129,8 @@ def test_two_stores_on_one_directory_conflict_then_retry(tmp_path: Path) -> None
         assert sorted(cp.name for cp in a.vm("VM1").checkpoints.values()) == ["from a", "from b"]
 
 
-def test_audit_log_records_actor_host_and_operations(tmp_path: Path) -> None:
-    with _fill(tmp_path / "s") as store:
+def test_audit_log_records_actor_host_and_operations(tmp_path: Path, backends: Backends) -> None:
+    with _fill(tmp_path / "s", backends) as store:
         log = store.log("VM1")
     assert [e.position for e in log] == list(range(1, 8))
     assert {(e.actor, e.host, e.vm) for e in log} == {("alice", "hv1", "VM1")}

@@ -1,0 +1,188 @@
+"""Where a store lives: its directory, its events and chunks backends, its marker.
+
+Terms:
+    directory   ``--store DIR``: holds the marker ``ckpt-store.json``; unless the
+                marker names other backends, also the events (``events.sqlite``)
+                and the chunks (``chunks/``): the embedded default.
+    URLs        ``--events URL`` / ``--chunks URL`` (storage/locations.py): a
+                store's backends elsewhere. ``ckpt --store DIR init --events URL
+                --chunks URL`` writes them into DIR's marker (mode 0600: a
+                PostgreSQL URL may hold a password); a store given by URLs alone
+                has no directory.
+    meta        format and encryption check of a store. A store with a backend
+                named by URL keeps its meta also in the chunk backend, as object
+                ``ckpt-store.json``: a second host attaches to the store (``init``
+                with the same URLs) or opens it by URL, and finds its format and
+                key check there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ckpt.domain import InvalidValue, StoreCorrupt, StoreNotFound, StoreUnavailable
+from ckpt.storage.chunks import ChunkBackend, LocalChunkBackend
+from ckpt.storage.event_store import EVENTS_FILE, postgres_environment, sqlite_environment
+from ckpt.storage.locations import (
+    display,
+    file_path,
+    kind_of_chunks,
+    kind_of_events,
+    parse_postgres,
+    sqlite_path,
+)
+
+MARKER = "ckpt-store.json"
+META_OBJECT = "ckpt-store.json"  # the meta's copy in a chunk backend given by URL
+CHUNKS_DIR = "chunks"
+FORMAT = 1
+
+
+@dataclass
+class StoreConfig:
+    directory: Path | None
+    events: str | None = None  # None: directory/events.sqlite
+    chunks: str | None = None  # None: directory/chunks
+    encryption: dict[str, Any] | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        if self.directory is None and not (self.events and self.chunks):
+            raise InvalidValue(
+                "a store without a directory needs both --events URL and --chunks URL"
+            )
+        if self.events:
+            kind_of_events(self.events)
+        if self.chunks:
+            kind_of_chunks(self.chunks)
+
+    @property
+    def remote(self) -> bool:
+        """Whether a backend is named by URL (then the meta is kept in the chunks too)."""
+        return bool(self.events or self.chunks)
+
+    @property
+    def events_kind(self) -> str:
+        return kind_of_events(self.events) if self.events else "sqlite"
+
+    @property
+    def chunks_kind(self) -> str:
+        return kind_of_chunks(self.chunks) if self.chunks else "file"
+
+    def describe(self) -> str:
+        """Where the store is, safe to print (no password)."""
+        if not self.remote:
+            return str(self.directory)
+        parts = [f"events {display(self.events)}" if self.events else "",
+                 f"chunks {display(self.chunks)}" if self.chunks else ""]  # fmt: skip
+        where = ", ".join(p for p in parts if p)
+        return f"{self.directory} ({where})" if self.directory else where
+
+    def sqlite_file(self) -> Path | None:
+        if self.events is None:
+            assert self.directory is not None
+            return self.directory / EVENTS_FILE
+        return sqlite_path(self.events) if self.events_kind == "sqlite" else None
+
+    def events_environment(self) -> dict[str, str]:
+        sqlite = self.sqlite_file()
+        if sqlite is not None:
+            env = sqlite_environment(sqlite.parent)
+            env["SQLITE_DBNAME"] = str(sqlite)
+            return env
+        assert self.events is not None
+        loc = parse_postgres(self.events, os.environ)
+        try:
+            from ckpt.storage.event_store import ensure_schema
+
+            complete = ensure_schema(loc)
+        except Exception as e:  # psycopg.Error: connection refused, bad password, ...
+            raise StoreUnavailable(
+                f"cannot reach the event store {loc.display()}: {_first_line(e)}"
+            ) from e
+        return postgres_environment(loc, create_tables=not complete)
+
+    def chunk_backend(self) -> ChunkBackend:
+        if self.chunks is None:
+            assert self.directory is not None
+            return LocalChunkBackend(self.directory / CHUNKS_DIR)
+        if self.chunks_kind == "file":
+            return LocalChunkBackend(file_path(self.chunks))
+        from ckpt.storage.chunks.s3 import S3ChunkBackend
+
+        return S3ChunkBackend.from_url(self.chunks)
+
+    def meta(self) -> dict[str, Any]:
+        meta: dict[str, Any] = {"format": FORMAT, "events": self.events or "sqlite"}
+        if self.chunks:
+            meta["chunks"] = self.chunks
+        if self.encryption is not None:
+            meta["encryption"] = self.encryption
+        return meta
+
+    def write_marker(self) -> None:
+        assert self.directory is not None
+        marker = self.directory / MARKER
+        tmp = marker.with_name(f".{MARKER}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(self.meta()) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, marker)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
+
+
+def check_format(meta: dict[str, Any], where: str) -> None:
+    fmt = meta.get("format")
+    if fmt != FORMAT:
+        raise StoreCorrupt(f"{where} has store format {fmt!r}; this ckpt reads format {FORMAT}")
+
+
+def read_marker(directory: Path) -> StoreConfig:
+    marker = directory / MARKER
+    if not marker.is_file():
+        raise StoreNotFound(
+            f"no ckpt store at {directory} (create one with: ckpt --store {directory} init)"
+        )
+    try:
+        meta = json.loads(marker.read_text())
+        check_format(meta, str(marker))
+        events = meta.get("events", "sqlite")
+        return StoreConfig(
+            directory,
+            None if events == "sqlite" else events,
+            meta.get("chunks"),
+            meta.get("encryption"),
+        )
+    except (OSError, ValueError, AttributeError, TypeError) as e:
+        raise StoreCorrupt(f"{marker} is not a ckpt store marker: {e}") from e
+
+
+def read_remote_meta(backend: ChunkBackend, where: str) -> dict[str, Any] | None:
+    """The meta object in a chunk backend given by URL; None if there is none."""
+    if not backend.exists(META_OBJECT):
+        return None
+    try:
+        meta = json.loads(backend.get(META_OBJECT))
+    except ValueError as e:
+        raise StoreCorrupt(f"{META_OBJECT} in {where} is not a ckpt store marker: {e}") from e
+    if not isinstance(meta, dict):
+        raise StoreCorrupt(f"{META_OBJECT} in {where} is not a ckpt store marker")
+    check_format(meta, f"{META_OBJECT} in {where}")
+    return meta
+
+
+def write_remote_meta(backend: ChunkBackend, config: StoreConfig) -> None:
+    """Format and key check only: the URLs (and their passwords) stay on the host."""
+    meta: dict[str, Any] = {"format": FORMAT}
+    if config.encryption is not None:
+        meta["encryption"] = config.encryption
+    backend.put(META_OBJECT, (json.dumps(meta) + "\n").encode())

@@ -1,0 +1,141 @@
+"""Where a store keeps its events and its chunks, as URLs; and keeping secrets out of text.
+
+Terms:
+    events URL  ``postgresql://USER[:PASSWORD]@HOST[:PORT]/DB[?schema=NAME]``
+                (PostgreSQL, through eventsourcing's own persistence; a missing
+                password is taken from ``$PGPASSWORD``), or ``sqlite:///PATH`` (an
+                SQLite file: the embedded default keeps ``DIR/events.sqlite``).
+    chunks URL  ``s3://BUCKET[/PREFIX][?endpoint=URL&region=NAME]`` (credentials
+                from the usual AWS environment variables), or ``file:///PATH``
+                (a local directory: the default is ``DIR/chunks``).
+    display     a URL as it may be printed: the password replaced by ``***``.
+    secret      any text that must never be printed: passwords of events URLs,
+                ``$PGPASSWORD``, ``$AWS_SECRET_ACCESS_KEY``, ``$AWS_SESSION_TOKEN``.
+                ``scrub`` replaces each in a message; the CLI runs every error
+                and every output line through it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
+
+from ckpt.domain.errors import InvalidValue
+
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")  # PostgreSQL: 63 bytes at most
+SECRET_ENV = ("PGPASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+@dataclass(frozen=True)
+class PostgresLocation:
+    user: str
+    password: str
+    host: str
+    port: int
+    dbname: str
+    schema: str
+
+    def display(self) -> str:
+        where = f"postgresql://{self.user}:***@{self.host}:{self.port}/{self.dbname}"
+        return where if self.schema == "public" else f"{where}?schema={self.schema}"
+
+
+def kind_of_events(url: str) -> str:
+    scheme = urlsplit(url).scheme
+    if scheme in POSTGRES_SCHEMES:
+        return "postgresql"
+    if scheme == "sqlite":
+        return "sqlite"
+    raise InvalidValue(f"events URL {display(url)!r}: expected postgresql://... or sqlite:///PATH")
+
+
+def kind_of_chunks(url: str) -> str:
+    scheme = urlsplit(url).scheme
+    if scheme in ("s3", "file"):
+        return scheme
+    raise InvalidValue(f"chunks URL {display(url)!r}: expected s3://BUCKET/PREFIX or file:///PATH")
+
+
+def parse_postgres(url: str, environ: Mapping[str, str]) -> PostgresLocation:
+    """``environ`` supplies ``PGPASSWORD`` when the URL has no password."""
+    parts = urlsplit(url)
+    if parts.scheme not in POSTGRES_SCHEMES:
+        raise InvalidValue(f"{display(url)!r} is not a postgresql:// URL")
+    shown = display(url)
+    try:
+        port = parts.port or 5432
+    except ValueError:
+        raise InvalidValue(f"events URL {shown!r}: the port is not a number") from None
+    user = unquote(parts.username or "")
+    password = unquote(parts.password or "") or environ.get("PGPASSWORD", "")
+    dbname = unquote(parts.path.lstrip("/"))
+    if not (user and parts.hostname and dbname):
+        raise InvalidValue(f"events URL {shown!r}: give user, host and database")
+    if not password:
+        raise InvalidValue(
+            f"events URL {shown!r} has no password: put it in the URL or in $PGPASSWORD"
+        )
+    query = parse_qs(parts.query, keep_blank_values=True)
+    unknown = sorted(set(query) - {"schema"})
+    if unknown:
+        raise InvalidValue(f"events URL {shown!r}: unknown option {unknown[0]!r} (known: schema)")
+    schema = query.get("schema", ["public"])[-1]
+    if not _IDENTIFIER.fullmatch(schema):
+        raise InvalidValue(
+            f"events URL {shown!r}: schema {schema!r} is not a plain identifier "
+            "(letters, digits, _; at most 63)"
+        )
+    return PostgresLocation(user, password, parts.hostname or "", port, dbname, schema)
+
+
+def sqlite_path(url: str) -> Path:
+    parts = urlsplit(url)
+    if parts.scheme != "sqlite" or not parts.path:
+        raise InvalidValue(f"{url!r} is not a sqlite:///PATH URL")
+    return Path(unquote(parts.path))
+
+
+def file_path(url: str) -> Path:
+    parts = urlsplit(url)
+    if parts.scheme != "file" or not parts.path:
+        raise InvalidValue(f"{url!r} is not a file:///PATH URL")
+    return Path(unquote(parts.path))
+
+
+def display(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (safe to print)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = netloc[0].split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
+
+
+def secrets_in(urls: Iterable[str | None], environ: Mapping[str, str]) -> list[str]:
+    """Every secret that could end up in a message: URL passwords (raw and
+    percent-decoded) and the secret environment variables."""
+    found: list[str] = []
+    for url in urls:
+        if url:
+            password = urlsplit(url).password
+            if password:
+                found += [password, unquote(password)]
+    found += [environ[name] for name in SECRET_ENV if environ.get(name)]
+    # Longest first, so a secret containing another is replaced whole.
+    return sorted({s for s in found if len(s) >= 4}, key=len, reverse=True)
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+def environ_secrets(urls: Iterable[str | None]) -> list[str]:
+    return secrets_in(urls, os.environ)
