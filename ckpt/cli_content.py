@@ -330,3 +330,42 @@ def register(sub: Any, cmd: Callable[..., argparse.ArgumentParser]) -> None:
     q = cmd(sub, "stats", _stats, "logical and stored bytes, dedup and compression", json_out=True)
     q.add_argument("vm", nargs="?")
     q.add_argument("--at", metavar="POSITION|TIME", help="per-VM figures as of then")
+    q = cmd(
+        sub,
+        "copy",
+        _copy,
+        "copy the whole store (events in order, each chunk once) to other backends",
+        json_out=True,
+    )
+    q.add_argument(
+        "--to-events",
+        metavar="URL",
+        help="postgresql://USER:PASS@HOST:PORT/DB[?schema=S] or sqlite:///PATH "
+        "(default with --to-store: DIR/events.sqlite)",
+    )
+    q.add_argument(
+        "--to-chunks",
+        metavar="URL",
+        help="s3://BUCKET/PREFIX?endpoint=URL&region=R or file:///PATH "
+        "(default with --to-store: DIR/chunks)",
+    )
+    q.add_argument(
+        "--to-store",
+        metavar="DIR",
+        help="also write a store directory whose marker names the target backends",
+    )
+
+
+def _copy(s: Store, a: argparse.Namespace, out: TextIO) -> None:
+    if not (a.to_store or (a.to_events and a.to_chunks)):
+        raise InvalidValue("ckpt copy needs --to-events URL and --to-chunks URL, or --to-store DIR")
+    with progress_bars() as bars:
+        report = s.copy_to(a.to_events, a.to_chunks, a.to_store, bars)
+    render.emit(
+        out,
+        a,
+        report.as_dict(),
+        f"copied {report.events} events, {report.snapshots} snapshots and {report.packs} packs "
+        f"({report.bytes:,} bytes) to {report.target} in {report.seconds:.1f} s; "
+        f"hash chain ends in {report.link[:16]}... as in the source",
+    )

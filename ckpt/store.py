@@ -73,6 +73,7 @@ from ckpt.storage.log_chain import ChainReport, parse_anchor, walk
 from . import content_ops
 from .app import CheckpointApplication
 from .content_ops import ProgressFactory
+from .copy import CopyReport, copy_store
 from .read_models import ReadModels
 from .store_config import (
     MARKER,
@@ -135,6 +136,7 @@ class Store:
         self._clock = clock
         self._chunks: Any = None
         self.keyring = None if key is None else Keyring(key)
+        self._key = key  # for ``copy``: the target is sealed under the same key
         env = self.config.events_environment()
         if self.keyring is not None:
             env |= {
@@ -447,6 +449,18 @@ class Store:
         self, grace_seconds: float = 3600.0, progress: ProgressFactory | None = None
     ) -> content_ops.GcReport:
         return content_ops.gc(self, grace_seconds, progress)
+
+    def copy_to(
+        self,
+        events: str | None,
+        chunks: str | None,
+        directory: str | Path | None = None,
+        progress: ProgressFactory | None = None,
+    ) -> CopyReport:
+        """Copy the whole store to other backends (ckpt/copy.py)."""
+        return copy_store(
+            self, events, chunks, None if directory is None else Path(directory), progress
+        )
 
     def stats(self, vm: str | None = None, at: str | int | None = None) -> dict[str, Any]:
         return content_ops.stats(self, vm, at)

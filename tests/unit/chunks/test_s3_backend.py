@@ -282,6 +282,38 @@ def test_a_server_that_ignores_range_is_sliced_locally(
     assert backend.get("a", 7) == b"789"
 
 
+def _broken_body(length: int) -> StreamingBody:
+    """A body whose connection drops: it sends the headers, then half the bytes."""
+    return StreamingBody(BytesIO(b"x" * (length // 2)), length)
+
+
+def test_a_body_that_breaks_off_is_read_again(
+    stubbed: tuple[S3ChunkBackend, Stubber], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend, stubber = stubbed
+    monkeypatch.setattr(time, "sleep", lambda _: None)
+    ranged = {"Bucket": "bucket", "Key": "pre/a", "Range": "bytes=2-5"}
+    stubber.add_response("get_object", {"Body": _broken_body(4), "ContentRange": "x"}, ranged)
+    good = StreamingBody(BytesIO(b"2345"), 4)
+    stubber.add_response("get_object", {"Body": good, "ContentRange": "bytes 2-5/10"}, ranged)
+    assert backend.get("a", 2, 4) == b"2345"
+
+
+def test_a_body_that_keeps_breaking_off_is_store_unavailable_after_max_attempts(
+    fake_credentials: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(time, "sleep", lambda _: None)
+    backend = S3ChunkBackend("s3://bucket/pre?endpoint=http://127.0.0.1:9", max_attempts=3)
+    with Stubber(backend._client) as stubber:
+        for _ in range(3):
+            stubber.add_response(
+                "get_object", {"Body": _broken_body(10)}, {"Bucket": "bucket", "Key": "pre/a"}
+            )
+        with pytest.raises(StorageError, match=r"cannot read 'a' .*IncompleteReadError"):
+            backend.get("a")
+        stubber.assert_no_pending_responses()
+
+
 # --- on the test server ------------------------------------------------------
 
 

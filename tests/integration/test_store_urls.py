@@ -1,0 +1,116 @@
+"""Stores on URLs: init writes the backends into the directory's marker, later
+commands use them, a second directory attaches, and no secret is ever printed."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import stat
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from backends import postgres_url, s3_url
+
+from ckpt import Store, StoreNotFound, WrongKey
+from ckpt.cli import run
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = run(["--actor", "t", *args], out, err)
+    return code, out.getvalue() + err.getvalue()
+
+
+def _secrets(events: str) -> list[str]:
+    found = [urlsplit(events).password or "", os.environ.get("AWS_SECRET_ACCESS_KEY", "")]
+    assert all(len(s) >= 8 for s in found)  # real secrets, so the greps below can fail
+    return found
+
+
+def test_init_with_urls_writes_the_marker_and_every_command_uses_it(tmp_path: Path) -> None:
+    events, chunks = postgres_url(), s3_url()
+    store = str(tmp_path / "s")
+    code, text = _cli("--store", store, "init", "--events", events, "--chunks", chunks)
+    assert code == 0 and "initialised an empty ckpt store" in text
+    marker = tmp_path / "s" / "ckpt-store.json"
+    assert stat.S_IMODE(marker.stat().st_mode) == 0o600  # it holds the password
+    meta = json.loads(marker.read_text())
+    assert meta["events"] == events and meta["chunks"] == chunks
+    assert not (tmp_path / "s" / "events.sqlite").exists()
+
+    image = tmp_path / "d.img"
+    image.write_bytes(os.urandom(49_152) + bytes(49_152))
+    outputs = []
+    for args in (
+        ("vm", "add", "web", "--disk", "D", "--json"),
+        ("checkpoint", "create", "web", "one", "--disk", f"D={image}", "--json"),
+        ("checkpoint", "create", "web", "two"),
+        ("tree", "web", "--json"),
+        ("log", "--json"),
+        ("log",),
+        ("stats", "--json"),
+        ("verify", "--json"),
+        ("verify", "--log"),
+        ("gc", "--grace", "0", "--json"),
+        ("restore", "web", "one", "--disk", "D", "-o", str(tmp_path / "r.img")),
+        ("projections", "rebuild", "--json"),
+    ):
+        code, text = _cli("--store", store, *args)
+        assert code == 0, f"{args}: {text}"
+        outputs.append(text)
+    assert (tmp_path / "r.img").read_bytes() == image.read_bytes()
+    # The same store by URL alone, and from a second directory (another host).
+    code, text = _cli("--events", events, "--chunks", chunks, "tree", "web", "--json")
+    assert code == 0 and [e["name"] for e in json.loads(text)] == ["one", "two"]
+    code, text = _cli("--store", str(tmp_path / "h2"), "init", "--events", events,
+                      "--chunks", chunks)  # fmt: skip
+    assert code == 0 and "attached to the ckpt store" in text
+    code, text = _cli("--store", str(tmp_path / "h2"), "log", "--json")
+    assert code == 0 and len(json.loads(text)) == 4
+    outputs.append(text)
+    for secret in _secrets(events):
+        for text in outputs:
+            assert secret not in text
+
+
+def test_errors_name_the_backend_but_never_a_secret(tmp_path: Path) -> None:
+    events, chunks = postgres_url(), s3_url()
+    password = urlsplit(events).password or ""
+    with Store.init(tmp_path / "s", events=events, chunks=chunks):
+        pass
+    wrong = events.replace(f":{password}@", ":not-the-password-7f3a@")
+    code, text = _cli("--events", wrong, "--chunks", chunks, "log")
+    assert code == 34 and "password authentication failed" in text
+    assert "not-the-password-7f3a" not in text and "***" in text
+    refused = f"postgresql://ckpt:{password}@127.0.0.1:1/ckpt_test"  # nothing listens on 1
+    code, text = _cli("--events", refused, "--chunks", chunks, "log")
+    assert code == 34 and password not in text
+    code, text = _cli("--events", events, "--chunks", s3_url(), "log")  # no store there
+    assert code == 20 and "init" in text and password not in text
+    code, text = _cli("--events", events, "log")
+    assert code == 14 and "--chunks" in text
+    code, text = _cli("--store", str(tmp_path / "s"), "--events", events, "log")
+    assert code == 14 and "not both" in text and password not in text
+    code, text = _cli("--events", "mysql://u:p@h/db", "--chunks", chunks, "log")
+    assert code == 14 and "postgresql://" in text
+    code, text = _cli("--events", events, "--chunks", chunks + "&colour=blue", "log")
+    assert code == 14 and "colour" in text
+    for secret in _secrets(events):
+        assert secret not in text
+
+
+def test_an_encrypted_store_on_urls_checks_its_key_from_any_host(tmp_path: Path) -> None:
+    events, chunks = postgres_url(), s3_url()
+    key = bytes(range(32))
+    with Store.init(tmp_path / "a", encrypt=True, events=events, chunks=chunks, key=key) as s:
+        s.register_vm("secret-vm")
+    with Store.open(None, events=events, chunks=chunks, key=key) as s:
+        assert [vm.name for vm in s.vms()] == ["secret-vm"]
+    with pytest.raises(WrongKey):
+        Store.open(None, events=events, chunks=chunks, key=bytes(32))
+    with pytest.raises(WrongKey):
+        Store.init(tmp_path / "b", encrypt=True, events=events, chunks=chunks, key=bytes(32))
+    with pytest.raises(StoreNotFound):
+        Store.open(None, events=postgres_url(), chunks=s3_url())
