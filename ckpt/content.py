@@ -26,6 +26,7 @@ from ckpt.domain import DiskCapture, FileCapture, FileRole, InvalidValue, Virtua
 from ckpt.storage import manifest
 from ckpt.storage.capture import capture
 from ckpt.storage.manifest import KIND_DISK, KIND_FILE, ZERO_ID, BlockMap
+from ckpt.storage.chunks.backend import parallel_requests
 from ckpt.storage.restore import write_image
 
 DISK_BLOCK = 4096
@@ -237,7 +238,9 @@ def restore_maps(
     entries, block_size, size = manifest.overlay(maps)
     if not maps:
         return 0
-    write_image(entries, size, block_size, fetcher(chunks), out, progress)
+    backend = getattr(chunks, "backend", None)  # a ChunkStore has one; a test double may not
+    workers = 1 if backend is None else parallel_requests(backend)
+    write_image(entries, size, block_size, fetcher(chunks), out, progress, workers)
     return size
 
 

@@ -78,21 +78,29 @@ def _write_parallel(
     block_size: int,
     fetch: Fetch,
     progress: Progress | None,
+    workers: int = 1,
 ) -> int:
     """Fetch and check in this thread, ``pwrite`` in another.
 
     Measured on a 1 GiB restore: fetching 210,000 chunks took 1.8 s in one
     thread and 5.1 s split over two (the per-chunk Python work fights over the
     GIL), while the copy into the page cache, 0.4-2 s, holds no GIL at all:
-    so one fetching thread and one writing thread.
+    so one fetching thread and one writing thread. A latency-bound backend
+    (``workers`` > 1: S3) has fetches waiting on the network instead, GIL
+    released: there several run at once.
     """
     os.ftruncate(fd, 0)
     data_bytes = 0
+    ids = [cid for _, cid in blocks]
+    if workers > 1:  # latency-bound fetches (S3): several in flight, results in order
+        fetched: Iterator[list[bytes]] = _batches(fetch, ids, workers)
+    else:
+        fetched = (fetch(ids[start : start + BATCH]) for start in range(0, len(ids), BATCH))
     with ThreadPoolExecutor(max_workers=1) as writer:
         pending: list[Future[int]] = []
-        for start in range(0, len(blocks), BATCH):
+        for start, datas in zip(range(0, len(blocks), BATCH), fetched, strict=True):
             batch = blocks[start : start + BATCH]
-            for offset, run in _runs(batch, fetch([cid for _, cid in batch]), block_size, size):
+            for offset, run in _runs(batch, datas, block_size, size):
                 pending.append(writer.submit(os.pwrite, fd, run, offset))
                 data_bytes += len(run)
             while len(pending) > 8:  # bound the bytes waiting to be written (~8 MiB)
@@ -119,7 +127,7 @@ def write_image(
     fd = _regular_fd(out)
     if fd is not None:
         out.flush()
-        data_bytes = _write_parallel(fd, blocks, size, block_size, fetch, progress)
+        data_bytes = _write_parallel(fd, blocks, size, block_size, fetch, progress, workers)
         out.seek(size)
         return data_bytes
     sparse = _seekable(out)

@@ -87,6 +87,14 @@ class ChunkBackend(Protocol):
         ...
 
 
+def parallel_requests(backend: ChunkBackend) -> int:
+    """How many requests at once pay off on ``backend``: an adapter may say so
+    with a ``parallel_requests`` attribute (S3: latency-bound, several); local
+    files are CPU- and disk-bound, and one at a time measured fastest."""
+    value = getattr(backend, "parallel_requests", 1)
+    return value if isinstance(value, int) and value > 0 else 1
+
+
 class MemoryChunkBackend:
     """A backend in a dict: for tests and for throw-away stores."""
 
