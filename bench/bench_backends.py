@@ -6,9 +6,11 @@ Starts throwaway PostgreSQL and SeaweedFS servers (tests/servers.py; or uses
 the ones CKPT_TEST_POSTGRES_URL / CKPT_TEST_S3_URL name), then, on each of
 the two stores:
 
-- append: COMMANDS checkpoint commands without content, one at a time through
-  the Store API (each one event, committed, then the read models caught up):
-  what a writer sees, in commands/s.
+- append: COMMANDS checkpoint commands without content over 20 VMs, one at a
+  time through the Store API (each one event, committed, then the read models
+  caught up): what a writer sees, in commands/s.
+- backend put: 16 pack-sized (16 MiB) objects put as the chunk writer puts
+  them (S3: 8 at once): the backend's own ceiling for capture, in MB/s.
 - copy: a log of EVENTS events (generated once on SQLite) copied into the
   store with ``Store.copy_to`` (inserts in batches of 1,000): events/s.
 - rebuild: every read model folded again from that log: events/s.
@@ -40,6 +42,26 @@ import servers  # noqa: E402  (tests/servers.py: the throwaway servers)
 from ckpt import CheckpointType, DiskFormat, Store  # noqa: E402
 
 BLOCK = 4096
+APP_VMS = 20  # append spreads its commands over 20 VMs: 30 checkpoints each by default
+PUTS = 16  # objects of 16 MiB (a pack) for the raw backend put rate
+
+
+def _put_rate(store: Store) -> float:
+    """The backend's own rate for pack-sized puts, as the writer issues them
+    (``parallel_requests`` at once): the ceiling for capture."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ckpt.storage.chunks.backend import parallel_requests
+
+    backend = store.chunks.backend
+    data = os.urandom(16 << 20)
+    began = time.perf_counter()
+    with ThreadPoolExecutor(parallel_requests(backend)) as pool:
+        list(pool.map(lambda i: backend.put(f"bench/put-{i}", data), range(PUTS)))
+    rate = PUTS * len(data) / 1e6 / (time.perf_counter() - began)
+    for i in range(PUTS):
+        backend.delete(f"bench/put-{i}")
+    return rate
 
 
 def _image(path: Path, mib: int, seed: int) -> None:
@@ -107,11 +129,14 @@ def _measure(label: str, store_kwargs: dict[str, Any], args: argparse.Namespace,
     # append, capture, restore on a fresh store
     root = work / f"{label}-store"
     with Store.init(root, actor="bench", **store_kwargs) as store:
-        store.register_vm("app", checkpoint_type=CheckpointType.STANDARD)
+        apps = [f"app{i}" for i in range(APP_VMS)]
+        for vm in apps:
+            store.register_vm(vm, checkpoint_type=CheckpointType.STANDARD)
         began = time.perf_counter()
         for n in range(args.commands):
-            store.create_checkpoint("app", f"c{n}")
+            store.create_checkpoint(apps[n % APP_VMS], f"c{n}")
         figures["append commands/s"] = args.commands / (time.perf_counter() - began)
+        figures["backend put MB/s"] = _put_rate(store)
         store.register_vm("disk", [("D", DiskFormat.VHDX)], checkpoint_type=CheckpointType.STANDARD)
         image = work / "image.raw"
         _image(image, args.mib, seed=1)

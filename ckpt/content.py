@@ -25,8 +25,8 @@ from uuid import UUID
 from ckpt.domain import DiskCapture, FileCapture, FileRole, InvalidValue, VirtualMachine
 from ckpt.storage import manifest
 from ckpt.storage.capture import capture
-from ckpt.storage.manifest import KIND_DISK, KIND_FILE, ZERO_ID, BlockMap
 from ckpt.storage.chunks.backend import parallel_requests
+from ckpt.storage.manifest import KIND_DISK, KIND_FILE, ZERO_ID, BlockMap
 from ckpt.storage.restore import write_image
 
 DISK_BLOCK = 4096
@@ -128,14 +128,33 @@ class ManifestCache:
             self.cache[ref] = bm
         return bm
 
+    def load_many(self, refs: list[bytes]) -> list[BlockMap]:
+        """``load`` of each; the manifests not cached are fetched with one
+        ``get_many`` first (on S3, a chain of 24 manifests cost 24 round trips,
+        90 of a capture's 110 ms)."""
+        missing = [r for r in dict.fromkeys(refs) if r not in self.cache]
+        get_many = getattr(self.chunks, "get_many", None)
+        if len(missing) < 2 or get_many is None:
+            return [self.load(r) for r in refs]
+        fetched = dict(zip(missing, get_many(missing), strict=True))
+        loaded = {
+            r: manifest.load(r, lambda cid: fetched.get(cid) or self.chunks.get(cid))
+            for r in missing
+        }
+        for r, bm in loaded.items():
+            if len(self.cache) >= self.limit:
+                self.cache.pop(next(iter(self.cache)))
+            self.cache[r] = bm
+        return [loaded[r] if r in loaded else self.load(r) for r in refs]
+
 
 def chain_maps(vm: VirtualMachine, leaf: UUID, cache: ManifestCache) -> list[BlockMap]:
     """Every manifest of the chain from the base disk down to ``leaf``, oldest first."""
     from ckpt.domain.layers import chain
 
-    return [
-        cache.load(ref) for layer in chain(vm.layers, leaf) for ref in vm.contents.get(layer.id, ())
-    ]
+    return cache.load_many(
+        [ref for layer in chain(vm.layers, leaf) for ref in vm.contents.get(layer.id, ())]
+    )
 
 
 def _size(src: BinaryIO, where: str) -> int:

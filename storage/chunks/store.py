@@ -18,14 +18,16 @@ stored as far as this process knows", the question dedup asks); call
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
+from concurrent.futures import ThreadPoolExecutor
 
 from ckpt.domain.errors import ChunkCorrupt, ChunkMissing
 from ckpt.storage.keyring import Keyring
 
-from .backend import ChunkBackend
+from .backend import ChunkBackend, parallel_requests
 from .codec import DEFAULT_LEVEL, ChunkCodec
 from .gc import GcReport, delete_unreferenced
 from .ids import ChunkId
@@ -57,6 +59,8 @@ class ChunkStore:
         self._codec = ChunkCodec(level, keyring)
         self._clock = clock
         self._index = ChunkIndex(backend)
+        self._pool: ThreadPoolExecutor | None = None  # spans read at once (remote backends)
+        self._pool_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"ChunkStore({self._backend!r})"
@@ -123,6 +127,7 @@ class ChunkStore:
                 continue
             located.append((loc.pack, loc.offset, i, loc))
         located.sort()
+        groups: list[tuple[str, int, int, list[tuple[str, int, int, Location]]]] = []
         start = 0
         while start < len(located):
             pack, first, _, _ = located[start]
@@ -138,26 +143,44 @@ class ChunkStore:
                     break
                 last = max(last, offset + loc.compressed_length)
                 end += 1
-            group = located[start:end]
-            try:
-                data = self._backend.get(pack, first, last - first)
-            except ChunkMissing:
-                for _, _, i, _ in group:  # a GC may have moved them: one by one
-                    out[i] = self.get(ids[i])
-            else:
-                for _, offset, i, loc in group:
-                    frame = data[offset - first : offset - first + loc.compressed_length]
-                    if len(frame) != loc.compressed_length:
-                        raise ChunkCorrupt(
-                            f"chunk {ids[i].hex()} in {pack}: pack truncated, {len(frame)} of "
-                            f"{loc.compressed_length} bytes at offset {offset}"
-                        )
-                    out[i] = self._codec.decode(frame, ids[i], loc.uncompressed_length, pack)
+            groups.append((pack, first, last, located[start:end]))
             start = end
+        for (pack, first, _, group), data in zip(groups, self._read_spans(groups), strict=True):
+            if data is None:  # a GC may have moved them: one by one
+                for _, _, i, _ in group:
+                    out[i] = self.get(ids[i])
+                continue
+            for _, offset, i, loc in group:
+                frame = data[offset - first : offset - first + loc.compressed_length]
+                if len(frame) != loc.compressed_length:
+                    raise ChunkCorrupt(
+                        f"chunk {ids[i].hex()} in {pack}: pack truncated, {len(frame)} of "
+                        f"{loc.compressed_length} bytes at offset {offset}"
+                    )
+                out[i] = self._codec.decode(frame, ids[i], loc.uncompressed_length, pack)
         result = [b for b in out if b is not None]
         if len(result) != len(ids):  # pragma: no cover - every branch above fills or raises
             raise AssertionError(f"{len(ids) - len(result)} chunks were neither read nor reported")
         return result
+
+    def _read_spans(self, groups: Sequence[tuple[str, int, int, object]]) -> list[bytes | None]:
+        """The byte span of each group (None: its pack is gone). Spans of a
+        latency-bound backend (S3) are read several at once."""
+
+        def read(group: tuple[str, int, int, object]) -> bytes | None:
+            pack, first, last, _ = group
+            try:
+                return self._backend.get(pack, first, last - first)
+            except ChunkMissing:
+                return None
+
+        workers = parallel_requests(self._backend)
+        if workers == 1 or len(groups) < 2:
+            return [read(g) for g in groups]
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(workers, thread_name_prefix="ckpt-chunk-get")
+        return list(self._pool.map(read, groups))
 
     def _read(self, cid: bytes, loc: Location) -> bytes:
         frame = self._backend.get(loc.pack, loc.offset, loc.compressed_length)
