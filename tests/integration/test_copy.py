@@ -101,3 +101,18 @@ def test_copy_back_to_an_embedded_store_and_refusal_of_a_used_target(tmp_path: P
     with Store.open(tmp_path / "back") as back:
         assert back.verify().ok
         assert _restored(back, expected) == expected
+
+
+def test_an_encrypted_store_copies_sealed_and_opens_with_the_same_key(tmp_path: Path) -> None:
+    events, chunks = postgres_url(), s3_url()
+    key = bytes(range(32))
+    with Store.init(tmp_path / "sealed", encrypt=True, key=key) as store:
+        expected = _fill(store, tmp_path)
+        report = store.copy_to(events, chunks)
+    assert report.events > 0
+    with Store.open(None, events=events, chunks=chunks, key=key) as copy:
+        assert copy.verify().ok
+        assert _restored(copy, expected) == expected
+        # Still sealed there: the raw events hold no VM name.
+        raw = copy.app.recorder.select_notifications(1, 1000)
+        assert not any(b"web" in n.state for n in raw)
