@@ -210,6 +210,12 @@ def _log(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     render.emit(out, a, docs.log_json(entries), render.log_text(entries) or "no entries")
 
 
+def _info(s: Store, a: argparse.Namespace, out: TextIO) -> None:
+    data = s.info()
+    lines = [f"{key}: {value}" for key, value in data.items() if value is not None]
+    render.emit(out, a, data, "\n".join(lines))
+
+
 def _rebuild(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     events, seconds = s.rebuild_read_models()
     rate = events / seconds if seconds else 0.0
@@ -462,6 +468,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--since", metavar="POSITION|TIME", help="from this position or time on")
     q.add_argument("--until", metavar="POSITION|TIME", help="up to this position or time")
     q.add_argument("--at", metavar="POSITION|TIME", help="the log as it stood then (= --until)")
+    cmd(
+        sub,
+        "info",
+        _info,
+        "where the store keeps its events and chunks (passwords masked), format, encryption",
+        json_out=True,
+    )
     rebuild = cmd(sub, "projections", None, "the read models").add_subparsers(
         dest="projections_command", required=True, metavar="ACTION"
     )

@@ -68,6 +68,7 @@ from ckpt.projections import (
     tree_entries,
 )
 from ckpt.storage.keyring import Keyring
+from ckpt.storage.locations import display
 from ckpt.storage.log_chain import ChainReport, parse_anchor, walk
 
 from . import content_ops
@@ -76,6 +77,8 @@ from .content_ops import ProgressFactory
 from .copy import CopyReport, copy_store
 from .read_models import ReadModels
 from .store_config import (
+    CHUNKS_DIR,
+    FORMAT,
     MARKER,
     StoreConfig,
     read_marker,
@@ -456,6 +459,29 @@ class Store:
         self, grace_seconds: float = 3600.0, progress: ProgressFactory | None = None
     ) -> content_ops.GcReport:
         return content_ops.gc(self, grace_seconds, progress)
+
+    def info(self) -> dict[str, Any]:
+        """Where the store is and what it holds; safe to print (passwords masked)."""
+        config = self.config
+        events = config.events or str(config.sqlite_file())
+        chunks = config.chunks or str(config.directory / CHUNKS_DIR if config.directory else "")
+        return {
+            "store": None if config.directory is None else str(config.directory),
+            "events_backend": config.events_kind,
+            "events": display(events),
+            "chunks_backend": config.chunks_kind,
+            "chunks": display(chunks),
+            "format": FORMAT,
+            "encrypted": self.keyring is not None,
+            "position": self.app.last_position(),
+            "vms": len(self.read_models.recorder.vms()) if self._caught_up() else None,
+        }
+
+    def _caught_up(self) -> bool:
+        with contextlib.suppress(CkptError, PersistenceError, sqlite3.Error), self._translated():
+            self.read_models.catch_up()
+            return True
+        return False
 
     def copy_to(
         self,

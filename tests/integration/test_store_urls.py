@@ -56,11 +56,15 @@ def test_init_with_urls_writes_the_marker_and_every_command_uses_it(tmp_path: Pa
         ("gc", "--grace", "0", "--json"),
         ("restore", "web", "one", "--disk", "D", "-o", str(tmp_path / "r.img")),
         ("projections", "rebuild", "--json"),
+        ("info", "--json"),
     ):
         code, text = _cli("--store", store, *args)
         assert code == 0, f"{args}: {text}"
         outputs.append(text)
     assert (tmp_path / "r.img").read_bytes() == image.read_bytes()
+    info = json.loads(outputs[-1])
+    assert info["events_backend"] == "postgresql" and info["chunks_backend"] == "s3"
+    assert ":***@" in info["events"] and info["chunks"] == chunks and info["position"] == 4
     # The same store by URL alone, and from a second directory (another host).
     code, text = _cli("--events", events, "--chunks", chunks, "tree", "web", "--json")
     assert code == 0 and [e["name"] for e in json.loads(text)] == ["one", "two"]
