@@ -509,6 +509,13 @@ def _key(args: argparse.Namespace, create: bool) -> bytes | None:
     return parse_key(text, "$CKPT_KEY") if text else None
 
 
+def _secrets(
+    args: argparse.Namespace, events: str | None, chunks: str | None, path: Path | None
+) -> list[str]:
+    urls = [events, chunks, getattr(args, "to_events", None), getattr(args, "to_chunks", None)]
+    return environ_secrets([*urls, *_marker_urls(path)])
+
+
 def _marker_urls(path: Path | None) -> list[str]:
     """The backend URLs a store directory's marker names (their passwords are secrets)."""
     try:
@@ -526,7 +533,9 @@ def run(argv: Sequence[str], out: TextIO = sys.stdout, err: TextIO = sys.stderr)
         return int(e.code or 0)
     events = getattr(args, "init_events", None) or args.events or os.environ.get("CKPT_EVENTS")
     chunks = getattr(args, "init_chunks", None) or args.chunks or os.environ.get("CKPT_CHUNKS")
-    directory = args.store or os.environ.get("CKPT_STORE")
+    # --events/--chunks on the command line win over $CKPT_STORE (not over --store).
+    given = args.events or args.chunks
+    directory = args.store or (None if given else os.environ.get("CKPT_STORE"))
     if directory is None and not (events or chunks):
         directory = DEFAULT_STORE
     path = None if directory is None else Path(directory)
@@ -556,11 +565,16 @@ def run(argv: Sequence[str], out: TextIO = sys.stdout, err: TextIO = sys.stderr)
         return 0
     except CkptError as e:
         # A server's error text may quote what it was given: never a password or key.
-        message = scrub(str(e), environ_secrets([events, chunks, *_marker_urls(path)]))
+        message = scrub(str(e), _secrets(args, events, chunks, path))
         err.write(f"ckpt: error: {message}\n")
         return exit_code(e)
     except BrokenPipeError:
         return 0
+    except Exception:  # a bug: its traceback, scrubbed like every other message
+        import traceback
+
+        err.write(scrub(traceback.format_exc(), _secrets(args, events, chunks, path)))
+        return 1
 
 
 def main() -> None:

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from .store import Store
 
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
+VERIFY_BATCH = 1024  # chunks checked per get_many: 4 MiB of 4 KiB blocks
 WORKERS = min(4, os.cpu_count() or 2)  # hashing and zstd release the GIL: one thread per core
 Extents = Sequence[tuple[int, int]]
 
@@ -341,18 +342,27 @@ def verify(
         ids = random.Random(seed).sample(ids, max(1, round(len(ids) * sample))) if ids else []
     bar = _bar(progress, "verify", len(ids))
     broken_ids = {bytes.fromhex(b["chunk"]) for b in report.bad}
-    for cid in ids:
-        report.checked += 1
-        if bar is not None:
-            bar(1)
-        if cid in broken_ids:
-            continue
+    # In pack order and VERIFY_BATCH at a time: on S3 one request per chunk was 4 ms
+    # (17.7 s for 4,600 chunks); a batch reads each pack's stretch once. Only a batch
+    # with a bad chunk is read again chunk by chunk, to name each bad one.
+    todo = chunks.in_pack_order(c for c in ids if c not in broken_ids)
+    report.checked += len(ids) - len(todo)
+    if bar is not None and len(ids) > len(todo):
+        bar(len(ids) - len(todo))
+    for start in range(0, len(todo), VERIFY_BATCH):
+        batch = todo[start : start + VERIFY_BATCH]
         try:
-            chunks.get(cid)
-        except CkptError as e:
-            report.bad.append(
-                {"chunk": cid.hex(), "reason": str(e), "affects": [_affect(r) for r in needed[cid]]}
-            )
+            chunks.get_many(batch)
+        except CkptError:
+            for cid in batch:
+                try:
+                    chunks.get(cid)
+                except CkptError as e:
+                    affects = [_affect(r) for r in needed[cid]]
+                    report.bad.append({"chunk": cid.hex(), "reason": str(e), "affects": affects})
+        report.checked += len(batch)
+        if bar is not None:
+            bar(len(batch))
     if report.bad:
         _name_checkpoints(store, report.bad)
     return report

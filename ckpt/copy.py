@@ -12,14 +12,15 @@ Terms:
                reading the cut hold every chunk the copied events need.
 
 Order, for the same crash safety as every other command: packs, then their
-index files, then events (in log order, as stored: the bytes, and so the
-hash chain, are the source's), then snapshots, then the marker that makes the
-target a store. A copy killed before the marker leaves a target that is not
-a store (``init`` and ``copy`` refuse it: empty it first). Chunks are copied
-once each: packs are the unit of deduplication, each is copied whole.
-The target's read models are then rebuilt from its log and the last hash
-link compared with the source's: equal links mean the copied log is the
-source's, event for event and byte for byte.
+index files, then events (in log order, at their positions, as stored: the
+bytes, and so the hash chain, are the source's), then snapshots, then the
+target's read models are rebuilt and its last hash link compared with the
+source's (equal links: the copied log is the source's, event for event and
+byte for byte), and only then the meta object and marker that make the
+target a store. A copy killed (or refused) before them leaves a target that
+is not a store (``init`` and ``copy`` refuse it: empty it first). Chunks are
+copied once each: packs are the unit of deduplication, each is copied whole.
+The copy gets a store id of its own.
 """
 
 from __future__ import annotations
@@ -28,8 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from eventsourcing.persistence import StoredEvent
+from uuid import uuid4
 
 from ckpt.domain import ChunkMissing, StoreConflict, StoreCorrupt, StoreExists
 from ckpt.storage.chunks.layout import INDEX, PACKS, pack_id_of_index, pack_id_of_pack
@@ -66,14 +66,14 @@ def copy_store(
     to_dir: Path | None,
     progress: ProgressFactory | None = None,
 ) -> CopyReport:
-    from .store import Store
+    from .store import Store, _check_empty_directory
 
     began = time.perf_counter()
     config = StoreConfig(to_dir, to_events, to_chunks)
     config.encryption = _encryption(source)
-    if to_dir is not None and (to_dir / "ckpt-store.json").exists():
-        raise StoreExists(f"a ckpt store already exists at {to_dir}")
+    config.store_id = str(uuid4())  # a copy is a store of its own from now on
     if to_dir is not None:
+        _check_empty_directory(to_dir)
         to_dir.mkdir(parents=True, exist_ok=True)
     backend = config.chunk_backend()
     where = config.describe()
@@ -81,23 +81,25 @@ def copy_store(
         raise StoreExists(
             f"the chunk storage of {where} already holds a store: copy needs it empty"
         )
-    with Store(to_dir, config=config, key=source._key, actor=source.actor) as target:
+    with Store(to_dir, config=config, key=source._key, actor=source.actor, create=True) as target:
         if target.app.last_position():
             raise StoreExists(f"the event store of {where} already holds events: it must be empty")
         cut = source.app.last_position()
         packs, index_files, size, skipped = _copy_chunks(source, backend, progress)
         events, snapshots = _copy_events(source, target, cut, progress)
+        target.rebuild_read_models()
+        link = _last_link(target, cut)
+        expected = _last_link(source, cut)
+        if link != expected:  # checked before the marker: a bad copy never looks like a store
+            raise StoreCorrupt(
+                f"the copy's hash chain ends in {link} at position {cut}, the source's in "
+                f"{expected}: the target is not a store; empty it before copying again"
+            )
+        target.read_models.recorder.set_store_id(config.store_id)
         if config.remote:
             write_remote_meta(backend, config)
         if to_dir is not None:
             config.write_marker()
-        target.rebuild_read_models()
-        link = _last_link(target, cut)
-    expected = _last_link(source, cut)
-    if link != expected:
-        raise StoreCorrupt(
-            f"the copy's hash chain ends in {link} at position {cut}, the source's in {expected}"
-        )
     return CopyReport(where, events, snapshots, packs, index_files, size, skipped,
                       link, round(time.perf_counter() - began, 3))  # fmt: skip
 
@@ -150,37 +152,43 @@ def _copy_chunks(
 def _copy_events(
     source: Store, target: Store, cut: int, progress: ProgressFactory | None
 ) -> tuple[int, int]:
+    """Events up to ``cut`` at their own positions (PostgreSQL leaves gaps where
+    an insert failed, and the hash chain covers the position), in transactions of
+    ``BATCH``; then each VM's snapshots up to the last version copied."""
     bar = None if progress is None else progress("copy events", cut)
-    recorder = target.app.recorder
-    originators: set[Any] = set()
-    batch: list[StoredEvent] = []
+    recorder = target.read_models.recorder
+    versions: dict[Any, int] = {}
+    batch: list[tuple[int, Any, int, str, bytes]] = []
     copied = 0
 
     def flush() -> None:
         nonlocal copied
         if not batch:
             return
-        recorder.insert_events(batch)
+        with recorder.transaction(commit=True) as c:
+            recorder.insert_stored_rows(c, batch)
         copied += len(batch)
         if bar:
-            bar(len(batch))
+            bar(batch[-1][0] - batch[0][0] + 1)
         batch.clear()
 
     for n in source.app.read_rows(1, cut):
-        originators.add(n.originator_id)
-        batch.append(StoredEvent(n.originator_id, n.originator_version, n.topic, n.state))
+        versions[n.originator_id] = max(versions.get(n.originator_id, 0), n.originator_version)
+        batch.append((n.id, n.originator_id, n.originator_version, n.topic, n.state))
         if len(batch) >= BATCH:
             flush()
     flush()
     if target.app.last_position() != cut:
         raise StoreConflict(
-            f"the target's log ends at position {target.app.last_position()} after copying "
-            f"{cut} events: another writer used it during the copy"
+            f"the target's log ends at position {target.app.last_position()}, the source's "
+            f"at {cut}: another writer used the target during the copy"
         )
     snapshots = 0
     if source.app.snapshots is not None and target.app.snapshots is not None:
-        for originator in sorted(originators, key=str):
-            stored = source.app.snapshots.recorder.select_events(originator)
+        for originator, version in sorted(versions.items(), key=lambda kv: str(kv[0])):
+            # Not past the cut: a snapshot of a later version would make the copied
+            # VM skip versions its log does not hold.
+            stored = source.app.snapshots.recorder.select_events(originator, lte=version)
             if stored:
                 target.app.snapshots.recorder.insert_events(list(stored))
                 snapshots += len(stored)

@@ -28,6 +28,7 @@ TABLE: tuple[tuple[type[e.CkptError], int], ...] = (
     (e.StoreCorrupt, 23),
     (e.WrongKey, 28),
     (e.StoreUnavailable, 34),
+    (e.StoreMismatch, 35),
     (e.ChunkMissing, 24),
     (e.ChunkCorrupt, 25),
     (e.PackCorrupt, 26),

@@ -30,7 +30,6 @@ from uuid import UUID, uuid4
 from eventsourcing.persistence import (
     IntegrityError,
     InterfaceError,
-    InternalError,
     MapperDeserialisationError,
     OperationalError,
     PersistenceError,
@@ -49,9 +48,11 @@ from ckpt.domain import (
     InvalidValue,
     Origin,
     StateFile,
+    StoreBusy,
     StoreConflict,
     StoreCorrupt,
     StoreExists,
+    StoreMismatch,
     StoreNotFound,
     StoreUnavailable,
     UnknownVM,
@@ -67,6 +68,7 @@ from ckpt.projections import (
     disk_chains,
     tree_entries,
 )
+from ckpt.storage.event_store import EVENTS_FILE
 from ckpt.storage.keyring import Keyring
 from ckpt.storage.locations import display
 from ckpt.storage.log_chain import ChainReport, parse_anchor, walk
@@ -118,6 +120,26 @@ def _check_key(encryption: dict[str, Any] | None, key: bytes | None, where: str)
         raise WrongKey(f"that is not the key of the encrypted store at {where}")
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
+
+
+def _check_empty_directory(directory: Path) -> None:
+    """``init`` makes a new store only in a directory without one, or a part of one
+    (a killed ``copy --to-store`` leaves events and chunks without the marker)."""
+    if (directory / MARKER).exists():
+        raise StoreExists(f"a ckpt store already exists at {directory}")
+    if directory.exists() and not directory.is_dir():
+        raise StoreExists(f"{directory} exists and is not a directory")
+    leftovers = [n for n in (EVENTS_FILE, CHUNKS_DIR) if (directory / n).exists()]
+    if leftovers:
+        raise StoreExists(
+            f"{directory} holds {' and '.join(leftovers)} but no {MARKER}: the rest of a "
+            "store (a killed copy?); empty the directory or use another"
+        )
+
+
 def default_actor() -> str:
     return os.environ.get("CKPT_ACTOR") or getpass.getuser()
 
@@ -133,9 +155,11 @@ class Store:
         events: str | None = None,
         chunks: str | None = None,
         config: StoreConfig | None = None,
+        create: bool = False,
     ) -> None:
         """Use ``init`` or ``open``. ``key``: the store key of an encrypted store;
-        ``events``/``chunks``: backend URLs (storage/locations.py), else ``path``'s."""
+        ``events``/``chunks``: backend URLs (storage/locations.py), else ``path``'s;
+        ``create``: the event store may be created (``init``, ``copy``)."""
         self.config = config or StoreConfig(path, events, chunks)
         self.path = path
         self.where = self.config.describe()
@@ -146,7 +170,7 @@ class Store:
         self._chunks: Any = None
         self.keyring = None if key is None else Keyring(key)
         self._key = key  # for ``copy``: the target is sealed under the same key
-        env = self.config.events_environment()
+        env = self.config.events_environment(create)
         if self.keyring is not None:
             env |= {
                 "CIPHER_TOPIC": "eventsourcing.cryptography:AESCipher",
@@ -156,21 +180,30 @@ class Store:
             self.app, self.read_models = self._connect(env)
             self.read_models.recorder.keyring = self.keyring
         except (OperationalError, InterfaceError) as e:
-            raise StoreUnavailable(f"cannot reach the event store of {self.where}: {e}") from e
+            raise StoreUnavailable(
+                f"cannot reach the event store of {self.where}: {_first_line(e)}"
+            ) from e
         except (PersistenceError, sqlite3.Error) as e:
-            raise StoreCorrupt(f"cannot open the event log of {self.where}: {e}") from e
+            raise StoreCorrupt(
+                f"cannot open the event log of {self.where}: {_first_line(e)}"
+            ) from e
 
     @staticmethod
     def _connect(env: dict[str, str]) -> tuple[CheckpointApplication, ReadModels]:
         """The application and its read models. PostgreSQL: tables missing (a
-        first open) are created, and two processes creating them at once can
-        fail with "tuple concurrently updated"; the loser tries again."""
+        first open) are created, and processes creating them at once fail in
+        several ways ("tuple concurrently updated", a duplicate pg_type row, the
+        tracking table's migration record: 7 of 40 concurrent inits); the loser
+        tries again and then finds them."""
+        creating = env.get("CREATE_TABLE") == "yes"
         for attempt in range(DDL_RETRIES):
             try:
                 app = CheckpointApplication(env=env)
                 return app, ReadModels(app)
-            except InternalError as e:
-                if "concurrently" not in str(e) or attempt == DDL_RETRIES - 1:
+            except (OperationalError, InterfaceError):
+                raise
+            except PersistenceError:
+                if not creating or attempt == DDL_RETRIES - 1:
                     raise
                 time.sleep(random.uniform(0.05, 0.3))
         raise AssertionError("unreachable")
@@ -189,40 +222,55 @@ class Store:
 
         With ``events``/``chunks`` URLs that already hold a ckpt store, attach to
         it instead (``store.attached`` is then true): how a second host joins.
+        Its encryption is the store's: ``encrypt`` and the key must fit it.
         """
         directory = None if path is None else Path(path)
-        if encrypt and kwargs.get("key") is None:
+        key = kwargs.get("key")
+        if encrypt and key is None:
             raise InvalidValue("an encrypted store needs a key (--key-file FILE or CKPT_KEY)")
-        if not encrypt and kwargs.get("key") is not None:
+        if not encrypt and key is not None:
             raise InvalidValue("a key was given for a store created without --encrypt")
         if directory is not None:
-            if (directory / MARKER).exists():
-                raise StoreExists(f"a ckpt store already exists at {directory}")
-            if directory.exists() and not directory.is_dir():
-                raise StoreExists(f"{directory} exists and is not a directory")
+            _check_empty_directory(directory)
         config = StoreConfig(directory, events, chunks)
         backend = config.chunk_backend() if config.remote else None
         existing = None if backend is None else read_remote_meta(backend, config.describe())
         if existing is not None:
-            _check_key(existing.get("encryption"), kwargs.get("key"), config.describe())
-            if kwargs.get("key") is not None and not encrypt:
-                raise InvalidValue("a key was given for a store created without --encrypt")
+            encryption = existing.get("encryption")
+            if encryption is None and encrypt:
+                raise InvalidValue(
+                    f"the store at {config.describe()} is not encrypted: attach without --encrypt"
+                )
+            _check_key(encryption, key, config.describe())
+            config.encryption = encryption
+            config.store_id = existing.get("store_id")
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
-        store = cls(directory, config=config, **kwargs)
-        if store.keyring is not None:
-            config.encryption = {"cipher": "AES-256-GCM", "key_check": store.keyring.key_check}
-        store.attached = existing is not None
-        if backend is not None and existing is None:
-            if store.app.last_position():
-                store.close()
-                raise StoreExists(
-                    f"the event store of {config.describe()} already holds events but its "
-                    "chunk storage has no ckpt store marker: not a store this ckpt can attach to"
-                )
-            write_remote_meta(backend, config)  # durable before the marker names it
-        if directory is not None:
-            config.write_marker()
+        store = cls(directory, config=config, create=True, **kwargs)
+        try:
+            if existing is not None:
+                store.attached = True
+                store._check_pairing(existing)
+            else:
+                if store.keyring is not None:
+                    config.encryption = {
+                        "cipher": "AES-256-GCM",
+                        "key_check": store.keyring.key_check,
+                    }
+                if store.app.last_position():
+                    raise StoreExists(
+                        f"the event store of {config.describe()} already holds events: "
+                        "not a store this ckpt can create or attach to"
+                    )
+                config.store_id = store.read_models.recorder.store_id() or str(uuid4())
+                store.read_models.recorder.set_store_id(config.store_id)
+                if backend is not None:
+                    write_remote_meta(backend, config)  # durable before the marker names it
+            if directory is not None:
+                config.write_marker()
+        except BaseException:
+            store.close()
+            raise
         return store
 
     @classmethod
@@ -242,22 +290,46 @@ class Store:
                     "(a store directory names its own backends)"
                 )
             config = read_marker(Path(path))
-            encryption = config.encryption
         else:
             config = StoreConfig(None, events, chunks)
+        meta: dict[str, Any] | None = None
+        if config.remote:
+            # The chunk storage's meta is the store's own word on encryption and
+            # identity (a directory's marker is a copy that may have gone stale).
             meta = read_remote_meta(config.chunk_backend(), config.describe())
             if meta is None:
                 raise StoreNotFound(
-                    f"no ckpt store at {config.describe()} (create one with: "
-                    "ckpt --events URL --chunks URL init)"
+                    f"no ckpt store at {config.describe()} (its chunk storage holds no "
+                    "ckpt-store.json; create one with: ckpt ... init --events URL --chunks URL)"
                 )
-            encryption = config.encryption = meta.get("encryption")
+            config.encryption = meta.get("encryption")
         key = kwargs.get("key")
-        if encryption is None and key is not None:
+        if config.encryption is None and key is not None:
             kwargs["key"] = None  # a plain store: a key in the environment is not for it
-        if encryption is not None:
-            _check_key(encryption, key, config.describe())
-        return cls(config.directory, config=config, **kwargs)
+        _check_key(config.encryption, key, config.describe())
+        store = cls(config.directory, config=config, **kwargs)
+        if meta is not None:
+            try:
+                store._check_pairing(meta)
+            except BaseException:
+                store.close()
+                raise
+        return store
+
+    def _check_pairing(self, meta: dict[str, Any]) -> None:
+        """The event log and the chunk storage must be the same store's: a log of
+        another store (or an empty one) beside these chunks would let ``gc``
+        delete every chunk it does not reference."""
+        wanted = meta.get("store_id")
+        if wanted is None:  # a store of before store ids
+            return
+        found = self.read_models.recorder.store_id()
+        if found != wanted:
+            what = "holds no store" if found is None else f"belongs to store {found}"
+            raise StoreMismatch(
+                f"the chunk storage of {self.where} belongs to store {wanted}, but its event "
+                f"store {what}: check the --events URL (its schema) against the --chunks URL"
+            )
 
     def close(self) -> None:
         self.app.close()
@@ -279,11 +351,13 @@ class Store:
         except IntegrityError as e:
             raise StoreConflict(f"another writer changed the store first: {e}") from e
         except sqlite3.OperationalError as e:
-            raise StoreConflict(f"the event log of {self.where} is busy: {e}") from e
+            raise StoreBusy(f"the event log of {self.where} is busy: {e}") from e
         except (OperationalError, InterfaceError) as e:
-            if "lock timeout" in str(e) or "lock_timeout" in str(e):
-                raise StoreConflict(f"the event log of {self.where} is busy: {e}") from e
-            raise StoreUnavailable(f"the event store of {self.where} failed: {e}") from e
+            if "lock timeout" in str(e) or "canceling statement" in str(e):
+                raise StoreBusy(f"the event log of {self.where} is busy: {_first_line(e)}") from e
+            raise StoreUnavailable(
+                f"the event store of {self.where} failed: {_first_line(e)}"
+            ) from e
         except (PersistenceError, MapperDeserialisationError) as e:
             raise StoreCorrupt(f"the event log of {self.where} failed: {e}") from e
 
@@ -297,6 +371,8 @@ class Store:
                     self.app.save(vm)
                 self._after_save(vm)
                 return result
+            except StoreBusy:
+                raise  # it has waited out the lock timeout already: no more waiting
             except (StoreConflict, CaptureOutdated):
                 if attempt == RETRIES - 1:
                     raise
@@ -318,6 +394,8 @@ class Store:
         try:
             with self._translated():
                 self.app.save(vm)
+        except StoreBusy:
+            raise
         except StoreConflict:
             raise AlreadyExists(
                 f"a VM named {self._existing_name(vm.id) or name!r} already exists"

@@ -45,19 +45,30 @@ FORMAT = 1
 @dataclass
 class StoreConfig:
     directory: Path | None
-    events: str | None = None  # None: directory/events.sqlite
-    chunks: str | None = None  # None: directory/chunks
+    events: str | None = field(default=None, repr=False)  # None: directory/events.sqlite
+    chunks: str | None = field(default=None, repr=False)  # None: directory/chunks
     encryption: dict[str, Any] | None = field(default=None)
+    store_id: str | None = None  # None: a store of before store ids (or embedded)
 
     def __post_init__(self) -> None:
         if self.directory is None and not (self.events and self.chunks):
             raise InvalidValue(
                 "a store without a directory needs both --events URL and --chunks URL"
             )
+        # Checked here, before any server is asked: a malformed URL is exit 14,
+        # not "no store there".
         if self.events:
-            kind_of_events(self.events)
+            if kind_of_events(self.events) == "sqlite":
+                sqlite_path(self.events)
+            else:
+                parse_postgres(self.events, os.environ)
         if self.chunks:
-            kind_of_chunks(self.chunks)
+            if kind_of_chunks(self.chunks) == "file":
+                file_path(self.chunks)
+            else:
+                from ckpt.storage.chunks.s3 import parse_s3_url
+
+                parse_s3_url(self.chunks)
 
     @property
     def remote(self) -> bool:
@@ -87,23 +98,36 @@ class StoreConfig:
             return self.directory / EVENTS_FILE
         return sqlite_path(self.events) if self.events_kind == "sqlite" else None
 
-    def events_environment(self) -> dict[str, str]:
+    def events_environment(self, create: bool) -> dict[str, str]:
+        """eventsourcing's settings for the events. Without ``create`` (every
+        command but ``init`` and ``copy``) the event store must be there already:
+        an open that created an empty log (a mistyped schema, a deleted file)
+        would hand ``gc`` a store that references no chunk at all."""
         sqlite = self.sqlite_file()
         if sqlite is not None:
+            if not create and not sqlite.is_file():
+                raise StoreNotFound(
+                    f"the event log {sqlite} of the store at {self.describe()} is missing"
+                )
             env = sqlite_environment(sqlite.parent)
             env["SQLITE_DBNAME"] = str(sqlite)
             return env
         assert self.events is not None
         loc = parse_postgres(self.events, os.environ)
         try:
-            from ckpt.storage.event_store import ensure_schema
+            from ckpt.storage.event_store import check_schema
 
-            complete = ensure_schema(loc)
+            found = check_schema(loc, create)
         except Exception as e:  # psycopg.Error: connection refused, bad password, ...
             raise StoreUnavailable(
                 f"cannot reach the event store {loc.display()}: {_first_line(e)}"
             ) from e
-        return postgres_environment(loc, create_tables=not complete)
+        if found == "none" and not create:
+            raise StoreNotFound(
+                f"no ckpt event tables in schema {loc.schema!r} of {loc.display()}: check the "
+                "URL (create a store there with: ckpt ... init --events URL --chunks URL)"
+            )
+        return postgres_environment(loc, create_tables=found != "complete")
 
     def chunk_backend(self) -> ChunkBackend:
         if self.chunks is None:
@@ -121,6 +145,8 @@ class StoreConfig:
             meta["chunks"] = self.chunks
         if self.encryption is not None:
             meta["encryption"] = self.encryption
+        if self.store_id is not None:
+            meta["store_id"] = self.store_id
         return meta
 
     def write_marker(self) -> None:
@@ -133,6 +159,11 @@ class StoreConfig:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, marker)
+        dir_fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # the rename itself survives a power cut
+        finally:
+            os.close(dir_fd)
 
 
 def _first_line(error: BaseException) -> str:
@@ -161,14 +192,17 @@ def read_marker(directory: Path) -> StoreConfig:
             None if events == "sqlite" else events,
             meta.get("chunks"),
             meta.get("encryption"),
+            meta.get("store_id"),
         )
     except (OSError, ValueError, AttributeError, TypeError) as e:
         raise StoreCorrupt(f"{marker} is not a ckpt store marker: {e}") from e
 
 
 def read_remote_meta(backend: ChunkBackend, where: str) -> dict[str, Any] | None:
-    """The meta object in a chunk backend given by URL; None if there is none."""
-    if not backend.exists(META_OBJECT):
+    """The meta object in a chunk backend given by URL; None if there is none.
+    Listed, not HEADed: S3 answers a HEAD in a missing bucket with a bare 404,
+    a listing with NoSuchBucket, which the error then names."""
+    if META_OBJECT not in set(backend.list(META_OBJECT)):
         return None
     try:
         meta = json.loads(backend.get(META_OBJECT))
@@ -181,8 +215,10 @@ def read_remote_meta(backend: ChunkBackend, where: str) -> dict[str, Any] | None
 
 
 def write_remote_meta(backend: ChunkBackend, config: StoreConfig) -> None:
-    """Format and key check only: the URLs (and their passwords) stay on the host."""
+    """Format, key check and store id only: the URLs (and passwords) stay on the host."""
     meta: dict[str, Any] = {"format": FORMAT}
     if config.encryption is not None:
         meta["encryption"] = config.encryption
+    if config.store_id is not None:
+        meta["store_id"] = config.store_id
     backend.put(META_OBJECT, (json.dumps(meta) + "\n").encode())

@@ -90,12 +90,20 @@ class StoreConflict(StorageError):
     """Another writer changed the same VM between our read and our write."""
 
 
+class StoreBusy(StoreConflict):
+    """The event store stayed locked by other writers past the lock timeout."""
+
+
 class StoreCorrupt(StorageError):
     """Stored bytes (an event, a record) could not be decoded."""
 
 
 class StoreUnavailable(StorageError):
     """A server of the store (PostgreSQL, S3) cannot be reached or refused us."""
+
+
+class StoreMismatch(StorageError):
+    """The event store and the chunk storage named belong to different stores."""
 
 
 class WrongKey(StorageError):

@@ -35,13 +35,16 @@ def sqlite_environment(store_dir: Path) -> dict[str, str]:
 PG_POOL_SIZE = 1
 PG_MAX_OVERFLOW = 3
 PG_CONNECT_TIMEOUT_S = 10
+# eventsourcing tries an insert that failed to get the lock 10 times (0.2 s apart):
+# 5 s a try bounds a save on a stuck table at ~50 s (each insert holds it for ms).
+PG_LOCK_TIMEOUT_S = 5
 
 
 # Every table of a store in its schema: eventsourcing's (named after the
 # application, "ckpt") and the read models' (storage/read_models.py).
 PG_TABLES = (
     "ckpt_events", "ckpt_snapshots", "ckpt_tracking", "ckpt_audit", "ckpt_captures",
-    "ckpt_vms", "ckpt_state_files", "ckpt_lock", "ckpt_links",
+    "ckpt_vms", "ckpt_state_files", "ckpt_lock", "ckpt_links", "ckpt_store",
 )  # fmt: skip
 
 
@@ -65,18 +68,25 @@ def postgres_environment(loc: PostgresLocation, create_tables: bool = True) -> d
         "POSTGRES_CONNECT_TIMEOUT": str(PG_CONNECT_TIMEOUT_S),
         # Every insert takes the events table's EXCLUSIVE lock (so positions commit
         # in order); a writer waits this long for it, then fails clearly.
-        "POSTGRES_LOCK_TIMEOUT": str(LOCK_TIMEOUT_S),
+        "POSTGRES_LOCK_TIMEOUT": str(PG_LOCK_TIMEOUT_S),
         "COMPRESSOR_TOPIC": COMPRESSOR_TOPIC,
     }
 
 
-def ensure_schema(loc: PostgresLocation) -> bool:
-    """Connect once, directly, create the store's schema if it is missing
-    (eventsourcing creates tables, not schemas) and say whether every table of
-    a store is there. Connecting outside the pool turns a wrong password or a
-    refused connection into PostgreSQL's own words at once; through the pool it
-    is "couldn't get a connection after 10 s". Raises ``psycopg.Error``; the
-    caller names the store."""
+EVENT_TABLES = ("ckpt_events", "ckpt_snapshots", "ckpt_tracking")
+
+
+def check_schema(loc: PostgresLocation, create: bool) -> str:
+    """Connect once, directly, and say what the store's schema holds: ``"none"``
+    (no event tables), ``"events"`` (event tables, not every read-model table) or
+    ``"complete"``. With ``create`` (``init``, ``copy``), create the schema if it is
+    missing; an open never creates anything, so a mistyped schema is "no store
+    there", never a new empty one (whose ``gc`` would see no references at all),
+    and a role with only table privileges can use the store.
+
+    Connecting outside the pool turns a wrong password or a refused connection
+    into PostgreSQL's own words at once; through the pool it is "couldn't get a
+    connection after 10 s". Raises ``psycopg.Error``; the caller names the store."""
     import psycopg
     from psycopg import sql
 
@@ -89,14 +99,17 @@ def ensure_schema(loc: PostgresLocation) -> bool:
         connect_timeout=PG_CONNECT_TIMEOUT_S,
         autocommit=True,
     ) as conn:
-        if loc.schema != "public":
+        if create and loc.schema != "public":
             schema = sql.Identifier(loc.schema)
             # Two first commands at once can both miss the schema; one wins.
             with contextlib.suppress(psycopg.errors.UniqueViolation):
                 conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
-        row = conn.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_schema = %s "
+        rows = conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s "
             "AND table_name = ANY(%s)",
             (loc.schema, list(PG_TABLES)),
-        ).fetchone()
-        return row is not None and row[0] == len(PG_TABLES)
+        ).fetchall()
+    found = {row[0] for row in rows}
+    if not set(EVENT_TABLES) <= found:
+        return "none"
+    return "complete" if found >= set(PG_TABLES) else "events"

@@ -20,9 +20,9 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from ckpt.domain.errors import InvalidValue
 
@@ -34,7 +34,7 @@ SECRET_ENV = ("PGPASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 @dataclass(frozen=True)
 class PostgresLocation:
     user: str
-    password: str
+    password: str = field(repr=False)
     host: str
     port: int
     dbname: str
@@ -63,16 +63,19 @@ def kind_of_chunks(url: str) -> str:
 
 def parse_postgres(url: str, environ: Mapping[str, str]) -> PostgresLocation:
     """``environ`` supplies ``PGPASSWORD`` when the URL has no password."""
-    parts = urlsplit(url)
+    head, userinfo, rest = _userinfo(url)
+    try:
+        parts = urlsplit(head + rest)  # without the user part: a password may hold anything
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as e:
+        raise InvalidValue(f"events URL {display(url)!r} is malformed: {e}") from None
     if parts.scheme not in POSTGRES_SCHEMES:
         raise InvalidValue(f"{display(url)!r} is not a postgresql:// URL")
     shown = display(url)
-    try:
-        port = parts.port or 5432
-    except ValueError:
-        raise InvalidValue(f"events URL {shown!r}: the port is not a number") from None
-    user = unquote(parts.username or "")
-    password = unquote(parts.password or "") or environ.get("PGPASSWORD", "")
+    port = parts.port or 5432
+    user_part, _, password_part = userinfo.partition(":")
+    user = unquote(user_part)
+    password = unquote(password_part) or environ.get("PGPASSWORD", "")
     dbname = unquote(parts.path.lstrip("/"))
     if not (user and parts.hostname and dbname):
         raise InvalidValue(f"events URL {shown!r}: give user, host and database")
@@ -93,39 +96,63 @@ def parse_postgres(url: str, environ: Mapping[str, str]) -> PostgresLocation:
     return PostgresLocation(user, password, parts.hostname or "", port, dbname, schema)
 
 
-def sqlite_path(url: str) -> Path:
+def _local_path(url: str, scheme: str) -> Path:
     parts = urlsplit(url)
-    if parts.scheme != "sqlite" or not parts.path:
-        raise InvalidValue(f"{url!r} is not a sqlite:///PATH URL")
+    # sqlite://tmp/x would mean /x with "tmp" silently dropped: three slashes or none.
+    if parts.scheme != scheme or not parts.path or parts.netloc or parts.query:
+        raise InvalidValue(
+            f"{display(url)!r} is not a {scheme}:///ABSOLUTE/PATH URL (three slashes, no host)"
+        )
     return Path(unquote(parts.path))
+
+
+def sqlite_path(url: str) -> Path:
+    return _local_path(url, "sqlite")
 
 
 def file_path(url: str) -> Path:
-    parts = urlsplit(url)
-    if parts.scheme != "file" or not parts.path:
-        raise InvalidValue(f"{url!r} is not a file:///PATH URL")
-    return Path(unquote(parts.path))
+    return _local_path(url, "file")
+
+
+_QUERY_SECRET = re.compile(r"((?:^|[?&;])(?:password|secret|token)[^=&;]*=)([^&;#]*)", re.I)
+
+
+def _userinfo(url: str) -> tuple[str, str, str]:
+    """(scheme://, userinfo, rest) split by hand, not by urlsplit: a password
+    with an unencoded ``/``, ``?`` or ``#`` must still be found (urlsplit would
+    cut the netloc there and leave the rest of the password in the path)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "", "", url
+    if "@" not in rest:
+        return scheme + sep, "", rest
+    userinfo, _, host = rest.rpartition("@")
+    return scheme + sep, userinfo, host
 
 
 def display(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (safe to print)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = netloc[0].split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
+    """``url`` with any password (in the user part, or a ``password=``/``secret=``/
+    ``token=`` query option) replaced by ``***``: safe to print."""
+    head, userinfo, rest = _userinfo(url)
+    if userinfo:
+        user, colon, _ = userinfo.partition(":")
+        rest = f"{user}:***@{rest}" if colon else f"{user}@{rest}"
+    return head + _QUERY_SECRET.sub(r"\1***", rest)
 
 
 def secrets_in(urls: Iterable[str | None], environ: Mapping[str, str]) -> list[str]:
-    """Every secret that could end up in a message: URL passwords (raw and
-    percent-decoded) and the secret environment variables."""
+    """Every secret that could end up in a message: URL passwords and secret query
+    options (raw and percent-decoded) and the secret environment variables."""
     found: list[str] = []
     for url in urls:
-        if url:
-            password = urlsplit(url).password
-            if password:
-                found += [password, unquote(password)]
+        if not url:
+            continue
+        _, userinfo, rest = _userinfo(url)
+        candidates = [userinfo.partition(":")[2]] if ":" in userinfo else []
+        candidates += [m.group(2) for m in _QUERY_SECRET.finditer(rest)]
+        for secret in candidates:
+            if secret:
+                found += [secret, unquote(secret)]
     found += [environ[name] for name in SECRET_ENV if environ.get(name)]
     # Longest first, so a secret containing another is replaced whole.
     return sorted({s for s in found if len(s) >= 4}, key=len, reverse=True)

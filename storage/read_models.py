@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import groupby
 from typing import TYPE_CHECKING, Any, Protocol
+from uuid import UUID
 
 from eventsourcing.sqlite import SQLiteTrackingRecorder
 
@@ -101,6 +102,9 @@ def create_statements(types: dict[str, str]) -> list[str]:
         # NOTHING), so a rewritten event cannot launder its own link.
         "CREATE TABLE IF NOT EXISTS ckpt_links (position {bigint} PRIMARY KEY, "
         "link {blob} NOT NULL)",
+        # Not a read model either: the id of the store this event log belongs to (its
+        # chunk storage's meta object names the same id; an open compares them).
+        "CREATE TABLE IF NOT EXISTS ckpt_store (id TEXT PRIMARY KEY)",
     ]
 
 
@@ -150,6 +154,23 @@ class ReadModelsSQL:
     def drop_stale(c: Cursor) -> None:
         for other in ("audit", "captures", "vms", "state_files", "checkpoints", "chain"):
             c.execute(f"DROP TABLE IF EXISTS ckpt_{other}")
+
+    # ------------------------------------------------------------- store id
+    def store_id(self) -> str | None:
+        rows = self._rows("SELECT id FROM ckpt_store")
+        return str(rows[0][0]) if rows else None
+
+    def set_store_id(self, store_id: str) -> None:
+        with self.transaction(commit=True) as c:
+            c.execute("INSERT INTO ckpt_store VALUES (?) ON CONFLICT DO NOTHING", (store_id,))
+
+    def insert_stored_rows(
+        self, c: Cursor, rows: Sequence[tuple[int, Any, int, str, bytes]]
+    ) -> None:
+        """Events as another store holds them, at the same positions (``copy``:
+        the hash chain covers the position; PostgreSQL leaves gaps where an insert
+        failed, so positions are not 1..n)."""
+        raise NotImplementedError
 
     # ------------------------------------------------------------------ write
     def position(self) -> int:
@@ -368,3 +389,12 @@ class SQLiteReadModels(ReadModelsSQL, SQLiteTrackingRecorder):
 
     def lock(self, c: Cursor) -> None:
         c.execute("INSERT OR REPLACE INTO ckpt_lock VALUES (1)")
+
+    def insert_stored_rows(
+        self, c: Cursor, rows: Sequence[tuple[int, Any, int, str, bytes]]
+    ) -> None:
+        c.executemany(
+            "INSERT INTO stored_events (rowid, originator_id, originator_version, topic, state) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [(pos, UUID(str(o)).hex, v, t, s) for pos, o, v, t, s in rows],
+        )

@@ -39,7 +39,6 @@ import json
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -60,7 +59,6 @@ DRIVER = Path(__file__).with_name("_driver.py")
 CKPT = Path(sys.executable).with_name("ckpt")
 BLOCK = 4096
 MiB = 1 << 20
-READ_MODEL_TABLES = ("ckpt_audit", "ckpt_captures", "ckpt_vms", "ckpt_state_files")
 
 # Per command kind, for the summary conftest.py prints at the end of the run.
 KILL_POINTS: Counter[str] = Counter()  # kill points run
@@ -162,6 +160,8 @@ class Harness:
     kind: str
     work: Path
     scratch: Path  # restored files and images (tmpfs when there is one: see conftest.py)
+    # ``init`` options naming other backends (--events URL --chunks URL); none: embedded
+    backends: tuple[str, ...] = ()
     ledger: dict[str, Point] = field(default_factory=dict)
     kills: int = 0
 
@@ -179,6 +179,9 @@ class Harness:
         out, err = io.StringIO(), io.StringIO()
         code = run(["--store", str(self.store), "--actor", "fault-check", *args], out, err)
         return code, out.getvalue(), err.getvalue()
+
+    def init(self) -> None:
+        self.ok("init", *self.backends)
 
     def ok(self, *args: str) -> str:
         code, out, err = self.cli(*args)
@@ -311,7 +314,7 @@ class Harness:
         }
         for vm in vms:
             seen[f"tree {vm['name']}"] = self.json("tree", vm["name"])
-        seen["tables"] = read_model_tables(self.store / "events.sqlite")
+        seen["tables"] = read_model_tables(self.store)
         return seen
 
     # --------------------------------------------------------------- check
@@ -364,13 +367,11 @@ class Harness:
                 target.unlink()
 
 
-def read_model_tables(db: Path) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of the documented read-model tables, sorted (read-only connection)."""
-    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as c:
-        return {
-            table: sorted((tuple(r) for r in c.execute(f"SELECT * FROM {table}")), key=repr)
-            for table in READ_MODEL_TABLES
-        }
+def read_model_tables(store: Path) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of the documented read-model tables, sorted (any event store)."""
+    with ckpt.Store.open(store) as opened:
+        tables = opened.read_models.recorder.dump()
+    return {f"ckpt_{table}": sorted(rows, key=repr) for table, rows in tables.items()}
 
 
 def summary() -> str:

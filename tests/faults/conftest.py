@@ -44,3 +44,14 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     terminalreporter.write_line(
         f"reproduce: CKPT_FAULT_SEED={_harness.SEED} .venv/bin/pytest tests/faults"
     )
+
+
+@pytest.fixture(params=["sqlite+local", "postgresql+s3"])
+def backends(request: pytest.FixtureRequest) -> tuple[str, str, tuple[str, ...]]:
+    """(label, kind suffix, ``init`` options): the embedded store, and PostgreSQL + S3
+    on the throwaway servers (skipped, saying why, without them)."""
+    if request.param == "sqlite+local":
+        return request.param, "", ()
+    from backends import postgres_url, s3_url
+
+    return request.param, " on PostgreSQL + S3", ("--events", postgres_url(), "--chunks", s3_url())

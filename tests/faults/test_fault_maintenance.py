@@ -21,13 +21,17 @@ from ckpt.domain import Origin
 from ._harness import BLOCK, Harness, Image, MiB, Point
 
 GC_KILLS = 7
+REMOTE_GC_KILLS = 4  # as REMOTE_CAPTURE_KILLS (test_fault_capture.py)
 REBUILD_KILLS = 6
 BULK_EVENTS = 6000  # more than one rebuild page (5,000 events)
 
 
-def test_gc_killed_anywhere_loses_nothing_referenced(tmp_path: Path, scratch: Path) -> None:
-    h = Harness("gc", tmp_path, scratch)
-    h.ok("init")
+def test_gc_killed_anywhere_loses_nothing_referenced(
+    tmp_path: Path, scratch: Path, backends: tuple[str, str, tuple[str, ...]]
+) -> None:
+    _, suffix, options = backends
+    h = Harness(f"gc{suffix}", tmp_path, scratch, options)
+    h.init()
     h.ok("vm", "add", "g", "--disk", "D")
     disk = Image(scratch / "d.raw", 8 * MiB, h.rng)
     number = 0
@@ -63,7 +67,7 @@ def test_gc_killed_anywhere_loses_nothing_referenced(tmp_path: Path, scratch: Pa
     assert garbage_left() == 0, "an uncut gc --grace 0 left unreferenced chunks"
     h.check()
 
-    for _ in range(GC_KILLS):
+    for _ in range(REMOTE_GC_KILLS if options else GC_KILLS):
         garbage_then_capture()
         outcome = h.kill_point("gc", "--grace", "0", typical=typical)
         h.result(outcome, "done" if garbage_left() == 0 else "not done")

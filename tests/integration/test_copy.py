@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from backends import postgres_url, s3_url
 
-from ckpt import CheckpointType, DiskFormat, Store, StoreExists
+from ckpt import AlreadyExists, CheckpointType, DiskFormat, Store, StoreExists
 from ckpt.cli import run
 from ckpt.domain import FileRole
 
@@ -116,3 +116,26 @@ def test_an_encrypted_store_copies_sealed_and_opens_with_the_same_key(tmp_path: 
         # Still sealed there: the raw events hold no VM name.
         raw = copy.app.recorder.select_notifications(1, 1000)
         assert not any(b"web" in n.state for n in raw)
+
+
+def test_a_postgresql_log_with_gaps_copies_at_its_own_positions(tmp_path: Path) -> None:
+    """A failed insert leaves a gap in PostgreSQL's positions; the hash chain covers
+    the positions, so the copy keeps them (and the copy back keeps them too)."""
+    events, chunks = postgres_url(), s3_url()
+    with Store.init(tmp_path / "pg", events=events, chunks=chunks) as store:
+        store.register_vm("web", checkpoint_type=CheckpointType.STANDARD)
+        with pytest.raises(AlreadyExists):
+            store.register_vm("WEB")  # refused by the database: position 2 is never used
+        store.create_checkpoint("web", "one")
+        positions = [e.position for e in store.log()]
+        assert positions == [1, 3]
+        report = store.copy_to(None, None, tmp_path / "back")
+        source = store.verify_log()
+        assert source.ok
+    with Store.open(tmp_path / "back") as back:
+        assert [e.position for e in back.log()] == positions
+        copied = back.verify_log()
+        assert copied.ok and copied.last_link == source.last_link
+        assert report.events == 2
+        back.create_checkpoint("web", "two")  # the next position follows the copied ones
+        assert [e.position for e in back.log()] == [1, 3, 4]

@@ -19,6 +19,7 @@ from ckpt import (
     CheckpointType,
     DiskFormat,
     Store,
+    StoreBusy,
     StoreCorrupt,
     StoreExists,
     StoreNotFound,
@@ -147,3 +148,39 @@ def test_audit_log_records_actor_host_and_operations(tmp_path: Path, backends: B
     deleted = [e for e in log if e.operation == "checkpoint-deleted"]
     assert len(deleted) == 1 and deleted[0].checkpoint == "one"
     assert deleted[0].details["dependants"] == 2
+
+
+def test_a_busy_event_store_is_reported_at_once_not_retried_nor_taken_for_a_duplicate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from eventsourcing.persistence import OperationalError
+
+    with Store.init(tmp_path / "s") as store:
+        store.register_vm("VM1", checkpoint_type=CheckpointType.STANDARD)
+        saves = []
+
+        def locked(*args: object, **kwargs: object) -> None:
+            saves.append(args)
+            raise OperationalError("canceling statement due to lock timeout")
+
+        monkeypatch.setattr(store.app, "save", locked)
+        with pytest.raises(StoreBusy, match="busy"):
+            store.register_vm("VM2")
+        with pytest.raises(StoreBusy):
+            store.create_checkpoint("VM1", "c")
+        assert len(saves) == 2  # each tried once: the lock timeout was the waiting
+
+
+def test_init_refuses_the_rest_of_a_store_without_its_marker(tmp_path: Path) -> None:
+    with Store.init(tmp_path / "s") as store:
+        store.register_vm("VM1")
+    (tmp_path / "s" / "ckpt-store.json").unlink()
+    with pytest.raises(StoreExists, match=r"events\.sqlite"):
+        Store.init(tmp_path / "s")
+    with pytest.raises(StoreNotFound):
+        Store.open(tmp_path / "s")
+    (tmp_path / "t").mkdir()
+    Store.init(tmp_path / "t").close()
+    (tmp_path / "t" / "events.sqlite").unlink()  # the log gone: never replaced by an empty one
+    with pytest.raises(StoreNotFound, match=r"events\.sqlite"):
+        Store.open(tmp_path / "t")

@@ -11,9 +11,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from backends import postgres_url, s3_url
+from backends import PG_VAR, fresh_name, postgres_url, s3_url, server_url
 
-from ckpt import Store, StoreNotFound, WrongKey
+from ckpt import DiskFormat, InvalidValue, Store, StoreNotFound, WrongKey
 from ckpt.cli import run
 
 
@@ -118,3 +118,70 @@ def test_an_encrypted_store_on_urls_checks_its_key_from_any_host(tmp_path: Path)
         Store.init(tmp_path / "b", encrypt=True, events=events, chunks=chunks, key=bytes(32))
     with pytest.raises(StoreNotFound):
         Store.open(None, events=postgres_url(), chunks=s3_url())
+
+
+def test_a_mistyped_schema_is_no_store_and_never_an_empty_one(tmp_path: Path) -> None:
+    events, chunks = postgres_url(), s3_url()
+    image = tmp_path / "d.img"
+    image.write_bytes(os.urandom(16_384))
+    with Store.init(tmp_path / "s", events=events, chunks=chunks) as store:
+        store.register_vm("web", [("D", DiskFormat.VHDX)])
+        store.create_checkpoint("web", "one", disks={"D": image})
+    typo = events.rsplit("=", 1)[0] + "=nosuchschema" + fresh_name("x")
+    code, text = _cli("--events", typo, "--chunks", chunks, "gc", "--grace", "0")
+    assert code == 20 and "no ckpt event tables" in text
+    other = postgres_url()  # another store's event log beside these chunks
+    with Store.init(tmp_path / "other", events=other, chunks=s3_url()):
+        pass
+    code, text = _cli("--events", other, "--chunks", chunks, "gc", "--grace", "0")
+    assert code == 35 and "belongs to store" in text
+    code, text = _cli("--store", str(tmp_path / "s2"), "init", "--events", postgres_url(),
+                      "--chunks", chunks)  # fmt: skip
+    assert code == 35 and "holds no store" in text
+    with Store.open(tmp_path / "s") as store:  # nothing was collected
+        assert store.verify().ok
+        out = io.BytesIO()
+        store.restore_disk("web", "one", "D", out)
+        assert out.getvalue() == image.read_bytes()
+
+
+def test_attaching_follows_the_stores_encryption(tmp_path: Path) -> None:
+    events, chunks = postgres_url(), s3_url()
+    Store.init(tmp_path / "plain", events=events, chunks=chunks).close()
+    with pytest.raises(InvalidValue, match="not encrypted"):
+        Store.init(tmp_path / "b", encrypt=True, events=events, chunks=chunks, key=bytes(32))
+    sealed_events, sealed_chunks = postgres_url(), s3_url()
+    key = bytes(range(32))
+    Store.init(tmp_path / "sealed", True, sealed_events, sealed_chunks, key=key).close()
+    with pytest.raises(WrongKey):
+        Store.init(tmp_path / "c", events=sealed_events, chunks=sealed_chunks)
+    with Store.init(tmp_path / "d", True, sealed_events, sealed_chunks, key=key) as s:
+        assert s.attached and s.keyring is not None
+
+
+def test_passwords_with_any_characters_stay_secret(tmp_path: Path) -> None:
+    import psycopg
+
+    admin = urlsplit(server_url(PG_VAR))
+    role, password = fresh_name("r"), "Pw/with?odd#chars@" + fresh_name("")
+    with psycopg.connect(
+        host=admin.hostname, port=admin.port, user=admin.username, password=admin.password,
+        dbname="ckpt_test", autocommit=True,
+    ) as conn:  # fmt: skip
+        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+        conn.execute(f"GRANT CREATE ON DATABASE ckpt_test TO {role}")
+    base = f"postgresql://{role}:{password}@{admin.hostname}:{admin.port}/ckpt_test"
+    events, chunks = f"{base}?schema={fresh_name('s')}", s3_url()
+    outputs = [_cli("--store", str(tmp_path / "s"), "init", "--events", events,
+                    "--chunks", chunks)]  # fmt: skip
+    assert outputs[0][0] == 0, outputs[0][1]
+    outputs.append(_cli("--store", str(tmp_path / "s"), "info", "--json"))
+    outputs.append(_cli("--events", f"{base}?schema=nothere", "--chunks", chunks, "log"))
+    outputs.append(_cli("--events", f"{base}x", "--chunks", chunks, "log"))  # no such database
+    outputs.append(_cli("--events", base.replace("/ckpt_test", ":99x/db"), "--chunks", chunks,
+                        "log"))  # fmt: skip
+    outputs.append(_cli("--events", f"postgresql://u@h/db?password={password}",
+                        "--chunks", chunks, "log"))  # fmt: skip
+    assert [code for code, _ in outputs] == [0, 0, 20, 34, 14, 14], outputs
+    for _, text in outputs:
+        assert password not in text and "odd#chars" not in text, text
