@@ -95,7 +95,7 @@ def copy_store(
                 f"the copy's hash chain ends in {link} at position {cut}, the source's in "
                 f"{expected}: the target is not a store; empty it before copying again"
             )
-        target.read_models.recorder.set_store_id(config.store_id)
+        config.store_id = target.read_models.recorder.set_store_id(config.store_id)
         if config.remote:
             write_remote_meta(backend, config)
         if to_dir is not None:

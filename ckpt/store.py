@@ -262,8 +262,7 @@ class Store:
                         f"the event store of {config.describe()} already holds events: "
                         "not a store this ckpt can create or attach to"
                     )
-                config.store_id = store.read_models.recorder.store_id() or str(uuid4())
-                store.read_models.recorder.set_store_id(config.store_id)
+                config.store_id = store.read_models.recorder.set_store_id(str(uuid4()))
                 if backend is not None:
                     write_remote_meta(backend, config)  # durable before the marker names it
             if directory is not None:

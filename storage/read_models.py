@@ -104,7 +104,8 @@ def create_statements(types: dict[str, str]) -> list[str]:
         "link {blob} NOT NULL)",
         # Not a read model either: the id of the store this event log belongs to (its
         # chunk storage's meta object names the same id; an open compares them).
-        "CREATE TABLE IF NOT EXISTS ckpt_store (id TEXT PRIMARY KEY)",
+        # One row (one = 1): two hosts creating the store at once agree on the first id.
+        "CREATE TABLE IF NOT EXISTS ckpt_store (one INTEGER PRIMARY KEY, id TEXT NOT NULL)",
     ]
 
 
@@ -160,9 +161,12 @@ class ReadModelsSQL:
         rows = self._rows("SELECT id FROM ckpt_store")
         return str(rows[0][0]) if rows else None
 
-    def set_store_id(self, store_id: str) -> None:
+    def set_store_id(self, store_id: str) -> str:
+        """Record ``store_id`` unless an id is recorded already; return the one kept."""
         with self.transaction(commit=True) as c:
-            c.execute("INSERT INTO ckpt_store VALUES (?) ON CONFLICT DO NOTHING", (store_id,))
+            c.execute("INSERT INTO ckpt_store VALUES (1, ?) ON CONFLICT DO NOTHING", (store_id,))
+            c.execute("SELECT id FROM ckpt_store")
+            return str(c.fetchone()[0])
 
     def insert_stored_rows(
         self, c: Cursor, rows: Sequence[tuple[int, Any, int, str, bytes]]

@@ -185,3 +185,33 @@ def test_passwords_with_any_characters_stay_secret(tmp_path: Path) -> None:
     assert [code for code, _ in outputs] == [0, 0, 20, 34, 14, 14], outputs
     for _, text in outputs:
         assert password not in text and "odd#chars" not in text, text
+
+
+def test_hosts_initialising_the_same_new_store_at_once_end_up_on_one_store(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+    import sys
+
+    events, chunks = postgres_url(), s3_url()
+    ckpt_cli = Path(sys.executable).with_name("ckpt")
+    args = ["init", "--events", events, "--chunks", chunks]
+    procs = [
+        subprocess.Popen(
+            [str(ckpt_cli), "--store", str(tmp_path / f"h{i}"), *args],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(6)
+    ]
+    results = [(p.wait(timeout=120), p.communicate()) for p in procs]
+    assert all(code == 0 for code, _ in results), results
+    ids = {json.loads((tmp_path / f"h{i}" / "ckpt-store.json").read_text()).get("store_id")
+           for i in range(6)}  # fmt: skip
+    assert len(ids) == 1 and None not in ids
+    with Store.open(tmp_path / "h0") as a:
+        a.register_vm("shared")
+    with Store.open(tmp_path / "h5") as b:
+        assert [vm.name for vm in b.vms()] == ["shared"]
