@@ -331,6 +331,8 @@ class Store:
             )
 
     def close(self) -> None:
+        if self._chunks is not None:
+            self._chunks.close()
         self.app.close()
 
     def __enter__(self) -> Store:

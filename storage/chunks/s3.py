@@ -257,6 +257,7 @@ class S3ChunkBackend:
         self._unreachable: tuple[type[Exception], ...] = (
             boto_errors.ConnectionError,  # refused, DNS, connect timeout, TLS, proxy
             boto_errors.HTTPClientError,  # read timeout, connection dropped mid-body
+            boto_errors.IncompleteReadError,  # bodies cut short, attempt after attempt
             boto_errors.NoCredentialsError,
             boto_errors.PartialCredentialsError,
             boto_errors.CredentialRetrievalError,

@@ -110,6 +110,13 @@ class ChunkStore:
                 raise
             return self._read(cid, moved)
 
+    def close(self) -> None:
+        """Stop the threads that read spans of a remote backend (if any ran)."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
     def in_pack_order(self, ids: Iterable[bytes]) -> list[bytes]:
         """``ids`` sorted by where they are stored (ids the index does not know
         last): ``get_many`` of a run of them then reads few, long spans."""

@@ -309,7 +309,7 @@ def test_a_body_that_keeps_breaking_off_is_store_unavailable_after_max_attempts(
             stubber.add_response(
                 "get_object", {"Body": _broken_body(10)}, {"Bucket": "bucket", "Key": "pre/a"}
             )
-        with pytest.raises(StorageError, match=r"cannot read 'a' .*IncompleteReadError"):
+        with pytest.raises(StoreUnavailable, match=r"cannot read 'a' .*IncompleteReadError"):
             backend.get("a")
         stubber.assert_no_pending_responses()
 
