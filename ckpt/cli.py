@@ -552,13 +552,10 @@ def run(argv: Sequence[str], out: TextIO = sys.stdout, err: TextIO = sys.stderr)
                     what = "an encrypted" if args.encrypt else "an empty"
                     out.write(f"initialised {what} ckpt store at {store.where}\n")
             return 0
-        if path is not None and (args.events or args.chunks):
-            raise InvalidValue(
-                "give --store DIR or --events/--chunks, not both "
-                "(a store directory names its own backends)"
-            )
+        # With a directory only the command line's URLs count (Store.open refuses
+        # them with --store); $CKPT_EVENTS/$CKPT_CHUNKS then do not apply.
         with Store.open(
-            path, events=None if path else events, chunks=None if path else chunks,
+            path, events=args.events if path else events, chunks=args.chunks if path else chunks,
             actor=args.actor, key=_key(args, create=False),
         ) as store:  # fmt: skip
             args.handler(store, args, out)

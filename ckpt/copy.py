@@ -118,8 +118,9 @@ def _copy_chunks(
     src = source.chunks.backend
     pack_names = list(src.list(PACKS))
     index_names = list(src.list(INDEX))
-    total = sum(src.size(n) for n in pack_names)
-    bar = None if progress is None else progress("copy chunks", total)
+    # Progress in packs (~16 MiB each): sizing them first would cost a request per
+    # pack on S3, and fail on a pack a gc of the source removed meanwhile.
+    bar = None if progress is None else progress("copy packs", len(pack_names))
     copied: set[bytes] = set()
     size = skipped = 0
     for name in pack_names:
@@ -134,7 +135,7 @@ def _copy_chunks(
             copied.add(pack_id)
         size += len(data)
         if bar:
-            bar(len(data))
+            bar(1)
     indexes = 0
     for name in index_names:
         if pack_id_of_index(name) not in copied:

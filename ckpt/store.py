@@ -83,6 +83,7 @@ from .store_config import (
     FORMAT,
     MARKER,
     StoreConfig,
+    first_line,
     read_marker,
     read_remote_meta,
     write_remote_meta,
@@ -118,11 +119,6 @@ def _check_key(encryption: dict[str, Any] | None, key: bytes | None, where: str)
         raise WrongKey(f"the store at {where} is encrypted: give its key (--key-file or CKPT_KEY)")
     if Keyring(key).key_check != encryption.get("key_check"):
         raise WrongKey(f"that is not the key of the encrypted store at {where}")
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]
 
 
 def _check_empty_directory(directory: Path) -> None:
@@ -181,12 +177,10 @@ class Store:
             self.read_models.recorder.keyring = self.keyring
         except (OperationalError, InterfaceError) as e:
             raise StoreUnavailable(
-                f"cannot reach the event store of {self.where}: {_first_line(e)}"
+                f"cannot reach the event store of {self.where}: {first_line(e)}"
             ) from e
         except (PersistenceError, sqlite3.Error) as e:
-            raise StoreCorrupt(
-                f"cannot open the event log of {self.where}: {_first_line(e)}"
-            ) from e
+            raise StoreCorrupt(f"cannot open the event log of {self.where}: {first_line(e)}") from e
 
     @staticmethod
     def _connect(env: dict[str, str]) -> tuple[CheckpointApplication, ReadModels]:
@@ -355,9 +349,9 @@ class Store:
             raise StoreBusy(f"the event log of {self.where} is busy: {e}") from e
         except (OperationalError, InterfaceError) as e:
             if "lock timeout" in str(e) or "canceling statement" in str(e):
-                raise StoreBusy(f"the event log of {self.where} is busy: {_first_line(e)}") from e
+                raise StoreBusy(f"the event log of {self.where} is busy: {first_line(e)}") from e
             raise StoreUnavailable(
-                f"the event store of {self.where} failed: {_first_line(e)}"
+                f"the event store of {self.where} failed: {first_line(e)}"
             ) from e
         except (PersistenceError, MapperDeserialisationError) as e:
             raise StoreCorrupt(f"the event log of {self.where} failed: {e}") from e

@@ -120,7 +120,7 @@ class StoreConfig:
             found = check_schema(loc, create)
         except Exception as e:  # psycopg.Error: connection refused, bad password, ...
             raise StoreUnavailable(
-                f"cannot reach the event store {loc.display()}: {_first_line(e)}"
+                f"cannot reach the event store {loc.display()}: {first_line(e)}"
             ) from e
         if found == "none" and not create:
             raise StoreNotFound(
@@ -166,7 +166,8 @@ class StoreConfig:
             os.close(dir_fd)
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
+    """A server's error text is often several lines (DETAIL:, HINT:): ours are one."""
     text = str(error).strip() or type(error).__name__
     return text.splitlines()[0]
 
