@@ -157,7 +157,7 @@ def _cp_rename(s: Store, a: argparse.Namespace, out: TextIO) -> None:
 def _cp_delete(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     what = "checkpoint subtree" if a.subtree else "checkpoint"
     target = s.vm(a.vm).find_checkpoint(a.checkpoint)
-    changes = s.delete_checkpoint(a.vm, str(target.id), a.subtree)
+    changes = s.delete_checkpoint(a.vm, target.id, a.subtree)
     text = f"deleted {what} {target.name!r}" + "".join(f"\n  {c}" for c in changes)
     render.emit(out, a, {"deleted": str(target.id), "layers": changes}, text)
 

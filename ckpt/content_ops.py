@@ -30,7 +30,6 @@ from ckpt.domain import (
     FileRole,
     InvalidValue,
     Origin,
-    UnknownCheckpoint,
     VirtualMachine,
 )
 
@@ -182,25 +181,15 @@ class RestorePoint:
 
 def resolve_point(store: Store, vm: str, ref: str, at: str | int | None = None) -> RestorePoint:
     """A live checkpoint or backup point, now or as of ``at`` (which reaches
-    checkpoints deleted since: their content stays until gc may purge it)."""
+    checkpoints deleted since: their content stays until gc may purge it).
+    A reference matching several points (of either kind) is ambiguous."""
     v = store.vm(vm, at=at)
-    try:
-        cp = v.find_checkpoint(ref)
-    except UnknownCheckpoint:
-        points = [
-            p
-            for p in v.backup_points.values()
-            if p.name == ref or str(p.id) == ref.strip("{}").lower()
-        ]
-        if not points:
-            raise UnknownCheckpoint(
-                f"VM {v.name!r} has no checkpoint or backup point named or with id {ref!r}"
-            ) from None
-        point = points[-1]
-        past = store.vm(str(v.id), version=point.version)
-        return RestorePoint(past, f"backup point {point.name!r}", dict(past.running), ())
-    layers = dict(cp.layers)
-    return RestorePoint(v, f"checkpoint {cp.name!r}", layers, v.captured_files.get(cp.id, ()))
+    found = v.find_point(ref)
+    if isinstance(found, BackupPoint):
+        past = store.vm(v.id, version=found.version)
+        return RestorePoint(past, f"backup point {found.name!r}", dict(past.running), ())
+    layers = dict(found.layers)
+    return RestorePoint(v, f"checkpoint {found.name!r}", layers, v.captured_files.get(found.id, ()))
 
 
 def _disk_maps(store: Store, vm: str, ref: str, disk: str, at: str | int | None) -> list[Any]:

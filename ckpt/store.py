@@ -60,6 +60,7 @@ from ckpt.domain import (
     WrongKey,
     vm_id,
 )
+from ckpt.domain.naming import Candidate, find_named, parse_id
 from ckpt.projections import (
     AuditEntry,
     ChainEntry,
@@ -580,7 +581,7 @@ class Store:
             self._chunks = ChunkStore(self.config.chunk_backend(), keyring=self.keyring)
         return self._chunks
 
-    def apply_checkpoint(self, vm: str, checkpoint: str) -> Checkpoint:
+    def apply_checkpoint(self, vm: str, checkpoint: str | UUID) -> Checkpoint:
         def act(v: VirtualMachine, o: Origin) -> Checkpoint:
             cp = v.find_checkpoint(checkpoint)
             v.apply_checkpoint(o, cp.id)
@@ -596,7 +597,7 @@ class Store:
 
         return self._command(vm, act)
 
-    def rename_checkpoint(self, vm: str, checkpoint: str, new_name: str) -> Checkpoint:
+    def rename_checkpoint(self, vm: str, checkpoint: str | UUID, new_name: str) -> Checkpoint:
         def act(v: VirtualMachine, o: Origin) -> Checkpoint:
             cp = v.find_checkpoint(checkpoint)
             v.rename_checkpoint(o, cp.id, new_name)
@@ -604,7 +605,9 @@ class Store:
 
         return self._command(vm, act)
 
-    def delete_checkpoint(self, vm: str, checkpoint: str, subtree: bool = False) -> list[str]:
+    def delete_checkpoint(
+        self, vm: str, checkpoint: str | UUID, subtree: bool = False
+    ) -> list[str]:
         """Delete; return what happened to the layer files, one line each."""
 
         def act(v: VirtualMachine, o: Origin) -> list[str]:
@@ -670,28 +673,53 @@ class Store:
             return self.read_models.rebuild()
 
     def vm(
-        self, name: str, version: int | None = None, at: str | int | None = None
+        self, name: str | UUID, version: int | None = None, at: str | int | None = None
     ) -> VirtualMachine:
         """A VM by name (case-insensitive) or id: now, as of an event version of
-        its own, or as of a log position or time (``at``)."""
-        try:
-            vid = UUID(name.strip().strip("{}"))
-        except ValueError:
-            vid = vm_id(name)
+        its own (1 to the latest), or as of a log position or time (``at``).
+
+        A name that is another VM's id (an old log may hold one) matches two
+        VMs: ``AmbiguousName``, never the id's VM silently."""
+        if isinstance(name, UUID):
+            ids = [name]
+        else:
+            as_id = parse_id(name)
+            ids = list(dict.fromkeys(i for i in (as_id, vm_id(name)) if i is not None))
         position = self.position(at)
+        if position is not None:
+            self.catch_up()
+        found: list[VirtualMachine] = []
         with self._translated():
-            for candidate in dict.fromkeys((vid, vm_id(name))):
+            for candidate in ids:
+                wanted = version
                 if position is not None:
-                    self.catch_up()
-                    version = self.read_models.recorder.version_at(str(candidate), position)
-                    if version is None:
+                    wanted = self.read_models.recorder.version_at(str(candidate), position)
+                    if wanted is None:
                         continue
-                try:
-                    return self.app.get_vm(candidate, version)
-                except UnknownVM:
-                    continue
-        when = "" if position is None else f" at position {position}"
-        raise UnknownVM(f"no VM named {name!r}{when} in the store at {self.where}")
+                with contextlib.suppress(UnknownVM):
+                    found.append(self.app.get_vm(candidate, wanted))
+        if not found and version is not None and position is None:
+            self._check_version(ids, version)  # the VM may exist, without that version
+        scope = [Candidate("VM", v.id, v.name) for v in found]
+        pick = find_named(name, scope, f"the store at {self.where}", fold_case=True)
+        if pick is None:
+            when = "" if position is None else f" at position {position}"
+            raise UnknownVM(f"no VM named {name!r}{when} in the store at {self.where}")
+        vm = next(v for v in found if v.id == pick.id)
+        if version is not None and position is None and vm.version != version:
+            self._check_version([vm.id], version)  # beyond the latest: not the latest silently
+        return vm
+
+    def _check_version(self, ids: Sequence[UUID], version: int) -> None:
+        """Refuse an event version a VM of ``ids`` does not have, saying its range."""
+        with self._translated():
+            for candidate in ids:
+                with contextlib.suppress(UnknownVM):
+                    latest = self.app.get_vm(candidate)
+                    raise InvalidValue(
+                        f"VM {latest.name!r} has no version {version}: its versions run "
+                        f"from 1 to {latest.version}"
+                    )
 
     def vms(self) -> list[VirtualMachine]:
         self.catch_up()

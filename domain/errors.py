@@ -9,7 +9,7 @@ them unchanged. Adapters translate sqlite3 / eventsourcing errors at their edge.
     │   ├── NotFound
     │   │   ├── UnknownVM
     │   │   └── UnknownCheckpoint
-    │   ├── AmbiguousName            a checkpoint name used by several checkpoints
+    │   ├── AmbiguousName            a name or id matching several VMs or points
     │   ├── InvalidValue             a name, version or option outside its range
     │   ├── NotAllowed               not allowed in the VM's present state
     │   ├── AlreadyExists            a VM with that name is registered
@@ -55,7 +55,8 @@ class UnknownCheckpoint(NotFound):
 
 
 class AmbiguousName(DomainError):
-    """A checkpoint name matches several checkpoints; use the id instead."""
+    """A reference matches several VMs, checkpoints or backup points (a repeated
+    name, or a name that is another one's id); use the id instead."""
 
 
 class InvalidValue(DomainError):

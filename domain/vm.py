@@ -23,18 +23,20 @@ from eventsourcing.domain import Aggregate
 from . import layers as layer_rules
 from .content import BackupPoint, DiskCapture, FileCapture, FileRole
 from .errors import (
-    AmbiguousName,
     CaptureOutdated,
     InvalidValue,
     NotAllowed,
     UnknownCheckpoint,
 )
 from .naming import (
+    Candidate,
     base_file_name,
     check_disk_name,
-    check_name,
+    check_findable_name,
     default_checkpoint_name,
     differencing_file_name,
+    disk_name_problem,
+    find_named,
 )
 from .state_files import DEFAULT_VERSION, parse_version, state_files, uses_vmcx
 from .values import (
@@ -274,9 +276,15 @@ class VirtualMachine(Aggregate):
         automatic_checkpoints: bool = False,
     ) -> VirtualMachine:
         """Register a VM; with no disks given it gets one named after the VM."""
-        check_name(name, "VM")
+        check_findable_name(name, "VM")
         version = config_version or DEFAULT_VERSION
         parse_version(version)
+        problem = None if disks else disk_name_problem(name)
+        if problem is not None:
+            raise InvalidValue(
+                f"VM name {name!r} {problem}, and with no disk given a VM gets one disk "
+                "named after it: name its disks (--disk NAME)"
+            )
         specs = list(disks) or [(name, DiskFormat.VHDX)]
         seen: set[str] = set()
         made: list[Disk] = []
@@ -422,7 +430,7 @@ class VirtualMachine(Aggregate):
             raise InvalidValue("a backup point needs the content of at least one disk")
         self._check_captures(disks)
         label = name or f"{self.name} - backup point ({origin.at.isoformat(timespec='seconds')})"
-        check_name(label, "backup point")
+        check_findable_name(label, "backup point")
         self._record_captures(origin, disks)
         point = BackupPoint(_derived_id(origin, "backup-point"), label, origin.at, self.version + 1)
         self._trigger(origin, self.BackupPointRecorded, point=point)
@@ -502,7 +510,7 @@ class VirtualMachine(Aggregate):
         effective, fell_back = self._effective_type(requested, guest_can_quiesce)
         if name is None:
             name = default_checkpoint_name(self.name, origin.at, automatic)
-        check_name(name, "checkpoint")
+        check_findable_name(name, "checkpoint")
         prefix = "automatic-" if automatic else ""
         checkpoint_id = _derived_id(origin, f"{prefix}checkpoint")
         frozen = tuple((d.name, self.running[d.name]) for d in self.disks)
@@ -587,7 +595,7 @@ class VirtualMachine(Aggregate):
 
     def rename_checkpoint(self, origin: Origin, checkpoint_id: UUID, new_name: str) -> None:
         checkpoint = self.checkpoint(checkpoint_id)
-        check_name(new_name, "checkpoint")
+        check_findable_name(new_name, "checkpoint")
         self._trigger(
             origin,
             self.CheckpointRenamed,
@@ -640,25 +648,38 @@ class VirtualMachine(Aggregate):
                 f"VM {self.name!r} has no checkpoint with id {checkpoint_id}"
             ) from None
 
-    def find_checkpoint(self, ref: str) -> Checkpoint:
-        """A checkpoint by id (any case, braces optional) or by exact name."""
-        text = ref.strip().strip("{}")
-        try:
-            as_id: UUID | None = UUID(text)
-        except ValueError:
-            as_id = None
-        if as_id is not None and as_id in self.checkpoints:
-            return self.checkpoints[as_id]
-        named = [cp for cp in self.checkpoints.values() if cp.name == ref]
-        if len(named) == 1:
-            return named[0]
-        if named:
-            ids = ", ".join(str(cp.id) for cp in named)
-            raise AmbiguousName(
-                f"VM {self.name!r} has {len(named)} checkpoints named {ref!r} ({ids}); "
-                "name one by its id"
-            )
-        raise UnknownCheckpoint(f"VM {self.name!r} has no checkpoint named or with id {ref!r}")
+    def find_checkpoint(self, ref: str | UUID) -> Checkpoint:
+        """A checkpoint by id (any case, braces optional) or by exact name; a
+        reference matching several (a repeated name, or a name that is another
+        checkpoint's id) is ``AmbiguousName``, listing them."""
+        if isinstance(ref, UUID):
+            return self.checkpoint(ref)
+        found = find_named(ref, self._candidates(False), f"VM {self.name!r}")
+        if found is None:
+            raise UnknownCheckpoint(f"VM {self.name!r} has no checkpoint named or with id {ref!r}")
+        return self.checkpoints[found.id]
+
+    def find_point(self, ref: str | UUID) -> Checkpoint | BackupPoint:
+        """A checkpoint or backup point, as ``find_checkpoint`` finds one: a
+        backup point named like a checkpoint, or two backup points of one name,
+        are ambiguous rather than one silently chosen."""
+        found = find_named(ref, self._candidates(True), f"VM {self.name!r}")
+        if found is None:
+            what = f"with id {ref}" if isinstance(ref, UUID) else f"named or with id {ref!r}"
+            raise UnknownCheckpoint(f"VM {self.name!r} has no checkpoint or backup point {what}")
+        return self.checkpoints.get(found.id) or self.backup_points[found.id]
+
+    def _candidates(self, backup_points: bool) -> list[Candidate]:
+        found = [
+            Candidate("checkpoint", cp.id, cp.name, cp.created_at)
+            for cp in self.checkpoints.values()
+        ]
+        if backup_points:
+            found += [
+                Candidate("backup point", p.id, p.name, p.created_at)
+                for p in self.backup_points.values()
+            ]
+        return found
 
     def children(self, checkpoint_id: UUID | None) -> list[Checkpoint]:
         return [cp for cp in self.checkpoints.values() if cp.parent == checkpoint_id]
