@@ -178,6 +178,12 @@ def default_checkpoint_name(vm_name: str, at: datetime, automatic: bool = False)
     return f"{prefix}{vm_name[:room]}{suffix}"
 
 
+def default_backup_point_name(vm_name: str, at: datetime) -> str:
+    """``<VM name> - backup point (<ISO time>)``, the VM name shortened to fit 100 characters."""
+    suffix = f" - backup point ({at.isoformat(timespec='seconds')})"
+    return f"{vm_name[: MAX_NAME - len(suffix)]}{suffix}"
+
+
 def guid_text(value: UUID) -> str:
     """GUIDs in Hyper-V file names are upper case without braces."""
     return str(value).upper()

@@ -33,6 +33,7 @@ from .naming import (
     base_file_name,
     check_disk_name,
     check_findable_name,
+    default_backup_point_name,
     default_checkpoint_name,
     differencing_file_name,
     disk_name_problem,
@@ -429,7 +430,7 @@ class VirtualMachine(Aggregate):
         if not disks:
             raise InvalidValue("a backup point needs the content of at least one disk")
         self._check_captures(disks)
-        label = name or f"{self.name} - backup point ({origin.at.isoformat(timespec='seconds')})"
+        label = name or default_backup_point_name(self.name, origin.at)
         check_findable_name(label, "backup point")
         self._record_captures(origin, disks)
         point = BackupPoint(_derived_id(origin, "backup-point"), label, origin.at, self.version + 1)

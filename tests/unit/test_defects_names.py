@@ -171,6 +171,14 @@ def test_a_vm_whose_name_cannot_name_its_default_disk_is_refused_naming_the_vm()
     assert VirtualMachine.register(origin(), "a/b", [("Boot", DiskFormat.VHDX)]).name == "a/b"
 
 
+def test_the_default_backup_point_name_fits_a_long_vm_name() -> None:
+    """A 90-character VM name made a 133-character default name, refused (exit 14)."""
+    vm = new_vm("x" * 90)
+    point = vm.sync(origin(), None, [capture(vm)])
+    assert point.name == "x" * 57 + " - backup point (2026-12-01T09:30:00+00:00)"
+    assert len(point.name) == 100
+
+
 # A name: a plain one, or the id of an earlier checkpoint in some spelling (k, form).
 NAMES = st.sampled_from(["a", "b", "A"]) | st.tuples(st.integers(0, 5), st.integers(0, 3))
 
