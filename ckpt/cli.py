@@ -89,12 +89,13 @@ def _vm_power(action: str) -> Handler:
 
 def _vm_remove(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     vm = s.remove_vm(a.name)
+    removal = s.log(str(vm.id), operation="vm-removed")[-1].position
     render.emit(
         out,
         a,
-        docs.vm_json(vm) | {"removed": True},
-        f"removed VM {vm.name!r} ({vm.id}); its history stays in `ckpt log`, and --at "
-        f"before position {s.app.last_position()} still shows and restores it",
+        docs.vm_json(vm) | {"removed": True, "position": removal},
+        f"removed VM {vm.name!r} ({vm.id}) at position {removal}; its history stays in "
+        f"`ckpt log`, and --at {removal - 1} (or earlier) still shows and restores it",
     )
 
 
