@@ -87,6 +87,18 @@ def _vm_power(action: str) -> Handler:
     return handle
 
 
+def _vm_remove(s: Store, a: argparse.Namespace, out: TextIO) -> None:
+    vm = s.remove_vm(a.name)
+    removal = s.log(str(vm.id), operation="vm-removed")[-1].position
+    render.emit(
+        out,
+        a,
+        docs.vm_json(vm) | {"removed": True, "position": removal},
+        f"removed VM {vm.name!r} ({vm.id}) at position {removal}; its history stays in "
+        f"`ckpt log`, and --at {removal - 1} (or earlier) still shows and restores it",
+    )
+
+
 def _vm_list(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     vms = s.vms()
     render.emit(
@@ -179,7 +191,7 @@ def _cp_list(s: Store, a: argparse.Namespace, out: TextIO) -> None:
 
 
 def _export(s: Store, a: argparse.Namespace, out: TextIO) -> None:
-    files = s.export(a.vm, a.checkpoint, a.output, at=a.at, flatten=a.flatten)
+    files = s.export(a.vm, a.checkpoint, a.output, at=a.at, flatten=a.flatten, force=a.force)
     what = f"checkpoint {a.checkpoint!r}" if a.checkpoint else "Now"
     lines = [f"exported {what} of VM {a.vm!r} as a Hyper-V folder:"] + [f"  {f}" for f in files]
     render.emit(out, a, {"files": [str(f) for f in files]}, "\n".join(lines))
@@ -237,6 +249,12 @@ def _export_options(q: argparse.ArgumentParser, checkpoint_required: bool) -> No
         q.add_argument("checkpoint", nargs="?", help="default: Now (the whole current chain)")
     q.add_argument("-o", "--output", required=True, metavar="DIR")
     q.add_argument("--flatten", action="store_true", help="one standalone VHDX per disk")
+    q.add_argument(
+        "--force",
+        action="store_true",
+        help="DIR/<VM> may hold an earlier export: delete its 'Virtual Hard Disks' and "
+        "'Snapshots' folders first (default: refuse a non-empty DIR/<VM>)",
+    )
     q.add_argument("--at", metavar="POSITION|TIME", help=AT_HELP)
 
 
@@ -377,6 +395,14 @@ def build_parser() -> argparse.ArgumentParser:
         ("save", "save a running VM's state"),
     ):
         cmd(vm, action, _vm_power(action), text, json_out=True).add_argument("name")
+    q = cmd(
+        vm,
+        "remove",
+        _vm_remove,
+        "remove a VM (Remove-VM; it must be off): its history stays in the log and --at",
+        json_out=True,
+    )
+    q.add_argument("name")
     cmd(vm, "list", _vm_list, "list VMs", json_out=True)
     q = cmd(vm, "show", _vm_show, "show one VM", json_out=True)
     q.add_argument("name")

@@ -15,7 +15,7 @@ import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 from uuid import UUID
@@ -289,20 +289,25 @@ def _references(store: Store) -> list[Reference]:
     must come from the source of truth even if a read model lags or is damaged.
     """
     names: dict[UUID, str] = {}
-    refs = []
+    removed: dict[UUID, str] = {}  # a removed VM's captures stay referenced, named as such
+    refs: list[tuple[UUID, Reference]] = []
     with store._translated():
         for position, event in store.app.read_log():
+            owner = event.originator_id
             if isinstance(event, VirtualMachine.Registered):
-                names[event.originator_id] = event.name
-            vm = names.get(event.originator_id, str(event.originator_id))
+                names[owner] = event.name
+            elif isinstance(event, VirtualMachine.Removed):
+                removed[owner] = f"{event.name} (removed, id {owner})"
+            vm = names.get(owner, str(owner))
             if isinstance(event, VirtualMachine.LayerContentRecorded):
                 c = event.capture
-                refs.append(Reference(position, vm, f"disk {c.disk} (layer {c.layer})", c.manifest))
+                what = f"disk {c.disk} (layer {c.layer})"
+                refs.append((owner, Reference(position, vm, what, c.manifest)))
             elif isinstance(event, VirtualMachine.StateContentRecorded):
                 for f in event.files:
                     what = f"{f.path or f.role.value} of checkpoint {event.checkpoint_id}"
-                    refs.append(Reference(position, vm, what, f.manifest))
-    return refs
+                    refs.append((owner, Reference(position, vm, what, f.manifest)))
+    return [replace(r, vm=removed[o]) if o in removed else r for o, r in refs]
 
 
 def verify(
@@ -467,15 +472,26 @@ def stats(store: Store, vm: str | None = None, at: str | int | None = None) -> d
     """
     until = store.position(at)
     store.catch_up()
-    per_vm: dict[str, dict[str, int]] = {}
-    for row in store.read_models.recorder.captures(until):
-        entry = per_vm.setdefault(row[3], {"logical_bytes": 0, "new_bytes": 0, "captures": 0})
+    recorder = store.read_models.recorder
+    # Keyed by VM id: a removed VM's name may belong to a new VM now. A removed VM's
+    # captures still count (gc keeps their chunks), under "<name> (removed, id ...)".
+    gone = {r[2] for r in recorder.audit(operation="vm-removed", until=until)}
+    by_id: dict[str, dict[str, int]] = {}
+    names: dict[str, str] = {}
+    for row in recorder.captures(until):
+        entry = by_id.setdefault(row[2], {"logical_bytes": 0, "new_bytes": 0, "captures": 0})
+        names[row[2]] = f"{row[3]} (removed, id {row[2]})" if row[2] in gone else row[3]
         entry["logical_bytes"] += row[8]
         entry["new_bytes"] += row[9]
         entry["captures"] += 1
+    per_vm = {names[vid]: entry for vid, entry in by_id.items()}
     if vm is not None:
-        name = store.vm(vm, at=at).name
-        per_vm = {name: per_vm.get(name, {"logical_bytes": 0, "new_bytes": 0, "captures": 0})}
+        found = store.vm(vm, at=at)
+        per_vm = {
+            found.name: by_id.get(
+                str(found.id), {"logical_bytes": 0, "new_bytes": 0, "captures": 0}
+            )
+        }
     s = store.chunks.stats()
     logical = sum(r["logical_bytes"] for r in per_vm.values())
     total: dict[str, Any] = {

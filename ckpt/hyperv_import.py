@@ -16,20 +16,27 @@ it; a second child is reached by applying its parent's checkpoint first. A
 VM with several disks is imported when every disk's files form the same
 chain shape (the common case: each checkpoint froze every disk at once);
 otherwise only each disk's current chain is imported, without checkpoints.
-Every file is opened and checked before anything is recorded.
+Every file is opened and checked, and every chain link (a child's parent
+DataWriteGuid, size and sector size) too, before any content is read; the VM is
+built in memory and saved with all its events in one transaction at the end, so
+a failure at any step (a swapped parent, a file damaged past its headers)
+records nothing and a retry starts afresh.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO, cast
 
-from ckpt.domain import CheckpointType, DiskFormat, InvalidValue
+from ckpt.domain import Checkpoint, CheckpointType, DiskFormat, InvalidValue, VirtualMachine
 from ckpt.domain.errors import VhdxError
 from ckpt.storage.vhdx import VhdxReader
 
-from .interop import _find_parent, safe_folder_name
+from .content import ManifestCache, Session, capture_disk
+from .content_ops import WORKERS
+from .interop import ChainStream, _find_parent, open_vhdx_chain, safe_folder_name
 
 if TYPE_CHECKING:
     from .store import Store
@@ -92,6 +99,11 @@ def scan(directory: Path) -> dict[Path, DiskFile]:
             walk = walk.parent
     for node in nodes.values():
         node.children.sort(key=lambda c: c.mtime)
+    for node in nodes.values():  # every link checked: each leaf's chain down to its base
+        if not node.children:
+            _, opened, _ = open_vhdx_chain(node.path, directory)
+            for done in opened:
+                done.close()
     return nodes
 
 
@@ -119,18 +131,51 @@ def import_folder(store: Store, directory: Path, name: str | None = None) -> Imp
     bases = sorted((n for n in nodes.values() if n.parent is None), key=lambda n: n.path.name)
     vm_name = name or safe_folder_name(directory.resolve().name)
     disk_names = [b.path.stem for b in bases]
-    store.register_vm(
+    vm = store.new_vm(
         vm_name, [(d, DiskFormat.VHDX) for d in disk_names], checkpoint_type=CheckpointType.STANDARD
     )
+    importer = _Importer(store, vm, directory)
     same_shape = len({tuple(_shape(b)) for b in bases}) == 1
     checkpoints: list[str] = []
     if same_shape:
         now = [_now_leaf(b) for b in bases]
-        _replay(store, vm_name, disk_names, bases, now, checkpoints)
+        _replay(importer, disk_names, bases, now, checkpoints)
     else:
         for disk, base in zip(disk_names, bases, strict=True):
-            store.import_disk(vm_name, disk, _now_leaf(base).path)
+            importer.import_disk(disk, _now_leaf(base).path)
+    store.save_new_vm(vm)  # every event at once, or none
     return ImportReport(vm_name, disk_names, checkpoints, len(nodes))
+
+
+class _Importer:
+    """The replay's steps on a VM that is not saved yet: each disk file's content
+    is captured (its chunks written; unreferenced ones go at the next gc if the
+    import fails) and recorded as an event of the unsaved VM."""
+
+    def __init__(self, store: Store, vm: VirtualMachine, root: Path) -> None:
+        self.store, self.vm, self.root = store, vm, root
+
+    def import_disk(self, disk: str, path: Path) -> None:
+        chunks = self.store.chunks
+        cache = ManifestCache(chunks)
+        vhdx, files, segments = open_vhdx_chain(path, self.root)
+        try:
+            with chunks.writer() as writer, ThreadPoolExecutor(WORKERS) as pool:
+                session = Session(writer, chunks, pool)
+                stream = cast(BinaryIO, ChainStream(vhdx))  # a RawIOBase: read, seek, tell
+                capture = capture_disk(
+                    self.vm, disk, stream, str(path), session, cache, segments=segments
+                )
+        finally:
+            for f in files:
+                f.close()
+        self.vm.import_disk_content(self.store._origin(), capture)
+
+    def create_checkpoint(self, label: str) -> Checkpoint:
+        return self.vm.create_checkpoint(self.store._origin(), label)
+
+    def apply_checkpoint(self, checkpoint: Checkpoint) -> None:
+        self.vm.apply_checkpoint(self.store._origin(), checkpoint.id)
 
 
 def _on_path(node: DiskFile, leaf: DiskFile) -> bool:
@@ -143,8 +188,7 @@ def _on_path(node: DiskFile, leaf: DiskFile) -> bool:
 
 
 def _replay(
-    store: Store,
-    vm: str,
+    importer: _Importer,
     disks: list[str],
     files: list[DiskFile],
     now: list[DiskFile],
@@ -152,16 +196,16 @@ def _replay(
 ) -> None:
     """Import ``files`` (one per disk, same place in each tree), then their children."""
     for disk, node in zip(disks, files, strict=True):
-        store.import_disk(vm, disk, node.path)
+        importer.import_disk(disk, node.path)
     if files[0] is now[0]:
         return  # the running layer: Now, not a checkpoint
     label = f"Imported {files[0].path.name}"[:100]
-    cp = store.create_checkpoint(vm, label)
+    cp = importer.create_checkpoint(label)
     checkpoints.append(label)
     kids = list(zip(*(f.children for f in files), strict=True))
     # the branch that leads to Now last, so the replay ends on it
     kids.sort(key=lambda group: _on_path(group[0], now[0]))
     for i, group in enumerate(kids):
         if i > 0:  # a second branch starts again from this checkpoint
-            store.apply_checkpoint(vm, str(cp.id))
-        _replay(store, vm, disks, list(group), now, checkpoints)
+            importer.apply_checkpoint(cp)
+        _replay(importer, disks, list(group), now, checkpoints)

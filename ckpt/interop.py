@@ -12,15 +12,25 @@ and ``<VM>/Snapshots/`` (the captured state files under their Hyper-V names).
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 import os
 import re
+import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path, PureWindowsPath
 from typing import TYPE_CHECKING, BinaryIO
 from uuid import NAMESPACE_URL, UUID, uuid5
 
-from ckpt.domain import Checkpoint, DiskFormat, InvalidValue, VirtualMachine
+from ckpt.domain import (
+    AlreadyExists,
+    Checkpoint,
+    DiskFormat,
+    InvalidValue,
+    UnknownVM,
+    VirtualMachine,
+)
 from ckpt.domain.errors import VhdxError
 from ckpt.domain.layers import chain
 from ckpt.storage import manifest
@@ -36,12 +46,95 @@ DISKS_DIR = "Virtual Hard Disks"
 RUN = 1 << 20  # join contiguous blocks into runs of up to 1 MiB for the writer
 WINDOWS_ROOT = PureWindowsPath("C:/Hyper-V")  # where an export says it lives: a guess, by design
 _UNSAFE = re.compile(r'[<>:"/\\|?*\x00-\x1f]')
+_UNSAFE_EXPORT = re.compile(r'[<>:"/\\|?*\x00-\x1f\x7f]')
+# Windows opens a device, not a file, for these names with any extension ("nul.txt").
+_RESERVED = (
+    {"CON", "PRN", "AUX", "NUL"}
+    | {f"COM{i}" for i in range(1, 10)}
+    | {f"LPT{i}" for i in range(1, 10)}
+)
+# One path component: 255 bytes on ext4, XFS, btrfs and ZFS (NAME_MAX); NTFS allows 255
+# UTF-16 units, which 255 UTF-8 bytes never exceed. A 100-character emoji name is 400.
+NAME_MAX = 255
+_GUID_TAIL = re.compile(r"_[0-9A-F]{8}(-[0-9A-F]{4}){3}-[0-9A-F]{12}$")
+SNAPSHOTS_DIR = "Snapshots"
 
 
 def safe_folder_name(name: str) -> str:
     """A VM name as one path component: no separators, no '..', no control characters."""
     cleaned = _UNSAFE.sub("_", name).strip(" .") or "vm"
     return cleaned if cleaned not in (".", "..") else "vm"
+
+
+def _cut_utf8(text: str, limit: int) -> str:
+    """The longest prefix of ``text`` whose UTF-8 form fits ``limit`` bytes."""
+    return text.encode()[:limit].decode(errors="ignore")
+
+
+def export_folder_name(name: str, vm: UUID) -> str:
+    """The ``<VM>`` folder of an export: one path component every file system and
+    Windows accept, and one per VM. Characters Windows forbids become ``_``,
+    trailing dots and blanks go, a device name (CON, NUL.txt, LPT1, ...) gets a
+    ``_`` in front, and the whole is cut to 255 UTF-8 bytes; a name changed in
+    any way ends in ``~`` and 8 hex digits of the VM's id, so ``a/b`` and ``a_b``
+    (which stays as it is) get two folders."""
+    cleaned = _UNSAFE_EXPORT.sub("_", name).rstrip(" .")
+    if cleaned in ("", ".", ".."):
+        cleaned = "vm"
+    if cleaned.split(".")[0].rstrip(" ").upper() in _RESERVED:
+        cleaned = "_" + cleaned
+    if cleaned == name and len(name.encode()) <= NAME_MAX:
+        return name
+    suffix = f"~{vm.hex[:8]}"
+    return _cut_utf8(cleaned, NAME_MAX - len(suffix)).rstrip(" .") + suffix
+
+
+def export_file_name(name: str) -> str:
+    """A layer's file name cut to 255 UTF-8 bytes (a disk may have a 100-character
+    name of 4-byte characters): the disk name part is cut, its GUID and extension
+    stay, and a ``~`` with 8 hex digits of the full name's hash keeps it unique."""
+    if len(name.encode()) <= NAME_MAX:
+        return name
+    stem, dot, ext = name.rpartition(".")
+    guid = _GUID_TAIL.search(stem)
+    tail = guid.group(0) if guid else ""
+    head = stem[: len(stem) - len(tail)]
+    mark = "~" + hashlib.sha256(name.encode()).hexdigest()[:8]
+    room = NAME_MAX - len(f"{mark}{tail}{dot}{ext}".encode())
+    return f"{_cut_utf8(head, room)}{mark}{tail}{dot}{ext}"
+
+
+def _prepare_folder(out_dir: Path, folder: Path, force: bool) -> None:
+    """Refuse what the export cannot write into: ``-o`` naming a file, ``<VM>``
+    naming a file or a link, or a non-empty ``<VM>`` (files of an earlier export
+    would be mixed with these: a rewritten base with a new DataWriteGuid breaks
+    the chains of the AVHDX files left beside it). ``force`` deletes the two
+    folders an export writes, and only them. A missing ``-o`` directory is made,
+    with its parents (``mkdir -p``)."""
+    for path in (*reversed(out_dir.parents), out_dir):
+        if path.exists() and not path.is_dir():
+            raise InvalidValue(
+                f"cannot export into {str(out_dir)!r}: {str(path)!r} is a file, not a directory"
+            )
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise InvalidValue(f"cannot export into {str(folder)!r}: it exists and is not a directory")
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return
+    if not force:
+        raise AlreadyExists(
+            f"{str(folder)!r} is not empty (an earlier export?): an export does not mix its "
+            "files with others; give another -o DIR, or --force to delete its "
+            f"{DISKS_DIR!r} and {SNAPSHOTS_DIR!r} folders first"
+        )
+    for sub in (DISKS_DIR, SNAPSHOTS_DIR):
+        target = folder / sub
+        try:
+            if target.is_symlink() or target.is_file():
+                target.unlink()
+            elif target.is_dir():
+                shutil.rmtree(target)
+        except OSError as e:
+            raise InvalidValue(f"--force: cannot delete {str(target)!r}: {e.strerror}") from None
 
 
 def layer_runs(
@@ -91,13 +184,38 @@ def export(
     out_dir: Path,
     at: str | int | None = None,
     flatten: bool = False,
+    force: bool = False,
 ) -> list[Path]:
     """Write a Hyper-V folder for a checkpoint (or Now); return the files written."""
     vm = store.vm(vm_name, at=at)
     cp: Checkpoint | None = None if checkpoint is None else vm.find_checkpoint(checkpoint)
-    folder = Path(out_dir) / safe_folder_name(vm.name)
+    folder_name = export_folder_name(vm.name, vm.id)
+    folder = Path(out_dir) / folder_name
+    _prepare_folder(Path(out_dir), folder, force)
     disks_dir = folder / DISKS_DIR
-    disks_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        disks_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InvalidValue(f"cannot create {str(disks_dir)!r}: {e.strerror}") from None
+    try:
+        written = _write_folder(store, vm, cp, folder, folder_name, flatten)
+    except OSError as e:  # ENOSPC, EIO...: say where, not a traceback
+        raise InvalidValue(f"export into {str(folder)!r} failed: {e.strerror or e}") from None
+    # exported --at from a VM removed since: a removed VM takes no more events
+    with contextlib.suppress(UnknownVM):
+        store.record_export(str(vm.id), None if cp is None else str(cp.id), str(folder.resolve()))
+    return written
+
+
+def _write_folder(
+    store: Store,
+    vm: VirtualMachine,
+    cp: Checkpoint | None,
+    folder: Path,
+    folder_name: str,
+    flatten: bool,
+) -> list[Path]:
+    disks_dir = folder / DISKS_DIR
     cache = ManifestCache(store.chunks)
     written: list[Path] = []
     for disk in vm.disks:
@@ -108,7 +226,7 @@ def export(
         layers = chain(vm.layers, leaf)
         if flatten:
             maps = [m for lay in layers for m in _maps(vm, lay.id, cache)]
-            path = disks_dir / disk.base_file
+            path = disks_dir / export_file_name(disk.base_file)
             with _create(path) as out:
                 write_vhdx(out, size, layer_runs(maps, store, size, differencing=False))
             written.append(path)
@@ -116,7 +234,7 @@ def export(
         parent_guid = None
         parent_file = ""
         for layer in layers:
-            path = disks_dir / layer.file
+            path = disks_dir / export_file_name(layer.file)
             runs = layer_runs(_maps(vm, layer.id, cache), store, size, parent_guid is not None)
             guid = _content_guid(vm, layer.id)
             disk_id = uuid5(VM_DISK_IDS, f"{vm.id}/{disk.name}")
@@ -131,12 +249,12 @@ def export(
                         size,
                         parent_guid,
                         f".\\{parent_file}",
-                        str(WINDOWS_ROOT / safe_folder_name(vm.name) / DISKS_DIR / parent_file),
+                        str(WINDOWS_ROOT / folder_name / DISKS_DIR / parent_file),
                         runs,
                         data_write_guid=guid,
                         virtual_disk_id=disk_id,
                     )
-            parent_guid, parent_file = result.data_write_guid, layer.file
+            parent_guid, parent_file = result.data_write_guid, path.name
             written.append(path)
     files = vm.captured_files.get(cp.id, ()) if cp else ()
     for f in files:
@@ -147,7 +265,6 @@ def export(
         with _create(path) as out:
             restore_maps([cache.load(f.manifest)], store.chunks, out)
         written.append(path)
-    store.record_export(vm.name, None if cp is None else str(cp.id), str(folder.resolve()))
     return written
 
 
@@ -255,7 +372,8 @@ def _find_parent(child: Path, locator: dict[str, str], root: Path | None = None)
             if key == "relative_path"
             else child.parent / win.name
         )
-        tried.append(str(candidate))
+        if str(candidate) not in tried:  # the relative and absolute paths often agree
+            tried.append(str(candidate))
         if not candidate.resolve().is_relative_to(fence):
             raise VhdxError(f"{child}: its {key} {value!r} points outside {fence}; refused")
         if candidate.is_file():

@@ -384,9 +384,44 @@ class Store:
         checkpoint_type: CheckpointType = CheckpointType.PRODUCTION,
         automatic_checkpoints: bool = False,
     ) -> VirtualMachine:
-        vm = VirtualMachine.register(
-            self._origin(), name, disks, config_version, checkpoint_type, automatic_checkpoints
-        )
+        vm = self.new_vm(name, disks, config_version, checkpoint_type, automatic_checkpoints)
+        return self.save_new_vm(vm)
+
+    def new_vm(
+        self,
+        name: str,
+        disks: Sequence[tuple[str, DiskFormat]] = (),
+        config_version: str | None = None,
+        checkpoint_type: CheckpointType = CheckpointType.PRODUCTION,
+        automatic_checkpoints: bool = False,
+    ) -> VirtualMachine:
+        """A VM registered in memory, not saved yet (``save_new_vm``): ``import hyperv``
+        builds a whole VM this way and records it in one transaction, or not at all.
+        Refuses a name a live VM has; a removed VM's name gets the next generation."""
+        with self._translated():
+            generation, live = self._generations(name)
+        if live is not None:
+            raise AlreadyExists(f"a VM named {live.name!r} already exists")
+        return VirtualMachine.register(
+            self._origin(), name, disks, config_version, checkpoint_type, automatic_checkpoints,
+            generation,
+        )  # fmt: skip
+
+    def _generations(self, name: str) -> tuple[int, VirtualMachine | None]:
+        """The first generation of ``name`` never registered, and the live VM of
+        that name if there is one (then it is the generation before)."""
+        generation = 0
+        while True:
+            try:
+                found = self.app.get_vm(vm_id(name, generation))
+            except UnknownVM:
+                return generation, None
+            if not found.removed:
+                return generation, found
+            generation += 1
+
+    def save_new_vm(self, vm: VirtualMachine) -> VirtualMachine:
+        """Save a VM made by ``new_vm`` with all its pending events, atomically."""
         try:
             with self._translated():
                 self.app.save(vm)
@@ -394,7 +429,7 @@ class Store:
             raise
         except StoreConflict:
             raise AlreadyExists(
-                f"a VM named {self._existing_name(vm.id) or name!r} already exists"
+                f"a VM named {self._existing_name(vm.id) or vm.name!r} already exists"
             ) from None
         self._after_save(vm)
         return vm
@@ -413,6 +448,18 @@ class Store:
             return self.app.get_vm(vid).name
         except UnknownVM:
             return None
+
+    def remove_vm(self, name: str) -> VirtualMachine:
+        """Remove-VM (``ckpt vm remove``): the VM leaves ``vm list`` and every command;
+        its events stay in the log, ``--at`` before the removal still shows it and
+        restores its content (gc keeps every recorded capture's chunks), and its
+        name is free for a new VM (with a new id)."""
+
+        def act(vm: VirtualMachine, origin: Origin) -> VirtualMachine:
+            vm.remove(origin)
+            return vm
+
+        return self._command(name, act)
 
     def set_vm(
         self,
@@ -626,12 +673,16 @@ class Store:
         directory: str | Path,
         at: str | int | None = None,
         flatten: bool = False,
+        force: bool = False,
     ) -> list[Path]:
         """Export-VMSnapshot: a Hyper-V folder (VHDX + AVHDX chain, or one flattened
-        VHDX, and the captured state files) for a checkpoint, or Now; recorded."""
+        VHDX, and the captured state files) for a checkpoint, or Now; recorded.
+
+        ``directory/<VM>`` must be missing or empty; ``force`` first deletes the
+        ``Virtual Hard Disks`` and ``Snapshots`` folders an earlier export wrote there."""
         from . import interop
 
-        return interop.export(self, vm, checkpoint, Path(directory), at, flatten)
+        return interop.export(self, vm, checkpoint, Path(directory), at, flatten, force)
 
     def record_export(self, vm: str, checkpoint_id: str | None, destination: str) -> None:
         def act(v: VirtualMachine, o: Origin) -> None:
@@ -679,32 +730,49 @@ class Store:
         its own (1 to the latest), or as of a log position or time (``at``).
 
         A name that is another VM's id (an old log may hold one) matches two
-        VMs: ``AmbiguousName``, never the id's VM silently."""
-        if isinstance(name, UUID):
-            ids = [name]
-        else:
-            as_id = parse_id(name)
-            ids = list(dict.fromkeys(i for i in (as_id, vm_id(name)) if i is not None))
+        VMs: ``AmbiguousName``, never the id's VM silently. A removed VM is
+        found only as of a moment before its removal."""
         position = self.position(at)
         if position is not None:
             self.catch_up()
         found: list[VirtualMachine] = []
+        tried: list[UUID] = []
+        removed: VirtualMachine | None = None
         with self._translated():
-            for candidate in ids:
-                wanted = version
-                if position is not None:
-                    wanted = self.read_models.recorder.version_at(str(candidate), position)
-                    if wanted is None:
-                        continue
-                with contextlib.suppress(UnknownVM):
-                    found.append(self.app.get_vm(candidate, wanted))
+            as_id = name if isinstance(name, UUID) else parse_id(name)
+            if as_id is not None:
+                tried.append(as_id)
+                v = self._vm_as_of(as_id, version, position)
+                if v is not None and v.removed:
+                    removed = v
+                elif v is not None:
+                    found.append(v)
+            if not isinstance(name, UUID):
+                generation = 0
+                while True:
+                    vid = vm_id(name, generation)
+                    tried.append(vid)
+                    v = self._vm_as_of(vid, version, position)
+                    if v is None:
+                        break
+                    if not v.removed:
+                        if all(f.id != v.id for f in found):
+                            found.append(v)
+                        break
+                    removed, generation = v, generation + 1
         if not found and version is not None and position is None:
-            self._check_version(ids, version)  # the VM may exist, without that version
+            self._check_version(tried, version)  # the VM may exist, without that version
         scope = [Candidate("VM", v.id, v.name) for v in found]
         pick = find_named(name, scope, f"the store at {self.where}", fold_case=True)
         if pick is None:
             when = "" if position is None else f" at position {position}"
-            raise UnknownVM(f"no VM named {name!r}{when} in the store at {self.where}")
+            gone = (
+                ""
+                if removed is None
+                else f" (VM {removed.name!r}, id {removed.id}, was removed: `ckpt log` keeps its "
+                "history and --at before its removal shows it)"
+            )
+            raise UnknownVM(f"no VM named {name!r}{when} in the store at {self.where}{gone}")
         vm = next(v for v in found if v.id == pick.id)
         if version is not None and position is None and vm.version != version:
             self._check_version([vm.id], version)  # beyond the latest: not the latest silently
@@ -720,6 +788,19 @@ class Store:
                         f"VM {latest.name!r} has no version {version}: its versions run "
                         f"from 1 to {latest.version}"
                     )
+
+    def _vm_as_of(
+        self, vid: UUID, version: int | None, position: int | None
+    ) -> VirtualMachine | None:
+        """The VM with id ``vid`` at ``version`` or as of ``position``; None if it did not exist."""
+        if position is not None:
+            version = self.read_models.recorder.version_at(str(vid), position)
+            if version is None:
+                return None
+        try:
+            return self.app.get_vm(vid, version)
+        except UnknownVM:
+            return None
 
     def vms(self) -> list[VirtualMachine]:
         self.catch_up()
@@ -751,7 +832,7 @@ class Store:
     ) -> list[AuditEntry]:
         """The audit trail from the read model; ``since``/``until`` are positions
         or ISO times, inclusive (a time means the last position at or before it)."""
-        only = None if vm is None else str(self.vm(vm).id)
+        only = None if vm is None else self._log_vm_id(vm)
         self.catch_up()
         low = None if since is None else self._since(since)
         rows = self.read_models.recorder.audit(only, operation, actor, low, self.position(until))
@@ -771,6 +852,20 @@ class Store:
             )
             for r in rows
         ]
+
+    def _log_vm_id(self, ref: str) -> str:
+        """The id whose history ``log VM`` shows: the live VM of that name or id, else
+        the last removed one (its history stays in the log)."""
+        try:
+            return str(self.vm(ref).id)
+        except UnknownVM:
+            with self._translated():
+                generation, _ = self._generations(ref)
+                if generation:
+                    return str(vm_id(ref, generation - 1))
+                with contextlib.suppress(ValueError, UnknownVM):
+                    return str(self.app.get_vm(UUID(ref.strip().strip("{}"))).id)
+            raise
 
     def verify_log(self, anchor: str | None = None) -> ChainReport:
         """Walk the hash chain over every stored event: name the first position where

@@ -56,9 +56,16 @@ from .values import (
 VM_NAMESPACE = uuid5(NAMESPACE_URL, "https://ckpt.invalid/vm")
 
 
-def vm_id(name: str) -> UUID:
-    """A VM's id follows from its name (case-insensitive), so a name maps to one VM."""
-    return uuid5(VM_NAMESPACE, name.casefold())
+def vm_id(name: str, generation: int = 0) -> UUID:
+    """A VM's id follows from its name (case-insensitive), so a name maps to one live VM.
+
+    ``generation`` counts the VMs of that name removed before (``ckpt vm remove``):
+    a name registered again is a new aggregate with a new id, and the removed
+    one keeps its history under its own id. Generation 0 is the plain name, the
+    id every VM had before removal existed.
+    """
+    key = name.casefold()
+    return uuid5(VM_NAMESPACE, key if generation == 0 else f"{key}\x00{generation}")
 
 
 def _derived_id(origin: Origin, label: str) -> UUID:
@@ -88,6 +95,8 @@ class VirtualMachine(Aggregate):
     contents: dict[UUID, tuple[bytes, ...]]
     captured_files: dict[UUID, tuple[FileCapture, ...]]
     backup_points: dict[UUID, BackupPoint]
+    # Set by Removed; a class default so snapshots taken before it existed still load.
+    removed: bool = False
 
     def __init__(self) -> None:
         # State is set by Registered.apply; no constructor arguments, so the
@@ -265,6 +274,19 @@ class VirtualMachine(Aggregate):
         def apply(self, vm: VirtualMachine) -> None:
             vm.backup_points[self.point.id] = self.point
 
+    class Removed(Event):
+        """The VM is no longer registered (``ckpt vm remove``). Its events stay in the
+        log (``--at`` before this one still finds it, its content stays restorable);
+        its name is free for a new VM, which gets a new id (``vm_id``'s generation).
+        ``checkpoints`` counts the live checkpoints it had."""
+
+        TOPIC = "ckpt.domain:VirtualMachine.Removed"
+        name: str
+        checkpoints: int
+
+        def apply(self, vm: VirtualMachine) -> None:
+            vm.removed = True
+
     # --------------------------------------------------------------- creation
     @classmethod
     def register(
@@ -275,8 +297,10 @@ class VirtualMachine(Aggregate):
         config_version: str | None = None,
         checkpoint_type: CheckpointType = CheckpointType.PRODUCTION,
         automatic_checkpoints: bool = False,
+        generation: int = 0,
     ) -> VirtualMachine:
-        """Register a VM; with no disks given it gets one named after the VM."""
+        """Register a VM; with no disks given it gets one named after the VM.
+        ``generation``: how many VMs of this name were removed before (``vm_id``)."""
         check_findable_name(name, "VM")
         version = config_version or DEFAULT_VERSION
         parse_version(version)
@@ -300,7 +324,7 @@ class VirtualMachine(Aggregate):
         )
         return cls._create(
             cls.Registered,
-            id=vm_id(name),
+            id=vm_id(name, generation),
             actor=origin.actor,
             host=origin.host,
             name=name,
@@ -640,6 +664,14 @@ class VirtualMachine(Aggregate):
             destination=destination,
         )
 
+    def remove(self, origin: Origin) -> None:
+        """Remove-VM: the VM leaves the live state; its history and content stay."""
+        if self.state is not VMState.OFF:
+            raise NotAllowed(
+                f"VM {self.name!r} is {self.state.value}; turn it off first (ckpt vm stop)"
+            )
+        self._trigger(origin, self.Removed, name=self.name, checkpoints=len(self.checkpoints))
+
     # ---------------------------------------------------------------- queries
     def checkpoint(self, checkpoint_id: UUID) -> Checkpoint:
         try:
@@ -728,6 +760,8 @@ class VirtualMachine(Aggregate):
                 self.checkpoints[cid] = replace(cp, layers=moved)
 
     def _trigger(self, origin: Origin, event: type[Aggregate.Event], **facts: Any) -> None:
+        if self.removed:  # every command ends here: a removed VM takes no more events
+            raise NotAllowed(f"VM {self.name!r} ({self.id}) was removed")
         self.trigger_event(event, actor=origin.actor, host=origin.host, **facts)
 
 
@@ -744,5 +778,6 @@ EVENT_CLASSES: tuple[type[Aggregate.Event], ...] = (
     VirtualMachine.LayerContentRecorded,
     VirtualMachine.StateContentRecorded,
     VirtualMachine.BackupPointRecorded,
+    VirtualMachine.Removed,
 )
 """Every persisted event class: the schema. Change one only with a new class_version."""

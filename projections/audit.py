@@ -32,6 +32,7 @@ OPERATIONS: dict[type[Any], str] = {
     VM.LayerContentRecorded: "disk-content-captured",
     VM.StateContentRecorded: "state-files-captured",
     VM.BackupPointRecorded: "backup-point-recorded",
+    VM.Removed: "vm-removed",
 }
 
 
@@ -119,6 +120,8 @@ def _details(event: Any) -> tuple[str | None, dict[str, Any]]:
             "read_bytes": c.read_bytes,
             "new_bytes": c.added_bytes,
         }
+    if isinstance(event, VM.Removed):
+        return None, {"checkpoints": event.checkpoints}
     if isinstance(event, VM.BackupPointRecorded):
         return event.point.name, {"id": str(event.point.id)}
     return None, {}

@@ -96,7 +96,8 @@ def add_documents(
     get_vm: GetVM,
     known: dict[UUID, VirtualMachine] | None = None,
 ) -> None:
-    """The present documents of every VM in ``reached``, at the version it reached.
+    """The present documents of every VM in ``reached``, at the version it reached
+    (a removed VM: its id in ``batch.removed``, so its rows go).
 
     ``known`` holds aggregates the caller has already (a command's own VM): used
     when their version matches, which spares loading the VM again.
@@ -105,7 +106,11 @@ def add_documents(
         vm = (known or {}).get(vm_id)
         if vm is None or vm.version != version:
             vm = get_vm(vm_id, version)
-        batch.vms[str(vm_id)] = documents(vm)
+        if vm.removed:
+            batch.vms.pop(str(vm_id), None)
+            batch.removed.append(str(vm_id))
+        else:
+            batch.vms[str(vm_id)] = documents(vm)
 
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode

@@ -18,6 +18,9 @@ tables and the position never disagree. Tables (all prefixed ``ckpt_``):
 - ``state_files``: one row per live checkpoint, added when it is created and
   removed when it is deleted (its files never change in between).
 
+A removed VM (``vm remove``) has no ``vms`` or ``state_files`` rows; its audit
+and capture rows stay, as its events do.
+
 Deleting these tables loses nothing: ``rebuild`` folds the log again.
 """
 
@@ -65,6 +68,8 @@ class Batch:
     # (vm id, checkpoint id, JSON) to add, or (vm id, checkpoint id, None) to remove; in order
     state_files: list[tuple[str, str, str | None]] = field(default_factory=list)
     links: list[tuple[int, bytes]] = field(default_factory=list)
+    # ids of VMs removed (``vm remove``): their ``vms`` and ``state_files`` rows go
+    removed: list[str] = field(default_factory=list)
 
 
 class Cursor(Protocol):
@@ -233,6 +238,10 @@ class ReadModelsSQL:
                 for vm_id, d in batch.vms.items()
             ],
         )  # fmt: skip
+        for table in ("vms", "state_files"):  # after the rows above: a removal is final
+            c.executemany(
+                f"DELETE FROM ckpt_{table} WHERE vm_id = ?", [(v,) for v in batch.removed]
+            )
         if position is not None:
             c.execute(
                 f"INSERT INTO {self.tracking_table} VALUES (?, ?) ON CONFLICT (application_name) "

@@ -183,13 +183,17 @@ def test_bad_files_are_refused_naming_the_file_and_nothing_is_recorded(
 def test_import_hyperv_folder_rebuilds_the_tree(
     tree: tuple[Store, dict[str, bytes]], tmp_path: Path
 ) -> None:
-    """Every checkpoint and Now exported into one folder -> import hyperv -> same bytes."""
+    """Every checkpoint and Now exported, their files gathered in one folder -> import
+    hyperv -> same bytes (an export refuses a non-empty folder: gathered by copying)."""
     store, expected = tree
     folder = tmp_path / "hv"
-    for name in expected:
-        store.export("VM", name, folder)
+    for name in [*expected, None]:  # Now last: its running layer is the newest leaf
+        one = tmp_path / f"one-{name}"
+        for f in store.export("VM", name, one):
+            target = folder / f.relative_to(one)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(f, target)
     now_bytes = _restore_now(store)
-    store.export("VM", None, folder)  # Now last: its running layer is the newest leaf
     fresh = Store.init(tmp_path / "fresh")
     from ckpt.hyperv_import import import_folder
 

@@ -24,7 +24,9 @@ from ckpt.storage.read_models import TABLES
 
 steps = st.lists(
     st.tuples(
-        st.sampled_from(["create", "apply", "delete", "subtree", "rename", "start", "stop", "add"]),
+        st.sampled_from(
+            ["create", "apply", "delete", "subtree", "rename", "start", "stop", "add", "remove"]
+        ),
         st.integers(0, 30),
     ),
     min_size=1,
@@ -44,6 +46,9 @@ def _play(store: Store, ops: list[tuple[str, int]]) -> None:
             elif op == "add":
                 vms.append(f"V{n}")
                 store.register_vm(f"V{n}", checkpoint_type=CheckpointType.STANDARD)
+            elif op == "remove":  # and registered again: a new VM (new id) of that name
+                store.remove_vm(vm)
+                store.register_vm(vm, checkpoint_type=CheckpointType.STANDARD)
             elif op in ("start", "stop"):
                 getattr(store, f"{op}_vm")(vm)
             elif live:
