@@ -642,6 +642,8 @@ class VirtualMachine(Aggregate):
 
     def find_checkpoint(self, ref: str) -> Checkpoint:
         """A checkpoint by id (any case, braces optional) or by exact name."""
+        if not isinstance(ref, str):
+            raise InvalidValue(f"a checkpoint is named by a str (name or id), got {ref!r}")
         text = ref.strip().strip("{}")
         try:
             as_id: UUID | None = UUID(text)
