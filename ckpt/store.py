@@ -160,8 +160,9 @@ def _check_options(method: str, options: dict[str, Any]) -> None:
         )
     check.optional_text(f"Store.{method}: actor", options.get("actor"))
     check.optional_text(f"Store.{method}: host", options.get("host"))
-    if not callable(options.get("clock", print)):
-        check.fail(f"Store.{method}: clock", "a callable returning a datetime", options["clock"])
+    clock = options.get("clock")
+    if clock is not None and not callable(clock):
+        check.fail(f"Store.{method}: clock", "a callable returning a datetime", clock)
     check.key(f"Store.{method}: key", options.get("key"))
 
 

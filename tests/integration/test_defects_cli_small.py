@@ -216,3 +216,15 @@ def test_init_takes_encrypt_key_file_and_store_together(tmp_path: Path) -> None:
     ok("vm", "add", "v", "--key-file", key, "--store", store)
     code, _, err = ckpt("vm", "list", "--store", store)
     assert code == 28, err
+
+
+def test_progress_labels_escape_hidden_characters(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ckpt.progress import progress_bars
+
+    err = io.StringIO()
+    monkeypatch.setattr("sys.stderr", err)
+    with progress_bars(enabled=True) as bars:
+        assert bars is not None
+        bars("capture v\u2028\x1b[2J", 10)(10)
+    assert "capture v\\u2028\\x1b[2J" in err.getvalue()
+    assert "\u2028" not in err.getvalue() and "\x1b[2J" not in err.getvalue()
