@@ -674,7 +674,7 @@ class VirtualMachine(Aggregate):
 
     def chain(self, disk: str, checkpoint_id: UUID | None = None) -> list[Layer]:
         """Files from the base disk to the running layer, or to a checkpoint's layer."""
-        if disk not in self.running:
+        if not isinstance(disk, str) or disk not in self.running:
             raise InvalidValue(f"VM {self.name!r} has no disk {disk!r}")
         leaf = (
             self.running[disk]

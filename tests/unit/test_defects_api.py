@@ -176,6 +176,7 @@ WRONG: list[tuple[str, Call, str]] = [
     ("log-since", lambda s, t: s.log(since=2.5), "log: since must be"),
     ("verify-log", lambda s, t: s.verify_log(anchor=5), "verify_log: anchor must be"),
     ("find-checkpoint", lambda s, t: s.vm("v").find_checkpoint(None), "named by a str"),
+    ("vm-chain-disk", lambda s, t: s.vm("v").chain(["Boot"]), "has no disk ['Boot']"),
     ("checkpoint-layer", lambda s, t: s.vm("v").find_checkpoint("a").layer("D"), "no disk 'D'"),
 ]
 
