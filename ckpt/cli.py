@@ -1,6 +1,6 @@
 """The ``ckpt`` command line.
 
-The store is ``--store DIR`` (before the subcommand), else ``CKPT_STORE``, else
+The store is ``--store DIR`` (before or after the subcommand), else ``CKPT_STORE``, else
 the backends ``--events URL --chunks URL`` (``CKPT_EVENTS``, ``CKPT_CHUNKS``),
 else ``./ckpt-store``. Read commands take ``--json``. Errors print one line,
 ``ckpt: error: ...``, to stderr and exit with the code of their class
@@ -295,38 +295,58 @@ def _import_hyperv(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ckpt", description="Event-sourced checkpoint store for VMs.")
-    p.add_argument(
-        "--store", metavar="DIR", help="store directory (default: $CKPT_STORE or ./ckpt-store)"
+def _global_options(p: argparse.ArgumentParser, backends: bool = True, **default: Any) -> None:
+    """The options of every command. Given to the top parser (default None) and,
+    with ``default=SUPPRESS``, to every subcommand too, as restic takes them: an
+    option after the subcommand sets the value only when given, and wins then."""
+    g = p.add_argument_group("global options (before or after the command)")
+    g.add_argument(
+        "--store",
+        metavar="DIR",
+        help="store directory (default: $CKPT_STORE or ./ckpt-store)",
+        **default,
     )
-    p.add_argument(
-        "--events",
-        metavar="URL",
-        help="the event store of a store without a directory: postgresql://USER:PASS@HOST:PORT/DB"
-        "[?schema=S] or sqlite:///PATH (default: $CKPT_EVENTS)",
+    if backends:  # init has its own --events/--chunks: where a new store keeps them
+        g.add_argument(
+            "--events",
+            metavar="URL",
+            help="the event store of a store without a directory: "
+            "postgresql://USER:PASS@HOST:PORT/DB[?schema=S] or sqlite:///PATH "
+            "(default: $CKPT_EVENTS)",
+            **default,
+        )
+        g.add_argument(
+            "--chunks",
+            metavar="URL",
+            help="the chunk storage of a store without a directory: s3://BUCKET/PREFIX?endpoint="
+            "URL&region=R (credentials: the AWS environment variables) or file:///PATH "
+            "(default: $CKPT_CHUNKS)",
+            **default,
+        )
+    g.add_argument(
+        "--actor",
+        help="who is acting, for the audit log (default: $CKPT_ACTOR or the user name)",
+        **default,
     )
-    p.add_argument(
-        "--chunks",
-        metavar="URL",
-        help="the chunk storage of a store without a directory: s3://BUCKET/PREFIX?endpoint=URL"
-        "&region=R (credentials: the AWS environment variables) or file:///PATH "
-        "(default: $CKPT_CHUNKS)",
-    )
-    p.add_argument(
-        "--actor", help="who is acting, for the audit log (default: $CKPT_ACTOR or the user name)"
-    )
-    p.add_argument(
+    g.add_argument(
         "--key-file",
         metavar="FILE",
-        help="the key of an encrypted store (default: $CKPT_KEY_FILE, or $CKPT_KEY: 64 hex digits)",
+        help="the key of an encrypted store: 64 hex digits or 32 raw bytes "
+        "(default: $CKPT_KEY_FILE, or $CKPT_KEY: 64 hex digits)",
+        **default,
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ckpt", description="Event-sourced checkpoint store for VMs.")
+    _global_options(p)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def cmd(
         parent: Any, name: str, handler: Handler | None, help: str, json_out: bool = False
     ) -> argparse.ArgumentParser:
         q: argparse.ArgumentParser = parent.add_parser(name, help=help, description=help)
+        _global_options(q, backends=name != "init", default=argparse.SUPPRESS)
         if handler is not None:
             q.set_defaults(handler=handler)
         if json_out:
@@ -518,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _key(args: argparse.Namespace, create: bool) -> bytes | None:
     """The store key from --key-file, $CKPT_KEY_FILE or $CKPT_KEY; with ``create``,
     a key file named but missing is created with a new random key (mode 0600)."""
-    from ckpt.storage.keyring import generate_key, parse_key
+    from ckpt.storage.keyring import generate_key, parse_key, parse_key_file
 
     file = args.key_file or os.environ.get("CKPT_KEY_FILE")
     if file:
@@ -528,7 +548,7 @@ def _key(args: argparse.Namespace, create: bool) -> bytes | None:
             with os.fdopen(fd, "w") as f:
                 f.write(generate_key() + "\n")
         try:
-            return parse_key(path.read_text(), str(path))
+            return parse_key_file(path.read_bytes(), f"key file {file!r}")
         except OSError as e:
             raise InvalidValue(f"cannot read the key file {file!r}: {e.strerror}") from None
     text = os.environ.get("CKPT_KEY")
@@ -572,11 +592,12 @@ def run(argv: Sequence[str], out: TextIO = sys.stdout, err: TextIO = sys.stderr)
                 path, encrypt=args.encrypt, events=events, chunks=chunks,
                 actor=args.actor, key=key,
             ) as store:  # fmt: skip
+                where = render.printable(store.where)
                 if store.attached:
-                    out.write(f"attached to the ckpt store at {store.where}\n")
+                    out.write(f"attached to the ckpt store at {where}\n")
                 else:
                     what = "an encrypted" if args.encrypt else "an empty"
-                    out.write(f"initialised {what} ckpt store at {store.where}\n")
+                    out.write(f"initialised {what} ckpt store at {where}\n")
             return 0
         # With a directory only the command line's URLs count (Store.open refuses
         # them with --store); $CKPT_EVENTS/$CKPT_CHUNKS then do not apply.
@@ -589,7 +610,8 @@ def run(argv: Sequence[str], out: TextIO = sys.stdout, err: TextIO = sys.stderr)
     except CkptError as e:
         # A server's error text may quote what it was given: never a password or key.
         message = scrub(str(e), _secrets(args, events, chunks, path))
-        err.write(f"ckpt: error: {message}\n")
+        # One line, whatever a name in it holds (a newline, U+2028, a terminal escape).
+        err.write(f"ckpt: error: {render.printable(message)}\n")
         return exit_code(e)
     except BrokenPipeError:
         return 0

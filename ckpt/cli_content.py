@@ -12,7 +12,7 @@ from ckpt.domain import FileRole, InvalidValue
 from ckpt.storage.capture import parse_extents
 from ckpt.storage.log_chain import format_anchor
 
-from . import content_ops, render
+from . import api_args, content_ops, render
 from .progress import progress_bars
 from .store import Store
 
@@ -189,9 +189,10 @@ def _verify(s: Store, a: argparse.Namespace, out: TextIO) -> None:
         return
     if a.anchor is not None:
         raise InvalidValue("--anchor goes with --log")
+    api_args.number("--sample", a.sample, 0, 1, low_open=True)  # nan and inf too
     repaired = s.repair() if a.repair else None
     if repaired is not None and not getattr(a, "json", False):
-        out.write(_repair_text(repaired) + "\n")
+        out.write(render.printable_lines(_repair_text(repaired)) + "\n")
     with progress_bars() as bars:
         report = s.verify(a.sample, bars)
     data = {
@@ -220,6 +221,7 @@ def _verify(s: Store, a: argparse.Namespace, out: TextIO) -> None:
 
 
 def _gc(s: Store, a: argparse.Namespace, out: TextIO) -> None:
+    api_args.number("--grace", a.grace, 0)  # -5, nan and inf were taken (issue 11)
     with progress_bars() as bars:
         report = s.gc(a.grace, bars)
     data = {
@@ -251,9 +253,14 @@ def _stats(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     lines.append(
         f"total: logical {t['logical_bytes']:,} B, unique {t['unique_bytes']:,} B, "
         f"stored {t['stored_bytes']:,} B in {t['chunks']:,} chunks; "
-        f"dedup x{t['dedup_ratio']}, compression x{t['compression_ratio']}"
+        f"dedup {_ratio(t['dedup_ratio'])}, compression {_ratio(t['compression_ratio'])}"
     )
     render.emit(out, a, st, "\n".join(lines))
+
+
+def _ratio(value: float | None) -> str:
+    """A ratio as "x2.5"; "-" where there is nothing to divide (an empty store)."""
+    return "-" if value is None else f"x{value}"
 
 
 def register(sub: Any, cmd: Callable[..., argparse.ArgumentParser]) -> None:
@@ -302,7 +309,7 @@ def register(sub: Any, cmd: Callable[..., argparse.ArgumentParser]) -> None:
         type=float,
         default=1.0,
         metavar="P",
-        help="check a random fraction P of the chunks",
+        help="check a random fraction P of the chunks, 0 < P <= 1 (default 1: all)",
     )
     q.add_argument("--log", action="store_true", help="walk the event log's hash chain instead")
     q.add_argument(
@@ -325,7 +332,7 @@ def register(sub: Any, cmd: Callable[..., argparse.ArgumentParser]) -> None:
         type=float,
         default=3600.0,
         metavar="SECONDS",
-        help="keep unreferenced chunks younger than this (default 3600)",
+        help="keep unreferenced chunks younger than this, >= 0 (default 3600)",
     )
     q = cmd(sub, "stats", _stats, "logical and stored bytes, dedup and compression", json_out=True)
     q.add_argument("vm", nargs="?")

@@ -14,6 +14,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from .render import printable
+
 Update = Callable[[int], None]
 
 
@@ -29,7 +31,7 @@ def progress_bars(enabled: bool | None = None) -> Iterator[Callable[[str, int], 
 
     def factory(label: str, total: int) -> Update:
         bar: tqdm[Any] = tqdm(
-            total=total, desc=label, unit="B", unit_scale=True, unit_divisor=1024,
+            total=total, desc=printable(label), unit="B", unit_scale=True, unit_divisor=1024,
             file=sys.stderr, leave=False,
         )  # fmt: skip
         bars.append(bar)

@@ -1,13 +1,17 @@
 """Turning read models into text for people and JSON for scripts.
 
 The JSON keys are a contract with users' scripts (see README "JSON output");
-add keys freely, never rename or remove one.
+add keys freely, never rename or remove one. Text shows user-given strings
+(names, actors, paths) through ``printable``: a name cannot start a new line
+(U+2028 split ``tree`` lines into fake entries, issue 11) or send a terminal
+escape sequence.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import unicodedata
 from collections.abc import Sequence
 from typing import Any, TextIO
 from uuid import UUID
@@ -15,14 +19,46 @@ from uuid import UUID
 from ckpt.domain import StateFile, VirtualMachine
 from ckpt.projections import AuditEntry, ChainEntry, TreeEntry
 
+# Unicode categories a terminal does not show as themselves: controls (Cc; ESC
+# starts an escape sequence, CR rewrites a line), format characters (Cf; U+202E
+# reverses the rest of a line), line and paragraph separators (Zl, Zp), private
+# use (Co), surrogates (Cs), unassigned (Cn).
+HIDDEN = frozenset({"Cc", "Cf", "Zl", "Zp", "Co", "Cs", "Cn"})
+# Zero-width (non-)joiners are Cf but hold emoji sequences together (a family: 3 people, 2 ZWJ).
+JOINERS = frozenset({"\u200c", "\u200d"})
+
+
+def printable(text: str) -> str:
+    """``text`` with every hidden character written as a Python escape (``\\x1b``,
+    ``\\u2028``), so one string is one stretch of one line on any terminal."""
+    if text.isprintable():
+        return text
+    out = []
+    for c in text:
+        if c in JOINERS or unicodedata.category(c) not in HIDDEN:
+            out.append(c)
+        elif ord(c) < 0x100:
+            out.append(f"\\x{ord(c):02x}")
+        elif ord(c) < 0x10000:
+            out.append(f"\\u{ord(c):04x}")
+        else:
+            out.append(f"\\U{ord(c):08x}")
+    return "".join(out)
+
+
+def printable_lines(text: str) -> str:
+    """Text of several lines: each line through ``printable``, the newlines kept."""
+    return "\n".join(printable(line) for line in text.split("\n"))
+
 
 def emit(out: TextIO, args: argparse.Namespace, data: Any, text: str) -> None:
-    """``--json``: the document; otherwise the text (nothing when it is empty)."""
+    """``--json``: the document; otherwise the text (nothing when it is empty), with
+    every character a terminal would not show as itself escaped, line by line."""
     if getattr(args, "json", False):
         json.dump(data, out, indent=2, ensure_ascii=False)
         out.write("\n")
     elif text:
-        out.write(text + "\n")
+        out.write(printable_lines(text) + "\n")
 
 
 # ------------------------------------------------------------------- text
@@ -85,9 +121,12 @@ def log_text(entries: Sequence[AuditEntry]) -> str:
             if v not in ([], None) and k != "id"
         )
         when = e.time.strftime("%Y-%m-%d %H:%M:%S")
+        # The actor and host are not checked as names are: a newline in one is escaped too.
         lines.append(
-            f"{e.position:>6}  {when}  {e.actor}@{e.host}  {e.vm}  {e.operation}{cp}"
-            + (f"  ({extra})" if extra else "")
+            printable(
+                f"{e.position:>6}  {when}  {e.actor}@{e.host}  {e.vm}  {e.operation}{cp}"
+                + (f"  ({extra})" if extra else "")
+            )
         )
     return "\n".join(lines)
 

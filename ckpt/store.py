@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, NoReturn, TypeVar, cast
 from uuid import UUID, uuid4
 
 from eventsourcing.persistence import (
@@ -49,6 +49,7 @@ from ckpt.domain import (
     Origin,
     StateFile,
     StoreBusy,
+    StoreClosed,
     StoreConflict,
     StoreCorrupt,
     StoreExists,
@@ -62,6 +63,7 @@ from ckpt.domain import (
 )
 from ckpt.domain.naming import Candidate, find_named, parse_id
 from ckpt.projections import (
+    OPERATIONS,
     AuditEntry,
     ChainEntry,
     TreeEntry,
@@ -74,6 +76,7 @@ from ckpt.storage.keyring import Keyring
 from ckpt.storage.locations import display
 from ckpt.storage.log_chain import ChainReport, parse_anchor, walk
 
+from . import api_args as check
 from . import content_ops
 from .app import CheckpointApplication
 from .content_ops import ProgressFactory
@@ -113,6 +116,16 @@ def _parse_time(text: str, option: str) -> datetime:
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
+def _unknown_operation(operation: str) -> str:
+    """Naming the operations: a typo used to print nothing with exit 0 (issue 11)."""
+    import difflib
+
+    known = list(OPERATIONS.values())
+    close = difflib.get_close_matches(operation, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"no operation {operation!r}{hint}; the operations are: {', '.join(known)}"
+
+
 def _check_key(encryption: dict[str, Any] | None, key: bytes | None, where: str) -> None:
     if encryption is None:
         return
@@ -137,6 +150,40 @@ def _check_empty_directory(directory: Path) -> None:
         )
 
 
+OPTIONS = ("actor", "host", "clock", "key")  # the keyword options of init and open
+
+
+def _check_options(method: str, options: dict[str, Any]) -> None:
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise InvalidValue(
+            f"Store.{method}: unknown option {unknown[0]!r} (options: {', '.join(OPTIONS)})"
+        )
+    check.optional_text(f"Store.{method}: actor", options.get("actor"))
+    check.optional_text(f"Store.{method}: host", options.get("host"))
+    clock = options.get("clock")
+    if clock is not None and not callable(clock):
+        check.fail(f"Store.{method}: clock", "a callable returning a datetime", clock)
+    check.key(f"Store.{method}: key", options.get("key"))
+
+
+class _Closed:
+    """Stands in for the event store, read models and chunk store after ``close``:
+    any use raises ``StoreClosed`` (the closed connection pool's own error,
+    ConnectionPoolClosedError, said nothing), whatever method got there."""
+
+    def __init__(self, where: str) -> None:
+        self._where = where
+
+    def __getattr__(self, name: str) -> Any:
+        self.fail()
+
+    def fail(self) -> NoReturn:
+        raise StoreClosed(
+            f"the store at {self._where} is closed (close() was called): open it again"
+        )
+
+
 def default_actor() -> str:
     return os.environ.get("CKPT_ACTOR") or getpass.getuser()
 
@@ -157,6 +204,11 @@ class Store:
         """Use ``init`` or ``open``. ``key``: the store key of an encrypted store;
         ``events``/``chunks``: backend URLs (storage/locations.py), else ``path``'s;
         ``create``: the event store may be created (``init``, ``copy``)."""
+        if config is None:
+            check.optional_path("Store: path", path)
+            check.optional_text("Store: events", events)
+            check.optional_text("Store: chunks", chunks)
+        _check_options("Store", {"actor": actor, "host": host, "clock": clock, "key": key})
         self.config = config or StoreConfig(path, events, chunks)
         self.path = path
         self.where = self.config.describe()
@@ -219,7 +271,11 @@ class Store:
         it instead (``store.attached`` is then true): how a second host joins.
         Its encryption is the store's: ``encrypt`` and the key must fit it.
         """
-        directory = None if path is None else Path(path)
+        _check_options("init", kwargs)
+        directory = check.optional_path("Store.init: path", path)
+        check.flag("Store.init: encrypt", encrypt)
+        check.optional_text("Store.init: events", events)
+        check.optional_text("Store.init: chunks", chunks)
         key = kwargs.get("key")
         if encrypt and key is None:
             raise InvalidValue("an encrypted store needs a key (--key-file FILE or CKPT_KEY)")
@@ -277,6 +333,10 @@ class Store:
     ) -> Store:
         """Open the store in directory ``path``, or the one at the ``events`` and
         ``chunks`` URLs (then ``path`` is None)."""
+        _check_options("open", kwargs)
+        path = check.optional_path("Store.open: path", path)
+        check.optional_text("Store.open: events", events)
+        check.optional_text("Store.open: chunks", chunks)
         if path is not None:
             if events or chunks:
                 raise InvalidValue(
@@ -326,9 +386,17 @@ class Store:
             )
 
     def close(self) -> None:
+        """Release the store; closing twice is harmless, any other use after it
+        raises ``StoreClosed``."""
+        if isinstance(self.app, _Closed):
+            return
         if self._chunks is not None:
             self._chunks.close()
         self.app.close()
+        closed = _Closed(self.where)
+        self.app = cast(CheckpointApplication, closed)
+        self.read_models = cast(ReadModels, closed)
+        self._chunks = closed
 
     def __enter__(self) -> Store:
         return self
@@ -398,6 +466,12 @@ class Store:
         """A VM registered in memory, not saved yet (``save_new_vm``): ``import hyperv``
         builds a whole VM this way and records it in one transaction, or not at all.
         Refuses a name a live VM has; a removed VM's name gets the next generation."""
+        m = "register_vm"
+        name = check.text(f"{m}: name", name)
+        disks = check.disk_specs(f"{m}: disks", disks)
+        config_version = check.optional_text(f"{m}: config_version", config_version)
+        checkpoint_type = check.choice(f"{m}: checkpoint_type", checkpoint_type, CheckpointType)
+        automatic_checkpoints = check.flag(f"{m}: automatic_checkpoints", automatic_checkpoints)
         with self._translated():
             generation, live = self._generations(name)
         if live is not None:
@@ -422,6 +496,8 @@ class Store:
 
     def save_new_vm(self, vm: VirtualMachine) -> VirtualMachine:
         """Save a VM made by ``new_vm`` with all its pending events, atomically."""
+        if not isinstance(vm, VirtualMachine):
+            check.fail("save_new_vm: vm", "a VirtualMachine made by new_vm", vm)
         try:
             with self._translated():
                 self.app.save(vm)
@@ -454,6 +530,7 @@ class Store:
         its events stay in the log, ``--at`` before the removal still shows it and
         restores its content (gc keeps every recorded capture's chunks), and its
         name is free for a new VM (with a new id)."""
+        check.text("remove_vm: name", name)
 
         def act(vm: VirtualMachine, origin: Origin) -> VirtualMachine:
             vm.remove(origin)
@@ -468,6 +545,14 @@ class Store:
         automatic_checkpoints: bool | None = None,
         config_version: str | None = None,
     ) -> VirtualMachine:
+        m = "set_vm"
+        check.text(f"{m}: name", name)
+        checkpoint_type = check.optional_choice(
+            f"{m}: checkpoint_type", checkpoint_type, CheckpointType
+        )
+        check.optional_flag(f"{m}: automatic_checkpoints", automatic_checkpoints)
+        check.optional_text(f"{m}: config_version", config_version)
+
         def act(vm: VirtualMachine, origin: Origin) -> VirtualMachine:
             vm.change_settings(origin, checkpoint_type, automatic_checkpoints, config_version)
             return vm
@@ -475,6 +560,8 @@ class Store:
         return self._command(name, act)
 
     def _power(self, name: str, change: Callable[[VirtualMachine, Origin], None]) -> VirtualMachine:
+        check.text(f"{change.__name__}_vm: name", name)
+
         def act(vm: VirtualMachine, origin: Origin) -> VirtualMachine:
             change(vm, origin)
             return vm
@@ -511,6 +598,18 @@ class Store:
         the file; ``changed_blocks`` limits reading a disk to (offset, length)
         extents changed since its last capture.
         """
+        m = "create_checkpoint"
+        check.text(f"{m}: vm", vm)
+        check.optional_text(f"{m}: name", name)
+        checkpoint_type = check.optional_choice(
+            f"{m}: checkpoint_type", checkpoint_type, CheckpointType
+        )
+        check.flag(f"{m}: guest_can_quiesce", guest_can_quiesce)
+        disks = None if disks is None else check.sources(f"{m}: disks", disks)
+        files = None if files is None else check.roles(f"{m}: files", files)
+        if changed_blocks is not None:
+            changed_blocks = check.extents(f"{m}: changed_blocks", changed_blocks)
+        check.progress(f"{m}: progress", progress)
         if not disks and not files:
             return self._command(
                 vm, lambda v, o: v.create_checkpoint(o, name, checkpoint_type, guest_can_quiesce)
@@ -529,6 +628,12 @@ class Store:
         progress: ProgressFactory | None = None,
     ) -> BackupPoint:
         """Record the running disks' content as a backup point (not a checkpoint)."""
+        check.text("sync: vm", vm)
+        disks = check.sources("sync: disks", disks)
+        check.optional_text("sync: name", name)
+        if changed_blocks is not None:
+            changed_blocks = check.extents("sync: changed_blocks", changed_blocks)
+        check.progress("sync: progress", progress)
         return content_ops.sync(self, vm, name, disks, changed_blocks or {}, progress)
 
     def restore_disk(
@@ -544,12 +649,19 @@ class Store:
 
         With ``at`` (a log position or ISO time) the checkpoint is looked up as
         of then, so one deleted since can still be restored."""
+        self._check_point("restore_disk", vm, point, at)
+        check.text("restore_disk: disk", disk)
+        check.output("restore_disk: out", out)
+        check.progress("restore_disk: progress", progress)
         return content_ops.restore_disk(self, vm, point, disk, out, progress, at)
 
     def restore_disk_vhdx(
         self, vm: str, point: str, disk: str, out: BinaryIO, at: str | int | None = None
     ) -> int:
         """The disk as one standalone dynamic VHDX (out must be a seekable file)."""
+        self._check_point("restore_disk_vhdx", vm, point, at)
+        check.text("restore_disk_vhdx: disk", disk)
+        check.output("restore_disk_vhdx: out", out, seekable=True)
         return content_ops.restore_disk_vhdx(self, vm, point, disk, out, at)
 
     def restore_memory(
@@ -560,16 +672,29 @@ class Store:
         progress: ProgressFactory | None = None,
         at: str | int | None = None,
     ) -> int:
+        self._check_point("restore_memory", vm, point, at)
+        check.output("restore_memory: out", out)
+        check.progress("restore_memory: progress", progress)
         return content_ops.restore_memory(self, vm, point, out, progress, at)
 
     def restore_state_files(
         self, vm: str, point: str, directory: str | Path, at: str | int | None = None
     ) -> list[Path]:
-        return content_ops.restore_state_files(self, vm, point, Path(directory), at)
+        self._check_point("restore_state_files", vm, point, at)
+        target = check.path("restore_state_files: directory", directory)
+        return content_ops.restore_state_files(self, vm, point, target, at)
+
+    @staticmethod
+    def _check_point(method: str, vm: object, point: object, at: object) -> None:
+        check.text(f"{method}: vm", vm)
+        check.text(f"{method}: point", point)
+        check.at(f"{method}: at", at)
 
     def verify(
         self, sample: float = 1.0, progress: ProgressFactory | None = None
     ) -> content_ops.VerifyReport:
+        sample = check.number("verify: sample", sample, 0, 1, low_open=True)
+        check.progress("verify: progress", progress)
         return content_ops.verify(self, sample, progress)
 
     def repair(self) -> dict[str, Any]:
@@ -579,6 +704,8 @@ class Store:
     def gc(
         self, grace_seconds: float = 3600.0, progress: ProgressFactory | None = None
     ) -> content_ops.GcReport:
+        grace_seconds = check.number("gc: grace_seconds", grace_seconds, 0)
+        check.progress("gc: progress", progress)
         return content_ops.gc(self, grace_seconds, progress)
 
     def info(self) -> dict[str, Any]:
@@ -612,16 +739,22 @@ class Store:
         progress: ProgressFactory | None = None,
     ) -> CopyReport:
         """Copy the whole store to other backends (ckpt/copy.py)."""
-        return copy_store(
-            self, events, chunks, None if directory is None else Path(directory), progress
-        )
+        check.optional_text("copy_to: events", events)
+        check.optional_text("copy_to: chunks", chunks)
+        target = check.optional_path("copy_to: directory", directory)
+        check.progress("copy_to: progress", progress)
+        return copy_store(self, events, chunks, target, progress)
 
     def stats(self, vm: str | None = None, at: str | int | None = None) -> dict[str, Any]:
+        check.optional_text("stats: vm", vm)
+        check.at("stats: at", at)
         return content_ops.stats(self, vm, at)
 
     @property
     def chunks(self) -> Any:
         """The chunk store (``<store>/chunks`` or the chunks URL), opened on first use."""
+        if isinstance(self._chunks, _Closed):
+            self._chunks.fail()
         if self._chunks is None:
             from ckpt.storage.chunks import ChunkStore
 
@@ -629,6 +762,9 @@ class Store:
         return self._chunks
 
     def apply_checkpoint(self, vm: str, checkpoint: str | UUID) -> Checkpoint:
+        check.text("apply_checkpoint: vm", vm)
+        check.ref("apply_checkpoint: checkpoint", checkpoint)
+
         def act(v: VirtualMachine, o: Origin) -> Checkpoint:
             cp = v.find_checkpoint(checkpoint)
             v.apply_checkpoint(o, cp.id)
@@ -637,6 +773,8 @@ class Store:
         return self._command(vm, act)
 
     def revert(self, vm: str) -> Checkpoint:
+        check.text("revert: vm", vm)
+
         def act(v: VirtualMachine, o: Origin) -> Checkpoint:
             v.revert(o)
             assert v.current is not None
@@ -645,6 +783,10 @@ class Store:
         return self._command(vm, act)
 
     def rename_checkpoint(self, vm: str, checkpoint: str | UUID, new_name: str) -> Checkpoint:
+        check.text("rename_checkpoint: vm", vm)
+        check.ref("rename_checkpoint: checkpoint", checkpoint)
+        check.text("rename_checkpoint: new_name", new_name)
+
         def act(v: VirtualMachine, o: Origin) -> Checkpoint:
             cp = v.find_checkpoint(checkpoint)
             v.rename_checkpoint(o, cp.id, new_name)
@@ -656,6 +798,9 @@ class Store:
         self, vm: str, checkpoint: str | UUID, subtree: bool = False
     ) -> list[str]:
         """Delete; return what happened to the layer files, one line each."""
+        check.text("delete_checkpoint: vm", vm)
+        check.ref("delete_checkpoint: checkpoint", checkpoint)
+        check.flag("delete_checkpoint: subtree", subtree)
 
         def act(v: VirtualMachine, o: Origin) -> list[str]:
             cp = v.find_checkpoint(checkpoint)
@@ -682,24 +827,39 @@ class Store:
         ``Virtual Hard Disks`` and ``Snapshots`` folders an earlier export wrote there."""
         from . import interop
 
-        return interop.export(self, vm, checkpoint, Path(directory), at, flatten, force)
+        check.text("export: vm", vm)
+        check.optional_text("export: checkpoint", checkpoint)
+        target = check.path("export: directory", directory)
+        check.at("export: at", at)
+        check.flag("export: flatten", flatten)
+        check.flag("export: force", force)
+        return interop.export(self, vm, checkpoint, target, at, flatten, force)
 
     def record_export(self, vm: str, checkpoint_id: str | None, destination: str) -> None:
+        check.text("record_export: vm", vm)
+        check.text("record_export: destination", destination)
+        cid = check.optional_text("record_export: checkpoint_id", checkpoint_id)
+        try:
+            checked = None if cid is None else UUID(cid.strip().strip("{}"))
+        except ValueError:
+            check.fail("record_export: checkpoint_id", "a checkpoint id (a UUID) or None", cid)
+
         def act(v: VirtualMachine, o: Origin) -> None:
-            v.export_checkpoint(
-                o, None if checkpoint_id is None else UUID(checkpoint_id), destination
-            )
+            v.export_checkpoint(o, checked, destination)
 
         self._command(vm, act)
 
     def import_disk(self, vm: str, disk: str, path: str | Path) -> DiskCapture:
         """A VHDX/AVHDX chain or a raw image becomes the disk's running content."""
-        return content_ops.import_disk(self, vm, disk, Path(path))
+        check.text("import_disk: vm", vm)
+        check.text("import_disk: disk", disk)
+        return content_ops.import_disk(self, vm, disk, check.path("import_disk: path", path))
 
     # --------------------------------------------------------------- queries
     def position(self, at: str | int | None) -> int | None:
         """A log position from ``--at``: a position number, or an ISO 8601 time
         (the last position at or before it). None stays None (= now)."""
+        check.at("position: at", at)
         if at is None:
             return None
         text = str(at).strip()
@@ -732,6 +892,9 @@ class Store:
         A name that is another VM's id (an old log may hold one) matches two
         VMs: ``AmbiguousName``, never the id's VM silently. A removed VM is
         found only as of a moment before its removal."""
+        check.ref("vm: name", name)
+        check.version("vm: version", version)
+        check.at("vm: at", at)
         position = self.position(at)
         if position is not None:
             self.catch_up()
@@ -808,18 +971,24 @@ class Store:
             return [self.app.get_vm(UUID(doc["id"])) for doc in self.read_models.recorder.vms()]
 
     def tree(self, vm: str, at: str | int | None = None) -> list[TreeEntry]:
+        check.text("tree: vm", vm)
         return tree_entries(self.vm(vm, at=at))
 
     def checkpoints(self, vm: str, at: str | int | None = None) -> list[Checkpoint]:
+        check.text("checkpoints: vm", vm)
         return list(self.vm(vm, at=at).checkpoints.values())
 
     def chain(
         self, vm: str, checkpoint: str | None = None, at: str | int | None = None
     ) -> dict[str, list[ChainEntry]]:
+        check.text("chain: vm", vm)
+        check.optional_text("chain: checkpoint", checkpoint)
         v = self.vm(vm, at=at)
         return disk_chains(v, None if checkpoint is None else v.find_checkpoint(checkpoint).id)
 
     def files(self, vm: str, checkpoint: str, at: str | int | None = None) -> tuple[StateFile, ...]:
+        check.text("files: vm", vm)
+        check.text("files: checkpoint", checkpoint)
         return self.vm(vm, at=at).find_checkpoint(checkpoint).state_files
 
     def log(
@@ -832,6 +1001,12 @@ class Store:
     ) -> list[AuditEntry]:
         """The audit trail from the read model; ``since``/``until`` are positions
         or ISO times, inclusive (a time means the last position at or before it)."""
+        check.optional_text("log: vm", vm)
+        check.optional_text("log: actor", actor)
+        check.at("log: since", since)
+        check.at("log: until", until)
+        if check.optional_text("log: operation", operation) not in (None, *OPERATIONS.values()):
+            raise InvalidValue(_unknown_operation(str(operation)))
         only = None if vm is None else self._log_vm_id(vm)
         self.catch_up()
         low = None if since is None else self._since(since)
@@ -871,7 +1046,8 @@ class Store:
         """Walk the hash chain over every stored event: name the first position where
         the log was changed, removed or reordered; check an anchor if given."""
         parsed = None
-        if anchor is not None:
+        if check.optional_text("verify_log: anchor", anchor) is not None:
+            assert anchor is not None
             try:
                 parsed = parse_anchor(anchor)
             except ValueError as e:

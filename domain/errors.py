@@ -18,6 +18,7 @@ them unchanged. Adapters translate sqlite3 / eventsourcing errors at their edge.
         ├── StoreNotFound            no store at the given place (run `ckpt init`)
         ├── StoreExists              `ckpt init` on an existing store
         ├── StoreConflict            another writer changed the VM first
+        ├── StoreClosed              a Store used after its close()
         ├── StoreCorrupt             stored bytes could not be decoded
         ├── WrongKey                 an encrypted store opened without its key
         ├── ChunkMissing             a chunk id, or a backend object, is not there
@@ -93,6 +94,10 @@ class StoreConflict(StorageError):
 
 class StoreBusy(StoreConflict):
     """The event store stayed locked by other writers past the lock timeout."""
+
+
+class StoreClosed(StorageError):
+    """A ``Store`` was used after ``close()`` (its connections are gone)."""
 
 
 class StoreCorrupt(StorageError):

@@ -22,6 +22,7 @@ from datetime import datetime
 from uuid import UUID
 
 from .content import BackupPoint, DiskCapture, FileCapture, FileRole
+from .errors import InvalidValue
 
 
 class VMState(enum.StrEnum):
@@ -126,7 +127,12 @@ class Checkpoint:
         return self.type is CheckpointType.STANDARD and self.vm_state is not VMState.OFF
 
     def layer(self, disk: str) -> UUID:
-        return dict(self.layers)[disk]
+        layers = dict(self.layers)
+        if disk not in layers:
+            raise InvalidValue(
+                f"checkpoint {self.name!r} has no disk {disk!r} (disks: {', '.join(layers)})"
+            )
+        return layers[disk]
 
 
 @dataclass(frozen=True)

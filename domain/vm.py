@@ -685,6 +685,8 @@ class VirtualMachine(Aggregate):
         """A checkpoint by id (any case, braces optional) or by exact name; a
         reference matching several (a repeated name, or a name that is another
         checkpoint's id) is ``AmbiguousName``, listing them."""
+        if not isinstance(ref, str | UUID):
+            raise InvalidValue(f"a checkpoint is named by a str (name or id), got {ref!r}")
         if isinstance(ref, UUID):
             return self.checkpoint(ref)
         found = find_named(ref, self._candidates(False), f"VM {self.name!r}")
@@ -726,7 +728,7 @@ class VirtualMachine(Aggregate):
 
     def chain(self, disk: str, checkpoint_id: UUID | None = None) -> list[Layer]:
         """Files from the base disk to the running layer, or to a checkpoint's layer."""
-        if disk not in self.running:
+        if not isinstance(disk, str) or disk not in self.running:
             raise InvalidValue(f"VM {self.name!r} has no disk {disk!r}")
         leaf = (
             self.running[disk]

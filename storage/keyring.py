@@ -48,6 +48,25 @@ def parse_key(text: str, where: str) -> bytes:
     return key
 
 
+def parse_key_file(data: bytes, where: str) -> bytes:
+    """A key file's bytes: exactly 32 raw bytes (``head -c 32 /dev/urandom``), or
+    the text form, 64 hex digits and an optional newline (what ``init`` writes).
+    Neither can be taken for the other: the text form is 64 bytes or more."""
+    if len(data) == KEY_BYTES:
+        return data
+    try:
+        text = data.decode("ascii")
+        key = bytes.fromhex(text.strip())
+    except ValueError:  # UnicodeDecodeError is one
+        key = b""
+    if len(key) != KEY_BYTES:
+        raise InvalidValue(
+            f"{where}: a key file holds 64 hex digits (a text line) or exactly {KEY_BYTES} "
+            f"raw bytes; this one holds {len(data)} bytes that are neither"
+        )
+    return key
+
+
 def generate_key() -> str:
     return os.urandom(KEY_BYTES).hex()
 
