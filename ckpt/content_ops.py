@@ -264,7 +264,17 @@ def restore_memory(
 def restore_state_files(
     store: Store, vm: str, ref: str, directory: Path, at: str | int | None = None
 ) -> list[Path]:
-    """Write the captured state files under their Hyper-V names below ``directory``."""
+    """Write the captured state files under their Hyper-V names below ``directory``.
+
+    A file that fails (no space, Ctrl-C) is removed; those written before it stay.
+    """
+    from ckpt.domain import OutputFailed
+
+    if directory.exists() and not directory.is_dir():
+        raise InvalidValue(
+            f"{str(directory)!r} is not a directory: --state-files writes the state files "
+            "under their Hyper-V names into -o DIR"
+        )
     point = resolve_point(store, vm, ref, at)
     cache = ManifestCache(store.chunks)
     written = []
@@ -272,9 +282,18 @@ def restore_state_files(
         if not f.path:  # 2016+ memory lives inside the VMRS: `restore --memory` gives it
             continue
         target = directory.joinpath(*f.path.split("/"))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with target.open("wb") as out:
-            restore_maps([cache.load(f.manifest)], store.chunks, out)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with target.open("wb") as out:
+                restore_maps([cache.load(f.manifest)], store.chunks, out)
+        except BaseException as e:
+            with contextlib.suppress(OSError):
+                target.unlink()
+            if isinstance(e, OSError):
+                raise OutputFailed(
+                    f"cannot write {str(target)!r}: {e.strerror or e}; that file was removed"
+                ) from None
+            raise
         written.append(target)
     if not written:
         raise InvalidValue(f"no state files were captured for {point.label}")
@@ -511,15 +530,3 @@ def stats(store: Store, vm: str | None = None, at: str | int | None = None) -> d
     if until is not None:
         total = {"logical_bytes": logical, "position": until}
     return {"vms": vms, "total": total}
-
-
-def open_output(path: str) -> BinaryIO:
-    """``-`` is standard output; anything else a file created or truncated."""
-    import sys
-
-    if path == "-":
-        return sys.stdout.buffer
-    try:
-        return open(path, "wb")
-    except OSError as e:
-        raise InvalidValue(f"cannot write {path!r}: {e.strerror}") from None
