@@ -260,6 +260,22 @@ def test_a_block_device_is_written_in_place_with_its_zeros(
 
 
 @pytest.mark.skipif(not ROOT, reason="loop devices need root")
+def test_a_vhdx_is_written_into_a_block_device_without_truncating_it(
+    cli: CLI, loop_device: Callable[[int], Path]
+) -> None:
+    from ckpt.storage.vhdx.reader import VhdxReader
+
+    dev = loop_device(48 * MiB)  # 3 MiB of header, log and metadata, a 32 MiB block, BAT
+    code, _, err = cli.restore(dev, "--format", "vhdx")
+    assert code == 0, err
+    assert stat.S_ISBLK(dev.stat().st_mode)
+    with dev.open("rb") as f:
+        reader = VhdxReader(f, str(dev))
+        assert reader.virtual_size == len(IMAGE)
+        assert reader.read(0, len(IMAGE)) == IMAGE
+
+
+@pytest.mark.skipif(not ROOT, reason="loop devices need root")
 def test_a_block_device_smaller_than_the_disk_is_refused(
     cli: CLI, loop_device: Callable[[int], Path]
 ) -> None:
@@ -314,6 +330,25 @@ def test_a_full_disk_is_one_line_exit_36_and_no_partial_file(
         "the partial file was removed\n"
     )
     assert list(tiny_tmpfs.iterdir()) == []
+
+
+def test_a_file_size_limit_is_one_line_exit_36_and_no_partial_file(
+    cli: CLI, tmp_path: Path
+) -> None:
+    """EFBIG (`ulimit -f`), which needs no root: the same path as ENOSPC."""
+    import resource
+
+    def limit() -> None:  # the store's own files stay far below 512 KiB
+        resource.setrlimit(resource.RLIMIT_FSIZE, (512 << 10, 512 << 10))
+
+    out = tmp_path / "out.raw"
+    cmd = [str(CKPT), "--store", str(cli.store), "restore", "v", "a", "--disk", "d", "-o", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=limit, timeout=60)
+    assert done.returncode == 36, done.stderr
+    assert done.stderr == (
+        f"ckpt: error: cannot write {str(out)!r}: File too large; the partial file was removed\n"
+    )
+    assert not out.exists() and _leftovers(tmp_path) == []
 
 
 def test_state_files_on_a_full_disk_is_exit_36_and_the_file_removed(
