@@ -615,6 +615,12 @@ def run(argv: Sequence[str], out: TextIO = sys.stdout, err: TextIO = sys.stderr)
         return exit_code(e)
     except BrokenPipeError:
         return 0
+    except KeyboardInterrupt:
+        # Ctrl-C: the partial output is already removed and an interrupted capture
+        # recorded nothing (its packs are unreferenced until gc); 130 = 128 + SIGINT,
+        # what a shell reports for a command killed by Ctrl-C.
+        err.write("ckpt: interrupted\n")
+        return 130
     except Exception:  # a bug: its traceback, scrubbed like every other message
         import traceback
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
@@ -12,7 +11,7 @@ from ckpt.domain import FileRole, InvalidValue
 from ckpt.storage.capture import parse_extents
 from ckpt.storage.log_chain import format_anchor
 
-from . import api_args, content_ops, render
+from . import api_args, output, render
 from .progress import progress_bars
 from .store import Store
 
@@ -111,29 +110,22 @@ def _restore(s: Store, a: argparse.Namespace, out: TextIO) -> None:
             out, a, {"files": [str(f) for f in files]}, "\n".join(f"wrote {f}" for f in files)
         )
         return
-    # A file is written beside its final name and renamed only when every chunk
-    # was read and verified: a failed restore never leaves wrong bytes under FILE.
-    partial = a.output if a.output == "-" else f"{a.output}.ckpt-partial"
-    stream = content_ops.open_output(partial)
-    done = False
-    try:
-        with progress_bars() as bars:
-            if a.disk and fmt == "vhdx":
-                size = s.restore_disk_vhdx(a.vm, a.checkpoint, a.disk, stream, at=a.at)
-            elif a.disk:
-                size = s.restore_disk(a.vm, a.checkpoint, a.disk, stream, bars, at=a.at)
-            else:
-                size = s.restore_memory(a.vm, a.checkpoint, stream, bars, at=a.at)
-        done = True
-    finally:
-        if a.output == "-":
-            stream.flush()
+    # Devices, pipes and hard-linked files are written in place; any other file
+    # beside its final name, renamed only when every chunk was read and verified
+    # (ckpt/output.py; decision record 0007).
+    target = output.resolve(a.output)
+    if fmt == "vhdx" and not target.seekable:
+        raise InvalidValue(
+            f"a VHDX is written out of order: {a.output!r} is a pipe or character device; "
+            "give a file or a block device, or --format raw"
+        )
+    with output.writing(target) as stream, progress_bars() as bars:
+        if a.disk and fmt == "vhdx":
+            size = s.restore_disk_vhdx(a.vm, a.checkpoint, a.disk, stream, at=a.at)
+        elif a.disk:
+            size = s.restore_disk(a.vm, a.checkpoint, a.disk, stream, bars, at=a.at)
         else:
-            stream.close()
-            if done:
-                os.replace(partial, a.output)
-            else:
-                Path(partial).unlink(missing_ok=True)
+            size = s.restore_memory(a.vm, a.checkpoint, stream, bars, at=a.at)
     if a.output != "-":
         what = f"disk {a.disk}" if a.disk else "memory"
         render.emit(

@@ -13,7 +13,7 @@ import contextlib
 import os
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,6 +30,7 @@ from ckpt.domain import (
     FileRole,
     InvalidValue,
     Origin,
+    OutputFailed,
     VirtualMachine,
 )
 
@@ -205,6 +206,19 @@ def _disk_maps(store: Store, vm: str, ref: str, disk: str, at: str | int | None)
     return maps
 
 
+@contextlib.contextmanager
+def _writing(out: BinaryIO) -> Iterator[None]:
+    """An ``OSError`` out of a restore is the output's (no space, quota, I/O error,
+    a closed pipe): the chunk backends translate their own. The Python API then
+    raises ``OutputFailed`` naming the stream, as the CLI does for its files."""
+    try:
+        yield
+    except OSError as e:
+        name = getattr(out, "name", None)
+        where = repr(name) if isinstance(name, str) else "the output stream"
+        raise OutputFailed(f"cannot write {where}: {e.strerror or e}") from e
+
+
 def restore_disk(
     store: Store,
     vm: str,
@@ -216,7 +230,8 @@ def restore_disk(
 ) -> int:
     maps = _disk_maps(store, vm, ref, disk, at)
     size = maps[-1].size
-    return restore_maps(maps, store.chunks, out, _bar(progress, f"restore {disk}", size))
+    with _writing(out):
+        return restore_maps(maps, store.chunks, out, _bar(progress, f"restore {disk}", size))
 
 
 def restore_disk_vhdx(
@@ -224,7 +239,9 @@ def restore_disk_vhdx(
 ) -> int:
     from .interop import write_disk_vhdx
 
-    return write_disk_vhdx(_disk_maps(store, vm, ref, disk, at), store, out)
+    maps = _disk_maps(store, vm, ref, disk, at)
+    with _writing(out):
+        return write_disk_vhdx(maps, store, out)
 
 
 def _file(point: RestorePoint, role: FileRole) -> FileCapture:
@@ -245,15 +262,26 @@ def restore_memory(
     point = resolve_point(store, vm, ref, at)
     f = _file(point, FileRole.MEMORY)
     cache = ManifestCache(store.chunks)
-    return restore_maps(
-        [cache.load(f.manifest)], store.chunks, out, _bar(progress, "restore memory", f.size)
-    )
+    with _writing(out):
+        return restore_maps(
+            [cache.load(f.manifest)], store.chunks, out, _bar(progress, "restore memory", f.size)
+        )
 
 
 def restore_state_files(
     store: Store, vm: str, ref: str, directory: Path, at: str | int | None = None
 ) -> list[Path]:
-    """Write the captured state files under their Hyper-V names below ``directory``."""
+    """Write the captured state files under their Hyper-V names below ``directory``.
+
+    A file that fails (no space, Ctrl-C) is removed; those written before it stay.
+    """
+    from ckpt.domain import OutputFailed
+
+    if directory.exists() and not directory.is_dir():
+        raise InvalidValue(
+            f"{str(directory)!r} is not a directory: --state-files writes the state files "
+            "under their Hyper-V names into -o DIR"
+        )
     point = resolve_point(store, vm, ref, at)
     cache = ManifestCache(store.chunks)
     written = []
@@ -261,9 +289,18 @@ def restore_state_files(
         if not f.path:  # 2016+ memory lives inside the VMRS: `restore --memory` gives it
             continue
         target = directory.joinpath(*f.path.split("/"))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with target.open("wb") as out:
-            restore_maps([cache.load(f.manifest)], store.chunks, out)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with target.open("wb") as out:
+                restore_maps([cache.load(f.manifest)], store.chunks, out)
+        except BaseException as e:
+            with contextlib.suppress(OSError):
+                target.unlink()
+            if isinstance(e, OSError):
+                raise OutputFailed(
+                    f"cannot write {str(target)!r}: {e.strerror or e}; that file was removed"
+                ) from None
+            raise
         written.append(target)
     if not written:
         raise InvalidValue(f"no state files were captured for {point.label}")
@@ -516,15 +553,3 @@ def stats(store: Store, vm: str | None = None, at: str | int | None = None) -> d
     if until is not None:
         total = {"logical_bytes": logical, "position": until}
     return {"vms": vms, "total": total}
-
-
-def open_output(path: str) -> BinaryIO:
-    """``-`` is standard output; anything else a file created or truncated."""
-    import sys
-
-    if path == "-":
-        return sys.stdout.buffer
-    try:
-        return open(path, "wb")
-    except OSError as e:
-        raise InvalidValue(f"cannot write {path!r}: {e.strerror}") from None

@@ -33,6 +33,7 @@ TABLE: tuple[tuple[type[e.CkptError], int], ...] = (
     (e.ChunkCorrupt, 25),
     (e.PackCorrupt, 26),
     (e.IndexCorrupt, 27),
+    (e.OutputFailed, 36),
     (e.VhdxCorrupt, 30),
     (e.VhdxUnsupported, 31),
     (e.VhdxChainMismatch, 32),

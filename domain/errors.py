@@ -25,6 +25,7 @@ them unchanged. Adapters translate sqlite3 / eventsourcing errors at their edge.
         ├── ChunkCorrupt             a chunk does not decompress or hash to its id
         ├── PackCorrupt              a pack file's header, table or trailer is damaged
         ├── IndexCorrupt             an index file is damaged (`rebuild_index` repairs)
+        ├── OutputFailed             a restore's output could not be written (disk full, I/O)
         └── VhdxError                a VHDX/AVHDX file could not be read or written
             ├── VhdxCorrupt          a structure is damaged, truncated or inconsistent
             ├── VhdxUnsupported      valid VHDX we refuse (non-empty log, unknown
@@ -134,6 +135,12 @@ class PackCorrupt(StorageError):
 class IndexCorrupt(StorageError):
     """An index file is damaged; ``ChunkStore.rebuild_index`` recreates it from
     its pack."""
+
+
+class OutputFailed(StorageError):
+    """Writing a restore's output failed (no space, quota, file too large, I/O
+    error); the message names the file and the system's reason. The partial
+    output was removed: the store itself is unharmed."""
 
 
 class VhdxError(StorageError):

@@ -6,8 +6,10 @@ chunk's SHA-256 against its id, so a wrong byte stops the restore with an
 error instead of reaching the output).
 
 Zero runs become holes in a regular file (a sparse file); on a pipe
-(``-o -``) they are written as zeros. Into a regular file, one thread fetches and
-checks chunks while another ``pwrite``s them (see ``_write_parallel``).
+(``-o -``) or a device they are written as zeros: a hole is only a zero where
+it reads back as one, and a device keeps whatever it held before. Into a
+regular file, one thread fetches and checks chunks while another ``pwrite``s
+them (see ``_write_parallel``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import stat
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO
+
+from ckpt.domain.errors import InvalidValue
 
 from .manifest import present
 
@@ -124,6 +128,7 @@ def write_image(
 ) -> int:
     """Write ``size`` bytes to ``out``; return how many bytes came from chunks."""
     blocks = [(i, cid) for i, cid in present(entries) if i * block_size < size]
+    _check_room(out, size)
     fd = _regular_fd(out)
     if fd is not None:
         out.flush()
@@ -193,7 +198,34 @@ def write_image(
 
 
 def _seekable(out: BinaryIO) -> bool:
+    """May zero runs be skipped? Only in a regular file or a stream without a
+    descriptor (BytesIO): a block device may hold old data, a character device
+    (``/dev/null``, a tape) reports seekable without reading back holes."""
     try:
-        return out.seekable() and out.tell() == 0
+        if not (out.seekable() and out.tell() == 0):
+            return False
     except (OSError, ValueError):
         return False
+    try:
+        fd = out.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation: BytesIO
+        return True
+    return stat.S_ISREG(os.fstat(fd).st_mode)
+
+
+def _check_room(out: BinaryIO, size: int) -> None:
+    """Refuse a block device smaller than the image before writing a byte to it."""
+    try:
+        fd = out.fileno()
+        if not stat.S_ISBLK(os.fstat(fd).st_mode):
+            return
+    except (AttributeError, OSError, ValueError):
+        return
+    capacity = os.lseek(fd, 0, os.SEEK_END)  # a block device's size (as BLKGETSIZE64)
+    os.lseek(fd, 0, os.SEEK_SET)
+    if capacity < size:
+        name = getattr(out, "name", "the output")
+        raise InvalidValue(
+            f"{name!r} is a block device of {capacity:,} bytes, smaller than the "
+            f"{size:,} bytes to restore; nothing was written"
+        )

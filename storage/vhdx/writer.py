@@ -25,6 +25,7 @@ block, one 1 MiB bitmap and one chunk of BAT entries (at most 256 KiB).
 from __future__ import annotations
 
 import os
+import stat
 import sys
 import uuid
 from array import array
@@ -182,9 +183,16 @@ def _write(
     if out.seek(0, os.SEEK_END) < end:
         out.seek(end - 1)
         out.write(b"\0")  # a real file gets a hole, not written zeros
-    else:
+    elif _resizable(out):  # a block device keeps its size: the VHDX ends at `end` inside it
         out.truncate(end)
     return WrittenVhdx(data_write_guid, file_write_guid, params.virtual_disk_id, end)
+
+
+def _resizable(out: BinaryIO) -> bool:
+    try:
+        return stat.S_ISREG(os.fstat(out.fileno()).st_mode)
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation: BytesIO
+        return True
 
 
 def _write_fixed_part(
