@@ -455,13 +455,15 @@ class Store:
         files: Mapping[FileRole, str | Path] | None = None,
         changed_blocks: Mapping[str, Sequence[tuple[int, int]]] | None = None,
         progress: ProgressFactory | None = None,
+        raw: bool = False,
     ) -> Checkpoint:
         """Checkpoint-VM; with ``disks``/``files``, capture their content first.
 
         ``disks`` maps a disk name to a raw image of it as the VM sees it now;
         ``files`` maps a role (config, runtime-state, device-state, memory) to
         the file; ``changed_blocks`` limits reading a disk to (offset, length)
-        extents changed since its last capture.
+        extents changed since its last capture. An image that looks like a
+        VHDX, VHD or qcow2 file is refused unless ``raw`` (``--format raw``).
         """
         if not disks and not files:
             return self._command(
@@ -469,7 +471,7 @@ class Store:
             )
         return content_ops.create_checkpoint(
             self, vm, name, checkpoint_type, guest_can_quiesce,
-            disks or {}, files or {}, changed_blocks or {}, progress,
+            disks or {}, files or {}, changed_blocks or {}, progress, raw,
         )  # fmt: skip
 
     def sync(
@@ -479,9 +481,11 @@ class Store:
         name: str | None = None,
         changed_blocks: Mapping[str, Sequence[tuple[int, int]]] | None = None,
         progress: ProgressFactory | None = None,
+        raw: bool = False,
     ) -> BackupPoint:
-        """Record the running disks' content as a backup point (not a checkpoint)."""
-        return content_ops.sync(self, vm, name, disks, changed_blocks or {}, progress)
+        """Record the running disks' content as a backup point (not a checkpoint);
+        ``raw`` as for ``create_checkpoint``."""
+        return content_ops.sync(self, vm, name, disks, changed_blocks or {}, progress, raw)
 
     def restore_disk(
         self,
@@ -638,9 +642,10 @@ class Store:
 
         self._command(vm, act)
 
-    def import_disk(self, vm: str, disk: str, path: str | Path) -> DiskCapture:
-        """A VHDX/AVHDX chain or a raw image becomes the disk's running content."""
-        return content_ops.import_disk(self, vm, disk, Path(path))
+    def import_disk(self, vm: str, disk: str, path: str | Path, raw: bool = False) -> DiskCapture:
+        """A VHDX/AVHDX chain or a raw image becomes the disk's running content;
+        ``raw``: read any file (a .vhdx too) as a raw image, unchecked."""
+        return content_ops.import_disk(self, vm, disk, Path(path), raw)
 
     # --------------------------------------------------------------- queries
     def position(self, at: str | int | None) -> int | None:
