@@ -294,8 +294,9 @@ def capture_disk(
     # The decoded manifests are needed only for their overlay: a cache of its own,
     # dropped here, keeps them out of the capture's peak memory (benchmark step 4:
     # peak RSS 268-288 MiB with the shared cache, 252 MiB without).
-    maps = chain_maps(vm, layer, ManifestCache(cache.chunks))
-    parent, block_size, parent_size = manifest.overlay(maps)
+    parent, block_size, parent_size = manifest.overlay(
+        chain_maps(vm, layer, ManifestCache(cache.chunks))
+    )
     if block_size not in (0, DISK_BLOCK):
         raise InvalidValue(f"disk {disk!r} was captured with {block_size}-byte blocks before")
     before = _fingerprint(src)
@@ -314,7 +315,7 @@ def capture_disk(
             session.pool,
             segments,
             session.hasher,
-            parent_size=parent_size if maps else None,
+            parent_size=parent_size,  # 0 for the first capture: all of it is new
         )
     except SourceChanged as e:
         raise _changed(where, e) from None
