@@ -118,7 +118,9 @@ def decode(data: bytes, where: str = "manifest") -> BlockMap:
         raise StoreCorrupt(
             f"{where}: block {beyond[0]} lies beyond the {blocks} blocks of its {size} bytes"
         )
-    return BlockMap(kind, block_size, size, dict(zip(column[:keep], ids[:keep], strict=True)))
+    if keep < len(column):
+        column, ids = column[:keep], ids[:keep]
+    return BlockMap(kind, block_size, size, dict(zip(column, ids, strict=True)))
 
 
 def store(bm: BlockMap, add: Callable[[bytes], bytes | None]) -> bytes:
