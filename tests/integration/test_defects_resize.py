@@ -12,7 +12,9 @@ from __future__ import annotations
 import io
 import random
 from pathlib import Path
+from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -58,10 +60,10 @@ def _restored(store: Store, point: str) -> bytes:
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(steps=steps, seed=st.integers(0, 2**32 - 1))
 def test_resized_disks_restore_every_live_point_and_gc_verify_stay_usable(
-    tmp_path_factory: object, steps: list[tuple[object, ...]], seed: int
+    tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[Any, ...]], seed: int
 ) -> None:
     rng = random.Random(seed)
-    root = tmp_path_factory.mktemp("resize")  # type: ignore[attr-defined]
+    root = tmp_path_factory.mktemp("resize")
     image = bytearray()
     captured = b""  # the running layer's content as last recorded
     checkpoints: dict[str, bytes] = {}
@@ -73,15 +75,15 @@ def test_resized_disks_restore_every_live_point_and_gc_verify_stay_usable(
             live = list(store.vm("VM").checkpoints.values())
             kind = step[0]
             if kind == "resize":
-                size, with_data = int(step[1]), bool(step[2])  # type: ignore[call-overload]
+                size, with_data = step[1], step[2]
                 if size <= len(image):
                     del image[size:]
                 else:
                     grown = size - len(image)
                     image += rng.randbytes(grown) if with_data else bytes(grown)
             elif kind == "write" and image:
-                at = int(step[1]) % len(image)  # type: ignore[call-overload]
-                length = min(int(step[2]), len(image) - at)  # type: ignore[call-overload]
+                at = step[1] % len(image)
+                length = min(step[2], len(image) - at)
                 image[at : at + length] = rng.randbytes(length)
             elif kind == "empty":
                 image.clear()
@@ -96,13 +98,11 @@ def test_resized_disks_restore_every_live_point_and_gc_verify_stay_usable(
                     points[f"b{n}"] = bytes(image)
                 captured = bytes(image)
             elif kind == "apply" and live:
-                name = live[int(step[1]) % len(live)].name  # type: ignore[call-overload]
+                name = live[step[1] % len(live)].name
                 store.apply_checkpoint("VM", name)
                 image[:] = captured = checkpoints[name]
             elif kind == "delete" and live:
-                cp = live[int(step[1]) % len(live)]  # type: ignore[call-overload]
-                for name in store.delete_checkpoint("VM", cp.name, subtree=bool(step[2])):
-                    checkpoints.pop(name, None)
+                store.delete_checkpoint("VM", live[step[1] % len(live)].name, subtree=step[2])
             elif kind == "gc":
                 store.gc(0)
         for cp in store.vm("VM").checkpoints.values():
