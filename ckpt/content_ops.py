@@ -162,6 +162,8 @@ def import_disk(store: Store, vm: str, disk: str, path: Path, raw: bool = False)
         with chunks.writer() as writer, ThreadPoolExecutor(WORKERS) as pool:
             session = Session(writer, chunks, pool)
             if path.suffix.lower() in (".vhdx", ".avhdx") and not raw:
+                with open_source(path, f"VHDX of disk {disk!r}"):  # refuses a device or pipe
+                    pass
                 vhdx, files, segments = open_vhdx_chain(path)
                 try:
                     stream = cast(BinaryIO, ChainStream(vhdx))  # a RawIOBase: read, seek, tell

@@ -221,24 +221,29 @@ def test_a_manifest_that_breaks_a_rule_still_keeps_its_chunks_from_gc(
 # ------------------------------------------------- item 4: sources without a size
 def test_a_fifo_is_refused_for_every_kind_of_source(cli: CLI, tmp_path: Path) -> None:
     fifo = tmp_path / "pipe"
+    fifo_vhdx = tmp_path / "pipe.vhdx"
     os.mkfifo(fifo)
-    # a writer holds it open, so the old code read it (0 bytes) instead of blocking
-    keep = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
+    os.mkfifo(fifo_vhdx)
+    # writers hold them open, so the old code read them (0 bytes) instead of blocking
+    keep = [os.open(f, os.O_RDWR | os.O_NONBLOCK) for f in (fifo, fifo_vhdx)]
     try:
         for args in (
             ("checkpoint", "create", "v", "x", "--disk", f"v={fifo}"),
             ("sync", "v", "--disk", f"v={fifo}"),
             ("import", "disk", "v", "v", fifo),
+            ("import", "disk", "v", "v", fifo_vhdx),
         ):
             err = cli.fails(14, *args)
-            assert f"'{fifo}'" in err and "a pipe (FIFO)" in err and "not supported yet" in err
+            assert f"'{str(args[-1]).removeprefix('v=')}'" in err
+            assert "a pipe (FIFO)" in err and "not supported yet" in err
         cli.ok("vm", "add", "w", "--config-version", "9.0", "--checkpoint-type", "standard")
         cli.ok("vm", "start", "w")
         for option in ("--memory", "--config", "--runtime-state"):
             err = cli.fails(14, "checkpoint", "create", "w", "y", option, fifo)
             assert "a pipe (FIFO)" in err
     finally:
-        os.close(keep)
+        for fd in keep:
+            os.close(fd)
     assert json.loads(cli.ok("checkpoint", "list", "v", "--json")) == []
 
 
