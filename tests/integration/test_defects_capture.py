@@ -333,6 +333,23 @@ def test_vhd_and_qcow2_files_are_refused_naming_qemu_img(cli: CLI, tmp_path: Pat
     assert _restored(cli, "q", tmp_path) == qcow2.read_bytes()
 
 
+def test_container_signatures_are_read_from_a_stream() -> None:
+    from ckpt.storage.image_formats import container_format
+
+    raw = bytes(BLOCK)
+    cases = {
+        b"vhdxfile" + raw: "a VHDX file",
+        b"QFI\xfb" + raw: "a qcow2 image",
+        b"conectix" + raw + b"conectix" + bytes(504): "a VHD file",
+        raw + b"conectix" + bytes(503): "a VHD file",  # a 511-byte footer (before 2004)
+        raw: None,
+        b"": None,
+        b"conectix"[:5]: None,
+    }
+    for data, kind in cases.items():
+        assert container_format(io.BytesIO(data), len(data)) == kind, data[:8]
+
+
 def test_the_python_api_refuses_containers_unless_raw(tmp_path: Path) -> None:
     qcow2 = _write(tmp_path / "z.img", b"QFI\xfb" + bytes(BLOCK - 4))
     with Store.init(tmp_path / "S") as store:
