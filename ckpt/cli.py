@@ -259,7 +259,7 @@ def _export_options(q: argparse.ArgumentParser, checkpoint_required: bool) -> No
 
 
 def _import_disk(s: Store, a: argparse.Namespace, out: TextIO) -> None:
-    capture = s.import_disk(a.vm, a.disk, a.file)
+    capture = s.import_disk(a.vm, a.disk, a.file, raw=a.format == "raw")
     data = {
         "disk": capture.disk,
         "layer": str(capture.layer),
@@ -487,6 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("vm")
     q.add_argument("disk")
     q.add_argument("file")
+    cli_content.raw_format_option(q)
     q = cmd(
         imp,
         "hyperv",

@@ -43,6 +43,16 @@ def capture_options(q: argparse.ArgumentParser) -> None:
         metavar="DISK=FILE",
         help="only read these extents ('OFFSET LENGTH' per line) of that disk",
     )
+    raw_format_option(q)
+
+
+def raw_format_option(q: argparse.ArgumentParser) -> None:
+    q.add_argument(
+        "--format",
+        choices=("raw",),
+        help="read every image as raw bytes, even one that looks like a VHDX, VHD or qcow2 file "
+        "(refused by default)",
+    )
 
 
 def state_options(q: argparse.ArgumentParser) -> None:
@@ -77,7 +87,8 @@ def content_args(a: argparse.Namespace) -> dict[str, Any]:
         )
         if path
     }
-    return {"disks": disks, "files": files, "changed_blocks": changed}
+    raw = getattr(a, "format", None) == "raw"
+    return {"disks": disks, "files": files, "changed_blocks": changed, "raw": raw}
 
 
 def _sync(s: Store, a: argparse.Namespace, out: TextIO) -> None:
@@ -85,7 +96,7 @@ def _sync(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     if not args["disks"]:
         raise InvalidValue("ckpt sync needs at least one --disk DISK=IMAGE")
     with progress_bars() as bars:
-        point = s.sync(a.vm, args["disks"], a.name, args["changed_blocks"], bars)
+        point = s.sync(a.vm, args["disks"], a.name, args["changed_blocks"], bars, args["raw"])
     data = {
         "id": str(point.id),
         "name": point.name,

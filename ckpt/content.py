@@ -14,6 +14,7 @@ the page and file-system block size, so a changed page costs one 4 KiB chunk.
 from __future__ import annotations
 
 import os
+import stat
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor, Future
@@ -22,11 +23,19 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 from uuid import UUID
 
-from ckpt.domain import DiskCapture, FileCapture, FileRole, InvalidValue, VirtualMachine
+from ckpt.domain import (
+    DiskCapture,
+    FileCapture,
+    FileRole,
+    InvalidValue,
+    SourceChanged,
+    VirtualMachine,
+)
 from ckpt.storage import manifest
 from ckpt.storage.capture import capture
 from ckpt.storage.chunks.backend import parallel_requests
-from ckpt.storage.manifest import KIND_DISK, KIND_FILE, ZERO_ID, BlockMap
+from ckpt.storage.image_formats import VHDX, container_format
+from ckpt.storage.manifest import KIND_DISK, KIND_FILE, BlockMap
 from ckpt.storage.restore import write_image
 
 DISK_BLOCK = 4096
@@ -169,11 +178,101 @@ def _size(src: BinaryIO, where: str) -> int:
         return size
 
 
+_NOT_REGULAR = (
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISFIFO, "a pipe (FIFO)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISDIR, "a directory"),
+)
+
+
 def open_source(path: str | Path, what: str) -> BinaryIO:
+    """A regular file (a symlink to one is followed) opened for reading.
+
+    Anything else is refused: fstat gives no size for a block device, a pipe or
+    /dev/stdin, and such a source was recorded as a 0-byte disk with exit 0
+    (issue 11). Opened non-blocking first, so a FIFO without a writer is
+    refused instead of hanging the open.
+    """
+    nonblock = getattr(os, "O_NONBLOCK", 0)
     try:
-        return open(path, "rb")
+        fd = os.open(path, os.O_RDONLY | nonblock | getattr(os, "O_BINARY", 0))
     except OSError as e:
         raise InvalidValue(f"cannot read {what} {str(path)!r}: {e.strerror}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((k for test, k in _NOT_REGULAR if test(mode)), "not a regular file")
+            raise InvalidValue(
+                f"{str(path)!r} ({what}) is {kind}: only regular files can be captured; "
+                "devices and pipes are not supported yet (their size cannot be read up front)"
+            )
+        if nonblock:
+            os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb")
+
+
+def refuse_container(src: BinaryIO, where: str, vhdx_hint: str) -> None:
+    """Refuse a VHDX, VHD or qcow2 file where a raw image is expected."""
+    kind = container_format(src, _size(src, where))
+    if kind is None:
+        return
+    how = (
+        vhdx_hint
+        if kind == VHDX
+        else f"convert it to raw with `qemu-img convert -O raw {where} DISK.raw`"
+    )
+    raise InvalidValue(
+        f"{where} is {kind}, not a raw disk image: {how}; "
+        "or pass --format raw to capture its bytes as they are"
+    )
+
+
+Fingerprint = tuple[int, int, int, int]  # (device, inode, size, mtime in ns)
+
+
+def _fingerprint(src: BinaryIO) -> Fingerprint | None:
+    try:
+        st = os.fstat(src.fileno())
+    except (AttributeError, OSError, ValueError):
+        return None  # a stream (a VHDX chain read in Python): nothing to compare
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _check_unchanged(src: BinaryIO, where: str, before: Fingerprint | None) -> None:
+    """Refuse a capture whose source changed while it was read: its blocks were
+    read at different moments, so they need not belong to one disk state."""
+    if before is None:
+        return
+    after = _fingerprint(src)
+    try:
+        now = os.stat(where)
+        path_is = (now.st_dev, now.st_ino)
+    except OSError:
+        path_is = None
+    what = None
+    if after is not None and after[2] != before[2]:
+        what = f"its size changed from {before[2]} to {after[2]} bytes"
+    elif after is not None and after[3] != before[3]:
+        what = "it was written to (its modification time changed)"
+    elif path_is != before[:2]:
+        what = "the path was removed or now names another file"
+    if what is not None:
+        raise SourceChanged(f"{where} changed during the capture: {what}; {_UNCHANGED}")
+
+
+_UNCHANGED = (
+    "nothing was recorded. Capture a snapshot of a live image (VSS, LVM, qemu) for a "
+    "consistent copy, or capture again once it is quiet"
+)
+
+
+def _changed(where: str, e: SourceChanged) -> SourceChanged:
+    return SourceChanged(f"{where} changed during the capture: {e}; {_UNCHANGED}")
 
 
 def capture_disk(
@@ -187,6 +286,7 @@ def capture_disk(
     progress: Progress | None = None,
     segments: Sequence[tuple[int, int]] | None = None,
 ) -> DiskCapture:
+    """Capture ``src`` (whose path is ``where``) as the disk's running content."""
     if disk not in vm.running:
         known = ", ".join(vm.running)
         raise InvalidValue(f"VM {vm.name!r} has no disk {disk!r} (disks: {known})")
@@ -194,24 +294,32 @@ def capture_disk(
     # The decoded manifests are needed only for their overlay: a cache of its own,
     # dropped here, keeps them out of the capture's peak memory (benchmark step 4:
     # peak RSS 268-288 MiB with the shared cache, 252 MiB without).
-    parent, block_size, _ = manifest.overlay(chain_maps(vm, layer, ManifestCache(cache.chunks)))
+    parent, block_size, parent_size = manifest.overlay(
+        chain_maps(vm, layer, ManifestCache(cache.chunks))
+    )
     if block_size not in (0, DISK_BLOCK):
         raise InvalidValue(f"disk {disk!r} was captured with {block_size}-byte blocks before")
+    before = _fingerprint(src)
     size = _size(src, where)
     if size % 512:
         raise InvalidValue(f"{where}: {size} bytes is not a whole number of 512-byte sectors")
-    result = capture(
-        src,
-        size,
-        DISK_BLOCK,
-        parent,
-        session.sink,
-        extents,
-        progress,
-        session.pool,
-        segments,
-        session.hasher,
-    )
+    try:
+        result = capture(
+            src,
+            size,
+            DISK_BLOCK,
+            parent,
+            session.sink,
+            extents,
+            progress,
+            session.pool,
+            segments,
+            session.hasher,
+            parent_size=parent_size,  # 0 for the first capture: all of it is new
+        )
+    except SourceChanged as e:
+        raise _changed(where, e) from None
+    _check_unchanged(src, where, before)
     session.finish()
     ref = manifest.store(BlockMap(KIND_DISK, DISK_BLOCK, size, result.entries), session.add)
     return DiskCapture(
@@ -230,10 +338,16 @@ def capture_disk(
 def capture_file(
     role: FileRole, src: BinaryIO, where: str, session: Session, progress: Progress | None = None
 ) -> FileCapture:
+    before = _fingerprint(src)
     size = _size(src, where)
-    result = capture(
-        src, size, FILE_BLOCK, {}, session.sink, None, progress, session.pool, None, session.hasher
-    )
+    try:
+        result = capture(
+            src, size, FILE_BLOCK, {}, session.sink, None, progress, session.pool, None,
+            session.hasher,
+        )  # fmt: skip
+    except SourceChanged as e:
+        raise _changed(where, e) from None
+    _check_unchanged(src, where, before)
     session.finish()
     ref = manifest.store(BlockMap(KIND_FILE, FILE_BLOCK, size, result.entries), session.add)
     return FileCapture(role=role, path="", manifest=ref, size=size, added_bytes=result.added_bytes)
@@ -275,11 +389,14 @@ class Reference:
 
 
 def referenced_chunks(
-    refs: Iterable[Reference], chunks: Chunks
+    refs: Iterable[Reference], chunks: Chunks, lenient: bool = False
 ) -> tuple[dict[bytes, list[Reference]], list[tuple[Reference, str]]]:
     """Every chunk the references need (manifest chunks included) -> who needs it.
 
-    Manifests that cannot be read are returned apart, with the reason.
+    Manifests that cannot be read are returned apart, with the reason. A
+    manifest that reads but breaks a rule (restore refuses it) still names its
+    chunks, which are kept as needed (conservative); it is returned apart too,
+    unless ``lenient`` (gc: its chunks are known, so gc need not stop for it).
     """
     from ckpt.domain import CkptError
 
@@ -287,18 +404,19 @@ def referenced_chunks(
     broken: list[tuple[Reference, str]] = []
     for ref in refs:
         try:
-            own, bm = manifest.chunk_refs(ref.manifest, chunks.get)
+            found = manifest.referenced(ref.manifest, chunks.get)
         except CkptError as e:
             broken.append((ref, str(e)))
             needed.setdefault(ref.manifest, []).append(ref)
             continue
-        for cid in own:
+        if found.problem is not None and not lenient:
+            broken.append((ref, found.problem))
+        for cid in found.own:
             needed.setdefault(cid, []).append(ref)
-        for cid in bm.entries.values():
-            if cid != ZERO_ID:
-                lst = needed.get(cid)
-                if lst is None:
-                    needed[cid] = [ref]
-                elif lst[-1] is not ref:
-                    lst.append(ref)
+        for cid in found.blocks:
+            lst = needed.get(cid)
+            if lst is None:
+                needed[cid] = [ref]
+            elif lst[-1] is not ref:
+                lst.append(ref)
     return needed, broken

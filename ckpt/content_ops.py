@@ -43,6 +43,7 @@ from .content import (
     chain_maps,
     open_source,
     referenced_chunks,
+    refuse_container,
     restore_maps,
 )
 
@@ -77,6 +78,7 @@ def create_checkpoint(
     files: Mapping[FileRole, str | Path],
     changed_blocks: Mapping[str, Extents],
     progress: ProgressFactory | None,
+    raw: bool = False,
 ) -> Checkpoint:
     for disk in changed_blocks:
         if disk not in disks:
@@ -86,7 +88,7 @@ def create_checkpoint(
         _, memory = v.plan_checkpoint(checkpoint_type, guest_can_quiesce)
         for role in files:
             v.check_file_role(role, memory)
-        captures, captured = _capture(store, v, disks, files, changed_blocks, progress)
+        captures, captured = _capture(store, v, disks, files, changed_blocks, progress, raw)
         return v.create_checkpoint(o, name, checkpoint_type, guest_can_quiesce, captures, captured)
 
     return store._command(vm, act)
@@ -99,9 +101,10 @@ def sync(
     disks: Mapping[str, str | Path],
     changed_blocks: Mapping[str, Extents],
     progress: ProgressFactory | None,
+    raw: bool = False,
 ) -> BackupPoint:
     def act(v: VirtualMachine, o: Origin) -> BackupPoint:
-        captures, _ = _capture(store, v, disks, {}, changed_blocks, progress)
+        captures, _ = _capture(store, v, disks, {}, changed_blocks, progress, raw)
         return v.sync(o, name, captures)
 
     return store._command(vm, act)
@@ -114,7 +117,10 @@ def _capture(
     files: Mapping[FileRole, str | Path],
     changed_blocks: Mapping[str, Extents],
     progress: ProgressFactory | None,
+    raw: bool = False,
 ) -> tuple[list[Any], list[FileCapture]]:
+    """Capture each disk image and state file; ``raw``: take an image that looks
+    like a VHDX/VHD/qcow2 container as raw bytes instead of refusing it."""
     chunks = store.chunks
     cache = ManifestCache(chunks)
     total = _source_sizes([*disks.values(), *files.values()])
@@ -125,6 +131,9 @@ def _capture(
         session = Session(writer, chunks, pool)
         for disk, path in disks.items():
             with open_source(path, f"image of disk {disk!r}") as src:
+                if not raw:
+                    hint = f"use `ckpt import disk {v.name} {disk} {path}` (it reads a VHDX)"
+                    refuse_container(src, str(path), hint)
                 captures.append(
                     capture_disk(
                         v, disk, src, str(path), session, cache, changed_blocks.get(disk), bar
@@ -136,12 +145,14 @@ def _capture(
     return captures, captured
 
 
-def import_disk(store: Store, vm: str, disk: str, path: Path) -> DiskCapture:
+def import_disk(store: Store, vm: str, disk: str, path: Path, raw: bool = False) -> DiskCapture:
     """Capture a disk file into the disk's running layer (``ckpt import disk``).
 
     ``.vhdx``/``.avhdx`` files are read through their parent chain (every
     structure checked; a missing parent or a cycle is refused, naming the
-    file); anything else is a raw image. Nothing is recorded on any error.
+    file); anything else is a raw image, and a VHDX/VHD/qcow2 file under another
+    name is refused, unless ``raw`` (which also takes a .vhdx name as raw
+    bytes). Nothing is recorded on any error.
     """
     from .interop import ChainStream, open_vhdx_chain
 
@@ -150,7 +161,9 @@ def import_disk(store: Store, vm: str, disk: str, path: Path) -> DiskCapture:
         cache = ManifestCache(chunks)
         with chunks.writer() as writer, ThreadPoolExecutor(WORKERS) as pool:
             session = Session(writer, chunks, pool)
-            if path.suffix.lower() in (".vhdx", ".avhdx"):
+            if path.suffix.lower() in (".vhdx", ".avhdx") and not raw:
+                with open_source(path, f"VHDX of disk {disk!r}"):  # refuses a device or pipe
+                    pass
                 vhdx, files, segments = open_vhdx_chain(path)
                 try:
                     stream = cast(BinaryIO, ChainStream(vhdx))  # a RawIOBase: read, seek, tell
@@ -162,6 +175,9 @@ def import_disk(store: Store, vm: str, disk: str, path: Path) -> DiskCapture:
                         f.close()
             else:
                 with open_source(path, f"image of disk {disk!r}") as src:
+                    if not raw:
+                        hint = "give it a .vhdx name: `ckpt import disk` reads such files as VHDX"
+                        refuse_container(src, str(path), hint)
                     capture = capture_disk(v, disk, src, str(path), session, cache)
         v.import_disk_content(o, capture)
         return capture
@@ -485,7 +501,8 @@ class GcReport:
 
 def gc(store: Store, grace_seconds: float, progress: ProgressFactory | None = None) -> GcReport:
     chunks = store.chunks
-    needed, broken = referenced_chunks(_references(store), chunks)
+    # lenient: a manifest that reads but breaks a rule still names its chunks (kept)
+    needed, broken = referenced_chunks(_references(store), chunks, lenient=True)
     if broken:
         # A manifest we cannot read hides what it references: deleting anything then
         # could delete live data. Refuse, and let verify name the damage.

@@ -143,6 +143,12 @@ def layer_runs(
     """The bytes ``maps`` define, as sorted, joined (offset, bytes) runs, cut at ``size``."""
     entries, block_size, _ = manifest.overlay(list(maps))
     fetch = fetcher(store.chunks)
+    cut = manifest.smallest_block_count(list(maps))
+    if differencing and cut is not None:
+        # The disk shrank within this layer: blocks from there on are zeros unless
+        # written again, never the parent's bytes showing through.
+        for index in range(cut, -(-size // block_size)):
+            entries.setdefault(index, ZERO_ID)
     indices = [i for i in sorted(entries) if i * block_size < size]
     if not differencing:
         indices = [i for i in indices if entries[i] != ZERO_ID]

@@ -590,13 +590,15 @@ class Store:
         files: Mapping[FileRole, str | Path] | None = None,
         changed_blocks: Mapping[str, Sequence[tuple[int, int]]] | None = None,
         progress: ProgressFactory | None = None,
+        raw: bool = False,
     ) -> Checkpoint:
         """Checkpoint-VM; with ``disks``/``files``, capture their content first.
 
         ``disks`` maps a disk name to a raw image of it as the VM sees it now;
         ``files`` maps a role (config, runtime-state, device-state, memory) to
         the file; ``changed_blocks`` limits reading a disk to (offset, length)
-        extents changed since its last capture.
+        extents changed since its last capture. An image that looks like a
+        VHDX, VHD or qcow2 file is refused unless ``raw`` (``--format raw``).
         """
         m = "create_checkpoint"
         check.text(f"{m}: vm", vm)
@@ -610,13 +612,14 @@ class Store:
         if changed_blocks is not None:
             changed_blocks = check.extents(f"{m}: changed_blocks", changed_blocks)
         check.progress(f"{m}: progress", progress)
+        check.flag(f"{m}: raw", raw)
         if not disks and not files:
             return self._command(
                 vm, lambda v, o: v.create_checkpoint(o, name, checkpoint_type, guest_can_quiesce)
             )
         return content_ops.create_checkpoint(
             self, vm, name, checkpoint_type, guest_can_quiesce,
-            disks or {}, files or {}, changed_blocks or {}, progress,
+            disks or {}, files or {}, changed_blocks or {}, progress, raw,
         )  # fmt: skip
 
     def sync(
@@ -626,15 +629,18 @@ class Store:
         name: str | None = None,
         changed_blocks: Mapping[str, Sequence[tuple[int, int]]] | None = None,
         progress: ProgressFactory | None = None,
+        raw: bool = False,
     ) -> BackupPoint:
-        """Record the running disks' content as a backup point (not a checkpoint)."""
+        """Record the running disks' content as a backup point (not a checkpoint);
+        ``raw`` as for ``create_checkpoint``."""
         check.text("sync: vm", vm)
         disks = check.sources("sync: disks", disks)
         check.optional_text("sync: name", name)
         if changed_blocks is not None:
             changed_blocks = check.extents("sync: changed_blocks", changed_blocks)
         check.progress("sync: progress", progress)
-        return content_ops.sync(self, vm, name, disks, changed_blocks or {}, progress)
+        check.flag("sync: raw", raw)
+        return content_ops.sync(self, vm, name, disks, changed_blocks or {}, progress, raw)
 
     def restore_disk(
         self,
@@ -849,11 +855,13 @@ class Store:
 
         self._command(vm, act)
 
-    def import_disk(self, vm: str, disk: str, path: str | Path) -> DiskCapture:
-        """A VHDX/AVHDX chain or a raw image becomes the disk's running content."""
+    def import_disk(self, vm: str, disk: str, path: str | Path, raw: bool = False) -> DiskCapture:
+        """A VHDX/AVHDX chain or a raw image becomes the disk's running content;
+        ``raw``: read any file (a .vhdx too) as a raw image, unchecked."""
         check.text("import_disk: vm", vm)
         check.text("import_disk: disk", disk)
-        return content_ops.import_disk(self, vm, disk, check.path("import_disk: path", path))
+        check.flag("import_disk: raw", raw)
+        return content_ops.import_disk(self, vm, disk, check.path("import_disk: path", path), raw)
 
     # --------------------------------------------------------------- queries
     def position(self, at: str | int | None) -> int | None:

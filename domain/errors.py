@@ -11,6 +11,7 @@ them unchanged. Adapters translate sqlite3 / eventsourcing errors at their edge.
     │   │   └── UnknownCheckpoint
     │   ├── AmbiguousName            a name or id matching several VMs or points
     │   ├── InvalidValue             a name, version or option outside its range
+    │   │   └── SourceChanged        an image or file changed while it was captured
     │   ├── NotAllowed               not allowed in the VM's present state
     │   ├── AlreadyExists            a VM with that name is registered
     │   └── CaptureOutdated          content was compared against a state that has moved on
@@ -63,6 +64,12 @@ class AmbiguousName(DomainError):
 
 class InvalidValue(DomainError):
     """A name, version or option is outside the range Hyper-V accepts."""
+
+
+class SourceChanged(InvalidValue):
+    """A source changed while it was being captured (it ended early, or its size,
+    modification time or inode moved): nothing was recorded. A live image needs a
+    snapshot (VSS, LVM, qemu) to be captured consistently; capturing again may work."""
 
 
 class NotAllowed(DomainError):

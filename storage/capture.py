@@ -27,7 +27,7 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from ckpt.domain.errors import InvalidValue
+from ckpt.domain.errors import InvalidValue, SourceChanged
 
 from .manifest import ZERO_ID
 
@@ -104,16 +104,27 @@ def _has_fd(src: BinaryIO) -> bool:
 
 
 def _read(src: BinaryIO, offset: int, length: int) -> bytes:
+    """``length`` bytes at ``offset``; a source that ends before them changed
+    under the capture (it was truncated): refused, never padded with zeros."""
     try:
         fd = src.fileno()
     except (AttributeError, OSError, ValueError):
+        fd = -1
         src.seek(offset)
-        data = src.read(length)
-    else:
-        data = os.pread(fd, length, offset)
-    if len(data) < length:  # the image ends before its declared size: the rest is zeros
-        data += _zeros(length - len(data))
-    return data
+    parts: list[bytes] = []
+    got = 0
+    while got < length:  # a read may return less than asked before the end
+        data = os.pread(fd, length - got, offset + got) if fd >= 0 else src.read(length - got)
+        if not data:
+            break
+        parts.append(data)
+        got += len(data)
+    if got < length:
+        raise SourceChanged(
+            f"the source ended at byte {offset + got} while {offset + length} were expected: "
+            "it shrank during the capture"
+        )
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _digests(
@@ -161,8 +172,15 @@ def capture(
     pool: Executor | None = None,
     segments: Sequence[tuple[int, int]] | None = None,
     hasher: Callable[[bytes], bytes] | None = None,
+    parent_size: int | None = None,
 ) -> CaptureResult:
     """Compare ``src`` with ``parent`` block by block; send new blocks to ``sink``.
+
+    ``parent_size`` is the size the parent map was folded at (None: the same
+    as ``size``). When it differs, the disk was resized: no entry is recorded
+    at or beyond ``size``, and with changed ``extents`` the blocks between the
+    old and the new end are read too (extents need not cover a resize, and the
+    partial block at either end changes with it).
 
     With a ``pool``, buffers are read and hashed in its threads, up to
     ``AHEAD`` buffers ahead of the comparison, which stays in this thread.
@@ -172,6 +190,9 @@ def capture(
     """
     result = CaptureResult()
     if extents is not None:
+        if parent_size is not None and parent_size != size:
+            low = min(parent_size, size) // block_size * block_size
+            extents = [*extents, (low, max(parent_size, size) - low)]
         regions = align(extents, block_size, size)
     else:
         found = data_segments(src, size) if segments is None else segments
@@ -204,7 +225,7 @@ def capture(
         if progress is not None:
             progress(n)
     if extents is None:
-        _zero_the_holes(parent, regions, block_size, entries)
+        _zero_the_holes(parent, regions, block_size, size, entries)
     return result
 
 
@@ -237,13 +258,20 @@ def _zero_the_holes(
     parent: Mapping[int, bytes],
     regions: list[tuple[int, int]],
     block_size: int,
+    size: int,
     entries: dict[int, bytes],
 ) -> None:
-    """Blocks the parent held that now fall in a hole of the source read as zeros."""
+    """Blocks the parent held that now fall in a hole of the source read as zeros.
+
+    Blocks at or beyond the new end get no entry: a map never names a block
+    beyond its size, and the fold drops the parent's blocks there (a disk
+    that shrank; recording them broke every later read, issue 11).
+    """
     starts = [s // block_size for s, _ in regions]
     ends = [-(-e // block_size) for _, e in regions]
+    blocks = -(-size // block_size)
     for index, cid in parent.items():
-        if cid == ZERO_ID or index in entries:
+        if cid == ZERO_ID or index in entries or index >= blocks:
             continue
         k = bisect.bisect_right(starts, index) - 1
         if k < 0 or index >= ends[k]:

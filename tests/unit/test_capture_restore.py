@@ -142,9 +142,15 @@ def test_manifest_refuses_malformed_bytes() -> None:
         manifest.decode(good[:-1])
     with pytest.raises(StoreCorrupt, match="not a version-1 manifest"):
         manifest.decode(b"XXXX" + good[4:])
-    bad_index = manifest.encode(BlockMap(KIND_DISK, 4096, 4096, {5: b"\1" * 32}))
-    with pytest.raises(StoreCorrupt, match="not ascending"):
+    with pytest.raises(InvalidValue, match="beyond"):  # encode never writes such a map
+        manifest.encode(BlockMap(KIND_DISK, 4096, 4096, {5: b"\1" * 32}))
+    size_4096 = (4096).to_bytes(8, "little")
+    bad_index = good[:12] + size_4096 + good[20:36] + (5).to_bytes(8, "little") + good[44:]
+    with pytest.raises(StoreCorrupt, match="block 5 lies beyond the 1 blocks"):
         manifest.decode(bad_index)
+    unordered = good[:28] + good[36:44] + good[28:36] + good[44:]
+    with pytest.raises(StoreCorrupt, match="not ascending"):
+        manifest.decode(unordered)
 
 
 def test_large_manifest_is_split_into_pieces() -> None:

@@ -68,6 +68,9 @@ WRONG: list[tuple[str, Call, str]] = [
     ("stop", lambda s, t: s.stop_vm(b"v"), "stop_vm: name must be a str"),
     ("save", lambda s, t: s.save_vm(1), "save_vm: name must be a str"),
     ("create-vm", lambda s, t: s.create_checkpoint(1), "create_checkpoint: vm must be a str"),
+    ("create-raw", lambda s, t: s.create_checkpoint("v", raw="yes"), "raw must be True or False"),
+    ("sync-raw", lambda s, t: s.sync("v", {"Boot": _img(t)}, raw=1), "raw must be True or False"),
+    ("import-raw", lambda s, t: s.import_disk("v", "Boot", _img(t), raw=None), "raw must be True"),
     ("create-name", lambda s, t: s.create_checkpoint("v", 2), "name must be a str or None"),
     ("create-type", lambda s, t: s.create_checkpoint("v", "b", "fast"), "CheckpointType"),
     (
