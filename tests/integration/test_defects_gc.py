@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import Backends
 
 import ckpt.content_ops as content_ops
 from ckpt import CheckpointType, ChunkMissing, DiskFormat, Store
@@ -45,12 +46,12 @@ def _restore(store: Store, vm: str, point: str, disk: str = "D") -> bytes:
     return out.getvalue()
 
 
-def _init(path: Path, encrypted: bool) -> dict[str, Any]:
+def _init(path: Path, encrypted: bool, urls: dict[str, str] | None = None) -> dict[str, Any]:
     """A store with VM ``v`` (disk ``D``); the keyword arguments that open it."""
     kwargs: dict[str, Any] = {"actor": "tester"}
     if encrypted:
         kwargs["key"] = parse_key(generate_key(), "test")
-    with Store.init(path, encrypt=encrypted, **kwargs) as s:
+    with Store.init(path, encrypt=encrypted, **(urls or {}), **kwargs) as s:
         s.register_vm("v", [("D", DiskFormat.VHDX)], checkpoint_type=CheckpointType.STANDARD)
     return kwargs
 
@@ -98,17 +99,19 @@ def _pause_before_commit(store: Store) -> tuple[threading.Event, threading.Event
     return paused, go_on
 
 
-@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
-@pytest.mark.parametrize("pause", ["while-writing", "before-commit"])
-def test_gc_during_a_capture_deletes_none_of_its_chunks(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pause: str, encrypted: bool
-) -> None:
-    """`checkpoint create v big &` then `gc --grace 0` while it runs: the capture's
-    chunks stay, it commits, everything verifies and restores byte for byte."""
-    path = tmp_path / "s"
-    kwargs = _init(path, encrypted)
-    image = random.Random(1).randbytes(BIG)
-    src = _write(tmp_path / "big.raw", image)
+def _names(store: Store, prefix: str) -> list[str]:
+    return list(store.chunks.backend.list(prefix))
+
+
+def _race(
+    path: Path,
+    kwargs: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    pause: str,
+    capture: Callable[[Store], object],
+) -> dict[str, Any]:
+    """Run ``capture`` in a thread, pause it, run ``gc --grace 0`` from another
+    Store (another process, as far as the store can tell), let it go on; gc's details."""
     with Store.open(path, **kwargs) as capturer, Store.open(path, **kwargs) as collector:
         if pause == "while-writing":
             paused, go_on = _pause_after_capture(monkeypatch)
@@ -116,34 +119,77 @@ def test_gc_during_a_capture_deletes_none_of_its_chunks(
             paused, go_on = _pause_before_commit(capturer)
         errors: list[BaseException] = []
 
-        def capture() -> None:
+        def run_capture() -> None:
             try:
-                capturer.create_checkpoint("v", "big", disks={"D": src})
+                capture(capturer)
             except BaseException as e:
                 errors.append(e)
 
-        worker = threading.Thread(target=capture)
+        worker = threading.Thread(target=run_capture)
         worker.start()
         try:
             assert paused.wait(60), "the capture never reached its pause"
             for _ in range(200):  # the writer puts full packs on a background thread
-                if list((path / "chunks" / "packs").rglob("*.pack")):
+                if _names(collector, "packs/"):
                     break
                 time.sleep(0.05)
-            assert list((path / "chunks" / "packs").rglob("*.pack")), "no pack written yet"
+            assert _names(collector, "packs/"), "no pack written yet"
             report = collector.gc(grace_seconds=0)
         finally:
             go_on.set()
             worker.join(60)
         assert not errors, errors
+        return report.details
+
+
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
+@pytest.mark.parametrize("pause", ["while-writing", "before-commit"])
+def test_gc_during_a_capture_deletes_none_of_its_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backends: Backends, pause: str, encrypted: bool
+) -> None:
+    """`checkpoint create v big &` then `gc --grace 0` while it runs: the capture's
+    chunks stay, it commits, everything verifies and restores byte for byte."""
+    path = tmp_path / "s"
+    kwargs = _init(path, encrypted, backends())
+    image = random.Random(1).randbytes(BIG)
+    src = _write(tmp_path / "big.raw", image)
+    details = _race(
+        path,
+        kwargs,
+        monkeypatch,
+        pause,
+        lambda s: s.create_checkpoint("v", "big", disks={"D": src}),
+    )
     with Store.open(path, **kwargs) as fresh:
         assert fresh.verify().ok
         assert _restore(fresh, "v", "big") == image
-        assert report.details["kept_for_leases"] >= 1
-        assert len(report.details["live_leases"]) == 1
+        assert details["kept_for_leases"] >= 1 and len(details["live_leases"]) == 1
         assert fresh.gc(grace_seconds=0).details["kept_for_leases"] == 0
         assert _restore(fresh, "v", "big") == image
-    assert _leases(path) == []  # released after the commit
+        assert _names(fresh, "leases/") == []  # released after the commit
+
+
+@pytest.mark.parametrize("command", ["sync", "import-disk"])
+def test_gc_during_a_sync_or_an_import_deletes_none_of_its_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    path = tmp_path / "s"
+    kwargs = _init(path, encrypted=False)
+    image = random.Random(2).randbytes(BIG)
+    src = _write(tmp_path / "big.raw", image)
+
+    def capture(s: Store) -> object:
+        if command == "sync":
+            return s.sync("v", {"D": src}, name="p")
+        return s.import_disk("v", "D", src)
+
+    _race(path, kwargs, monkeypatch, "while-writing", capture)
+    with Store.open(path, **kwargs) as fresh:
+        if command == "import-disk":
+            fresh.create_checkpoint("v", "p")  # freezes the imported content
+        assert fresh.verify().ok
+        assert _restore(fresh, "v", "p") == image
+        assert _names(fresh, "leases/") == []
 
 
 # ---------------------------------------- (b) done when: a gc loop and captures
