@@ -27,6 +27,7 @@ from conftest import Backends
 import ckpt.content_ops as content_ops
 from ckpt import CheckpointType, ChunkMissing, DiskFormat, Store
 from ckpt.cli import run
+from ckpt.storage.chunks import ChunkStore, MemoryChunkBackend
 from ckpt.storage.keyring import generate_key, parse_key
 
 MiB = 1 << 20
@@ -387,11 +388,10 @@ def test_a_capture_whose_packs_vanished_fails_and_records_nothing(tmp_path: Path
     path = tmp_path / "s"
     _init(path, encrypted=False)
     src = _write(tmp_path / "d.raw", os.urandom(2 * MiB))
-    with Store.open(path, actor="tester") as store:
-        real_check: Callable[..., None] | None = None
-        from ckpt.storage.chunks.lease import Lease
+    from ckpt.storage.chunks.lease import Lease  # new in this fix: imported here
 
-        real_check = Lease.check
+    with Store.open(path, actor="tester") as store:
+        real_check: Callable[..., None] | None = Lease.check
 
         def vanish_then_check(self: Lease) -> None:
             for pack in self.packs:
@@ -432,3 +432,54 @@ def test_gc_reports_the_orphan_packs_it_deleted(tmp_path: Path) -> None:
     assert data["referenced"] == 0
     code, out, _ = _cli(path, "gc", "--grace", "0")
     assert code == 0 and out.startswith("gc: kept 0 referenced chunks, removed 0, freed 0 bytes")
+
+
+# ------------------------------------------- the chunk store's rules under a lease
+def _orphan(store: ChunkStore) -> None:
+    """One full pack written, never indexed: a writer killed before its flush."""
+    try:
+        with store.writer() as w:
+            for _ in range(4):
+                w.add(os.urandom(3000))
+            raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        pass
+
+
+def test_under_a_live_lease_only_orphans_older_than_its_start_go() -> None:
+    backend = MemoryChunkBackend()
+    now = [1_000_000.0]
+    store = ChunkStore(backend, pack_size=8192, clock=lambda: now[0])
+    with store.writer() as w:  # indexed, unreferenced: a capture may reuse these
+        w.add(os.urandom(3000))
+    _orphan(store)  # from a writer that died long ago
+    now[0] += 3600
+    with store.write_lease():
+        _orphan(store)  # the live capture's own pack, not yet indexed
+        with store.gc_lease() as leases:
+            report = store.delete_unreferenced(set(), 0, now[0], leases)
+    assert report.orphan_packs == 1 and report.kept_for_leases == 2
+    assert report.index_files_removed == 0 and len(list(backend.list("packs/"))) == 2
+    with store.gc_lease() as leases:  # the lease is gone: everything unreferenced goes
+        report = store.delete_unreferenced(set(), 0, now[0], leases)
+    assert report.kept_for_leases == 0 and list(backend.list("")) == []
+
+
+def test_gc_stops_early_when_a_capture_starts_waiting_for_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import ckpt.storage.chunks.store as chunk_store
+    from ckpt.storage.chunks.lease import Lease, held
+
+    monkeypatch.setattr(chunk_store, "GC_YIELD_CHECK_S", 0.0)
+    backend = MemoryChunkBackend()
+    store = ChunkStore(backend, pack_size=8192)
+    with store.writer() as w:
+        for _ in range(9):  # three packs
+            w.add(os.urandom(3000))
+    with store.gc_lease() as leases:
+        waiting = Lease(backend, "write")  # a capture that saw our gc lease
+        with held(waiting):
+            report = store.delete_unreferenced(set(), 0, time.time() + 1, leases)
+    assert report.deleted_packs == [] and len(list(backend.list("packs/"))) == 3
+    assert any("stopped early" in p for p in report.problems)
