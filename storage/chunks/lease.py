@@ -29,6 +29,7 @@ after the capture's first list need no wait: that gc sees the capture.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import secrets
@@ -88,6 +89,7 @@ def _iso(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
+@functools.cache
 def machine_id() -> str:
     """Processes with equal ids see each other's pids: the kernel's boot id and
     the pid namespace (two containers on one kernel share the boot id only).
@@ -101,17 +103,17 @@ def machine_id() -> str:
 
 
 def pid_running(pid: int) -> bool:
-    """Whether ``pid`` runs here (a zombie, killed but not yet reaped, does not)."""
+    """Whether ``pid`` runs on this machine; a zombie (killed, not yet reaped)
+    does not. Read from ``/proc`` (never ``os.kill``, which on Windows would
+    terminate the process); where there is no ``/proc``, assume it runs."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True  # it exists (someone else's): alive, to be safe
-    with contextlib.suppress(OSError, IndexError):
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state not in ("Z", "X")
-    return True
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return not Path("/proc/self/stat").exists()  # no such process, if /proc works
+    except OSError:
+        return True
+    fields = stat.rsplit(")", 1)[-1].split()
+    return not fields or fields[0] not in ("Z", "X")
 
 
 def read_leases(backend: ChunkBackend) -> list[LeaseInfo]:
