@@ -227,18 +227,31 @@ def _gc(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     api_args.number("--grace", a.grace, 0)  # -5, nan and inf were taken (issue 11)
     with progress_bars() as bars:
         report = s.gc(a.grace, bars)
+    d = report.details
     data = {
         "referenced": report.referenced,
         "removed_chunks": report.removed_chunks,
         "freed_bytes": report.freed_bytes,
+        **d,
     }
-    render.emit(
-        out,
-        a,
-        data,
+    lines = [
         f"gc: kept {report.referenced} referenced chunks, removed {report.removed_chunks}, "
         f"freed {report.freed_bytes} bytes",
-    )
+        f"  packs: {d['deleted_packs']} deleted ({d['orphan_packs']} orphans without an "
+        f"index file, {d['orphan_bytes']} bytes), {d['repacked_packs']} repacked into "
+        f"{d['new_packs']}; {d['index_files_removed']} index files removed",
+    ]
+    if d["young_packs"]:
+        lines.append(f"  kept {d['young_packs']} packs younger than the grace period")
+    if d["kept_for_leases"] or d["live_leases"]:
+        lines.append(
+            f"  kept {d['kept_for_leases']} packs for {len(d['live_leases'])} running captures:"
+        )
+        lines += [f"    {x}" for x in d["live_leases"]]
+    if d["dead_leases_removed"]:
+        lines.append(f"  removed {d['dead_leases_removed']} leases of ended processes")
+    lines += [f"  problem: {p}" for p in d["problems"]]
+    render.emit(out, a, data, "\n".join(lines))
 
 
 def _stats(s: Store, a: argparse.Namespace, out: TextIO) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar, cast
 from uuid import UUID
 
 from ckpt.domain import (
@@ -91,7 +91,7 @@ def create_checkpoint(
         captures, captured = _capture(store, v, disks, files, changed_blocks, progress, raw)
         return v.create_checkpoint(o, name, checkpoint_type, guest_can_quiesce, captures, captured)
 
-    return store._command(vm, act)
+    return _leased_command(store, vm, act)
 
 
 def sync(
@@ -107,7 +107,26 @@ def sync(
         captures, _ = _capture(store, v, disks, {}, changed_blocks, progress, raw)
         return v.sync(o, name, captures)
 
-    return store._command(vm, act)
+    return _leased_command(store, vm, act)
+
+
+T = TypeVar("T")
+
+
+def _leased_command(store: Store, vm: str, act: Callable[[VirtualMachine, Origin], T]) -> T:
+    """``store._command`` inside a write lease (storage/chunks/lease.py): taken
+    before the first pack is written, released after the event is committed or
+    the command failed (Ctrl-C included), so a gc deletes none of the chunks
+    the capture writes or reuses. Just before the commit, the lease checks that
+    it was respected and that every pack the capture wrote is still there."""
+    with store.chunks.write_lease() as lease:
+
+        def checked(v: VirtualMachine, o: Origin) -> T:
+            result = act(v, o)
+            lease.check()
+            return result
+
+        return store._command(vm, checked)
 
 
 def _capture(
@@ -182,7 +201,7 @@ def import_disk(store: Store, vm: str, disk: str, path: Path, raw: bool = False)
         v.import_disk_content(o, capture)
         return capture
 
-    return store._command(vm, act)
+    return _leased_command(store, vm, act)
 
 
 # ------------------------------------------------------------------ restore
@@ -501,20 +520,39 @@ class GcReport:
 
 def gc(store: Store, grace_seconds: float, progress: ProgressFactory | None = None) -> GcReport:
     chunks = store.chunks
-    # lenient: a manifest that reads but breaks a rule still names its chunks (kept)
-    needed, broken = referenced_chunks(_references(store), chunks, lenient=True)
-    if broken:
-        # A manifest we cannot read hides what it references: deleting anything then
-        # could delete live data. Refuse, and let verify name the damage.
-        raise InvalidValue(f"gc refused: {len(broken)} manifests cannot be read; run ckpt verify")
-    before = chunks.stats()
-    result = chunks.delete_unreferenced(set(needed), grace_seconds, time.time())
-    after = chunks.stats()
+    # The lease first, the log second: a capture that commits before we read the
+    # log is in ``needed``; one that commits later held a lease we see (or waits
+    # for ours). See docs/decisions/0006-gc-leases.md.
+    with chunks.gc_lease() as leases:
+        # lenient: a manifest that reads but breaks a rule still names its chunks (kept)
+        needed, broken = referenced_chunks(_references(store), chunks, lenient=True)
+        if broken:
+            # A manifest we cannot read hides what it references: deleting anything then
+            # could delete live data. Refuse, and let verify name the damage.
+            raise InvalidValue(
+                f"gc refused: {len(broken)} manifests cannot be read; run ckpt verify"
+            )
+        result = chunks.delete_unreferenced(set(needed), grace_seconds, time.time(), leases)
+    # From what gc did, not from the index before and after: orphan packs (no
+    # index file) are in no index, and a "removed 0, freed 0 bytes" once hid 241 MB.
+    details: dict[str, Any] = {
+        "deleted_packs": len(result.deleted_packs),
+        "orphan_packs": result.orphan_packs,
+        "orphan_bytes": result.orphan_bytes,
+        "index_files_removed": result.index_files_removed,
+        "repacked_packs": len(result.repacked_packs),
+        "new_packs": len(result.new_packs),
+        "young_packs": result.young_packs,
+        "kept_for_leases": result.kept_for_leases,
+        "live_leases": [x.describe() for x in leases.writers],
+        "dead_leases_removed": len(leases.dead_removed),
+        "problems": list(result.problems),
+    }
     return GcReport(
         referenced=len(needed),
-        removed_chunks=before.chunks - after.chunks,
-        freed_bytes=before.stored_bytes - after.stored_bytes,
-        details=vars(result) if hasattr(result, "__dict__") else {"result": str(result)},
+        removed_chunks=result.removed_chunks,
+        freed_bytes=result.freed_bytes,
+        details=details,
     )
 
 

@@ -137,13 +137,17 @@ def import_folder(store: Store, directory: Path, name: str | None = None) -> Imp
     importer = _Importer(store, vm, directory)
     same_shape = len({tuple(_shape(b)) for b in bases}) == 1
     checkpoints: list[str] = []
-    if same_shape:
-        now = [_now_leaf(b) for b in bases]
-        _replay(importer, disk_names, bases, now, checkpoints)
-    else:
-        for disk, base in zip(disk_names, bases, strict=True):
-            importer.import_disk(disk, _now_leaf(base).path)
-    store.save_new_vm(vm)  # every event at once, or none
+    # A write lease from the first pack to the commit, as every capture holds one:
+    # a gc meanwhile keeps the chunks the import writes or reuses (decision 0006).
+    with store.chunks.write_lease() as lease:
+        if same_shape:
+            now = [_now_leaf(b) for b in bases]
+            _replay(importer, disk_names, bases, now, checkpoints)
+        else:
+            for disk, base in zip(disk_names, bases, strict=True):
+                importer.import_disk(disk, _now_leaf(base).path)
+        lease.check()
+        store.save_new_vm(vm)  # every event at once, or none
     return ImportReport(vm_name, disk_names, checkpoints, len(nodes))
 
 

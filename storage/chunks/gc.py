@@ -20,15 +20,21 @@ Terms:
 
 Order of deletes: index file first, then pack. A crash in between leaves an
 orphan pack, which a later run deletes; the reverse order could leave an index
-file pointing at a missing pack. Run GC while no writer session is open in any
-process (an exclusive store lock is the caller's job): a writer that skipped a
-chunk because the index had it relies on that chunk staying.
+file pointing at a missing pack.
+
+Writers: a writer that skipped a chunk because the index had it relies on that
+chunk staying, and its own packs are not referenced until its event is saved.
+So while any writer holds a live lease (lease.py; the caller lists them after
+taking its own gc lease and passes them as ``writers``), no indexed pack is
+deleted or repacked, and no orphan pack created after the oldest lease's start
+minus ``SKEW`` is deleted: those are kept and counted (``kept_for_leases``).
+Only older orphans go, which no index lists, so no writer can use them.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
 from typing import NamedTuple
 
@@ -38,6 +44,7 @@ from .backend import ChunkBackend
 from .codec import ChunkCodec
 from .index import ChunkIndex, PackInfo
 from .layout import PACKS, index_name, pack_id_of_pack, read_pack_meta
+from .lease import SKEW, LeaseInfo
 from .pack import PackEntry
 from .writer import ChunkWriter
 
@@ -46,7 +53,11 @@ class GcReport(NamedTuple):
     """What a GC run did. ``removed_chunks`` counts chunk copies dropped
     (duplicates included); ``freed_bytes`` is old pack bytes deleted minus new
     pack bytes written; ``young_packs`` were skipped for the grace period;
-    ``problems`` lists what was left alone and why."""
+    ``problems`` lists what was left alone and why. ``orphan_packs`` and
+    ``orphan_bytes``: packs without an index file deleted (in ``deleted_packs``
+    too); ``index_files_removed``: index files deleted (their packs deleted or
+    repacked); ``kept_for_leases``: packs gc would have deleted or repacked but
+    kept because a writer held a live lease."""
 
     deleted_packs: list[str]
     repacked_packs: list[str]
@@ -55,6 +66,10 @@ class GcReport(NamedTuple):
     freed_bytes: int
     young_packs: int
     problems: list[str]
+    orphan_packs: int = 0
+    orphan_bytes: int = 0
+    index_files_removed: int = 0
+    kept_for_leases: int = 0
 
 
 def delete_unreferenced(
@@ -65,7 +80,13 @@ def delete_unreferenced(
     keep: AbstractSet[bytes],
     grace_seconds: float,
     now: float,
+    writers: Sequence[LeaseInfo] = (),
+    stop: Callable[[], bool] = lambda: False,
 ) -> GcReport:
+    """See the module docstring. ``stop`` is asked before each delete: when it
+    says yes (a capture is waiting for this gc), the rest is left for next time."""
+    # Orphans created from here on may be a live writer's packs, not yet indexed.
+    cutoff = min((w.started for w in writers), default=float("inf")) - SKEW
     index.reload()
     packs = index.packs()
     live: dict[str, list[PackEntry]] = defaultdict(list)
@@ -74,7 +95,7 @@ def delete_unreferenced(
             live[info.name].append(entry)
     present = {n for n in backend.list(PACKS) if pack_id_of_pack(n) is not None}
     problems: list[str] = []
-    young = 0
+    young = leased = 0
     doomed: list[tuple[PackInfo, int]] = []  # (pack, number of live chunks)
     repack: list[tuple[PackInfo, list[PackEntry]]] = []
     for p in packs:
@@ -85,6 +106,8 @@ def delete_unreferenced(
             pass  # fully live
         elif p.name not in present and kept:
             problems.append(f"{p.name}: missing, but {len(kept)} referenced chunks index to it")
+        elif writers:
+            leased += 1  # a writer may have deduplicated against its unreferenced chunks
         elif kept:
             repack.append((p, kept))
         else:
@@ -106,18 +129,28 @@ def delete_unreferenced(
     writer.flush()  # new packs and their index files are durable before any delete
     new_packs = writer.flushed_packs
 
-    removed = freed = 0
+    removed = freed = index_files = 0
+    stopped = False
     for p, kept_count in doomed:
+        if stop():
+            stopped = True
+            break
         backend.delete(index_name(p.pack_id))
+        index_files += 1
         if p.name in present:
             backend.delete(p.name)
             freed += p.size
         removed += p.entry_count - kept_count
     freed -= sum(backend.size(n) for n in new_packs)
 
-    deleted = [p.name for p, n in doomed if n == 0]
+    done = doomed[:index_files]
+    deleted = [p.name for p, n in done if n == 0]
     index.reload()
+    orphans = orphan_bytes = 0
     for name in sorted(present - {p.name for p in packs}):
+        if stopped or stop():
+            stopped = True
+            break
         try:
             meta = read_pack_meta(backend, name)
         except (PackCorrupt, ChunkMissing) as error:
@@ -125,6 +158,9 @@ def delete_unreferenced(
             continue
         if now - meta.created < grace_seconds:
             young += 1
+            continue
+        if meta.created >= cutoff:
+            leased += 1  # perhaps a live writer's, flushed but not yet indexed
             continue
         # A referenced chunk indexed elsewhere is a duplicate copy: not needed.
         needed = [e for e in meta.entries if e.chunk_id in keep and e.chunk_id not in index]
@@ -137,5 +173,21 @@ def delete_unreferenced(
         deleted.append(name)
         removed += len(meta.entries)
         freed += meta.size
-    repacked = [p.name for p, n in doomed if n > 0]
-    return GcReport(deleted, repacked, new_packs, removed, freed, young, problems)
+        orphans += 1
+        orphan_bytes += meta.size
+    if stopped:
+        problems.append("stopped early: a capture is waiting for this gc; run gc again later")
+    repacked = [p.name for p, n in done if n > 0]
+    return GcReport(
+        deleted,
+        repacked,
+        new_packs,
+        removed,
+        freed,
+        young,
+        problems,
+        orphans,
+        orphan_bytes,
+        index_files,
+        leased,
+    )

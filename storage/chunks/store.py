@@ -14,17 +14,22 @@ index does not know, or whose pack has vanished (a GC repacked it), refreshes
 the index once before giving up. ``has`` never refreshes (it answers "is it
 stored as far as this process knows", the question dedup asks); call
 ``refresh`` to see other writers' chunks.
+
+Captures and gc hold leases (lease.py): ``write_lease`` around a capture and
+its commit, ``gc_lease`` around a gc's reading of the log and its deletes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
-from ckpt.domain.errors import ChunkCorrupt, ChunkMissing
+from ckpt.domain.errors import ChunkCorrupt, ChunkMissing, StoreBusy
 from ckpt.storage.keyring import Keyring
 
 from .backend import ChunkBackend, parallel_requests
@@ -32,6 +37,7 @@ from .codec import DEFAULT_LEVEL, ChunkCodec
 from .gc import GcReport, delete_unreferenced
 from .ids import ChunkId
 from .index import ChunkIndex, ChunkStats, Location
+from .lease import GC, WRITE, Lease, LeaseInfo, held, read_leases, wait_for
 from .pack import DEFAULT_PACK_SIZE, MAX_PACK_SIZE
 from .repair import RebuildReport, rebuild_index
 from .verify import VerifyReport, verify_chunks
@@ -39,6 +45,19 @@ from .writer import ChunkWriter
 
 GAP = 64 << 10  # read through gaps up to 64 KiB: cheaper than another read call
 SPAN = 8 << 20  # but never read more than 8 MiB at once
+# A gc asks at most this often whether a new capture waits for it (one list of
+# leases/ each time, ~3 ms on S3).
+GC_YIELD_CHECK_S = 1.0
+
+
+class GcLeases(NamedTuple):
+    """What a gc found when it took its lease: the live write leases it must
+    respect, the dead leases it deleted, and whether a capture that started
+    since is waiting for it (``waiting()``: then the gc stops early)."""
+
+    writers: list[LeaseInfo]
+    dead_removed: list[LeaseInfo]
+    waiting: Callable[[], bool]
 
 
 class ChunkStore:
@@ -61,6 +80,7 @@ class ChunkStore:
         self._index = ChunkIndex(backend)
         self._pool: ThreadPoolExecutor | None = None  # spans read at once (remote backends)
         self._pool_lock = threading.Lock()
+        self._local = threading.local()  # .leases: the write leases this thread holds
 
     def __repr__(self) -> str:
         return f"ChunkStore({self._backend!r})"
@@ -76,7 +96,68 @@ class ChunkStore:
 
     def writer(self) -> ChunkWriter:
         """A new writer session: ``with store.writer() as w: w.add(data)``."""
-        return ChunkWriter(self._backend, self._index, self._codec, self._pack_size, self._clock)
+        leases: list[Lease] = getattr(self._local, "leases", [])
+        on_flush = leases[-1].packs.append if leases else None
+        return ChunkWriter(
+            self._backend, self._index, self._codec, self._pack_size, self._clock, on_flush
+        )
+
+    @contextlib.contextmanager
+    def write_lease(self) -> Iterator[Lease]:
+        """Hold a write lease around a capture, from before its first pack until
+        after its event is committed: gc then deletes none of the chunks it may
+        use. Waits first for any gc that was running when the lease was taken,
+        then refreshes the index (that gc may have deleted index files this
+        process had loaded). Writers made in this thread meanwhile report their
+        packs to the lease; call ``lease.check()`` just before committing."""
+        lease = Lease(self._backend, WRITE, self._clock)
+        with held(lease) as others:
+            now = self._clock()
+            wait_for(
+                self._backend, [x for x in others if x.kind == GC and not x.dead(now)], self._clock
+            )
+            self._index.refresh()
+            stack: list[Lease] = self._local.__dict__.setdefault("leases", [])
+            stack.append(lease)
+            try:
+                yield lease
+            finally:
+                stack.remove(lease)
+
+    @contextlib.contextmanager
+    def gc_lease(self) -> Iterator[GcLeases]:
+        """Hold a gc lease; read the log for ``keep`` only inside it. Deletes
+        dead leases; ``StoreBusy`` if another gc holds a live one."""
+        lease = Lease(self._backend, GC, self._clock)
+        with held(lease) as others:
+            now = self._clock()
+            dead = [x for x in others if x.dead(now)]
+            for x in dead:
+                with contextlib.suppress(ChunkMissing):
+                    self._backend.delete(x.name)
+            live = [x for x in others if not x.dead(now)]
+            gcs = [x for x in live if x.kind == GC]
+            if gcs:
+                raise StoreBusy(
+                    f"another gc is running on this store: {gcs[0].describe()}; "
+                    "run gc again when it has finished"
+                )
+            seen = {x.name for x in others} | {lease.name}
+            last = [time.monotonic()]
+
+            def waiting() -> bool:
+                # Leases written after ours was listed: a capture that may be
+                # waiting for us (it saw our lease) or a gc (which refuses).
+                if time.monotonic() - last[0] < GC_YIELD_CHECK_S:
+                    return False
+                last[0] = time.monotonic()
+                at = self._clock()
+                return any(
+                    x.kind == WRITE and x.name not in seen and not x.dead(at)
+                    for x in read_leases(self._backend)
+                )
+
+            yield GcLeases([x for x in live if x.kind == WRITE], dead, waiting)
 
     def refresh(self) -> None:
         """Pick up index files other processes have written (or deleted)."""
@@ -218,12 +299,25 @@ class ChunkStore:
         return verify_chunks(self._backend, self._index, self._codec, ids, sample, seed)
 
     def delete_unreferenced(
-        self, keep: AbstractSet[bytes], grace_seconds: float, now: float
+        self,
+        keep: AbstractSet[bytes],
+        grace_seconds: float,
+        now: float,
+        leases: GcLeases | None = None,
     ) -> GcReport:
         """Delete chunks not in ``keep`` from packs older than the grace period;
-        see gc.py. Run it while no writer session is open in any process."""
+        see gc.py. ``leases``: what ``gc_lease`` found (without it, run this
+        only while no writer session is open in any process)."""
         return delete_unreferenced(
-            self._backend, self._index, self._codec, self.writer, keep, grace_seconds, now
+            self._backend,
+            self._index,
+            self._codec,
+            self.writer,
+            keep,
+            grace_seconds,
+            now,
+            writers=() if leases is None else leases.writers,
+            stop=(lambda: False) if leases is None else leases.waiting,
         )
 
     def rebuild_index(self) -> RebuildReport:

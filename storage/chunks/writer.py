@@ -46,8 +46,10 @@ class ChunkWriter:
         codec: ChunkCodec,
         pack_size: int,
         clock: Callable[[], float],
+        on_flush: Callable[[str], None] | None = None,
     ) -> None:
         self._backend = backend
+        self._on_flush = on_flush  # told each pack made visible (a capture's lease checks them)
         self._index = index
         self._codec = codec
         self._pack_size = pack_size
@@ -149,6 +151,8 @@ class ChunkWriter:
             self._backend.put(index_name(f.pack_id), encode_index_file(f))
             self._index.add(f)
             self._flushed.append(pack_name(f.pack_id))
+            if self._on_flush is not None:
+                self._on_flush(pack_name(f.pack_id))
         self._staged = []
         self._staged_ids = set()
 
