@@ -5,14 +5,16 @@ from __future__ import annotations
 import io
 import json
 import random
+from datetime import UTC, datetime
 from pathlib import Path
+from uuid import uuid4
 
 import pytest
 from backends import postgres_url, s3_url
 
 from ckpt import AlreadyExists, CheckpointType, DiskFormat, Store, StoreExists
 from ckpt.cli import run
-from ckpt.domain import FileRole
+from ckpt.domain import FileRole, Origin, VirtualMachine
 
 
 def _cli(*args: str) -> tuple[int, str, str]:
@@ -124,8 +126,11 @@ def test_a_postgresql_log_with_gaps_copies_at_its_own_positions(tmp_path: Path) 
     events, chunks = postgres_url(), s3_url()
     with Store.init(tmp_path / "pg", events=events, chunks=chunks) as store:
         store.register_vm("web", checkpoint_type=CheckpointType.STANDARD)
+        # Two hosts registering one name at once: the second one's insert is refused
+        # by the database (its own check saw no VM yet), so position 2 is never used.
+        late = VirtualMachine.register(Origin("t", "h", datetime.now(UTC), uuid4()), "WEB")
         with pytest.raises(AlreadyExists):
-            store.register_vm("WEB")  # refused by the database: position 2 is never used
+            store.save_new_vm(late)
         store.create_checkpoint("web", "one")
         positions = [e.position for e in store.log()]
         assert positions == [1, 3]
