@@ -8,33 +8,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
+from cli_support import CLI
 
-from ckpt.cli import run
 from ckpt.demo import demo
 from ckpt.exit_codes import TABLE
 
 CKPT = Path(sys.executable).with_name("ckpt")
-
-
-class CLI:
-    def __init__(self, store: Path) -> None:
-        self.store = store
-
-    def __call__(self, *args: str) -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        code = run(["--store", str(self.store), "--actor", "tester", *args], out, err)
-        return code, out.getvalue(), err.getvalue()
-
-    def ok(self, *args: str) -> str:
-        code, out, err = self(*args)
-        assert code == 0, err
-        return out
-
-    def json(self, *args: str) -> Any:
-        return json.loads(self.ok(*args, "--json"))
 
 
 @pytest.fixture

@@ -10,45 +10,17 @@ written before the fix are made by putting back the old name check.
 
 from __future__ import annotations
 
-import io
-import json
 import os
 import re
 from pathlib import Path
-from typing import Any
 from uuid import UUID
 
 import pytest
+from cli_support import CLI
 
 import ckpt.domain.vm as vm_module
 from ckpt import InvalidValue, Store
-from ckpt.cli import run
 from ckpt.domain.naming import check_name
-
-
-class CLI:
-    def __init__(self, store: Path) -> None:
-        self.store = store
-
-    def __call__(self, *args: str) -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        code = run(["--store", str(self.store), "--actor", "tester", *args], out, err)
-        return code, out.getvalue(), err.getvalue()
-
-    def ok(self, *args: str) -> str:
-        code, out, err = self(*args)
-        assert code == 0, err
-        return out
-
-    def json(self, *args: str) -> Any:
-        return json.loads(self.ok(*args, "--json"))
-
-    def fails(self, code: int, *args: str) -> str:
-        """The one-line error of a command that must exit with ``code``."""
-        got, out, err = self(*args)
-        assert got == code, (got, out, err)
-        assert out == "" and err.startswith("ckpt: error: ") and err.count("\n") == 1
-        return err
 
 
 @pytest.fixture

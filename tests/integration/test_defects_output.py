@@ -15,9 +15,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import cli_support
 import pytest
-
-from ckpt.cli import run
 
 CKPT = Path(sys.executable).with_name("ckpt")
 ROOT = os.geteuid() == 0
@@ -26,20 +25,7 @@ MiB = 1 << 20
 IMAGE = os.urandom(300 << 10) + bytes(700 << 10) + os.urandom(48 << 10)
 
 
-class CLI:
-    def __init__(self, store: Path) -> None:
-        self.store = store
-
-    def __call__(self, *args: str) -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        code = run(["--store", str(self.store), "--actor", "tester", *args], out, err)
-        return code, out.getvalue(), err.getvalue()
-
-    def ok(self, *args: str) -> str:
-        code, out, err = self(*args)
-        assert code == 0, err
-        return out
-
+class CLI(cli_support.CLI):
     def restore(self, output: str | Path, *extra: str) -> tuple[int, str, str]:
         return self("restore", "v", "a", "--disk", "d", "-o", str(output), *extra)
 

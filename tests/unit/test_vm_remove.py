@@ -4,17 +4,14 @@ its content stays restorable, and its name is free for a new VM with a new id.""
 
 from __future__ import annotations
 
-import io
-import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 from uuid import uuid4
 
 import pytest
+from cli_support import CLI
 
 from ckpt import Store
-from ckpt.cli import run
 from ckpt.domain import EVENT_CLASSES, NotAllowed, Origin, VirtualMachine, vm_id
 
 
@@ -46,24 +43,9 @@ def test_a_name_registered_again_is_a_new_vm_with_a_new_id() -> None:
     assert vm_id("web", 1) not in (vm_id("web"), vm_id("web", 2))
 
 
-class CLI:
-    def __init__(self, store: Path) -> None:
-        self.store = store
-
-    def __call__(self, *args: str) -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        code = run(["--store", str(self.store), "--actor", "t", *args], out, err)
-        return code, out.getvalue(), err.getvalue()
-
-    def json(self, *args: str) -> Any:
-        code, out, err = self(*args, "--json")
-        assert code == 0, err
-        return json.loads(out)
-
-
 @pytest.fixture
 def cli(tmp_path: Path) -> CLI:
-    c = CLI(tmp_path / "s")
+    c = CLI(tmp_path / "s", actor="t")
     image = tmp_path / "one.raw"
     image.write_bytes(b"\x01" * 8192 + b"\x02" * 4096)
     assert c("init")[0] == 0
