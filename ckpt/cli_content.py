@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from ckpt.domain import FileRole, InvalidValue
+from ckpt.domain import FileRole, InvalidValue, NotFound
 from ckpt.storage.capture import parse_extents
 from ckpt.storage.log_chain import format_anchor
 
@@ -74,6 +74,8 @@ def content_args(a: argparse.Namespace) -> dict[str, Any]:
     for disk, path in _pairs(a.changed_blocks, "--changed-blocks").items():
         try:
             text = Path(path).read_text()
+        except FileNotFoundError as e:
+            raise NotFound(f"cannot read changed blocks {path!r}: {e.strerror}") from None
         except OSError as e:
             raise InvalidValue(f"cannot read changed blocks {path!r}: {e.strerror}") from None
         changed[disk] = parse_extents(text, path)

@@ -13,6 +13,7 @@ the page and file-system block size, so a changed page costs one 4 KiB chunk.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections import deque
@@ -28,6 +29,7 @@ from ckpt.domain import (
     FileCapture,
     FileRole,
     InvalidValue,
+    NotFound,
     SourceChanged,
     VirtualMachine,
 )
@@ -199,7 +201,10 @@ def open_source(path: str | Path, what: str) -> BinaryIO:
     try:
         fd = os.open(path, os.O_RDONLY | nonblock | getattr(os, "O_BINARY", 0))
     except OSError as e:
-        raise InvalidValue(f"cannot read {what} {str(path)!r}: {e.strerror}") from None
+        # A path that names nothing is the caller's to fix, like an unknown VM
+        # (NotFound, exit 12); unreadable (EACCES, EISDIR...) stays an invalid value.
+        cls = NotFound if e.errno == errno.ENOENT else InvalidValue
+        raise cls(f"cannot read {what} {str(path)!r}: {e.strerror}") from None
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):

@@ -30,7 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, cast
 
-from ckpt.domain import Checkpoint, CheckpointType, DiskFormat, InvalidValue, VirtualMachine
+from ckpt.domain import (
+    Checkpoint,
+    CheckpointType,
+    DiskFormat,
+    InvalidValue,
+    NotFound,
+    VirtualMachine,
+)
 from ckpt.domain.errors import VhdxError
 from ckpt.storage.vhdx import VhdxReader
 
@@ -63,6 +70,8 @@ class ImportReport:
 
 def scan(directory: Path) -> dict[Path, DiskFile]:
     """Every VHDX/AVHDX below ``directory``, checked, each linked to its parent."""
+    if not directory.exists():  # rglob finds nothing there either: say what is wrong
+        raise NotFound(f"cannot read folder {str(directory)!r}: No such file or directory")
     paths = sorted(
         p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in (".vhdx", ".avhdx")
     )

@@ -284,7 +284,7 @@ class Store:
         if directory is not None:
             _check_empty_directory(directory)
         config = StoreConfig(directory, events, chunks)
-        backend = config.chunk_backend() if config.remote else None
+        backend = config.chunk_backend(create=True) if config.remote else None
         existing = None if backend is None else read_remote_meta(backend, config.describe())
         if existing is not None:
             encryption = existing.get("encryption")

@@ -129,7 +129,10 @@ class StoreConfig:
             )
         return postgres_environment(loc, create_tables=found != "complete")
 
-    def chunk_backend(self) -> ChunkBackend:
+    def chunk_backend(self, create: bool = False) -> ChunkBackend:
+        """The chunk backend; with ``create`` (``init``), an S3 bucket that does
+        not exist yet is created, as restic's init does (a local directory is
+        created by its backend anyway)."""
         if self.chunks is None:
             assert self.directory is not None
             return LocalChunkBackend(self.directory / CHUNKS_DIR)
@@ -137,7 +140,10 @@ class StoreConfig:
             return LocalChunkBackend(file_path(self.chunks))
         from ckpt.storage.chunks.s3 import S3ChunkBackend
 
-        return S3ChunkBackend.from_url(self.chunks)
+        backend = S3ChunkBackend.from_url(self.chunks)
+        if create:
+            backend.create_bucket()
+        return backend
 
     def meta(self) -> dict[str, Any]:
         meta: dict[str, Any] = {"format": FORMAT, "events": self.events or "sqlite"}

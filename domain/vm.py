@@ -504,9 +504,17 @@ class VirtualMachine(Aggregate):
                 "state in the VMRS; give --runtime-state instead"
             )
         if role is FileRole.MEMORY and not memory:
+            # plan_checkpoint gives no memory for exactly two reasons; name the one
+            # that applies, with what the user can do about it.
+            if self.state is VMState.OFF:
+                raise InvalidValue(
+                    f"this checkpoint of VM {self.name!r} holds no memory: the VM is off, "
+                    "so there is nothing in memory to save; --memory refused"
+                )
             raise InvalidValue(
-                f"this checkpoint of VM {self.name!r} holds no memory (the VM is "
-                f"{self.state.value} or the checkpoint is production); --memory refused"
+                f"this checkpoint of VM {self.name!r} would be a production checkpoint: "
+                "production checkpoints hold no memory; take a standard checkpoint "
+                "(--type standard) to save memory; --memory refused"
             )
 
     @staticmethod

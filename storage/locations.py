@@ -13,6 +13,24 @@ Terms:
                 ``$PGPASSWORD``, ``$AWS_SECRET_ACCESS_KEY``, ``$AWS_SESSION_TOKEN``.
                 ``scrub`` replaces each in a message; the CLI runs every error
                 and every output line through it.
+    token       a secret as it stands in text, not glued to a word: the characters
+                either side are not letters, digits or ``_``, nor ``-``/``.`` joining
+                it to one. ``ckpt`` is a token in ``user ckpt.`` and ``/ckpt/``, not
+                in ``ckpt-store.json`` or ``s3://ckpt-bars``.
+
+Masking, and why not every substring: replacing each occurrence of a password
+``ckpt`` turned ``ckpt-store.json`` into ``***-store.json`` and so told the reader
+the password (issue 12). ``scrub`` therefore masks
+    - wherever a URL's user part has a password, or a ``password=``, ``secret=``
+      or ``token=`` option has a value: the value, whatever it is (a password in
+      a URL is a password whatever its length, and it is masked even if unknown);
+    - the known secrets (``secrets_in``) only as whole tokens: the secret
+      variables' values of 4+ characters, and URL passwords of 8+ characters
+      (a server may quote one outside its URL). A shorter URL password is masked
+      only where it stands in a URL: elsewhere it is more likely a word of the
+      message (the user name, the database, a folder) than the password, and
+      masking that word would give the password away. Secrets of 1-3 characters
+      are not masked as tokens at all, as before: every "a" or "vm" would be.
 """
 
 from __future__ import annotations
@@ -140,9 +158,17 @@ def display(url: str) -> str:
     return head + _QUERY_SECRET.sub(r"\1***", rest)
 
 
+# The shortest secrets masked as tokens (see the module docstring): 4 characters
+# for the secret variables, as before; 8 for URL passwords, which are masked in
+# their URLs whatever their length.
+MIN_ENV_SECRET = 4
+MIN_URL_SECRET = 8
+
+
 def secrets_in(urls: Iterable[str | None], environ: Mapping[str, str]) -> list[str]:
-    """Every secret that could end up in a message: URL passwords and secret query
-    options (raw and percent-decoded) and the secret environment variables."""
+    """The secrets ``scrub`` masks as whole tokens: URL passwords and secret query
+    options of 8+ characters (raw and percent-decoded) and the values of the secret
+    environment variables of 4+ characters. Longest first."""
     found: list[str] = []
     for url in urls:
         if not url:
@@ -151,16 +177,35 @@ def secrets_in(urls: Iterable[str | None], environ: Mapping[str, str]) -> list[s
         candidates = [userinfo.partition(":")[2]] if ":" in userinfo else []
         candidates += [m.group(2) for m in _QUERY_SECRET.finditer(rest)]
         for secret in candidates:
-            if secret:
-                found += [secret, unquote(secret)]
-    found += [environ[name] for name in SECRET_ENV if environ.get(name)]
+            found += [s for s in (secret, unquote(secret)) if len(s) >= MIN_URL_SECRET]
+    found += [value for name in SECRET_ENV if len(value := environ.get(name, "")) >= MIN_ENV_SECRET]
     # Longest first, so a secret containing another is replaced whole.
-    return sorted({s for s in found if len(s) >= 4}, key=len, reverse=True)
+    return sorted(set(found), key=len, reverse=True)
+
+
+# scheme://USER:PASSWORD@ anywhere in a text: the password runs to the last "@"
+# before a space or a quote (it may hold "/", "?", "#" and "@" unencoded).
+_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^\s'\"/@:]*:)[^\s'\"]*(?=@)")
+# password=/secret=/token= options in a URL's query or a libpq conninfo string.
+_TEXT_SECRET = re.compile(r"((?:^|[?&;\s])(?:password|secret|token)[^=&;\s]*=)([^&;#\s'\"]*)", re.I)
+_WORD = "A-Za-z0-9_"
+
+
+def _as_token(secret: str) -> re.Pattern[str]:
+    """``secret`` where it stands as a token (module docstring): only a secret
+    that starts or ends with a word character can be glued to a word there."""
+    before = f"(?<![{_WORD}])(?<![{_WORD}][-.])" if re.match(f"[{_WORD}]", secret) else ""
+    after = f"(?![{_WORD}])(?![-.][{_WORD}])" if re.search(f"[{_WORD}]$", secret) else ""
+    return re.compile(before + re.escape(secret) + after)
 
 
 def scrub(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every password in a URL or a secret option, and every one of
+    ``secrets`` standing as a token, replaced by ``***`` (module docstring)."""
+    text = _URL_PASSWORD.sub(r"\1***", text)
+    text = _TEXT_SECRET.sub(r"\1***", text)
     for secret in secrets:
-        text = text.replace(secret, "***")
+        text = _as_token(secret).sub("***", text)
     return text
 
 

@@ -9,8 +9,10 @@ Terms:
                which come from the standard AWS sources (``AWS_ACCESS_KEY_ID``
                / ``AWS_SECRET_ACCESS_KEY``, ``~/.aws``, an instance role).
     bucket     the S3 bucket, named by S3's rules (3-63 characters of ``a-z``,
-               ``0-9``, ``.`` and ``-``; see ``check_bucket``). It must exist:
-               the adapter never creates one.
+               ``0-9``, ``.`` and ``-``; see ``check_bucket``). ``ckpt init``
+               creates it when it is missing (``create_bucket``, as restic's
+               init does); every other use needs it to exist, and S3's
+               NoSuchBucket becomes ``StoreNotFound``: "bucket X does not exist".
     prefix     the store's folder in the bucket: ``a/b`` puts object ``packs/x``
                at key ``a/b/packs/x``. Its components follow the rules of object
                names (backend.py), so no ``..`` and no empty component.
@@ -34,7 +36,8 @@ How the port's promises map onto S3:
             process may delete the object; that is harmless.
     list    ListObjectsV2 under ``prefix/`` + the name prefix, page by page.
 
-Every botocore error other than "absent" becomes a ``StorageError`` naming the
+Every botocore error other than "absent" (and "no such bucket", above) becomes
+a ``StorageError`` naming the
 verb, the object, the backend and S3's error code and message: a
 ``StoreUnavailable`` when the server cannot be reached, refuses our credentials
 (HTTP 403) or keeps failing (5xx after the retries), so the CLI can tell "S3
@@ -61,7 +64,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, NoReturn, cast
 from urllib.parse import parse_qsl, urlsplit
 
-from ckpt.domain.errors import ChunkMissing, InvalidValue, StorageError, StoreUnavailable
+from ckpt.domain.errors import (
+    ChunkMissing,
+    InvalidValue,
+    StorageError,
+    StoreNotFound,
+    StoreUnavailable,
+)
 
 from .backend import MAX_NAME, check_name, check_prefix, check_range
 
@@ -71,6 +80,7 @@ if TYPE_CHECKING:
     from botocore.loaders import Loader
     from botocore.session import Session
     from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.literals import BucketLocationConstraintType
 
 SCHEME = "s3"
 QUERY_KEYS = ("endpoint", "region")
@@ -83,6 +93,11 @@ _RESERVED_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
 _REGION = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 # HeadObject has no body, so a missing key only shows as the bare status code.
 _ABSENT_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+# HeadBucket has no body either: a missing bucket is a bare 404 there.
+_NO_BUCKET_CODES = frozenset({"404", "NoSuchBucket", "NotFound"})
+# The one region where CreateBucket takes no LocationConstraint (AWS refuses
+# "us-east-1" as one); SeaweedFS and MinIO accept either form.
+_DEFAULT_REGION = "us-east-1"
 # S3 error messages are one sentence; an HTML error page from a proxy is not.
 _MAX_DETAIL = 300
 
@@ -327,6 +342,13 @@ class S3ChunkBackend:
                 detail = f"HTTP {status or code}: {text}"
             else:
                 detail = f"S3 error {code} (HTTP {status or '?'}): {text}"
+            if code == "NoSuchBucket":
+                # Not "cannot list ...": the store is not there at all (a typo in
+                # the URL, another endpoint, a deleted bucket).
+                raise StoreNotFound(
+                    f"bucket {self._location.bucket!r} does not exist ({self!r}; {detail}); "
+                    "`ckpt init` with this --chunks URL creates it for a new store"
+                ) from error
             if status == 403:
                 cls = StoreUnavailable
                 hint = " (check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and the bucket's policy)"
@@ -354,8 +376,38 @@ class S3ChunkBackend:
             return text
         for secret in secret_texts:
             if secret:
-                text = text.replace(secret, "***")  # as locations.scrub does
+                # Anywhere, not as a token (locations.scrub): an AWS secret key
+                # is 40 characters, a session token hundreds; no word is one.
+                text = text.replace(secret, "***")
         return text
+
+    def create_bucket(self) -> bool:
+        """Create the bucket if it does not exist (``ckpt init``); True if this
+        call created it. Another process creating it at the same moment is fine."""
+        bucket = self._location.bucket
+        try:
+            self._client.head_bucket(Bucket=bucket)
+            return False
+        except self._errors as e:
+            if self._code(e) not in _NO_BUCKET_CODES:
+                self._fail("find bucket", bucket, e)
+        region = self._location.region or self._client.meta.region_name
+        try:
+            if region and region != _DEFAULT_REGION:
+                self._client.create_bucket(
+                    Bucket=bucket,
+                    # The stubs list AWS's regions; an S3 clone may name its own.
+                    CreateBucketConfiguration={
+                        "LocationConstraint": cast("BucketLocationConstraintType", region)
+                    },
+                )
+            else:
+                self._client.create_bucket(Bucket=bucket)
+        except self._errors as e:
+            if self._code(e) == "BucketAlreadyOwnedByYou":  # another init got there first
+                return False
+            self._fail("create bucket", bucket, e)
+        return True
 
     def put(self, name: str, data: bytes) -> None:
         """One PutObject: atomic (S3 never shows part of an object) and durable
