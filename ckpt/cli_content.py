@@ -12,6 +12,7 @@ from ckpt.storage.capture import parse_extents
 from ckpt.storage.log_chain import format_anchor
 
 from . import api_args, output, render
+from .maintenance import RepairReport
 from .progress import progress_bars
 from .store import Store
 
@@ -147,7 +148,7 @@ def _restore(s: Store, a: argparse.Namespace, out: TextIO) -> None:
         )
 
 
-def _repair_text(repaired: dict[str, Any]) -> str:
+def _repair_text(repaired: RepairReport) -> str:
     lines = [
         f"repair: rebuilt {repaired['index_files_rebuilt']} index files from their packs, "
         f"removed {repaired['stale_index_files_removed']} stale ones"
