@@ -21,7 +21,7 @@ from uuid import UUID
 
 from ckpt.domain import CkptError, InvalidValue, StoreCorrupt, VirtualMachine
 from ckpt.storage.chunks import GcReport, VerifyReport
-from ckpt.storage.chunks.verify import Affected, BadChunk
+from ckpt.storage.chunks.verify import AffectedCapture, BadChunk
 from ckpt.storage.event_store import EVENTS_FILE
 from ckpt.storage.locations import display
 from ckpt.storage.manifest_cache import chain_manifest_ids
@@ -195,8 +195,8 @@ def _name_checkpoints(
             for ref in chain_manifest_ids(vm, leaf):
                 users.setdefault((vm.name, ref), []).append(f"Now (disk {disk})")
 
-    def affected(ref: Reference) -> Affected:
-        return Affected(
+    def affected(ref: Reference) -> AffectedCapture:
+        return AffectedCapture(
             vm=ref.vm,
             what=ref.what,
             position=ref.position,

@@ -3,7 +3,7 @@
 An *extent* here is a half-open range ``[start, end)``; two that overlap or
 touch become one. Used for the changed blocks a capture reads
 (``capture.align``) and for the ranges a VHDX chain stores data for
-(``ckpt.interop``): written once, here.
+(``vhdx_files``): written once, here.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ Terms:
               a copy or restore would reset it.
     grace     packs younger than ``grace_seconds`` are never touched: a writer
               may have flushed them and not yet saved the events that
-              reference them (DESIGN.md §3, between steps 1 and 2).
+              reference them (docs/design.md, "Durability order": between
+              steps 1 and 2).
     live      a chunk of a pack that is in ``keep`` and whose indexed copy is
               in that pack (a duplicate copy in another pack is garbage).
     repack    copy a partly live pack's live frames (checked first, not

@@ -28,7 +28,7 @@ from .ids import ChunkId
 from .index import ChunkIndex, Location
 
 
-class Affected(TypedDict):
+class AffectedCapture(TypedDict):
     """A capture that needs a bad chunk: the VM, what was captured, where the log
     records it, and the live checkpoints (and Now) whose bytes need it."""
 
@@ -43,7 +43,7 @@ class BadChunk(TypedDict):
 
     chunk: str
     reason: str
-    affects: list[Affected]
+    affects: list[AffectedCapture]
 
 
 Bad = TypeVar("Bad", dict[ChunkId, str], list[BadChunk])

@@ -18,7 +18,7 @@ from ckpt.cli import run
 from ckpt.domain.errors import VhdxCorrupt
 from ckpt.storage.vhdx_files import open_vhdx_chain
 
-NAME_MAX = 255  # bytes in one path component (ckpt.interop.NAME_MAX)
+NAME_MAX = 255  # bytes in one path component (ckpt.hyperv_export.NAME_MAX)
 
 MiB = 1 << 20
 
