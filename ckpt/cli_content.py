@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from ckpt.domain import FileRole, InvalidValue
+from ckpt.domain import FileRole, InvalidValue, StoreCorrupt
 from ckpt.storage.capture import parse_extents
 from ckpt.storage.log_chain import format_anchor
 
@@ -182,8 +182,6 @@ def _verify_log(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     lines.append(f"anchor (keep it elsewhere; check later with --anchor): {anchor}")
     render.emit(out, a, data, "\n".join(lines))
     if not report.ok:
-        from ckpt.domain import StoreCorrupt
-
         raise StoreCorrupt(f"the event log fails its hash chain: {report.problems[0]}")
 
 
@@ -219,8 +217,6 @@ def _verify(s: Store, a: argparse.Namespace, out: TextIO) -> None:
             )
     render.emit(out, a, data, "\n".join(lines))
     if not report.ok:
-        from ckpt.domain import StoreCorrupt
-
         raise StoreCorrupt(f"verify found {len(report.bad)} damaged chunks (listed above)")
 
 
