@@ -99,7 +99,7 @@ def _log_source(work: Path, events: int) -> Path:
             for vm in vms:
                 v = loaded[vm]
                 for _ in range(50):  # 50 events a save: generating is not what we measure
-                    v.create_checkpoint(store._origin(), f"c{n}")
+                    v.create_checkpoint(store.unit_of_work.origin(), f"c{n}")
                     n += 1
                 app.save(v)
         store.rebuild_read_models()

@@ -118,7 +118,7 @@ def main() -> None:
     for _ in range(200):
         name = f"vm{rng.randrange(args.vms):04d}"
         vm = store.vm(name)
-        vm.create_checkpoint(store._origin())
+        vm.create_checkpoint(store.unit_of_work.origin())
         store.app.save(vm)
         t = time.perf_counter()
         store.read_models.catch_up(known=vm)

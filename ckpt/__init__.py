@@ -4,19 +4,25 @@ The public Python API for embedding. Open a store with ``Store.open(path)``
 (or create one with ``Store.init(path)``), then call its commands
 (``register_vm``, ``create_checkpoint``, ``apply_checkpoint``, ...) and
 queries (``tree``, ``chain``, ``files``, ``log``). Every error is a
-``CkptError``; see ``ckpt.domain.errors`` for the hierarchy.
+``CkptError``; see ``ckpt.domain.errors`` for the hierarchy. Every type a
+``Store`` method takes or returns is exported here: the reports of verify, gc,
+copy and the log's hash chain, and the ``TypedDict`` shapes of the dicts that
+``stats``, ``repair`` and ``info`` return (the JSON ``--json`` prints).
 """
 
 from ckpt.domain import (
     AlreadyExists,
     AmbiguousName,
+    BackupPoint,
     Checkpoint,
     CheckpointType,
     ChunkCorrupt,
     ChunkMissing,
     CkptError,
+    DiskCapture,
     DiskFormat,
     DomainError,
+    FileCapture,
     FileRole,
     IndexCorrupt,
     InvalidValue,
@@ -42,31 +48,54 @@ from ckpt.domain import (
     VMState,
     WrongKey,
 )
-from ckpt.projections import AuditEntry, ChainEntry, TreeEntry
+from ckpt.projections import AuditEntry, ChainEntry, JsonValue, TreeEntry
+from ckpt.storage.chunks import GcReport, VerifyReport
+from ckpt.storage.chunks.gc import GcDetails
+from ckpt.storage.chunks.verify import AffectedCapture, BadChunk
+from ckpt.storage.log_chain import ChainReport
 
+from .copy import CopyDetails, CopyReport
+from .maintenance import RepairReport, StoreInfo, StoreStats, TotalStats, VMStats
+from .progress_factory import ProgressFactory, ProgressUpdate
 from .store import Store
+from .store_config import StoreConfig
+from .unit_of_work import UnitOfWork
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AffectedCapture",
     "AlreadyExists",
     "AmbiguousName",
     "AuditEntry",
+    "BackupPoint",
+    "BadChunk",
     "ChainEntry",
+    "ChainReport",
     "Checkpoint",
     "CheckpointType",
     "ChunkCorrupt",
     "ChunkMissing",
     "CkptError",
+    "CopyDetails",
+    "CopyReport",
+    "DiskCapture",
     "DiskFormat",
     "DomainError",
+    "FileCapture",
     "FileRole",
+    "GcDetails",
+    "GcReport",
     "IndexCorrupt",
     "InvalidValue",
+    "JsonValue",
     "NotAllowed",
     "NotFound",
     "OutputFailed",
     "PackCorrupt",
+    "ProgressFactory",
+    "ProgressUpdate",
+    "RepairReport",
     "SourceChanged",
     "StateFile",
     "StateFileKind",
@@ -74,16 +103,23 @@ __all__ = [
     "Store",
     "StoreBusy",
     "StoreClosed",
+    "StoreConfig",
     "StoreConflict",
     "StoreCorrupt",
     "StoreExists",
+    "StoreInfo",
     "StoreMismatch",
     "StoreNotFound",
+    "StoreStats",
     "StoreUnavailable",
+    "TotalStats",
     "TreeEntry",
+    "UnitOfWork",
     "UnknownCheckpoint",
     "UnknownVM",
     "VMState",
+    "VMStats",
+    "VerifyReport",
     "VirtualMachine",
     "WrongKey",
     "__version__",

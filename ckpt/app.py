@@ -20,7 +20,8 @@ PAGE = 500  # notifications read per query when walking the whole log
 class CheckpointApplication(Application[UUID]):
     name = "ckpt"
     # A snapshot every 100 events keeps `get(version=n)` near 5 ms on a VM with
-    # 10,000 events (0.4-0.6 s without, measured in EVENTSOURCING.md).
+    # 10,000 events (0.4-0.6 s without, measured when the interval was chosen;
+    # bench/bench_projections.py times the `--at` reads that depend on it).
     snapshotting_intervals: ClassVar[dict[type[Any], int]] = {VirtualMachine: 100}
 
     def construct_transcoder(self) -> Transcoder:

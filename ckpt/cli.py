@@ -24,6 +24,7 @@ from ckpt.storage.locations import environ_secrets, scrub
 from . import cli_content, render
 from .cli_content import content_args
 from .exit_codes import exit_code
+from .hyperv_import import import_folder
 from .progress import progress_bars
 from .store import Store
 from .store_config import read_marker
@@ -277,9 +278,7 @@ def _import_disk(s: Store, a: argparse.Namespace, out: TextIO) -> None:
 
 
 def _import_hyperv(s: Store, a: argparse.Namespace, out: TextIO) -> None:
-    from .hyperv_import import import_folder
-
-    report = import_folder(s, Path(a.directory), a.name)
+    report = import_folder(s.unit_of_work, Path(a.directory), a.name)
     data = {
         "vm": report.vm,
         "disks": report.disks,

@@ -7,11 +7,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from ckpt.domain import FileRole, InvalidValue, NotFound
+from ckpt.domain import FileRole, InvalidValue, NotFound, StoreCorrupt
 from ckpt.storage.capture import parse_extents
 from ckpt.storage.log_chain import format_anchor
 
 from . import api_args, output, render
+from .maintenance import RepairReport
 from .progress import progress_bars
 from .store import Store
 
@@ -149,7 +150,7 @@ def _restore(s: Store, a: argparse.Namespace, out: TextIO) -> None:
         )
 
 
-def _repair_text(repaired: dict[str, Any]) -> str:
+def _repair_text(repaired: RepairReport) -> str:
     lines = [
         f"repair: rebuilt {repaired['index_files_rebuilt']} index files from their packs, "
         f"removed {repaired['stale_index_files_removed']} stale ones"
@@ -183,8 +184,6 @@ def _verify_log(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     lines.append(f"anchor (keep it elsewhere; check later with --anchor): {anchor}")
     render.emit(out, a, data, "\n".join(lines))
     if not report.ok:
-        from ckpt.domain import StoreCorrupt
-
         raise StoreCorrupt(f"the event log fails its hash chain: {report.problems[0]}")
 
 
@@ -220,8 +219,6 @@ def _verify(s: Store, a: argparse.Namespace, out: TextIO) -> None:
             )
     render.emit(out, a, data, "\n".join(lines))
     if not report.ok:
-        from ckpt.domain import StoreCorrupt
-
         raise StoreCorrupt(f"verify found {len(report.bad)} damaged chunks (listed above)")
 
 

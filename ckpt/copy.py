@@ -28,19 +28,33 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypedDict
 from uuid import uuid4
 
 from ckpt.domain import ChunkMissing, StoreConflict, StoreCorrupt, StoreExists
+from ckpt.storage.chunks import ChunkBackend
 from ckpt.storage.chunks.layout import INDEX, PACKS, pack_id_of_index, pack_id_of_pack
 
-from .content_ops import ProgressFactory
+from .progress_factory import ProgressFactory
+from .setup import check_empty_directory, connect
 from .store_config import StoreConfig, read_remote_meta, write_remote_meta
-
-if TYPE_CHECKING:
-    from .store import Store
+from .unit_of_work import UnitOfWork
 
 BATCH = 1000  # events per insert transaction into the target
+
+
+class CopyDetails(TypedDict):
+    """``CopyReport.as_dict()``: what ``ckpt copy --json`` prints."""
+
+    target: str
+    events: int
+    snapshots: int
+    packs: int
+    index_files: int
+    bytes: int
+    skipped_packs: int
+    link: str
+    seconds: float
 
 
 @dataclass
@@ -55,25 +69,27 @@ class CopyReport:
     link: str
     seconds: float
 
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+    def as_dict(self) -> CopyDetails:
+        return CopyDetails(
+            target=self.target, events=self.events, snapshots=self.snapshots, packs=self.packs,
+            index_files=self.index_files, bytes=self.bytes, skipped_packs=self.skipped_packs,
+            link=self.link, seconds=self.seconds,
+        )  # fmt: skip
 
 
 def copy_store(
-    source: Store,
+    source: UnitOfWork,
     to_events: str | None,
     to_chunks: str | None,
     to_dir: Path | None,
     progress: ProgressFactory | None = None,
 ) -> CopyReport:
-    from .store import Store, _check_empty_directory
-
     began = time.perf_counter()
     config = StoreConfig(to_dir, to_events, to_chunks)
     config.encryption = _encryption(source)
     config.store_id = str(uuid4())  # a copy is a store of its own from now on
     if to_dir is not None:
-        _check_empty_directory(to_dir)
+        check_empty_directory(to_dir)
         to_dir.mkdir(parents=True, exist_ok=True)
     backend = config.chunk_backend()
     where = config.describe()
@@ -81,13 +97,15 @@ def copy_store(
         raise StoreExists(
             f"the chunk storage of {where} already holds a store: copy needs it empty"
         )
-    with Store(to_dir, config=config, key=source._key, actor=source.actor, create=True) as target:
+    target = connect(config, source.actor, key=source.key, create=True)
+    try:
         if target.app.last_position():
             raise StoreExists(f"the event store of {where} already holds events: it must be empty")
         cut = source.app.last_position()
         packs, index_files, size, skipped = _copy_chunks(source, backend, progress)
         events, snapshots = _copy_events(source, target, cut, progress)
-        target.rebuild_read_models()
+        with target.translated():
+            target.read_models.rebuild()
         link = _last_link(target, cut)
         expected = _last_link(source, cut)
         if link != expected:  # checked before the marker: a bad copy never looks like a store
@@ -100,18 +118,20 @@ def copy_store(
             write_remote_meta(backend, config)
         if to_dir is not None:
             config.write_marker()
+    finally:
+        target.close()
     return CopyReport(where, events, snapshots, packs, index_files, size, skipped,
                       link, round(time.perf_counter() - began, 3))  # fmt: skip
 
 
-def _encryption(source: Store) -> dict[str, Any] | None:
+def _encryption(source: UnitOfWork) -> dict[str, Any] | None:
     if source.keyring is None:
         return None
     return {"cipher": "AES-256-GCM", "key_check": source.keyring.key_check}
 
 
 def _copy_chunks(
-    source: Store, backend: Any, progress: ProgressFactory | None
+    source: UnitOfWork, backend: ChunkBackend, progress: ProgressFactory | None
 ) -> tuple[int, int, int, int]:
     """Every pack, then every index file whose pack was copied (an index names
     its pack: ``index/<id>.idx`` for ``packs/<ab>/<id>.pack``)."""
@@ -151,7 +171,7 @@ def _copy_chunks(
 
 
 def _copy_events(
-    source: Store, target: Store, cut: int, progress: ProgressFactory | None
+    source: UnitOfWork, target: UnitOfWork, cut: int, progress: ProgressFactory | None
 ) -> tuple[int, int]:
     """Events up to ``cut`` at their own positions (PostgreSQL leaves gaps where
     an insert failed, and the hash chain covers the position), in transactions of
@@ -196,7 +216,7 @@ def _copy_events(
     return copied, snapshots
 
 
-def _last_link(store: Store, position: int) -> str:
+def _last_link(store: UnitOfWork, position: int) -> str:
     if position == 0:
         return ""
     store.read_models.catch_up()

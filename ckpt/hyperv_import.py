@@ -25,10 +25,8 @@ records nothing and a retry starts afresh.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, cast
 
 from ckpt.domain import (
     Checkpoint,
@@ -40,13 +38,12 @@ from ckpt.domain import (
 )
 from ckpt.domain.errors import VhdxError
 from ckpt.storage.vhdx import VhdxReader
+from ckpt.storage.vhdx_files import find_parent, open_vhdx_chain
 
-from .content import ManifestCache, Session, capture_disk
-from .content_ops import WORKERS
-from .interop import ChainStream, _find_parent, open_vhdx_chain, safe_folder_name
-
-if TYPE_CHECKING:
-    from .store import Store
+from . import commands
+from .capture_ops import capture_disk_file
+from .hyperv_export import safe_folder_name
+from .unit_of_work import UnitOfWork
 
 
 @dataclass
@@ -86,9 +83,7 @@ def scan(directory: Path) -> dict[Path, DiskFile]:
         with p.open("rb") as f:
             reader = VhdxReader(f, str(p))
             parents[p.resolve()] = (
-                _find_parent(p, reader.parent_locator or {}).resolve()
-                if reader.has_parent
-                else None
+                find_parent(p, reader.parent_locator or {}).resolve() if reader.has_parent else None
             )
         nodes[p.resolve()] = DiskFile(p, None)
     for p, parent in parents.items():
@@ -135,20 +130,23 @@ def _now_leaf(base: DiskFile) -> DiskFile:
     return max(leaves, key=lambda n: n.mtime)
 
 
-def import_folder(store: Store, directory: Path, name: str | None = None) -> ImportReport:
+def import_folder(uow: UnitOfWork, directory: Path, name: str | None = None) -> ImportReport:
     nodes = scan(directory)
     bases = sorted((n for n in nodes.values() if n.parent is None), key=lambda n: n.path.name)
     vm_name = name or safe_folder_name(directory.resolve().name)
     disk_names = [b.path.stem for b in bases]
-    vm = store.new_vm(
-        vm_name, [(d, DiskFormat.VHDX) for d in disk_names], checkpoint_type=CheckpointType.STANDARD
+    vm = commands.new_vm(
+        uow,
+        vm_name,
+        [(d, DiskFormat.VHDX) for d in disk_names],
+        checkpoint_type=CheckpointType.STANDARD,
     )
-    importer = _Importer(store, vm, directory)
+    importer = _Importer(uow, vm, directory)
     same_shape = len({tuple(_shape(b)) for b in bases}) == 1
     checkpoints: list[str] = []
     # A write lease from the first pack to the commit, as every capture holds one:
     # a gc meanwhile keeps the chunks the import writes or reuses (decision 0006).
-    with store.chunks.write_lease() as lease:
+    with uow.chunks.write_lease() as lease:
         if same_shape:
             now = [_now_leaf(b) for b in bases]
             _replay(importer, disk_names, bases, now, checkpoints)
@@ -156,7 +154,7 @@ def import_folder(store: Store, directory: Path, name: str | None = None) -> Imp
             for disk, base in zip(disk_names, bases, strict=True):
                 importer.import_disk(disk, _now_leaf(base).path)
         lease.check()
-        store.save_new_vm(vm)  # every event at once, or none
+        commands.save_new_vm(uow, vm)  # every event at once, or none
     return ImportReport(vm_name, disk_names, checkpoints, len(nodes))
 
 
@@ -165,30 +163,18 @@ class _Importer:
     is captured (its chunks written; unreferenced ones go at the next gc if the
     import fails) and recorded as an event of the unsaved VM."""
 
-    def __init__(self, store: Store, vm: VirtualMachine, root: Path) -> None:
-        self.store, self.vm, self.root = store, vm, root
+    def __init__(self, uow: UnitOfWork, vm: VirtualMachine, root: Path) -> None:
+        self.uow, self.vm, self.root = uow, vm, root
 
     def import_disk(self, disk: str, path: Path) -> None:
-        chunks = self.store.chunks
-        cache = ManifestCache(chunks)
-        vhdx, files, segments = open_vhdx_chain(path, self.root)
-        try:
-            with chunks.writer() as writer, ThreadPoolExecutor(WORKERS) as pool:
-                session = Session(writer, chunks, pool)
-                stream = cast(BinaryIO, ChainStream(vhdx))  # a RawIOBase: read, seek, tell
-                capture = capture_disk(
-                    self.vm, disk, stream, str(path), session, cache, segments=segments
-                )
-        finally:
-            for f in files:
-                f.close()
-        self.vm.import_disk_content(self.store._origin(), capture)
+        capture = capture_disk_file(self.uow, self.vm, disk, path, root=self.root)
+        self.vm.import_disk_content(self.uow.origin(), capture)
 
     def create_checkpoint(self, label: str) -> Checkpoint:
-        return self.vm.create_checkpoint(self.store._origin(), label)
+        return self.vm.create_checkpoint(self.uow.origin(), label)
 
     def apply_checkpoint(self, checkpoint: Checkpoint) -> None:
-        self.vm.apply_checkpoint(self.store._origin(), checkpoint.id)
+        self.vm.apply_checkpoint(self.uow.origin(), checkpoint.id)
 
 
 def _on_path(node: DiskFile, leaf: DiskFile) -> bool:

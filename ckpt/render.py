@@ -116,7 +116,7 @@ def log_text(entries: Sequence[AuditEntry]) -> str:
     for e in entries:
         cp = f" {e.checkpoint!r}" if e.checkpoint else ""
         extra = "; ".join(
-            f"{k}={', '.join(v) if isinstance(v, list) else v}"
+            f"{k}={', '.join(map(str, v)) if isinstance(v, list) else v}"
             for k, v in e.details.items()
             if v not in ([], None) and k != "id"
         )

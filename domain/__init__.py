@@ -1,6 +1,6 @@
 """ckpt.domain: the pure checkpoint model (no files, databases or clocks)."""
 
-from .content import BackupPoint, DiskCapture, FileCapture, FileRole
+from .captures import BackupPoint, DiskCapture, FileCapture, FileRole
 from .errors import (
     AlreadyExists,
     AmbiguousName,

@@ -21,7 +21,7 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 from eventsourcing.domain import Aggregate
 
 from . import layers as layer_rules
-from .content import BackupPoint, DiskCapture, FileCapture, FileRole
+from .captures import BackupPoint, DiskCapture, FileCapture, FileRole
 from .errors import (
     CaptureOutdated,
     InvalidValue,

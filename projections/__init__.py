@@ -1,6 +1,6 @@
 """ckpt.projections: read models folded from the event log or a VM's state."""
 
-from .audit import OPERATIONS, AuditEntry, AuditTrail, describe_changes
+from .audit import OPERATIONS, AuditEntry, AuditTrail, JsonValue, describe_changes
 from .chain import ChainEntry, disk_chains
 from .tree import TreeEntry, tree_entries
 
@@ -9,6 +9,7 @@ __all__ = [
     "AuditEntry",
     "AuditTrail",
     "ChainEntry",
+    "JsonValue",
     "TreeEntry",
     "describe_changes",
     "disk_chains",

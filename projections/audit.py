@@ -9,7 +9,7 @@ states), as JSON-ready values.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -18,6 +18,9 @@ from uuid import UUID
 from ckpt.domain import LayerMerge, LayerRemoval, VirtualMachine
 
 VM = VirtualMachine
+
+# A JSON value, as ``json.loads`` returns one: what an audit entry's details hold.
+JsonValue = str | int | float | bool | None | Sequence["JsonValue"] | Mapping[str, "JsonValue"]
 
 OPERATIONS: dict[type[Any], str] = {
     VM.Registered: "vm-registered",
@@ -38,6 +41,8 @@ OPERATIONS: dict[type[Any], str] = {
 
 @dataclass(frozen=True)
 class AuditEntry:
+    """One event as ``ckpt log`` shows it; ``details`` are per operation, as JSON."""
+
     position: int
     time: datetime
     actor: str
@@ -46,7 +51,7 @@ class AuditEntry:
     vm_id: UUID
     operation: str
     checkpoint: str | None
-    details: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, JsonValue] = field(default_factory=dict)
     link: bytes | None = None  # the event's hash-chain link (storage/log_chain.py)
 
 
@@ -61,7 +66,7 @@ def describe_changes(changes: Iterable[LayerMerge | LayerRemoval]) -> list[str]:
     return out
 
 
-def _details(event: Any) -> tuple[str | None, dict[str, Any]]:
+def _details(event: Any) -> tuple[str | None, dict[str, JsonValue]]:
     """The checkpoint an event concerns and its details, per event class."""
     if isinstance(event, VM.Registered):
         return None, {
@@ -80,7 +85,7 @@ def _details(event: Any) -> tuple[str | None, dict[str, Any]]:
         return None, {"from": event.previous.value, "to": event.state.value}
     if isinstance(event, VM.CheckpointCreated):
         cp = event.checkpoint
-        details: dict[str, Any] = {
+        details: dict[str, JsonValue] = {
             "id": str(cp.id),
             "type": cp.type.value,
             "vm_state": cp.vm_state.value,
@@ -134,7 +139,7 @@ class AuditTrail:
         self.names: dict[UUID, str] = {}
         self.checkpoints: dict[UUID, str] = {}  # checkpoint id -> latest name
 
-    def describe(self, event: Any) -> tuple[str, str | None, dict[str, Any]] | None:
+    def describe(self, event: Any) -> tuple[str, str | None, dict[str, JsonValue]] | None:
         """(operation, checkpoint name, details) of an event; None for no audit entry.
 
         Remembers VM and checkpoint names as it goes, so call it on every event

@@ -16,7 +16,7 @@ from typing import Any
 from uuid import UUID
 
 from ckpt.domain import VirtualMachine
-from ckpt.storage.read_models import Batch, VMDocuments
+from ckpt.domain.read_model_rows import Batch, VMDocuments
 
 from .audit import AuditTrail
 from .chain import disk_chains

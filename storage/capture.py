@@ -29,6 +29,7 @@ from typing import BinaryIO
 
 from ckpt.domain.errors import InvalidValue, SourceChanged
 
+from .extents import merge
 from .manifest import ZERO_ID
 
 READ = 4 << 20  # 4 MiB reads: 1,024 pages per syscall, small enough to bound memory
@@ -85,14 +86,7 @@ def align(extents: Iterable[tuple[int, int]], block_size: int, size: int) -> lis
         end = min(-(-(offset + length) // block_size) * block_size, size)
         if start < end:
             spans.append((start, end))
-    spans.sort()
-    merged: list[tuple[int, int]] = []
-    for start, end in spans:
-        if merged and start <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
-        else:
-            merged.append((start, end))
-    return merged
+    return merge(spans)
 
 
 def _has_fd(src: BinaryIO) -> bool:

@@ -41,7 +41,7 @@ PG_LOCK_TIMEOUT_S = 5
 
 
 # Every table of a store in its schema: eventsourcing's (named after the
-# application, "ckpt") and the read models' (storage/read_models.py).
+# application, "ckpt") and the read models' (storage/read_model_tables.py).
 PG_TABLES = (
     "ckpt_events", "ckpt_snapshots", "ckpt_tracking", "ckpt_audit", "ckpt_captures",
     "ckpt_vms", "ckpt_state_files", "ckpt_lock", "ckpt_links", "ckpt_store",

@@ -11,7 +11,7 @@ Terms:
              files (``.name.<random>.tmp``) can never collide with a real name.
 
 The port is deliberately narrow (six verbs) so an S3 adapter is a page of code.
-Every adapter passes the same contract tests (tests/unit/chunks/test_backend.py).
+Every adapter passes the same contract tests (tests/unit/chunks/test_chunk_backend.py).
 Missing names raise ``ChunkMissing`` naming the object and the backend.
 """
 

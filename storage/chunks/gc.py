@@ -9,7 +9,8 @@ Terms:
               a copy or restore would reset it.
     grace     packs younger than ``grace_seconds`` are never touched: a writer
               may have flushed them and not yet saved the events that
-              reference them (DESIGN.md §3, between steps 1 and 2).
+              reference them (docs/design.md, "Durability order": between
+              steps 1 and 2).
     live      a chunk of a pack that is in ``keep`` and whose indexed copy is
               in that pack (a duplicate copy in another pack is garbage).
     repack    copy a partly live pack's live frames (checked first, not
@@ -36,7 +37,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
-from typing import NamedTuple
+from typing import NamedTuple, TypedDict
 
 from ckpt.domain.errors import ChunkCorrupt, ChunkMissing, PackCorrupt
 
@@ -70,6 +71,45 @@ class GcReport(NamedTuple):
     orphan_bytes: int = 0
     index_files_removed: int = 0
     kept_for_leases: int = 0
+    # Filled in by the store's gc (ckpt/maintenance.py), which knows the log:
+    referenced: int = 0  # chunks the recorded captures need (all kept)
+    live_leases: list[str] = []  # noqa: RUF012 - a NamedTuple default, never mutated
+    dead_leases_removed: int = 0
+
+    @property
+    def details(self) -> GcDetails:
+        """What ``ckpt gc --json`` prints beside the totals, from what gc did (not
+        from the index before and after: orphan packs are in no index, and a
+        "removed 0, freed 0 bytes" once hid 241 MB)."""
+        return GcDetails(
+            deleted_packs=len(self.deleted_packs),
+            orphan_packs=self.orphan_packs,
+            orphan_bytes=self.orphan_bytes,
+            index_files_removed=self.index_files_removed,
+            repacked_packs=len(self.repacked_packs),
+            new_packs=len(self.new_packs),
+            young_packs=self.young_packs,
+            kept_for_leases=self.kept_for_leases,
+            live_leases=list(self.live_leases),
+            dead_leases_removed=self.dead_leases_removed,
+            problems=list(self.problems),
+        )
+
+
+class GcDetails(TypedDict):
+    """``GcReport.details``: counts of what a gc did, keyed as ``ckpt gc --json`` prints them."""
+
+    deleted_packs: int
+    orphan_packs: int
+    orphan_bytes: int
+    index_files_removed: int
+    repacked_packs: int
+    new_packs: int
+    young_packs: int
+    kept_for_leases: int
+    live_leases: list[str]
+    dead_leases_removed: int
+    problems: list[str]
 
 
 def delete_unreferenced(

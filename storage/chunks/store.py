@@ -294,9 +294,11 @@ class ChunkStore:
         ids: Iterable[bytes] | None = None,
         sample: float = 1.0,
         seed: int | None = None,
-    ) -> VerifyReport:
-        """Check that chunks read back (all, ``ids``, or a random ``sample``)."""
-        return verify_chunks(self._backend, self._index, self._codec, ids, sample, seed)
+        refresh: bool = True,
+    ) -> VerifyReport[dict[ChunkId, str]]:
+        """Check that chunks read back (all, ``ids``, or a random ``sample``);
+        ``refresh``: pick up other processes' index files first."""
+        return verify_chunks(self._backend, self._index, self._codec, ids, sample, seed, refresh)
 
     def delete_unreferenced(
         self,

@@ -17,7 +17,8 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 from collections.abc import Iterable
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import Generic, TypedDict, TypeVar
 
 from ckpt.domain.errors import ChunkCorrupt, ChunkMissing
 
@@ -27,11 +28,40 @@ from .ids import ChunkId
 from .index import ChunkIndex, Location
 
 
-class VerifyReport(NamedTuple):
-    """``checked`` chunks were read; ``bad`` maps each failed one to the reason."""
+class AffectedCapture(TypedDict):
+    """A capture that needs a bad chunk: the VM, what was captured, where the log
+    records it, and the live checkpoints (and Now) whose bytes need it."""
+
+    vm: str
+    what: str
+    position: int
+    checkpoints: list[str]
+
+
+class BadChunk(TypedDict):
+    """One bad chunk of ``Store.verify``: its id (hex), why, and what it affects."""
+
+    chunk: str
+    reason: str
+    affects: list[AffectedCapture]
+
+
+Bad = TypeVar("Bad", dict[ChunkId, str], list[BadChunk])
+
+
+@dataclass
+class VerifyReport(Generic[Bad]):
+    """``checked`` chunks were read; ``bad`` names each failed one with the reason.
+
+    Of the chunk store (``ChunkStore.verify``): ``bad`` maps a chunk id to the
+    reason. Of a ckpt store (``Store.verify``): ``referenced`` chunks are needed
+    by the recorded captures and ``bad`` lists each failed one with the
+    captures and checkpoints it affects, as ``ckpt verify --json`` prints it.
+    """
 
     checked: int
-    bad: dict[ChunkId, str]
+    bad: Bad
+    referenced: int = 0
 
     @property
     def ok(self) -> bool:
@@ -45,11 +75,13 @@ def verify_chunks(
     ids: Iterable[bytes] | None = None,
     sample: float = 1.0,
     seed: int | None = None,
-) -> VerifyReport:
+    refresh: bool = True,
+) -> VerifyReport[dict[ChunkId, str]]:
     """Check ``ids`` (default: every indexed chunk), or a ``sample`` of them."""
     if not 0.0 <= sample <= 1.0:
         raise ValueError(f"sample must be within 0..1, got {sample}")
-    index.refresh()
+    if refresh:
+        index.refresh()
     selected = list(index.ids()) if ids is None else [ChunkId(bytes(c)) for c in ids]
     if sample < 1.0:
         rng = random.Random(seed)

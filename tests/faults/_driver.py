@@ -15,8 +15,8 @@ import sys
 import time
 
 # Everything a command may import lazily, imported before "go".
-import ckpt.content_ops
-import ckpt.interop
+import ckpt.capture_ops
+import ckpt.hyperv_export
 import ckpt.storage.chunks
 from ckpt.cli import run
 
@@ -24,7 +24,7 @@ RAN = "ckpt-fault-driver: ran in"
 
 
 def main() -> None:
-    assert ckpt.content_ops and ckpt.interop and ckpt.storage.chunks
+    assert ckpt.capture_ops and ckpt.hyperv_export and ckpt.storage.chunks
     sys.stdout.write("go\n")
     sys.stdout.flush()
     began = time.perf_counter()

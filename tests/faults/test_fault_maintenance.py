@@ -2,7 +2,7 @@
 
 gc deletes index files before packs and makes repacked copies durable before it
 deletes anything (storage/chunks/gc.py); a rebuild empties the read models and
-folds the log again in pages (ckpt/read_models.py). Killed anywhere, neither may
+folds the log again in pages (ckpt/read_model_updates.py). Killed anywhere, neither may
 lose a chunk an event references, and the next command must find read models
 equal to a rebuild.
 """

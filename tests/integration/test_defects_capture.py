@@ -138,7 +138,7 @@ def test_a_disk_that_shrinks_then_grows_reads_zeros_in_the_regrown_part(
 
 def _read_exported(folder: Path) -> bytes:
     """The bytes of the longest VHDX chain in ``folder`` (the leaf's view)."""
-    from ckpt.interop import open_vhdx_chain
+    from ckpt.storage.vhdx_files import open_vhdx_chain
 
     views = []
     for path in folder.iterdir():
@@ -438,7 +438,7 @@ def test_the_cli_says_so_with_exit_14_and_records_nothing(
     cli: CLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     image = _image(tmp_path / "d.raw", 8 * BLOCK)
-    from ckpt import content
+    from ckpt.storage import manifest_capture as content
 
     real = content.capture
 

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from conftest import Backends
 
-import ckpt.content_ops as content_ops
+import ckpt.capture_ops as content_ops
 from ckpt import CheckpointType, ChunkMissing, DiskFormat, Store
 from ckpt.cli import run
 from ckpt.storage.chunks import ChunkStore, MemoryChunkBackend
@@ -209,7 +209,13 @@ def test_gc_during_an_import_hyperv_deletes_none_of_its_chunks(
     path = tmp_path / "s"
     kwargs = _init(path, encrypted=False)
     folder = tmp_path / "hv" / "VM"
-    _race(path, kwargs, monkeypatch, "before-commit", lambda s: import_folder(s, folder, "Copy"))
+    _race(
+        path,
+        kwargs,
+        monkeypatch,
+        "before-commit",
+        lambda s: import_folder(s.unit_of_work, folder, "Copy"),
+    )
     with Store.open(path, **kwargs) as fresh:
         assert fresh.verify().ok
         fresh.create_checkpoint("Copy", "p")  # freezes the imported content

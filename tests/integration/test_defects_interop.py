@@ -16,9 +16,9 @@ import pytest
 from ckpt import CheckpointType, DiskFormat, Store
 from ckpt.cli import run
 from ckpt.domain.errors import VhdxCorrupt
-from ckpt.interop import open_vhdx_chain
+from ckpt.storage.vhdx_files import open_vhdx_chain
 
-NAME_MAX = 255  # bytes in one path component (ckpt.interop.NAME_MAX)
+NAME_MAX = 255  # bytes in one path component (ckpt.hyperv_export.NAME_MAX)
 
 MiB = 1 << 20
 
@@ -115,11 +115,12 @@ def test_import_hyperv_failing_while_reading_content_records_nothing(
     the base and a checkpoint had been recorded, and stayed."""
     store, expected = source
     folder = _hyperv_folder(store, list(expected), tmp_path)
-    import ckpt.content_ops
+    import ckpt.capture_ops
     import ckpt.hyperv_import
+    import ckpt.storage.manifest_capture
 
     calls = []
-    real = ckpt.content.capture_disk
+    real = ckpt.storage.manifest_capture.capture_disk
 
     def failing(*args: Any, **kwargs: Any) -> Any:
         calls.append(args[1])
@@ -127,18 +128,18 @@ def test_import_hyperv_failing_while_reading_content_records_nothing(
             raise VhdxCorrupt("block 7 of X.avhdx: payload beyond the end of the file")
         return real(*args, **kwargs)
 
-    for module in (ckpt.content_ops, ckpt.hyperv_import):
+    for module in (ckpt.capture_ops, ckpt.hyperv_import):
         monkeypatch.setattr(module, "capture_disk", failing, raising=False)
     target = tmp_path / "dst"
     with Store.init(target, actor="t") as fresh:
         from ckpt.hyperv_import import import_folder
 
         with pytest.raises(VhdxCorrupt, match="block 7"):
-            import_folder(fresh, folder, "Copy")
+            import_folder(fresh.unit_of_work, folder, "Copy")
         assert len(calls) == 3
         assert fresh.app.last_position() == 0
         monkeypatch.undo()
-        report = import_folder(fresh, folder, "Copy")
+        report = import_folder(fresh.unit_of_work, folder, "Copy")
         assert len(report.checkpoints) == 4
 
 
@@ -256,7 +257,7 @@ def test_a_100_character_emoji_name_exports_with_names_a_file_system_takes(
 
 
 def test_file_names_keep_their_guid_when_cut() -> None:
-    from ckpt.interop import export_file_name, export_folder_name
+    from ckpt.hyperv_export import export_file_name, export_folder_name
 
     disk = "\u00e9" * 100
     long = f"{disk}_0F8E3C1A-1B2C-4D5E-8F90-A1B2C3D4E5F6.avhdx"

@@ -197,7 +197,7 @@ def test_import_hyperv_folder_rebuilds_the_tree(
     fresh = Store.init(tmp_path / "fresh")
     from ckpt.hyperv_import import import_folder
 
-    report = import_folder(fresh, folder / "VM", "Copy")
+    report = import_folder(fresh.unit_of_work, folder / "VM", "Copy")
     assert report.disks == ["D"] and report.files == 5
     vm = store.vm("VM")
     for name, data in expected.items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 import subprocess
 import sys
 import zipfile
@@ -39,3 +40,10 @@ def test_public_api_is_exactly_all() -> None:
     assert public == set(ckpt.__all__) - {"__version__"}
     for name in ckpt.__all__:
         assert getattr(ckpt, name) is not None
+
+
+def test_the_readme_lists_exactly_all() -> None:
+    """The README's list of the public API is ``ckpt.__all__``, name for name."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- ckpt.__all__ -->")[1].split("<!-- end of ckpt.__all__ -->")[0]
+    assert set(re.findall(r"`([A-Z]\w*|__version__)`", block)) == set(ckpt.__all__)

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from ckpt import CheckpointType, DiskFormat, InvalidValue, Store, UnknownCheckpoint, UnknownVM
 from ckpt.cli import run
 from ckpt.projections.fold import documents
-from ckpt.storage.read_models import TABLES
+from ckpt.storage.read_model_tables import TABLES
 
 steps = st.lists(
     st.tuples(

@@ -21,9 +21,10 @@ from uuid import UUID
 from eventsourcing.persistence import Notification
 
 from ckpt.domain import VirtualMachine
+from ckpt.domain.read_model_rows import Batch
 from ckpt.projections.fold import Folder, add_documents
 from ckpt.storage.log_chain import GENESIS, link
-from ckpt.storage.read_models import Batch, ReadModelsSQL, SQLiteReadModels
+from ckpt.storage.read_model_tables import ReadModelsSQL, SQLiteReadModels
 
 from .app import CheckpointApplication
 
@@ -51,7 +52,7 @@ class ReadModels:
         made: object
         if app.factory.__class__.__module__ == "eventsourcing.postgres":
             # Imported only here: psycopg is needed only by PostgreSQL stores.
-            from ckpt.storage.read_models_pg import PostgresReadModels
+            from ckpt.storage.read_model_tables_pg import PostgresReadModels
 
             made = app.factory.tracking_recorder(PostgresReadModels)
         else:

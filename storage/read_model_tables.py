@@ -29,13 +29,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from itertools import groupby
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 from uuid import UUID
 
 from eventsourcing.sqlite import SQLiteTrackingRecorder
 
+from ckpt.domain.read_model_rows import Batch
 from ckpt.storage.keyring import Keyring
 
 READ_MODELS = "ckpt-read-models"
@@ -51,25 +51,34 @@ COLUMNS = {
 }  # fmt: skip
 
 
-@dataclass
-class VMDocuments:
-    """One VM's present documents: summary, tree (display order), chain of Now."""
+class AuditRow(NamedTuple):
+    """One row of ``ckpt_audit``: an event, as ``ckpt log`` shows it."""
 
-    vm: dict[str, Any]
-    checkpoints: list[dict[str, Any]]
-    chain: dict[str, Any]
+    position: int
+    time: float
+    vm_id: str
+    version: int
+    vm: str
+    actor: str
+    host: str
+    operation: str
+    checkpoint: str | None
+    details: str  # JSON
 
 
-@dataclass
-class Batch:
-    audit: list[tuple[Any, ...]] = field(default_factory=list)
-    captures: list[tuple[Any, ...]] = field(default_factory=list)
-    vms: dict[str, VMDocuments] = field(default_factory=dict)
-    # (vm id, checkpoint id, JSON) to add, or (vm id, checkpoint id, None) to remove; in order
-    state_files: list[tuple[str, str, str | None]] = field(default_factory=list)
-    links: list[tuple[int, bytes]] = field(default_factory=list)
-    # ids of VMs removed (``vm remove``): their ``vms`` and ``state_files`` rows go
-    removed: list[str] = field(default_factory=list)
+class CaptureRow(NamedTuple):
+    """One row of ``ckpt_captures``: a captured disk layer or file."""
+
+    position: int
+    seq: int
+    vm_id: str
+    vm: str
+    kind: str
+    subject: str
+    label: str
+    manifest: bytes
+    size: int
+    new_bytes: int
 
 
 class Cursor(Protocol):
@@ -310,7 +319,7 @@ class ReadModelsSQL:
         actor: str | None = None,
         since: int | None = None,
         until: int | None = None,
-    ) -> list[tuple[Any, ...]]:
+    ) -> list[AuditRow]:
         """Audit rows in position order; positions ``since`` and ``until`` are inclusive."""
         sealed = self.keyring is not None  # sealed columns are filtered after opening
         where, params = ["TRUE"], []
@@ -329,12 +338,13 @@ class ReadModelsSQL:
             params,
         )
         if not sealed:
-            return rows
-        opened = [(*r[:4], *map(self._open, r[4:])) for r in rows]
+            return [AuditRow(*r) for r in rows]
+        opened = [AuditRow(*r[:4], *map(self._open, r[4:])) for r in rows]
         return [
             r
             for r in opened
-            if (operation is None or r[7] == operation) and (actor is None or r[5] == actor)
+            if (operation is None or r.operation == operation)
+            and (actor is None or r.actor == actor)
         ]
 
     def version_at(self, vm_id: str, position: int) -> int | None:
@@ -358,7 +368,7 @@ class ReadModelsSQL:
         rows = self._rows("SELECT MIN(position) FROM ckpt_audit WHERE time >= ?", (time,))
         return rows[0][0] if rows[0][0] is not None else self.position() + 1
 
-    def captures(self, until: int | None = None) -> list[tuple[Any, ...]]:
+    def captures(self, until: int | None = None) -> list[CaptureRow]:
         sql = "SELECT * FROM ckpt_captures"
         params: list[Any] = []
         if until is not None:
@@ -366,8 +376,11 @@ class ReadModelsSQL:
             params.append(until)
         rows = self._rows(sql + " ORDER BY position, seq", params)
         if self.keyring is None:
-            return rows
-        return [(*r[:3], self._open(r[3]), r[4], r[5], self._open(r[6]), *r[7:]) for r in rows]
+            return [CaptureRow(*r) for r in rows]
+        return [
+            CaptureRow(r[0], r[1], r[2], self._open(r[3]), r[4], r[5], self._open(r[6]), *r[7:10])
+            for r in rows
+        ]
 
     def dump(self) -> dict[str, list[tuple[Any, ...]]]:
         """Every row of every read model, in key order (for comparing two builds)."""

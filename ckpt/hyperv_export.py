@@ -1,5 +1,7 @@
-"""Hyper-V interop: export a checkpoint as a Hyper-V VM folder, restore a disk as a
-VHDX, import a disk file (a VHDX/AVHDX chain or a raw image) as a disk's content.
+"""Hyper-V export: a checkpoint as a Hyper-V VM folder, a disk as one VHDX.
+
+(Reading VHDX chains for import is ``storage/vhdx_files.py``; importing a
+whole Hyper-V folder is ``hyperv_import.py``.)
 
 Terms: a *layer's own runs* are the (offset, bytes) the layer's manifests
 define, in order; in a base VHDX a block recorded as zero needs no data (the
@@ -14,13 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
-import os
 import re
 import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path, PureWindowsPath
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from ckpt.domain import (
@@ -31,16 +31,15 @@ from ckpt.domain import (
     UnknownVM,
     VirtualMachine,
 )
-from ckpt.domain.errors import VhdxError
 from ckpt.domain.layers import chain
 from ckpt.storage import manifest
 from ckpt.storage.manifest import ZERO_ID, BlockMap
-from ckpt.storage.vhdx import BlockState, VhdxChain, VhdxReader, write_avhdx, write_vhdx
+from ckpt.storage.manifest_cache import ManifestCache
+from ckpt.storage.manifest_restore import restore_maps
+from ckpt.storage.vhdx import write_avhdx, write_vhdx
 
-from .content import ManifestCache, fetcher, restore_maps
-
-if TYPE_CHECKING:
-    from .store import Store
+from . import commands, queries
+from .unit_of_work import UnitOfWork
 
 DISKS_DIR = "Virtual Hard Disks"
 RUN = 1 << 20  # join contiguous blocks into runs of up to 1 MiB for the writer
@@ -138,11 +137,11 @@ def _prepare_folder(out_dir: Path, folder: Path, force: bool) -> None:
 
 
 def layer_runs(
-    maps: Sequence[BlockMap], store: Store, size: int, differencing: bool
+    maps: Sequence[BlockMap], uow: UnitOfWork, size: int, differencing: bool
 ) -> Iterator[tuple[int, bytes]]:
     """The bytes ``maps`` define, as sorted, joined (offset, bytes) runs, cut at ``size``."""
     entries, block_size, _ = manifest.overlay(list(maps))
-    fetch = fetcher(store.chunks)
+    fetch = uow.chunks.get_many
     cut = manifest.smallest_block_count(list(maps))
     if differencing and cut is not None:
         # The disk shrank within this layer: blocks from there on are zeros unless
@@ -177,14 +176,14 @@ def _maps(vm: VirtualMachine, layer: UUID, cache: ManifestCache) -> list[BlockMa
 
 
 def _disk_size(vm: VirtualMachine, leaf: UUID, cache: ManifestCache, disk: str) -> int:
-    maps = [m for lay in chain(vm.layers, leaf) for m in _maps(vm, lay.id, cache)]
+    maps = cache.chain(vm, leaf)
     if not maps:
         raise InvalidValue(f"no content was captured for disk {disk!r} of VM {vm.name!r}")
     return maps[-1].size
 
 
 def export(
-    store: Store,
+    uow: UnitOfWork,
     vm_name: str,
     checkpoint: str | None,
     out_dir: Path,
@@ -193,7 +192,7 @@ def export(
     force: bool = False,
 ) -> list[Path]:
     """Write a Hyper-V folder for a checkpoint (or Now); return the files written."""
-    vm = store.vm(vm_name, at=at)
+    vm = queries.vm(uow, vm_name, at=at)
     cp: Checkpoint | None = None if checkpoint is None else vm.find_checkpoint(checkpoint)
     folder_name = export_folder_name(vm.name, vm.id)
     folder = Path(out_dir) / folder_name
@@ -204,17 +203,19 @@ def export(
     except OSError as e:
         raise InvalidValue(f"cannot create {str(disks_dir)!r}: {e.strerror}") from None
     try:
-        written = _write_folder(store, vm, cp, folder, folder_name, flatten)
+        written = _write_folder(uow, vm, cp, folder, folder_name, flatten)
     except OSError as e:  # ENOSPC, EIO...: say where, not a traceback
         raise InvalidValue(f"export into {str(folder)!r} failed: {e.strerror or e}") from None
     # exported --at from a VM removed since: a removed VM takes no more events
     with contextlib.suppress(UnknownVM):
-        store.record_export(str(vm.id), None if cp is None else str(cp.id), str(folder.resolve()))
+        commands.record_export(
+            uow, str(vm.id), None if cp is None else cp.id, str(folder.resolve())
+        )
     return written
 
 
 def _write_folder(
-    store: Store,
+    uow: UnitOfWork,
     vm: VirtualMachine,
     cp: Checkpoint | None,
     folder: Path,
@@ -222,7 +223,7 @@ def _write_folder(
     flatten: bool,
 ) -> list[Path]:
     disks_dir = folder / DISKS_DIR
-    cache = ManifestCache(store.chunks)
+    cache = ManifestCache(uow.chunks)
     written: list[Path] = []
     for disk in vm.disks:
         if disk.format is DiskFormat.VHD:
@@ -231,17 +232,17 @@ def _write_folder(
         size = _disk_size(vm, leaf, cache, disk.name)
         layers = chain(vm.layers, leaf)
         if flatten:
-            maps = [m for lay in layers for m in _maps(vm, lay.id, cache)]
+            maps = cache.chain(vm, leaf)
             path = disks_dir / export_file_name(disk.base_file)
             with _create(path) as out:
-                write_vhdx(out, size, layer_runs(maps, store, size, differencing=False))
+                write_vhdx(out, size, layer_runs(maps, uow, size, differencing=False))
             written.append(path)
             continue
         parent_guid = None
         parent_file = ""
         for layer in layers:
             path = disks_dir / export_file_name(layer.file)
-            runs = layer_runs(_maps(vm, layer.id, cache), store, size, parent_guid is not None)
+            runs = layer_runs(_maps(vm, layer.id, cache), uow, size, parent_guid is not None)
             guid = _content_guid(vm, layer.id)
             disk_id = uuid5(VM_DISK_IDS, f"{vm.id}/{disk.name}")
             with _create(path) as out:
@@ -269,7 +270,7 @@ def _write_folder(
         path = folder.joinpath(*f.path.split("/"))
         path.parent.mkdir(parents=True, exist_ok=True)
         with _create(path) as out:
-            restore_maps([cache.load(f.manifest)], store.chunks, out)
+            restore_maps([cache.load(f.manifest)], uow.chunks, out)
         written.append(path)
     return written
 
@@ -292,115 +293,8 @@ def _create(path: Path) -> BinaryIO:
         raise InvalidValue(f"cannot write {str(path)!r}: {e.strerror}") from None
 
 
-def write_disk_vhdx(maps: Sequence[BlockMap], store: Store, out: BinaryIO) -> int:
+def write_disk_vhdx(maps: Sequence[BlockMap], uow: UnitOfWork, out: BinaryIO) -> int:
     """A whole disk (all its chain's maps, base first) as one dynamic VHDX."""
     size = maps[-1].size
-    write_vhdx(out, size, layer_runs(maps, store, size, differencing=False))
+    write_vhdx(out, size, layer_runs(maps, uow, size, differencing=False))
     return size
-
-
-# ------------------------------------------------------------------ import
-class ChainStream(io.RawIOBase):
-    """A VHDX chain seen as a raw disk, for the capture code (which reads streams)."""
-
-    def __init__(self, vhdx: VhdxChain) -> None:
-        self.vhdx = vhdx
-        self.pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.pos, os.SEEK_END: self.vhdx.virtual_size}[whence]
-        self.pos = max(0, base + offset)
-        return self.pos
-
-    def tell(self) -> int:
-        return self.pos
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = self.vhdx.read(self.pos, len(buffer))
-        buffer[: len(data)] = data
-        self.pos += len(data)
-        return len(data)
-
-
-def open_vhdx_chain(
-    path: Path, root: Path | None = None
-) -> tuple[VhdxChain, list[BinaryIO], list[tuple[int, int]]]:
-    """Open ``path`` and its parents (found by relative path, then by the absolute
-    path's file name next to it); refuse a missing parent or a cycle, naming the file.
-    Return the chain, the open files (the caller closes them) and its data segments."""
-    files: list[BinaryIO] = []
-    readers: list[VhdxReader] = []
-    seen: set[Path] = set()
-    current = path
-    try:
-        while True:
-            real = current.resolve()
-            if real in seen:
-                raise VhdxError(f"{current}: a cycle of parents (this file is its own ancestor)")
-            seen.add(real)
-            opened: BinaryIO = current.open("rb")
-            files.append(opened)
-            reader = VhdxReader(opened, str(current))
-            readers.append(reader)
-            if not reader.has_parent:
-                break
-            current = _find_parent(current, reader.parent_locator or {}, root or path.parent)
-    except OSError as e:
-        for done in files:
-            done.close()
-        raise VhdxError(f"cannot read {current}: {e.strerror}") from None
-    except BaseException:
-        for done in files:
-            done.close()
-        raise
-    vhdx = VhdxChain(readers)
-    return vhdx, files, _segments(readers)
-
-
-def _find_parent(child: Path, locator: dict[str, str], root: Path | None = None) -> Path:
-    """The parent file a child's locator names, inside ``root`` (default: the child's
-    folder): a locator is data from the file, and may not lead the import elsewhere."""
-    fence = (root or child.parent).resolve()
-    tried = []
-    for key in ("relative_path", "absolute_win32_path", "volume_path"):
-        value = locator.get(key)
-        if not value:
-            continue
-        win = PureWindowsPath(value)
-        candidate = (
-            child.parent.joinpath(*[p for p in win.parts if p not in (".",)])
-            if key == "relative_path"
-            else child.parent / win.name
-        )
-        if str(candidate) not in tried:  # the relative and absolute paths often agree
-            tried.append(str(candidate))
-        if not candidate.resolve().is_relative_to(fence):
-            raise VhdxError(f"{child}: its {key} {value!r} points outside {fence}; refused")
-        if candidate.is_file():
-            return candidate
-    raise VhdxError(
-        f"{child}: its parent disk is missing (looked for {', '.join(tried) or 'no path given'})"
-    )
-
-
-def _segments(readers: Sequence[VhdxReader]) -> list[tuple[int, int]]:
-    """Byte ranges some file of the chain stores data for (the rest reads as zero)."""
-    block_sets: set[tuple[int, int]] = set()
-    for r in readers:
-        for b in range(r.block_count):
-            if r.block_state(b) in (BlockState.FULLY_PRESENT, BlockState.PARTIALLY_PRESENT):
-                start = b * r.block_size
-                block_sets.add((start, min(start + r.block_size, r.virtual_size)))
-    merged: list[tuple[int, int]] = []
-    for start, end in sorted(block_sets):
-        if merged and start <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
-        else:
-            merged.append((start, end))
-    return merged

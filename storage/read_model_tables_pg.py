@@ -1,6 +1,6 @@
 """The read models in the PostgreSQL database of the event store.
 
-Same tables and verbs as the SQLite adapter (storage/read_models.py); this
+Same tables and verbs as the SQLite adapter (storage/read_model_tables.py); this
 module supplies what differs: the tables live in the store's schema (each
 transaction sets ``search_path`` to it, so the shared SQL needs no schema
 names), placeholders are ``%s``, rows are tuples, sealed values are base64
@@ -21,7 +21,7 @@ from psycopg import Cursor as PgCursor
 from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier
 
-from .read_models import COLUMNS, Cursor, ReadModelsSQL, create_statements
+from .read_model_tables import COLUMNS, Cursor, ReadModelsSQL, create_statements
 
 
 class _Translated:

@@ -1,0 +1,262 @@
+"""Capturing content: checkpoints with disks and state files, backup points, imported disks.
+
+Terms: a *capture* reads a source into the chunk store and yields a
+``DiskCapture`` (or ``FileCapture``) that an event then records. A disk's
+capture is made against the VM as read when the command starts: its *layer*
+(the running layer) and *base* (how many manifests that layer held) say what
+it was diffed against.
+
+Order (docs/design.md, "Durability"): every capture writes its chunks through
+one writer session, which makes the packs and their index files durable when
+it closes; only then is the event that names them saved. The image is read
+once, **outside** the retry loop: when another writer changed the VM before
+the commit (a rename, say), the retried decision keeps every finished capture
+whose disk's layer and base are unchanged, and captures again only a disk
+whose layer really moved. A write lease (storage/chunks/lease.py) spans from
+before the first pack to after the commit, and is checked just before it, so
+a gc deletes none of the chunks the capture wrote or reuses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO, TypeVar, cast
+
+from ckpt.domain import (
+    BackupPoint,
+    Checkpoint,
+    CheckpointType,
+    DiskCapture,
+    FileCapture,
+    FileRole,
+    InvalidValue,
+    Origin,
+    VirtualMachine,
+)
+from ckpt.storage.chunks.lease import Lease
+from ckpt.storage.content_session import Session
+from ckpt.storage.manifest_cache import ManifestCache
+from ckpt.storage.manifest_capture import capture_disk, capture_file
+from ckpt.storage.sources import open_source, refuse_container
+from ckpt.storage.vhdx_files import ChainStream, open_vhdx_chain
+
+from . import commands, queries
+from .progress_factory import ProgressFactory, bar
+from .unit_of_work import UnitOfWork
+
+WORKERS = min(4, os.cpu_count() or 2)  # hashing and zstd release the GIL: one thread per core
+Extents = Sequence[tuple[int, int]]
+T = TypeVar("T")
+
+
+def _source_sizes(paths: Sequence[str | Path]) -> int:
+    total = 0
+    for p in paths:
+        with contextlib.suppress(OSError):  # an unreadable source fails clearly when opened
+            total += Path(p).stat().st_size
+    return total
+
+
+@contextmanager
+def session(uow: UnitOfWork) -> Iterator[tuple[Session, ManifestCache]]:
+    """One writer session (its packs durable when it closes) and a manifest cache."""
+    chunks = uow.chunks
+    with chunks.writer() as writer, ThreadPoolExecutor(WORKERS) as pool:
+        yield Session(writer, chunks, pool), ManifestCache(chunks)
+
+
+def still_valid(vm: VirtualMachine, capture: DiskCapture) -> bool:
+    """Whether a finished capture still fits ``vm``: its disk's running layer and the
+    number of manifests on it are those it was made against (``VirtualMachine``
+    refuses it otherwise, with ``CaptureOutdated``)."""
+    layer = vm.running.get(capture.disk)
+    return layer == capture.layer and len(vm.contents.get(layer, ())) == capture.base
+
+
+def _leased(
+    uow: UnitOfWork, vm: str, decide: Callable[[Lease], Callable[[VirtualMachine, Origin], T]]
+) -> T:
+    """``decide(lease)`` run as a command inside a write lease: taken before the
+    first pack is written, released after the event is committed or the command
+    failed (Ctrl-C included)."""
+    with uow.chunks.write_lease() as lease:
+        return commands.run(uow, vm, decide(lease))
+
+
+class _Disks:
+    """The disk captures of one command, made once and made again only for a disk
+    whose layer moved."""
+
+    def __init__(
+        self,
+        uow: UnitOfWork,
+        disks: Mapping[str, str | Path],
+        changed_blocks: Mapping[str, Extents],
+        progress: ProgressFactory | None,
+        raw: bool,
+    ) -> None:
+        self.uow, self.sources, self.changed_blocks = uow, disks, changed_blocks
+        self.progress, self.raw = progress, raw
+        self.captures: dict[str, DiskCapture] = {}
+
+    def capture(
+        self, vm: VirtualMachine, files: Mapping[FileRole, str | Path] | None = None
+    ) -> list[FileCapture]:
+        """Capture every disk (and ``files``) against ``vm``; returns the file captures."""
+        return self._capture(vm, self.sources, files or {})
+
+    def current(self, vm: VirtualMachine) -> list[DiskCapture]:
+        """The captures for ``vm`` as it is now: those whose layer moved made again."""
+        moved = {d: p for d, p in self.sources.items() if not still_valid(vm, self.captures[d])}
+        if moved:
+            self._capture(vm, moved, {})
+        return [self.captures[d] for d in self.sources]
+
+    def _capture(
+        self,
+        vm: VirtualMachine,
+        disks: Mapping[str, str | Path],
+        files: Mapping[FileRole, str | Path],
+    ) -> list[FileCapture]:
+        """``raw``: take an image that looks like a VHDX/VHD/qcow2 container as
+        raw bytes instead of refusing it."""
+        total = _source_sizes([*disks.values(), *files.values()])
+        progress = bar(self.progress, f"capture {vm.name}", total)
+        captured = []
+        with session(self.uow) as (writer, cache):
+            for disk, path in disks.items():
+                with open_source(path, f"image of disk {disk!r}") as src:
+                    if not self.raw:
+                        hint = f"use `ckpt import disk {vm.name} {disk} {path}` (it reads a VHDX)"
+                        refuse_container(src, str(path), hint)
+                    self.captures[disk] = capture_disk(
+                        vm, disk, src, str(path), writer, cache,
+                        self.changed_blocks.get(disk), progress,
+                    )  # fmt: skip
+            for role, path in files.items():
+                with open_source(path, f"{role.value} file") as src:
+                    captured.append(capture_file(role, src, str(path), writer, progress))
+        return captured
+
+
+def create_checkpoint(
+    uow: UnitOfWork,
+    vm: str,
+    name: str | None,
+    checkpoint_type: CheckpointType | None,
+    guest_can_quiesce: bool,
+    disks: Mapping[str, str | Path],
+    files: Mapping[FileRole, str | Path],
+    changed_blocks: Mapping[str, Extents],
+    progress: ProgressFactory | None,
+    raw: bool = False,
+) -> Checkpoint:
+    for disk in changed_blocks:
+        if disk not in disks:
+            raise InvalidValue(f"--changed-blocks for disk {disk!r} needs --disk {disk}=IMAGE")
+    captures = _Disks(uow, disks, changed_blocks, progress, raw)
+
+    def check(v: VirtualMachine) -> None:  # refused before any byte is read, as on a retry
+        _, memory = v.plan_checkpoint(checkpoint_type, guest_can_quiesce)
+        for role in files:
+            v.check_file_role(role, memory)
+
+    def decide(lease: Lease) -> Callable[[VirtualMachine, Origin], Checkpoint]:
+        first = queries.vm(uow, vm)
+        check(first)
+        captured = captures.capture(first, files)
+
+        def act(v: VirtualMachine, o: Origin) -> Checkpoint:
+            check(v)
+            cp = v.create_checkpoint(
+                o, name, checkpoint_type, guest_can_quiesce, captures.current(v), captured
+            )
+            lease.check()
+            return cp
+
+        return act
+
+    return _leased(uow, vm, decide)
+
+
+def sync(
+    uow: UnitOfWork,
+    vm: str,
+    name: str | None,
+    disks: Mapping[str, str | Path],
+    changed_blocks: Mapping[str, Extents],
+    progress: ProgressFactory | None,
+    raw: bool = False,
+) -> BackupPoint:
+    captures = _Disks(uow, disks, changed_blocks, progress, raw)
+
+    def decide(lease: Lease) -> Callable[[VirtualMachine, Origin], BackupPoint]:
+        captures.capture(queries.vm(uow, vm))
+
+        def act(v: VirtualMachine, o: Origin) -> BackupPoint:
+            point = v.sync(o, name, captures.current(v))
+            lease.check()
+            return point
+
+        return act
+
+    return _leased(uow, vm, decide)
+
+
+def capture_disk_file(
+    uow: UnitOfWork,
+    vm: VirtualMachine,
+    disk: str,
+    path: Path,
+    raw: bool = False,
+    root: Path | None = None,
+) -> DiskCapture:
+    """Capture a disk file as ``disk``'s running content of ``vm``.
+
+    ``.vhdx``/``.avhdx`` files are read through their parent chain (every
+    structure checked; a missing parent or a cycle is refused, naming the
+    file; parents are looked for below ``root``, default the file's folder);
+    anything else is a raw image, and a VHDX/VHD/qcow2 file under another name
+    is refused, unless ``raw`` (which also takes a .vhdx name as raw bytes).
+    """
+    with session(uow) as (writer, cache):
+        if path.suffix.lower() in (".vhdx", ".avhdx") and not raw:
+            with open_source(path, f"VHDX of disk {disk!r}"):  # refuses a device or pipe
+                pass
+            vhdx, files, segments = open_vhdx_chain(path, root)
+            try:
+                stream = cast(BinaryIO, ChainStream(vhdx))  # a RawIOBase: read, seek, tell
+                return capture_disk(vm, disk, stream, str(path), writer, cache, segments=segments)
+            finally:
+                for f in files:
+                    f.close()
+        with open_source(path, f"image of disk {disk!r}") as src:
+            if not raw:
+                hint = "give it a .vhdx name: `ckpt import disk` reads such files as VHDX"
+                refuse_container(src, str(path), hint)
+            return capture_disk(vm, disk, src, str(path), writer, cache)
+
+
+def import_disk(uow: UnitOfWork, vm: str, disk: str, path: Path, raw: bool = False) -> DiskCapture:
+    """Capture a disk file into the disk's running layer (``ckpt import disk``);
+    nothing is recorded on any error."""
+
+    def decide(lease: Lease) -> Callable[[VirtualMachine, Origin], DiskCapture]:
+        capture = capture_disk_file(uow, queries.vm(uow, vm), disk, path, raw)
+
+        def act(v: VirtualMachine, o: Origin) -> DiskCapture:
+            nonlocal capture
+            if not still_valid(v, capture):  # the layer moved: read it again
+                capture = capture_disk_file(uow, v, disk, path, raw)
+            v.import_disk_content(o, capture)
+            lease.check()
+            return capture
+
+        return act
+
+    return _leased(uow, vm, decide)

@@ -1,0 +1,167 @@
+"""Restoring content: a disk (raw or VHDX), the memory image, the state files.
+
+Terms: a *point* is a checkpoint or a backup point, found now or as of
+``--at`` (which reaches checkpoints deleted since: their content stays until
+gc may purge it). A disk's bytes at a point are its chain's manifests folded
+(``storage/manifest_restore.py``); a file's are its one manifest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+from uuid import UUID
+
+from ckpt.domain import (
+    BackupPoint,
+    FileCapture,
+    FileRole,
+    InvalidValue,
+    OutputFailed,
+    VirtualMachine,
+)
+from ckpt.storage.manifest import BlockMap
+from ckpt.storage.manifest_cache import ManifestCache
+from ckpt.storage.manifest_restore import restore_maps
+
+from . import queries
+from .hyperv_export import write_disk_vhdx
+from .progress_factory import ProgressFactory, bar
+from .unit_of_work import UnitOfWork
+
+
+@dataclass(frozen=True)
+class RestorePoint:
+    """A checkpoint or backup point, and the VM as of the moment its content was recorded."""
+
+    vm: VirtualMachine
+    label: str
+    layers: dict[str, UUID]
+    files: tuple[FileCapture, ...]
+
+
+def resolve_point(uow: UnitOfWork, vm: str, ref: str, at: str | int | None = None) -> RestorePoint:
+    """A live checkpoint or backup point, now or as of ``at``. A reference
+    matching several points (of either kind) is ambiguous."""
+    v = queries.vm(uow, vm, at=at)
+    found = v.find_point(ref)
+    if isinstance(found, BackupPoint):
+        past = queries.vm(uow, v.id, version=found.version)
+        return RestorePoint(past, f"backup point {found.name!r}", dict(past.running), ())
+    layers = dict(found.layers)
+    return RestorePoint(v, f"checkpoint {found.name!r}", layers, v.captured_files.get(found.id, ()))
+
+
+def _disk_maps(
+    uow: UnitOfWork, vm: str, ref: str, disk: str, at: str | int | None
+) -> list[BlockMap]:
+    """The manifests of a disk's chain at a checkpoint or backup point, base first."""
+    point = resolve_point(uow, vm, ref, at)
+    if disk not in point.layers:
+        raise InvalidValue(
+            f"VM {point.vm.name!r} has no disk {disk!r} (disks: {', '.join(point.layers)})"
+        )
+    maps = ManifestCache(uow.chunks).chain(point.vm, point.layers[disk])
+    if not maps:
+        raise InvalidValue(f"no content was captured for disk {disk!r} up to {point.label}")
+    return maps
+
+
+@contextlib.contextmanager
+def _writing(out: BinaryIO) -> Iterator[None]:
+    """An ``OSError`` out of a restore is the output's (no space, quota, I/O error,
+    a closed pipe): the chunk backends translate their own. The Python API then
+    raises ``OutputFailed`` naming the stream, as the CLI does for its files."""
+    try:
+        yield
+    except OSError as e:
+        name = getattr(out, "name", None)
+        where = repr(name) if isinstance(name, str) else "the output stream"
+        raise OutputFailed(f"cannot write {where}: {e.strerror or e}") from e
+
+
+def restore_disk(
+    uow: UnitOfWork,
+    vm: str,
+    ref: str,
+    disk: str,
+    out: BinaryIO,
+    progress: ProgressFactory | None,
+    at: str | int | None = None,
+) -> int:
+    maps = _disk_maps(uow, vm, ref, disk, at)
+    size = maps[-1].size
+    with _writing(out):
+        return restore_maps(maps, uow.chunks, out, bar(progress, f"restore {disk}", size))
+
+
+def restore_disk_vhdx(
+    uow: UnitOfWork, vm: str, ref: str, disk: str, out: BinaryIO, at: str | int | None = None
+) -> int:
+    maps = _disk_maps(uow, vm, ref, disk, at)
+    with _writing(out):
+        return write_disk_vhdx(maps, uow, out)
+
+
+def _file(point: RestorePoint, role: FileRole) -> FileCapture:
+    for f in point.files:
+        if f.role is role:
+            return f
+    raise InvalidValue(f"no {role.value} content was captured for {point.label}")
+
+
+def restore_memory(
+    uow: UnitOfWork,
+    vm: str,
+    ref: str,
+    out: BinaryIO,
+    progress: ProgressFactory | None,
+    at: str | int | None = None,
+) -> int:
+    point = resolve_point(uow, vm, ref, at)
+    f = _file(point, FileRole.MEMORY)
+    cache = ManifestCache(uow.chunks)
+    with _writing(out):
+        return restore_maps(
+            [cache.load(f.manifest)], uow.chunks, out, bar(progress, "restore memory", f.size)
+        )
+
+
+def restore_state_files(
+    uow: UnitOfWork, vm: str, ref: str, directory: Path, at: str | int | None = None
+) -> list[Path]:
+    """Write the captured state files under their Hyper-V names below ``directory``.
+
+    A file that fails (no space, Ctrl-C) is removed; those written before it stay.
+    """
+    if directory.exists() and not directory.is_dir():
+        raise InvalidValue(
+            f"{str(directory)!r} is not a directory: --state-files writes the state files "
+            "under their Hyper-V names into -o DIR"
+        )
+    point = resolve_point(uow, vm, ref, at)
+    cache = ManifestCache(uow.chunks)
+    written = []
+    for f in point.files:
+        if not f.path:  # 2016+ memory lives inside the VMRS: `restore --memory` gives it
+            continue
+        target = directory.joinpath(*f.path.split("/"))
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with target.open("wb") as out:
+                restore_maps([cache.load(f.manifest)], uow.chunks, out)
+        except BaseException as e:
+            with contextlib.suppress(OSError):
+                target.unlink()
+            if isinstance(e, OSError):
+                raise OutputFailed(
+                    f"cannot write {str(target)!r}: {e.strerror or e}; that file was removed"
+                ) from None
+            raise
+        written.append(target)
+    if not written:
+        raise InvalidValue(f"no state files were captured for {point.label}")
+    return written

@@ -1,0 +1,242 @@
+"""Setting a store up: create (``init``), attach, open; connect its backends.
+
+Terms: a store's *config* (``store_config``) says where its event log and chunks
+live; *connecting* builds the event application and read models on it (a
+``UnitOfWork``). *Attaching* is ``init`` with URLs that already hold a store:
+how a second host joins. *Pairing*: the event log and the chunk storage must
+be the same store's (checked by store id), else gc would delete every chunk
+the wrong log does not reference. The *key check* tells a wrong key from the
+right one before anything is decrypted.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import random
+import socket
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+from eventsourcing.persistence import InterfaceError, OperationalError, PersistenceError
+
+from ckpt.domain import (
+    InvalidValue,
+    StoreCorrupt,
+    StoreExists,
+    StoreMismatch,
+    StoreNotFound,
+    StoreUnavailable,
+    WrongKey,
+)
+from ckpt.storage.event_store import EVENTS_FILE
+from ckpt.storage.keyring import Keyring
+
+from .app import CheckpointApplication
+from .read_model_updates import ReadModels
+from .store_config import (
+    CHUNKS_DIR,
+    MARKER,
+    StoreConfig,
+    first_line,
+    read_marker,
+    read_remote_meta,
+    write_remote_meta,
+)
+from .unit_of_work import Clock, UnitOfWork, utc_now
+
+DDL_RETRIES = 5
+
+
+def default_actor() -> str:
+    return os.environ.get("CKPT_ACTOR") or getpass.getuser()
+
+
+def check_key(encryption: dict[str, Any] | None, key: bytes | None, where: str) -> None:
+    if encryption is None:
+        return
+    if key is None:
+        raise WrongKey(f"the store at {where} is encrypted: give its key (--key-file or CKPT_KEY)")
+    if Keyring(key).key_check != encryption.get("key_check"):
+        raise WrongKey(f"that is not the key of the encrypted store at {where}")
+
+
+def check_empty_directory(directory: Path) -> None:
+    """``init`` makes a new store only in a directory without one, or a part of one
+    (a killed ``copy --to-store`` leaves events and chunks without the marker)."""
+    if (directory / MARKER).exists():
+        raise StoreExists(f"a ckpt store already exists at {directory}")
+    if directory.exists() and not directory.is_dir():
+        raise StoreExists(f"{directory} exists and is not a directory")
+    leftovers = [n for n in (EVENTS_FILE, CHUNKS_DIR) if (directory / n).exists()]
+    if leftovers:
+        raise StoreExists(
+            f"{directory} holds {' and '.join(leftovers)} but no {MARKER}: the rest of a "
+            "store (a killed copy?); empty the directory or use another"
+        )
+
+
+def _application(env: dict[str, str]) -> tuple[CheckpointApplication, ReadModels]:
+    """The application and its read models. PostgreSQL: tables missing (a
+    first open) are created, and processes creating them at once fail in
+    several ways ("tuple concurrently updated", a duplicate pg_type row, the
+    tracking table's migration record: 7 of 40 concurrent inits); the loser
+    tries again and then finds them."""
+    creating = env.get("CREATE_TABLE") == "yes"
+    for attempt in range(DDL_RETRIES):
+        try:
+            app = CheckpointApplication(env=env)
+            return app, ReadModels(app)
+        except (OperationalError, InterfaceError):
+            raise
+        except PersistenceError:
+            if not creating or attempt == DDL_RETRIES - 1:
+                raise
+            time.sleep(random.uniform(0.05, 0.3))
+    raise AssertionError("unreachable")
+
+
+def connect(
+    config: StoreConfig,
+    actor: str | None = None,
+    host: str | None = None,
+    clock: Clock = utc_now,
+    key: bytes | None = None,
+    create: bool = False,
+) -> UnitOfWork:
+    """A unit of work on the store ``config`` names; ``create``: the event store
+    may be created (``init``, ``copy``)."""
+    where = config.describe()
+    env = config.events_environment(create)
+    if key is not None:
+        env |= {
+            "CIPHER_TOPIC": "eventsourcing.cryptography:AESCipher",
+            "CIPHER_KEY": Keyring(key).events_key,
+        }
+    try:
+        app, read_models = _application(env)
+        return UnitOfWork(
+            app, read_models, config, actor or default_actor(), host or socket.gethostname(),
+            clock, key, events_file=config.sqlite_file(),
+        )  # fmt: skip
+    except (OperationalError, InterfaceError) as e:
+        raise StoreUnavailable(f"cannot reach the event store of {where}: {first_line(e)}") from e
+    except (PersistenceError, sqlite3.Error) as e:
+        raise StoreCorrupt(f"cannot open the event log of {where}: {first_line(e)}") from e
+
+
+def check_pairing(uow: UnitOfWork, meta: dict[str, Any]) -> None:
+    """The event log and the chunk storage must be the same store's: a log of
+    another store (or an empty one) beside these chunks would let ``gc``
+    delete every chunk it does not reference."""
+    wanted = meta.get("store_id")
+    if wanted is None:  # a store of before store ids
+        return
+    found = uow.read_models.recorder.store_id()
+    if found != wanted:
+        what = "holds no store" if found is None else f"belongs to store {found}"
+        raise StoreMismatch(
+            f"the chunk storage of {uow.where} belongs to store {wanted}, but its event "
+            f"store {what}: check the --events URL (its schema) against the --chunks URL"
+        )
+
+
+def init(
+    directory: Path | None,
+    encrypt: bool,
+    events: str | None,
+    chunks: str | None,
+    actor: str | None = None,
+    host: str | None = None,
+    clock: Clock = utc_now,
+    key: bytes | None = None,
+) -> tuple[UnitOfWork, bool]:
+    """Create a store, or attach to the one the URLs hold: (unit of work, attached)."""
+    if encrypt and key is None:
+        raise InvalidValue("an encrypted store needs a key (--key-file FILE or CKPT_KEY)")
+    if not encrypt and key is not None:
+        raise InvalidValue("a key was given for a store created without --encrypt")
+    if directory is not None:
+        check_empty_directory(directory)
+    config = StoreConfig(directory, events, chunks)
+    backend = config.chunk_backend(create=True) if config.remote else None
+    existing = None if backend is None else read_remote_meta(backend, config.describe())
+    if existing is not None:
+        encryption = existing.get("encryption")
+        if encryption is None and encrypt:
+            raise InvalidValue(
+                f"the store at {config.describe()} is not encrypted: attach without --encrypt"
+            )
+        check_key(encryption, key, config.describe())
+        config.encryption = encryption
+        config.store_id = existing.get("store_id")
+    if directory is not None:
+        directory.mkdir(parents=True, exist_ok=True)
+    uow = connect(config, actor, host, clock, key, create=True)
+    try:
+        if existing is not None:
+            check_pairing(uow, existing)
+        else:
+            if uow.keyring is not None:
+                config.encryption = {"cipher": "AES-256-GCM", "key_check": uow.keyring.key_check}
+            if uow.app.last_position():
+                raise StoreExists(
+                    f"the event store of {config.describe()} already holds events: "
+                    "not a store this ckpt can create or attach to"
+                )
+            config.store_id = uow.read_models.recorder.set_store_id(str(uuid4()))
+            if backend is not None:
+                write_remote_meta(backend, config)  # durable before the marker names it
+        if directory is not None:
+            config.write_marker()
+    except BaseException:
+        uow.close()
+        raise
+    return uow, existing is not None
+
+
+def open_store(
+    path: Path | None,
+    events: str | None,
+    chunks: str | None,
+    actor: str | None = None,
+    host: str | None = None,
+    clock: Clock = utc_now,
+    key: bytes | None = None,
+) -> UnitOfWork:
+    """Open the store in directory ``path``, or the one at the ``events`` and
+    ``chunks`` URLs (then ``path`` is None)."""
+    if path is not None:
+        if events or chunks:
+            raise InvalidValue(
+                "give --store DIR or --events/--chunks, not both "
+                "(a store directory names its own backends)"
+            )
+        config = read_marker(Path(path))
+    else:
+        config = StoreConfig(None, events, chunks)
+    meta: dict[str, Any] | None = None
+    if config.remote:
+        # The chunk storage's meta is the store's own word on encryption and
+        # identity (a directory's marker is a copy that may have gone stale).
+        meta = read_remote_meta(config.chunk_backend(), config.describe())
+        if meta is None:
+            raise StoreNotFound(
+                f"no ckpt store at {config.describe()} (its chunk storage holds no "
+                "ckpt-store.json; create one with: ckpt ... init --events URL --chunks URL)"
+            )
+        config.encryption = meta.get("encryption")
+    if config.encryption is None and key is not None:
+        key = None  # a plain store: a key in the environment is not for it
+    check_key(config.encryption, key, config.describe())
+    uow = connect(config, actor, host, clock, key)
+    if meta is not None:
+        try:
+            check_pairing(uow, meta)
+        except BaseException:
+            uow.close()
+            raise
+    return uow
