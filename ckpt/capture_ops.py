@@ -38,7 +38,7 @@ from ckpt.domain import (
     Origin,
     VirtualMachine,
 )
-from ckpt.storage.chunks.lease import Lease
+from ckpt.storage.chunks.lease import Lease, LeaseInfo
 from ckpt.storage.content_session import Session
 from ckpt.storage.manifest_cache import ManifestCache
 from ckpt.storage.manifest_capture import capture_disk, capture_file
@@ -79,12 +79,19 @@ def still_valid(vm: VirtualMachine, capture: DiskCapture) -> bool:
 
 
 def _leased(
-    uow: UnitOfWork, vm: str, decide: Callable[[Lease], Callable[[VirtualMachine, Origin], T]]
+    uow: UnitOfWork,
+    vm: str,
+    decide: Callable[[Lease], Callable[[VirtualMachine, Origin], T]],
+    progress: ProgressFactory | None = None,
 ) -> T:
     """``decide(lease)`` run as a command inside a write lease: taken before the
     first pack is written, released after the event is committed or the command
-    failed (Ctrl-C included)."""
-    with uow.chunks.write_lease() as lease:
+    failed (Ctrl-C included). A wait for a running gc shows as a phase of its own."""
+
+    def waiting(leases: list[LeaseInfo]) -> None:
+        bar(progress, "waiting for " + "; ".join(x.describe() for x in leases), 0)
+
+    with uow.chunks.write_lease(on_wait=waiting) as lease:
         return commands.run(uow, vm, decide(lease))
 
 
@@ -181,7 +188,7 @@ def create_checkpoint(
 
         return act
 
-    return _leased(uow, vm, decide)
+    return _leased(uow, vm, decide, progress)
 
 
 def sync(
@@ -205,7 +212,7 @@ def sync(
 
         return act
 
-    return _leased(uow, vm, decide)
+    return _leased(uow, vm, decide, progress)
 
 
 def capture_disk_file(

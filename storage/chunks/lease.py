@@ -282,14 +282,22 @@ def wait_for(
     leases: list[LeaseInfo],
     clock: Callable[[], float],
     poll: float = WAIT_POLL,
+    on_wait: Callable[[list[LeaseInfo]], None] | None = None,
 ) -> None:
-    """Block until none of ``leases`` is live: released, or dead."""
+    """Block until none of ``leases`` is live: released, or dead. ``on_wait`` is
+    told once, with the leases still live, when there is something to wait for
+    (a gc killed on another host holds a capture for up to TTL + SKEW: 7 minutes,
+    which must not look like a hang)."""
     waiting = {x.name for x in leases}
+    told = on_wait is None
     while waiting:
         now = clock()
-        live = {x.name for x in read_leases(backend) if not x.dead(now)}
-        waiting &= live
+        live = [x for x in read_leases(backend) if not x.dead(now) and x.name in waiting]
+        waiting = {x.name for x in live}
         if waiting:
+            if not told and on_wait is not None:
+                on_wait(live)
+                told = True
             time.sleep(poll)
 
 

@@ -103,19 +103,21 @@ class ChunkStore:
         )
 
     @contextlib.contextmanager
-    def write_lease(self) -> Iterator[Lease]:
+    def write_lease(
+        self, on_wait: Callable[[list[LeaseInfo]], None] | None = None
+    ) -> Iterator[Lease]:
         """Hold a write lease around a capture, from before its first pack until
         after its event is committed: gc then deletes none of the chunks it may
         use. Waits first for any gc that was running when the lease was taken,
         then refreshes the index (that gc may have deleted index files this
         process had loaded). Writers made in this thread meanwhile report their
-        packs to the lease; call ``lease.check()`` just before committing."""
+        packs to the lease; call ``lease.check()`` just before committing.
+        ``on_wait`` hears of the gc leases waited for, once, if there are any."""
         lease = Lease(self._backend, WRITE, self._clock)
         with held(lease) as others:
             now = self._clock()
-            wait_for(
-                self._backend, [x for x in others if x.kind == GC and not x.dead(now)], self._clock
-            )
+            running = [x for x in others if x.kind == GC and not x.dead(now)]
+            wait_for(self._backend, running, self._clock, on_wait=on_wait)
             self._index.refresh()
             stack: list[Lease] = self._local.__dict__.setdefault("leases", [])
             stack.append(lease)

@@ -360,13 +360,22 @@ def test_a_capture_waits_for_a_gc_that_was_running_when_it_started(tmp_path: Pat
     _init(path, encrypted=False)
     src = _write(tmp_path / "d.raw", os.urandom(MiB))
     name = _lease(path, "gc", age=1, machine="another-host", pid=1)
+    phases: list[str] = []
+
+    def progress(label: str, total: int) -> Callable[[int], None]:
+        phases.append(label)
+        return lambda n: None
+
     with Store.open(path, actor="tester") as store:
         worker = threading.Thread(
-            target=lambda: store.create_checkpoint("v", "c", disks={"D": src})
+            target=lambda: store.create_checkpoint("v", "c", disks={"D": src}, progress=progress)
         )
         worker.start()
         worker.join(1.5)
         assert worker.is_alive(), "the capture did not wait for the running gc"
+        # what it waits for is told (a terminal shows it as a phase), not a silent hang
+        assert len(phases) == 1, phases
+        assert phases[0].startswith("waiting for gc lease of pid 1 on elsewhere (since 20")
         assert not list((path / "chunks" / "packs").rglob("*.pack"))
         (path / "chunks" / "leases" / name).unlink()  # that gc finished
         worker.join(30)
