@@ -51,7 +51,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -78,6 +78,7 @@ SALT = 0x5CA1E  # the measured disk's blocks
 PREFILL_SALT = 0xF111  # the prefill VM's blocks: unique against the measured disk
 PREFILL_CHECKPOINTS = 4  # the prefill disk is checkpointed this often: logical = 4x unique
 ANCHORS = ("restic", "borg-lz4")
+BUSY_CPU_S = 1.0  # other processes' CPU seconds during one command worth a note
 # Commands in the order they run; the tables list them in this order.
 CKPT_COMMANDS = (
     "startup",
@@ -96,7 +97,12 @@ CKPT_COMMANDS = (
     "log",
 )
 log = bench_content.log
-die = bench_content.die
+
+
+def die(msg: str, code: int = 2) -> NoReturn:
+    bar = "!" * 78
+    print(f"\n{bar}\nbench_scale: FAILED: {msg}\n{bar}", file=sys.stderr, flush=True)
+    sys.exit(code)
 
 
 # ----------------------------------------------------------------------------- images
@@ -298,7 +304,7 @@ def bench_ckpt_size(
     def check_raw(r: Result) -> None:
         r["identical"] = files_equal(img, raw)
         if not r["identical"]:
-            die(f"ckpt restore of {blocks} blocks differs from the image ({raw} kept)", 1)
+            die(f"ckpt restore of {blocks} blocks differs from the image (--keep keeps both)", 1)
         os.unlink(raw)
 
     step("restore", [*s, "restore", VM, "c3", "--disk", DISK, "-o", raw], check_raw)
@@ -460,6 +466,13 @@ def report(sizes: list[float], runs: list[Result]) -> Result:
                 )
                 + f"; store {c['store']['apparent_bytes'] / 1e6:,.1f} MB"
             )
+    timed = [x for r in runs for x in r.get("ckpt", {}).values() if "foreign_cpu_s" in x]
+    busy = [x["foreign_cpu_s"] for x in timed if x["foreign_cpu_s"] > BUSY_CPU_S]
+    if busy:
+        print(
+            f"note: {len(busy)} of {len(timed)} ckpt commands ran while other processes used "
+            f"> {BUSY_CPU_S:g} CPU s (up to {max(busy):.1f} s): a busy machine, noisy wall times"
+        )
     print(
         "\npeak RSS: the child's ru_maxrss; slope: least-squares line over the sizes; "
         "last/first: the largest size's figure over the smallest's."
