@@ -50,6 +50,7 @@ from ckpt.storage.sources import (
     Source,
     StreamSource,
     is_one_shot_path,
+    open_source,
     opened,
     refuse_container,
     size_hint,
@@ -292,6 +293,8 @@ def _refuse_one_shot(path: Path, what: str) -> None:
             "`ckpt import disk` needs a file or a block device; feed a pipe to "
             "`ckpt sync VM --disk DISK=-` instead"
         )
+    with open_source(path, what):  # a missing path is NotFound (exit 12), as for a raw image
+        pass
 
 
 def import_disk(uow: UnitOfWork, vm: str, disk: str, path: Path, raw: bool = False) -> DiskCapture:
