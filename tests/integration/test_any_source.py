@@ -15,6 +15,7 @@ import io
 import json
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -370,3 +371,21 @@ def test_a_pipe_whose_disk_moved_meanwhile_is_refused_not_read_again(
     finally:
         other.close()
     assert [c.name for c in api.checkpoints("v")] == []
+
+
+def test_a_socket_feeds_an_encrypted_store(tmp_path: Path) -> None:
+    """A socket's ``makefile('rb')``, read once, with the keyed ids of an encrypted store."""
+    data = _image(5 * (1 << 20))
+    near, far = socket.socketpair()
+
+    def send() -> None:
+        with far:
+            far.sendall(data)
+
+    threading.Thread(target=send, daemon=True).start()
+    with Store.init(tmp_path / "enc", encrypt=True, key=os.urandom(32)) as s, near:
+        s.register_vm("v", [("Boot", DiskFormat.VHDX)])
+        with near.makefile("rb") as stream:
+            s.sync("v", {"Boot": stream}, "socket")
+        assert _restore(s, "socket") == data
+        assert s.verify().ok

@@ -1,7 +1,8 @@
 """Issue 11, items 1, 4, 5 and 7: what a capture records when its source is unusual.
 
 A disk that shrinks (or becomes empty) between captures, a source whose size
-fstat cannot tell (device, pipe), a container file given where a raw image is
+fstat cannot tell (device, pipe: refused by issue 11, read since issue 13),
+a container file given where a raw image is
 expected, and an image that changes while it is read. The exact reproductions
 of the issue run the CLI in-process.
 """
