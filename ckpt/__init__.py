@@ -14,6 +14,7 @@ from ckpt.domain import (
     AlreadyExists,
     AmbiguousName,
     BackupPoint,
+    CaptureOutdated,
     Checkpoint,
     CheckpointType,
     ChunkCorrupt,
@@ -53,6 +54,7 @@ from ckpt.storage.chunks import GcReport, VerifyReport
 from ckpt.storage.chunks.gc import GcDetails
 from ckpt.storage.chunks.verify import AffectedCapture, BadChunk
 from ckpt.storage.log_chain import ChainReport
+from ckpt.storage.sources import StreamSource
 
 from .copy import CopyDetails, CopyReport
 from .maintenance import RepairReport, StoreInfo, StoreStats, TotalStats, VMStats
@@ -70,6 +72,7 @@ __all__ = [
     "AuditEntry",
     "BackupPoint",
     "BadChunk",
+    "CaptureOutdated",
     "ChainEntry",
     "ChainReport",
     "Checkpoint",
@@ -112,6 +115,7 @@ __all__ = [
     "StoreNotFound",
     "StoreStats",
     "StoreUnavailable",
+    "StreamSource",
     "TotalStats",
     "TreeEntry",
     "UnitOfWork",

@@ -21,6 +21,7 @@ from typing import Any, BinaryIO, NoReturn, TypeVar
 from uuid import UUID
 
 from ckpt.domain import DiskFormat, FileRole, InvalidValue
+from ckpt.storage.sources import StreamSource
 
 E = TypeVar("E", bound=Enum)
 SHOWN = 60  # characters of a wrong value's repr quoted in the message
@@ -111,18 +112,40 @@ def _mapping(what: str, value: object, expected: str) -> Mapping[Any, Any]:
     return value
 
 
-def sources(what: str, value: object) -> dict[str, str | Path]:
-    """Disk name -> image path."""
+SOURCE = "a path (str or pathlib.Path), a binary stream open for reading or a ckpt.StreamSource"
+
+
+def source(what: str, value: object) -> Path | StreamSource:
+    """A path, a readable binary stream (taken as ``StreamSource(stream)``) or a
+    ``StreamSource`` whose stream reads bytes and whose size is an int >= 0 or None."""
+    if isinstance(value, str | os.PathLike) and not isinstance(value, bytes):
+        return Path(value)
+    given = value if isinstance(value, StreamSource) else StreamSource(value)  # type: ignore[arg-type]
+    stream: object = given.stream
+    read = getattr(stream, "read", None)
+    if isinstance(stream, io.TextIOBase | str | bytes) or not callable(read):
+        fail(what, SOURCE, value)
+    readable = getattr(stream, "readable", None)
+    if callable(readable) and not readable():
+        fail(what, SOURCE + " (this one is not readable)", value)
+    if given.size is not None:
+        _count(f"{what}: size", given.size)
+    optional_text(f"{what}: name", given.name)
+    return given
+
+
+def sources(what: str, value: object) -> dict[str, Path | StreamSource]:
+    """Disk name -> image (a path or a stream)."""
     given = _mapping(what, value, "a mapping of disk name to image path, e.g. {'Boot': 'b.raw'}")
-    return {text(f"{what}: a disk name", k): path(f"{what}[{k!r}]", v) for k, v in given.items()}
+    return {text(f"{what}: a disk name", k): source(f"{what}[{k!r}]", v) for k, v in given.items()}
 
 
-def roles(what: str, value: object) -> dict[FileRole, str | Path]:
-    """File role -> path."""
+def roles(what: str, value: object) -> dict[FileRole, Path | StreamSource]:
+    """File role -> file (a path or a stream)."""
     given = _mapping(
         what, value, "a mapping of FileRole to path, e.g. {ckpt.FileRole.CONFIG: 'x.vmcx'}"
     )
-    return {choice(what, k, FileRole): path(f"{what}[{k!r}]", v) for k, v in given.items()}
+    return {choice(what, k, FileRole): source(f"{what}[{k!r}]", v) for k, v in given.items()}
 
 
 def _count(what: str, value: object) -> int:

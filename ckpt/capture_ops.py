@@ -19,7 +19,6 @@ a gc deletes none of the chunks the capture wrote or reuses.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +28,7 @@ from typing import BinaryIO, TypeVar, cast
 
 from ckpt.domain import (
     BackupPoint,
+    CaptureOutdated,
     Checkpoint,
     CheckpointType,
     DiskCapture,
@@ -41,8 +41,20 @@ from ckpt.domain import (
 from ckpt.storage.chunks.lease import Lease, LeaseInfo
 from ckpt.storage.content_session import Session
 from ckpt.storage.manifest_cache import ManifestCache
-from ckpt.storage.manifest_capture import capture_disk, capture_file
-from ckpt.storage.sources import open_source, refuse_container
+from ckpt.storage.manifest_capture import (
+    capture_disk,
+    capture_file,
+    refuse_extents_of_one_shot,
+)
+from ckpt.storage.sources import (
+    Source,
+    StreamSource,
+    is_one_shot_path,
+    open_source,
+    opened,
+    refuse_container,
+    size_hint,
+)
 from ckpt.storage.vhdx_files import ChainStream, open_vhdx_chain
 
 from . import commands, queries
@@ -51,15 +63,29 @@ from .unit_of_work import UnitOfWork
 
 WORKERS = min(4, os.cpu_count() or 2)  # hashing and zstd release the GIL: one thread per core
 Extents = Sequence[tuple[int, int]]
+Given = str | Path | StreamSource  # a source as the caller names it
 T = TypeVar("T")
 
 
-def _source_sizes(paths: Sequence[str | Path]) -> int:
-    total = 0
-    for p in paths:
-        with contextlib.suppress(OSError):  # an unreadable source fails clearly when opened
-            total += Path(p).stat().st_size
-    return total
+def _source_sizes(sources: Sequence[Given]) -> int:
+    """The bytes the progress bar expects: a file's or a device's size, a stream's
+    declared size; a pipe adds nothing (its bar counts without a total)."""
+    return sum(p.size or 0 if isinstance(p, StreamSource) else size_hint(p) for p in sources)
+
+
+def refuse_a_stream_twice(disks: Mapping[str, Given], files: Mapping[FileRole, Given]) -> None:
+    """A stream is read once: the same one given for two sources cannot feed both."""
+    seen: dict[int, str] = {}
+    named = [(f"disk {d!r}", g) for d, g in disks.items()]
+    named += [(f"the {r.value} file", g) for r, g in files.items()]
+    for what, given in named:
+        if isinstance(given, StreamSource):
+            first = seen.setdefault(id(given.stream), what)
+            if first != what:
+                raise InvalidValue(
+                    f"one stream is given for {first} and for {what}: a stream is read once, "
+                    "so each source needs its own (standard input, '-', feeds one at most)"
+                )
 
 
 @contextmanager
@@ -102,7 +128,7 @@ class _Disks:
     def __init__(
         self,
         uow: UnitOfWork,
-        disks: Mapping[str, str | Path],
+        disks: Mapping[str, Given],
         changed_blocks: Mapping[str, Extents],
         progress: ProgressFactory | None,
         raw: bool,
@@ -110,9 +136,10 @@ class _Disks:
         self.uow, self.sources, self.changed_blocks = uow, disks, changed_blocks
         self.progress, self.raw = progress, raw
         self.captures: dict[str, DiskCapture] = {}
+        self.consumed: set[str] = set()  # disks read from a one-shot source (a pipe)
 
     def capture(
-        self, vm: VirtualMachine, files: Mapping[FileRole, str | Path] | None = None
+        self, vm: VirtualMachine, files: Mapping[FileRole, Given] | None = None
     ) -> list[FileCapture]:
         """Capture every disk (and ``files``) against ``vm``; returns the file captures."""
         return self._capture(vm, self.sources, files or {})
@@ -120,6 +147,13 @@ class _Disks:
     def current(self, vm: VirtualMachine) -> list[DiskCapture]:
         """The captures for ``vm`` as it is now: those whose layer moved made again."""
         moved = {d: p for d, p in self.sources.items() if not still_valid(vm, self.captures[d])}
+        gone = sorted(set(moved) & self.consumed)
+        if gone:
+            # a pipe cannot be read a second time; a guess at its content would be a wrong disk
+            raise CaptureOutdated(
+                f"VM {vm.name!r}'s disk {gone[0]!r} changed (another command) while its one-shot "
+                "source (a pipe or stream) was read: nothing was recorded; run the command again"
+            )
         if moved:
             self._capture(vm, moved, {})
         return [self.captures[d] for d in self.sources]
@@ -127,8 +161,8 @@ class _Disks:
     def _capture(
         self,
         vm: VirtualMachine,
-        disks: Mapping[str, str | Path],
-        files: Mapping[FileRole, str | Path],
+        disks: Mapping[str, Given],
+        files: Mapping[FileRole, Given],
     ) -> list[FileCapture]:
         """``raw``: take an image that looks like a VHDX/VHD/qcow2 container as
         raw bytes instead of refusing it."""
@@ -136,18 +170,23 @@ class _Disks:
         progress = bar(self.progress, f"capture {vm.name}", total)
         captured = []
         with session(self.uow) as (writer, cache):
-            for disk, path in disks.items():
-                with open_source(path, f"image of disk {disk!r}") as src:
+            for disk, given in disks.items():
+                with opened(given, f"image of disk {disk!r}") as src:
+                    extents = self.changed_blocks.get(disk)
+                    refuse_extents_of_one_shot(disk, src, extents)  # before a byte is read
+                    if src.one_shot:
+                        self.consumed.add(disk)
                     if not self.raw:
-                        hint = f"use `ckpt import disk {vm.name} {disk} {path}` (it reads a VHDX)"
-                        refuse_container(src, str(path), hint)
+                        hint = (
+                            f"use `ckpt import disk {vm.name} {disk} {src.where}` (it reads a VHDX)"
+                        )
+                        refuse_container(src, hint)
                     self.captures[disk] = capture_disk(
-                        vm, disk, src, str(path), writer, cache,
-                        self.changed_blocks.get(disk), progress,
-                    )  # fmt: skip
-            for role, path in files.items():
-                with open_source(path, f"{role.value} file") as src:
-                    captured.append(capture_file(role, src, str(path), writer, progress))
+                        vm, disk, src, writer, cache, extents, progress
+                    )
+            for role, given in files.items():
+                with opened(given, f"{role.value} file") as src:
+                    captured.append(capture_file(role, src, writer, progress))
         return captured
 
 
@@ -157,8 +196,8 @@ def create_checkpoint(
     name: str | None,
     checkpoint_type: CheckpointType | None,
     guest_can_quiesce: bool,
-    disks: Mapping[str, str | Path],
-    files: Mapping[FileRole, str | Path],
+    disks: Mapping[str, Given],
+    files: Mapping[FileRole, Given],
     changed_blocks: Mapping[str, Extents],
     progress: ProgressFactory | None,
     raw: bool = False,
@@ -166,6 +205,7 @@ def create_checkpoint(
     for disk in changed_blocks:
         if disk not in disks:
             raise InvalidValue(f"--changed-blocks for disk {disk!r} needs --disk {disk}=IMAGE")
+    refuse_a_stream_twice(disks, files)
     captures = _Disks(uow, disks, changed_blocks, progress, raw)
 
     def check(v: VirtualMachine) -> None:  # refused before any byte is read, as on a retry
@@ -195,11 +235,12 @@ def sync(
     uow: UnitOfWork,
     vm: str,
     name: str | None,
-    disks: Mapping[str, str | Path],
+    disks: Mapping[str, Given],
     changed_blocks: Mapping[str, Extents],
     progress: ProgressFactory | None,
     raw: bool = False,
 ) -> BackupPoint:
+    refuse_a_stream_twice(disks, {})
     captures = _Disks(uow, disks, changed_blocks, progress, raw)
 
     def decide(lease: Lease) -> Callable[[VirtualMachine, Origin], BackupPoint]:
@@ -233,20 +274,34 @@ def capture_disk_file(
     """
     with session(uow) as (writer, cache):
         if path.suffix.lower() in (".vhdx", ".avhdx") and not raw:
-            with open_source(path, f"VHDX of disk {disk!r}"):  # refuses a device or pipe
-                pass
+            _refuse_one_shot(path, f"VHDX of disk {disk!r}")
             vhdx, files, segments = open_vhdx_chain(path, root)
             try:
                 stream = cast(BinaryIO, ChainStream(vhdx))  # a RawIOBase: read, seek, tell
-                return capture_disk(vm, disk, stream, str(path), writer, cache, segments=segments)
+                chain = Source(stream, str(path))
+                return capture_disk(vm, disk, chain, writer, cache, segments=segments)
             finally:
                 for f in files:
                     f.close()
-        with open_source(path, f"image of disk {disk!r}") as src:
+        _refuse_one_shot(path, f"image of disk {disk!r}")
+        with opened(path, f"image of disk {disk!r}") as src:
             if not raw:
                 hint = "give it a .vhdx name: `ckpt import disk` reads such files as VHDX"
-                refuse_container(src, str(path), hint)
-            return capture_disk(vm, disk, src, str(path), writer, cache)
+                refuse_container(src, hint)
+            return capture_disk(vm, disk, src, writer, cache)
+
+
+def _refuse_one_shot(path: Path, what: str) -> None:
+    """``import disk`` reads a file or a device: a VHDX is read at offsets, and a
+    capture made again (when the disk's layer moved) reads the source again."""
+    if is_one_shot_path(path):  # by its stat: opening a FIFO would wait for its writer
+        raise InvalidValue(
+            f"{str(path)!r} ({what}) is a pipe, a socket or a character device, read once: "
+            "`ckpt import disk` needs a file or a block device; feed a pipe to "
+            "`ckpt sync VM --disk DISK=-` instead"
+        )
+    with open_source(path, what):  # a missing path is NotFound (exit 12), as for a raw image
+        pass
 
 
 def import_disk(uow: UnitOfWork, vm: str, disk: str, path: Path, raw: bool = False) -> DiskCapture:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
@@ -10,6 +11,7 @@ from typing import Any, TextIO
 from ckpt.domain import FileRole, InvalidValue, NotFound, StoreCorrupt
 from ckpt.storage.capture import parse_extents
 from ckpt.storage.log_chain import format_anchor
+from ckpt.storage.sources import StreamSource
 
 from . import api_args, output, render
 from .maintenance import RepairReport
@@ -36,7 +38,8 @@ def capture_options(q: argparse.ArgumentParser) -> None:
         "--disk",
         action="append",
         metavar="DISK=IMAGE",
-        help="raw image of a disk as the VM sees it now; repeat per disk",
+        help="raw image of a disk as the VM sees it now (a file, a block device, a FIFO, "
+        "or - for standard input); repeat per disk",
     )
     q.add_argument(
         "--changed-blocks",
@@ -60,7 +63,7 @@ def state_options(q: argparse.ArgumentParser) -> None:
     q.add_argument(
         "--memory",
         metavar="IMAGE",
-        help="the memory image (running or saved VM, standard checkpoint)",
+        help="the memory image (running or saved VM, standard checkpoint); - for standard input",
     )
     q.add_argument(
         "--config", metavar="FILE", help="the VMCX (2016+) or XML (5.0) configuration file"
@@ -70,6 +73,7 @@ def state_options(q: argparse.ArgumentParser) -> None:
 
 
 def content_args(a: argparse.Namespace) -> dict[str, Any]:
+    _one_dash(a)
     disks = _pairs(a.disk, "--disk")
     changed: dict[str, list[tuple[int, int]]] = {}
     for disk, path in _pairs(a.changed_blocks, "--changed-blocks").items():
@@ -91,7 +95,33 @@ def content_args(a: argparse.Namespace) -> dict[str, Any]:
         if path
     }
     raw = getattr(a, "format", None) == "raw"
-    return {"disks": disks, "files": files, "changed_blocks": changed, "raw": raw}
+    return {
+        "disks": {d: _stdin_for_dash(p) for d, p in disks.items()},
+        "files": {r: _stdin_for_dash(p) for r, p in files.items()},
+        "changed_blocks": changed,
+        "raw": raw,
+    }
+
+
+def _stdin_for_dash(path: str) -> str | StreamSource:
+    """``-`` names standard input: a pipe read once in order, or a file redirected
+    with ``<`` read like a file."""
+    if path != "-":
+        return path
+    return StreamSource(sys.stdin.buffer, name="standard input (-)")
+
+
+def _one_dash(a: argparse.Namespace) -> None:
+    """Standard input can be read once: it can feed one source of a command."""
+    given = [f"--disk {v}" for v in a.disk or [] if v.partition("=")[2] == "-"]
+    for option in ("memory", "config", "runtime_state", "device_state"):
+        if getattr(a, option, None) == "-":
+            given.append(f"--{option.replace('_', '-')} -")
+    if len(given) > 1:
+        raise InvalidValue(
+            f"standard input (-) is given for {' and '.join(given)}: it can be read once, "
+            "so it feeds one source at most; give the others as files or FIFOs"
+        )
 
 
 def _sync(s: Store, a: argparse.Namespace, out: TextIO) -> None:

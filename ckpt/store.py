@@ -37,6 +37,7 @@ from ckpt.storage.chunks import ChunkStore, GcReport, VerifyReport
 from ckpt.storage.chunks.verify import BadChunk
 from ckpt.storage.keyring import Keyring
 from ckpt.storage.log_chain import ChainReport
+from ckpt.storage.sources import StreamSource
 
 from . import api_args as check
 from . import capture_ops, commands, hyperv_export, maintenance, queries, restore_ops, setup
@@ -48,6 +49,8 @@ from .read_model_updates import ReadModels
 from .store_config import StoreConfig
 from .unit_of_work import UnitOfWork, utc_now
 
+# a capture source: a path, a readable binary stream, or a stream with its size
+Source = str | Path | BinaryIO | StreamSource
 OPTIONS = ("actor", "host", "clock", "key")  # the keyword options of init and open
 
 
@@ -267,8 +270,8 @@ class Store:
         checkpoint_type: CheckpointType | None = None,
         guest_can_quiesce: bool = True,
         *,
-        disks: Mapping[str, str | Path] | None = None,
-        files: Mapping[FileRole, str | Path] | None = None,
+        disks: Mapping[str, Source] | None = None,
+        files: Mapping[FileRole, Source] | None = None,
         changed_blocks: Mapping[str, Sequence[tuple[int, int]]] | None = None,
         progress: ProgressFactory | None = None,
         raw: bool = False,
@@ -277,8 +280,11 @@ class Store:
 
         ``disks`` maps a disk name to a raw image of it as the VM sees it now;
         ``files`` maps a role (config, runtime-state, device-state, memory) to
-        the file; ``changed_blocks`` limits reading a disk to (offset, length)
-        extents changed since its last capture. An image that looks like a
+        the file; each is a path (a file, a block device, a FIFO), a readable
+        binary stream or a ``StreamSource`` (a stream with its size): a pipe or
+        stream that cannot seek is read once, in order. ``changed_blocks``
+        limits reading a disk to (offset, length) extents changed since its
+        last capture (refused for a pipe). An image that looks like a
         VHDX, VHD or qcow2 file is refused unless ``raw`` (``--format raw``).
         """
         m = "create_checkpoint"
@@ -305,7 +311,7 @@ class Store:
     def sync(
         self,
         vm: str,
-        disks: Mapping[str, str | Path],
+        disks: Mapping[str, Source],
         name: str | None = None,
         changed_blocks: Mapping[str, Sequence[tuple[int, int]]] | None = None,
         progress: ProgressFactory | None = None,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import os
+import stat
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future
@@ -56,6 +57,8 @@ def data_segments(src: BinaryIO, size: int) -> list[tuple[int, int]]:
     try:
         fd = src.fileno()
     except (AttributeError, OSError, ValueError):
+        return [(0, size)] if size else []
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a device: no holes to ask for, read it all
         return [(0, size)] if size else []
     segments: list[tuple[int, int]] = []
     pos = 0
@@ -132,7 +135,14 @@ def _digests(
 
     Reading and SHA-256 release the GIL, so two workers use both cores.
     """
-    buf = _read(src, pos, n)
+    return hash_blocks(_read(src, pos, n), block_size, hasher)
+
+
+def hash_blocks(
+    buf: bytes, block_size: int, hasher: Callable[[bytes], bytes] | None = None
+) -> tuple[bytes, list[bytes | None]]:
+    """``buf`` and the id of each of its blocks (None for a zero block)."""
+    n = len(buf)
     if buf == _zeros(n):
         return buf, [None] * (-(-n // block_size))
     zero = _zeros(block_size)
@@ -199,28 +209,41 @@ def capture(
         # seek + read on one shared stream cannot run in several threads: the
         # workers would read each other's offsets (found as a flaky import test)
         pool = None
-    zero_block = _zeros(block_size)
-    entries = result.entries
     for pos, n, (buf, ids) in _hashed(src, spans, block_size, pool, hasher):
-        result.read_bytes += n
-        first = pos // block_size
-        for k, cid in enumerate(ids):
-            index = first + k
-            if cid is None:
-                if parent.get(index, ZERO_ID) != ZERO_ID:
-                    entries[index] = ZERO_ID
-                continue
-            if parent.get(index) != cid:
-                entries[index] = cid
-                block = buf[k * block_size : (k + 1) * block_size]
-                if len(block) < block_size:
-                    block += zero_block[len(block) :]
-                result.added_bytes += sink(cid, block)
+        compare(result, pos, buf, ids, block_size, parent, sink)
         if progress is not None:
             progress(n)
     if extents is None:
-        _zero_the_holes(parent, regions, block_size, size, entries)
+        _zero_the_holes(parent, regions, block_size, size, result.entries)
     return result
+
+
+def compare(
+    result: CaptureResult,
+    pos: int,
+    buf: bytes,
+    ids: list[bytes | None],
+    block_size: int,
+    parent: Mapping[int, bytes],
+    sink: Sink,
+) -> None:
+    """Record the blocks of ``buf`` (read at ``pos``) whose ids differ from ``parent``'s."""
+    result.read_bytes += len(buf)
+    zero_block = _zeros(block_size)
+    entries = result.entries
+    first = pos // block_size
+    for k, cid in enumerate(ids):
+        index = first + k
+        if cid is None:
+            if parent.get(index, ZERO_ID) != ZERO_ID:
+                entries[index] = ZERO_ID
+            continue
+        if parent.get(index) != cid:
+            entries[index] = cid
+            block = buf[k * block_size : (k + 1) * block_size]
+            if len(block) < block_size:
+                block += zero_block[len(block) :]
+            result.added_bytes += sink(cid, block)
 
 
 AHEAD = 4  # buffers in flight: 4 x 4 MiB of memory, enough to keep two workers busy

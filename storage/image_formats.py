@@ -41,14 +41,22 @@ def _read_at(src: BinaryIO, offset: int, length: int) -> bytes:
 def container_format(src: BinaryIO, size: int) -> str | None:
     """What container ``src`` (``size`` bytes) is, as a phrase ("a VHDX file"),
     or None when it looks like a raw image. Reads at most 3 x 8 bytes."""
-    head = _read_at(src, 0, 8)
+    kind = container_format_of_head(_read_at(src, 0, 8))
+    if kind is not None:
+        return kind
+    for footer in (512, 511):
+        if size >= footer and _read_at(src, size - footer, 8) == VHD_COOKIE:
+            return VHD
+    return None
+
+
+def container_format_of_head(head: bytes) -> str | None:
+    """What container a source whose first 8 bytes are ``head`` is, judged by them
+    alone (a pipe cannot be asked for its end, where a fixed VHD keeps its footer)."""
     if head == VHDX_SIGNATURE:
         return VHDX
     if head[:4] == QCOW_MAGIC:
         return QCOW2
     if head == VHD_COOKIE:
         return VHD
-    for footer in (512, 511):
-        if size >= footer and _read_at(src, size - footer, 8) == VHD_COOKIE:
-            return VHD
     return None

@@ -12,8 +12,7 @@ the page and file-system block size, so a changed page costs one 4 KiB chunk.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import BinaryIO
+from collections.abc import Callable, Mapping, Sequence
 
 from ckpt.domain import (
     DiskCapture,
@@ -25,11 +24,12 @@ from ckpt.domain import (
 )
 
 from . import manifest
-from .capture import capture
+from .capture import CaptureResult, capture
+from .capture_stream import capture_stream
 from .content_session import Session
 from .manifest import KIND_DISK, KIND_FILE, BlockMap
 from .manifest_cache import ManifestCache
-from .sources import changed, check_unchanged, fingerprint, source_size
+from .sources import Source, changed, check_unchanged, fingerprint, source_size
 
 DISK_BLOCK = 4096
 FILE_BLOCK = 4096
@@ -39,18 +39,18 @@ Progress = Callable[[int], None]
 def capture_disk(
     vm: VirtualMachine,
     disk: str,
-    src: BinaryIO,
-    where: str,
+    source: Source,
     session: Session,
     cache: ManifestCache,
     extents: Sequence[tuple[int, int]] | None = None,
     progress: Progress | None = None,
     segments: Sequence[tuple[int, int]] | None = None,
 ) -> DiskCapture:
-    """Capture ``src`` (whose path is ``where``) as the disk's running content."""
+    """Capture ``source`` as the disk's running content."""
     if disk not in vm.running:
         known = ", ".join(vm.running)
         raise InvalidValue(f"VM {vm.name!r} has no disk {disk!r} (disks: {known})")
+    refuse_extents_of_one_shot(disk, source, extents)
     layer = vm.running[disk]
     # The decoded manifests are needed only for their overlay: a cache of its own,
     # dropped here, keeps them out of the capture's peak memory (benchmark step 4:
@@ -58,27 +58,8 @@ def capture_disk(
     parent, block_size, parent_size = manifest.overlay(ManifestCache(cache.chunks).chain(vm, layer))
     if block_size not in (0, DISK_BLOCK):
         raise InvalidValue(f"disk {disk!r} was captured with {block_size}-byte blocks before")
-    before = fingerprint(src)
-    size = source_size(src, where)
-    if size % 512:
-        raise InvalidValue(f"{where}: {size} bytes is not a whole number of 512-byte sectors")
-    try:
-        result = capture(
-            src,
-            size,
-            DISK_BLOCK,
-            parent,
-            session.sink,
-            extents,
-            progress,
-            session.pool,
-            segments,
-            session.hasher,
-            parent_size=parent_size,  # 0 for the first capture: all of it is new
-        )
-    except SourceChanged as e:
-        raise changed(where, e) from None
-    check_unchanged(src, where, before)
+    result, size = _read(source, DISK_BLOCK, parent, session, extents, progress, segments,
+                         parent_size, sectors=True)  # fmt: skip
     session.finish()
     ref = manifest.store(BlockMap(KIND_DISK, DISK_BLOCK, size, result.entries), session.add)
     return DiskCapture(
@@ -94,19 +75,79 @@ def capture_disk(
     )
 
 
+def refuse_extents_of_one_shot(
+    disk: str, source: Source, extents: Sequence[tuple[int, int]] | None
+) -> None:
+    """Changed extents are read at their offsets: a pipe cannot seek to them."""
+    if extents is not None and source.one_shot:
+        raise InvalidValue(
+            f"changed blocks for disk {disk!r}: {source.where} is read once, in order (a pipe, "
+            "a socket or a stream that cannot seek), so its changed extents cannot be read "
+            "alone; give a file or a device, or capture without --changed-blocks"
+        )
+
+
 def capture_file(
-    role: FileRole, src: BinaryIO, where: str, session: Session, progress: Progress | None = None
+    role: FileRole, source: Source, session: Session, progress: Progress | None = None
 ) -> FileCapture:
-    before = fingerprint(src)
-    size = source_size(src, where)
-    try:
-        result = capture(
-            src, size, FILE_BLOCK, {}, session.sink, None, progress, session.pool, None,
-            session.hasher,
-        )  # fmt: skip
-    except SourceChanged as e:
-        raise changed(where, e) from None
-    check_unchanged(src, where, before)
+    result, size = _read(source, FILE_BLOCK, {}, session, None, progress, None, None)
     session.finish()
     ref = manifest.store(BlockMap(KIND_FILE, FILE_BLOCK, size, result.entries), session.add)
     return FileCapture(role=role, path="", manifest=ref, size=size, added_bytes=result.added_bytes)
+
+
+def _read(
+    source: Source,
+    block_size: int,
+    parent: Mapping[int, bytes],
+    session: Session,
+    extents: Sequence[tuple[int, int]] | None,
+    progress: Progress | None,
+    segments: Sequence[tuple[int, int]] | None,
+    parent_size: int | None,
+    sectors: bool = False,
+) -> tuple[CaptureResult, int]:
+    """Read ``source`` against ``parent``: a file or device at offsets, a one-shot
+    source in order. ``sectors``: its size must be whole 512-byte sectors (a disk),
+    checked before reading when it is known, after when it is what a pipe delivered."""
+    where = source.where
+    if source.one_shot:
+        try:
+            result, size = capture_stream(
+                source, block_size, parent, session.sink, progress, session.pool, session.hasher
+            )
+        except SourceChanged as e:
+            raise changed(where, e) from None
+        if sectors and size % 512:
+            raise InvalidValue(
+                f"{where} delivered {size:,} bytes, not a whole number of 512-byte sectors: "
+                "not a disk image (cut short?); nothing was recorded"
+            )
+        if sectors and size == 0:
+            # an empty pipe is far more often a producer that failed than an empty disk
+            raise InvalidValue(
+                f"{where} delivered no bytes before its end: nothing was recorded "
+                "(an empty disk is captured from an empty file)"
+            )
+        return result, size
+    before = fingerprint(source.stream)
+    size = source_size(source.stream, where)
+    if source.size is not None:
+        if size < source.size:
+            raise InvalidValue(
+                f"{where} holds {size:,} bytes, fewer than its declared size of "
+                f"{source.size:,}: nothing was recorded"
+            )
+        size = source.size
+    if sectors and size % 512:
+        raise InvalidValue(f"{where}: {size} bytes is not a whole number of 512-byte sectors")
+    try:
+        result = capture(
+            source.stream, size, block_size, parent, session.sink, extents, progress,
+            session.pool, segments, session.hasher,
+            parent_size=parent_size,  # 0 for the first capture: all of it is new
+        )  # fmt: skip
+    except SourceChanged as e:
+        raise changed(where, e) from None
+    check_unchanged(source, before)
+    return result, size

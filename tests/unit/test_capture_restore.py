@@ -15,10 +15,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ckpt.domain import InvalidValue, StoreCorrupt
+from ckpt.storage import capture_stream as capture_stream_module
 from ckpt.storage import manifest
 from ckpt.storage.capture import capture, data_segments, parse_extents
+from ckpt.storage.capture_stream import capture_stream
 from ckpt.storage.manifest import KIND_DISK, ZERO_ID, BlockMap
 from ckpt.storage.restore import write_image
+from ckpt.storage.sources import Source
 
 BS = 512
 
@@ -201,3 +204,41 @@ def test_a_pool_never_reads_a_shared_stream_from_two_threads() -> None:
     with ThreadPoolExecutor(2) as pool:
         got = capture(Slow(image), len(image), 4096, {}, Chunks().sink, pool=pool)  # type: ignore[arg-type]
     assert got.entries == want
+
+
+@given(
+    before=st.binary(max_size=12 * BS),
+    after=st.binary(max_size=12 * BS),
+    piece=st.integers(1, 3 * BS),
+)
+def test_a_stream_read_in_order_records_what_a_file_read_at_offsets_does(
+    before: bytes, after: bytes, piece: int
+) -> None:
+    """capture_stream (a pipe, read once, delivered in pieces of any size, through
+    read buffers of 2 blocks) and capture (pread at offsets) give one block map."""
+
+    class Trickle(io.RawIOBase):
+        def __init__(self, data: bytes) -> None:
+            self.data, self.pos = data, 0
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buf: Any) -> int:
+            n = min(len(buf), piece, len(self.data) - self.pos)
+            buf[:n] = self.data[self.pos : self.pos + n]
+            self.pos += n
+            return n
+
+    chunks = Chunks()
+    parent = capture(io.BytesIO(before), len(before), BS, {}, chunks.sink).entries
+    by_offset = capture(
+        io.BytesIO(after), len(after), BS, parent, chunks.sink, parent_size=len(before)
+    )
+    source = Source(Trickle(after), "pipe", one_shot=True)  # type: ignore[arg-type]
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(capture_stream_module, "READ", 2 * BS)
+        in_order, size = capture_stream(source, BS, parent, chunks.sink)
+    assert size == len(after)
+    assert in_order.entries == by_offset.entries
+    assert in_order.read_bytes == len(after)

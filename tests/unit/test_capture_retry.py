@@ -43,10 +43,10 @@ def _count_reads(monkeypatch: pytest.MonkeyPatch, image: Path) -> list[str]:
     reads: list[str] = []
     real = ckpt.capture_ops.capture_disk
 
-    def counted(vm: VirtualMachine, disk: str, src: Any, where: str, *a: Any, **k: Any) -> Any:
-        if where == str(image):
-            reads.append(where)
-        return real(vm, disk, src, where, *a, **k)
+    def counted(vm: VirtualMachine, disk: str, src: Any, *a: Any, **k: Any) -> Any:
+        if src.where == str(image):  # src: the opened storage.sources.Source
+            reads.append(src.where)
+        return real(vm, disk, src, *a, **k)
 
     monkeypatch.setattr(ckpt.capture_ops, "capture_disk", counted)
     return reads

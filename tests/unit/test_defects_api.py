@@ -84,6 +84,40 @@ WRONG: list[tuple[str, Call, str]] = [
         "must be a path",
     ),
     (
+        "create-disks-text-stream",
+        lambda s, t: s.create_checkpoint("v", "b", disks={"Boot": io.StringIO("x")}),
+        "a binary stream open for reading",
+    ),
+    (
+        "create-disks-write-only",
+        lambda s, t: s.create_checkpoint("v", "b", disks={"Boot": (t / "w.raw").open("wb")}),
+        "(this one is not readable)",
+    ),
+    (
+        "create-disks-stream-size",
+        lambda s, t: s.create_checkpoint(
+            "v", "b", disks={"Boot": ckpt.StreamSource(io.BytesIO(b""), size=-1)}
+        ),
+        "size must be an int >= 0",
+    ),
+    (
+        "create-disks-stream-not-a-stream",
+        lambda s, t: s.create_checkpoint("v", "b", disks={"Boot": ckpt.StreamSource(b"data")}),
+        "a binary stream open for reading",
+    ),
+    (
+        "create-files-stream-size",
+        lambda s, t: s.create_checkpoint(
+            "v", "b", files={ckpt.FileRole.MEMORY: ckpt.StreamSource(io.BytesIO(), size=1.5)}
+        ),
+        "size must be an int >= 0",
+    ),
+    (
+        "sync-disks-stream-name",
+        lambda s, t: s.sync("v", {"Boot": ckpt.StreamSource(io.BytesIO(), name=3)}),
+        "name must be a str or None",
+    ),
+    (
         "create-files",
         lambda s, t: s.create_checkpoint("v", "b", files=[_img(t)]),
         "files must be a mapping of FileRole",
