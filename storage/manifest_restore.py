@@ -2,7 +2,7 @@
 
 Terms: *restoring* folds a chain's manifests (``manifest.overlay``: later
 blocks replace earlier ones) and writes the bytes (``restore.write_image``),
-fetching chunks in batches with ``ChunkStore.get_many`` on as many threads as
+fetching chunks in batches with ``ChunkStore.get_views`` on as many threads as
 the backend serves well (``parallel_requests``).
 """
 
@@ -27,5 +27,5 @@ def restore_maps(
     if not maps:
         return 0
     workers = parallel_requests(chunks.backend)
-    write_image(entries, size, block_size, chunks.get_many, out, progress, workers)
+    write_image(entries, size, block_size, chunks.get_views, out, progress, workers)
     return size

@@ -22,17 +22,18 @@ from typing import BinaryIO
 
 from ckpt.domain.errors import InvalidValue
 
+from .chunks.codec import Chunk
 from .manifest import present
 
 BATCH = 256  # blocks per fetch task: 1 MiB of 4 KiB blocks, ~50 us of pool overhead per task
 WRITE = 4 << 20  # coalesce contiguous blocks into writes of up to 4 MiB
-Fetch = Callable[[Sequence[bytes]], list[bytes]]
+Fetch = Callable[[Sequence[bytes]], Sequence[Chunk]]
 Progress = Callable[[int], None]
 
 
-def _batches(fetch: Fetch, ids: list[bytes], workers: int) -> Iterator[list[bytes]]:
+def _batches(fetch: Fetch, ids: list[bytes], workers: int) -> Iterator[Sequence[Chunk]]:
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending: list[Future[list[bytes]]] = []
+        pending: list[Future[Sequence[Chunk]]] = []
         for start in range(0, len(ids), BATCH):
             pending.append(pool.submit(fetch, ids[start : start + BATCH]))
             if len(pending) > 2 * workers:
@@ -53,10 +54,20 @@ def _regular_fd(out: BinaryIO) -> int | None:
 
 
 def _runs(
-    batch: list[tuple[int, bytes]], datas: list[bytes], block_size: int, size: int
+    batch: list[tuple[int, bytes]], datas: Sequence[Chunk], block_size: int, size: int
 ) -> Iterator[tuple[int, bytes]]:
     """Contiguous blocks joined into (offset, bytes) runs, the last block cut to ``size``."""
-    run: list[bytes] = []
+    first, last = batch[0][0], batch[-1][0]
+    if (
+        last - first == len(batch) - 1  # ``present`` sorts the distinct indices: no gap
+        and len(datas) == len(batch)
+        and (last + 1) * block_size <= size
+        and sum(map(len, datas)) == len(batch) * block_size
+        and min(map(len, datas)) == block_size
+    ):  # the common case, one run: checked in C, not per block (0.7 us a block)
+        yield first * block_size, b"".join(datas)
+        return
+    run: list[Chunk] = []
     run_at = run_end = -1
     for (index, _), data in zip(batch, datas, strict=True):
         if len(data) != block_size:
@@ -97,7 +108,7 @@ def _write_parallel(
     data_bytes = 0
     ids = [cid for _, cid in blocks]
     if workers > 1:  # latency-bound fetches (S3): several in flight, results in order
-        fetched: Iterator[list[bytes]] = _batches(fetch, ids, workers)
+        fetched: Iterator[Sequence[Chunk]] = _batches(fetch, ids, workers)
     else:
         fetched = (fetch(ids[start : start + BATCH]) for start in range(0, len(ids), BATCH))
     with ThreadPoolExecutor(max_workers=1) as writer:
