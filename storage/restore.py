@@ -8,8 +8,8 @@ error instead of reaching the output).
 Zero runs become holes in a regular file (a sparse file); on a pipe
 (``-o -``) or a device they are written as zeros: a hole is only a zero where
 it reads back as one, and a device keeps whatever it held before. Into a
-regular file, one thread fetches and checks chunks while another ``pwrite``s
-them (see ``_write_parallel``).
+regular file, threads fetch and check chunks while another ``pwrite``s them
+(see ``_write_parallel``).
 """
 
 from __future__ import annotations
@@ -95,14 +95,14 @@ def _write_parallel(
     progress: Progress | None,
     workers: int = 1,
 ) -> int:
-    """Fetch and check in this thread, ``pwrite`` in another.
+    """Fetch and check batches on ``workers`` threads, ``pwrite`` on another.
 
-    Measured on a 1 GiB restore: fetching 210,000 chunks took 1.8 s in one
-    thread and 5.1 s split over two (the per-chunk Python work fights over the
-    GIL), while the copy into the page cache, 0.4-2 s, holds no GIL at all:
-    so one fetching thread and one writing thread. A latency-bound backend
-    (``workers`` > 1: S3) has fetches waiting on the network instead, GIL
-    released: there several run at once.
+    The copy into the page cache (0.3-2 s per GiB here, varying with the
+    kernel's dirty-page throttling) holds no GIL, nor do zstd's multi-frame
+    decompression and SHA-256, ~60% of a batch's CPU: so batches are fetched
+    on two threads where two cores are free (manifest_restore.py has the
+    figures) and on more for a latency-bound backend (S3), whose fetches wait
+    on the network; results are written in order.
     """
     os.ftruncate(fd, 0)
     data_bytes = 0

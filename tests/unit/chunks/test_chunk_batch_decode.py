@@ -5,14 +5,23 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 import pytest
 import zstandard
 
 from ckpt.domain.errors import ChunkCorrupt
-from ckpt.storage.chunks import ChunkBackend, ChunkId, ChunkStore, read_pack_index
+from ckpt.storage.chunks import (
+    ChunkBackend,
+    ChunkId,
+    ChunkStore,
+    LocalChunkBackend,
+    read_pack_index,
+)
 from ckpt.storage.chunks.codec import ChunkCodec
 from ckpt.storage.keyring import Keyring
+from ckpt.storage.manifest import KIND_DISK, ZERO_ID, BlockMap
+from ckpt.storage.manifest_restore import restore_maps
 
 
 def _blocks(n: int, size: int = 4096) -> list[bytes]:
@@ -139,3 +148,46 @@ def test_a_flipped_byte_in_a_batch_read_names_the_chunk_and_its_pack(
         ChunkStore(backend).get_views(cids)
     assert str(info.value).startswith(f"chunk {victim.hex()} in {pack}: ")
     assert ChunkStore(backend).get_many(cids[:33] + cids[34:]) == blocks[:33] + blocks[34:]
+
+
+def _disk(store: ChunkStore, blocks: list[bytes], size: int) -> BlockMap:
+    """A block map of ``blocks`` (4 KiB each; ``bytes(4096)`` a zero block)."""
+    entries: dict[int, bytes] = {}
+    with store.writer() as w:
+        for i, b in enumerate(blocks):
+            cid = w.add(b)
+            entries[i] = ZERO_ID if cid is None else cid
+    return BlockMap(KIND_DISK, 4096, size, entries)
+
+
+def test_a_restore_over_many_batches_on_decoding_threads_writes_every_byte_in_place(
+    tmp_path: Path,
+) -> None:
+    store = ChunkStore(LocalChunkBackend(tmp_path / "chunks"))
+    unique = _blocks(700)
+    # Repeats (dedup inside the disk), zero runs (holes) and a partial last block.
+    blocks = [unique[i % 700] if i % 97 else bytes(4096) for i in range(1500)]
+    blocks[800:1100] = [unique[3]] * 300
+    size = 1500 * 4096 - 1000
+    out = tmp_path / "out.img"
+    with out.open("wb") as f:
+        assert restore_maps([_disk(store, blocks, size)], store, f) == size
+    assert out.read_bytes() == b"".join(blocks)[:size]
+
+
+def test_a_corrupt_chunk_late_in_a_restore_is_named_and_raised(tmp_path: Path) -> None:
+    backend = LocalChunkBackend(tmp_path / "chunks")
+    store = ChunkStore(backend)
+    blocks = _blocks(1200)
+    disk = _disk(store, blocks, 1200 * 4096)
+    victim = disk.entries[1100]
+    for pack in backend.list("packs/"):
+        for e in read_pack_index(backend.get(pack)):
+            if e.chunk_id == victim:
+                data = bytearray(backend.get(pack))
+                data[e.offset + e.compressed_length - 3] ^= 0x10
+                backend.put(pack, bytes(data))
+                break
+    with (tmp_path / "out.img").open("wb") as f, pytest.raises(ChunkCorrupt) as info:
+        restore_maps([disk], ChunkStore(backend), f)
+    assert str(info.value).startswith(f"chunk {victim.hex()} in packs/")
