@@ -141,7 +141,7 @@ def layer_runs(
 ) -> Iterator[tuple[int, bytes]]:
     """The bytes ``maps`` define, as sorted, joined (offset, bytes) runs, cut at ``size``."""
     entries, block_size, _ = manifest.overlay(list(maps))
-    fetch = uow.chunks.get_many
+    fetch = uow.chunks.get_views
     cut = manifest.smallest_block_count(list(maps))
     if differencing and cut is not None:
         # The disk shrank within this layer: blocks from there on are zeros unless

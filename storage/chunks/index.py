@@ -20,14 +20,14 @@ infos included; see chunk_map.py). Loading costs ~1.6 us per entry.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 from ckpt.domain.errors import ChunkMissing, IndexCorrupt
 
 from .backend import ChunkBackend, parallel_requests
-from .chunk_map import ChunkMap
+from .chunk_map import ChunkMap, Slot
 from .ids import ChunkId
 from .index_file import IndexFile, decode_index_file
 from .layout import INDEX, index_name, pack_id_of_index, pack_name
@@ -152,6 +152,13 @@ class ChunkIndex:
             return None
         number, offset, clen, ulen = slot
         return Location(state.packs[number].name, offset, clen, ulen)
+
+    def locate_many(self, cids: Sequence[bytes]) -> tuple[Sequence[PackInfo], list[Slot | None]]:
+        """Where each of ``cids`` is, as (packs, one ``Slot`` or None per id):
+        ``location`` of each without a ``Location`` per id. A slot's first
+        field indexes the packs (a read-only view of one index generation)."""
+        state = self._ensure_loaded()
+        return state.packs, state.map.get_many(cids)
 
     def __contains__(self, cid: object) -> bool:
         return cid in self._ensure_loaded().map

@@ -33,7 +33,7 @@ from ckpt.domain.errors import ChunkCorrupt, ChunkMissing, StoreBusy
 from ckpt.storage.keyring import Keyring
 
 from .backend import ChunkBackend, parallel_requests
-from .codec import DEFAULT_LEVEL, ChunkCodec
+from .codec import DEFAULT_LEVEL, Chunk, ChunkCodec
 from .gc import GcReport, delete_unreferenced
 from .ids import ChunkId
 from .index import ChunkIndex, ChunkStats, Location
@@ -211,57 +211,83 @@ class ChunkStore:
         return sorted(ids, key=where)
 
     def get_many(self, ids: Sequence[bytes]) -> list[bytes]:
-        """The bytes of several chunks, each checked as ``get`` checks it.
+        """The bytes of several chunks, each checked as ``get`` checks it."""
+        return [c if isinstance(c, bytes) else bytes(c) for c in self.get_views(ids)]
+
+    def get_views(self, ids: Sequence[bytes]) -> list[Chunk]:
+        """As ``get_many``, but a chunk may come back as a read-only view into
+        a batch's decompressed buffer (no copy per chunk): what a restore wants.
 
         Frames that lie close together in one pack are read with one ranged
         read (gaps up to ``GAP`` bytes are read and dropped): a restore reads
         4 KiB chunks mostly in the order a capture packed them, so one read
-        serves ~100 chunks instead of 100 opens and seeks.
+        serves ~100 chunks instead of 100 opens and seeks. The frames of one
+        read are decompressed together (``ChunkCodec.decode_span``).
         """
-        out: list[bytes | None] = [None] * len(ids)
-        located: list[tuple[str, int, int, Location]] = []
-        for i, cid in enumerate(ids):
-            loc = self._index.location(cid)
-            if loc is None:
-                out[i] = self.get(cid)  # refreshes the index, or raises ChunkMissing
-                continue
-            located.append((loc.pack, loc.offset, i, loc))
-        located.sort()
-        groups: list[tuple[str, int, int, list[tuple[str, int, int, Location]]]] = []
+        packs, slots = self._index.locate_many(ids)
+        out: list[Chunk | None] = [None] * len(ids)
+        # (pack number, offset, position in ids, compressed and uncompressed length)
+        located: list[tuple[int, int, int, int, int]] = []
+        for i, slot in enumerate(slots):
+            if slot is None:
+                out[i] = self.get(ids[i])  # refreshes the index, or raises ChunkMissing
+            else:
+                number, offset, clen, ulen = slot
+                located.append((number, offset, i, clen, ulen))
+        located.sort()  # mostly sorted already: a restore reads in capture order
+        groups: list[tuple[str, int, int, list[tuple[int, int, int, int, int]]]] = []
         start = 0
         while start < len(located):
-            pack, first, _, _ = located[start]
+            number, first, _, clen, _ = located[start]
+            last = first + clen
             end = start + 1
-            last = first + located[start][3].compressed_length
             while end < len(located):
-                p, offset, _, loc = located[end]
-                if (
-                    p != pack
-                    or offset - last > GAP
-                    or offset + loc.compressed_length - first > SPAN
-                ):
+                n, offset, _, clen, _ = located[end]
+                if n != number or offset - last > GAP or offset + clen - first > SPAN:
                     break
-                last = max(last, offset + loc.compressed_length)
+                last = max(last, offset + clen)
                 end += 1
-            groups.append((pack, first, last, located[start:end]))
+            groups.append((packs[number].name, first, last, located[start:end]))
             start = end
-        for (pack, first, _, group), data in zip(groups, self._read_spans(groups), strict=True):
+        for (pack, first, last, group), data in zip(groups, self._read_spans(groups), strict=True):
             if data is None:  # a GC may have moved them: one by one
-                for _, _, i, _ in group:
+                for _, _, i, _, _ in group:
                     out[i] = self.get(ids[i])
                 continue
-            for _, offset, i, loc in group:
-                frame = data[offset - first : offset - first + loc.compressed_length]
-                if len(frame) != loc.compressed_length:
-                    raise ChunkCorrupt(
-                        f"chunk {ids[i].hex()} in {pack}: pack truncated, {len(frame)} of "
-                        f"{loc.compressed_length} bytes at offset {offset}"
-                    )
-                out[i] = self._codec.decode(frame, ids[i], loc.uncompressed_length, pack)
+            if len(data) < last - first:
+                self._truncated(data, pack, first, group, ids)
+            frames: list[tuple[int, int]] = []
+            cids: list[bytes] = []
+            lengths: list[int] = []
+            for _, offset, i, clen, ulen in group:
+                frames.append((offset - first, clen))
+                cids.append(ids[i])
+                lengths.append(ulen)
+            decoded = self._codec.decode_span(data, frames, cids, lengths, pack)
+            for (_, _, i, _, _), chunk in zip(group, decoded, strict=True):
+                out[i] = chunk
         result = [b for b in out if b is not None]
         if len(result) != len(ids):  # pragma: no cover - every branch above fills or raises
             raise AssertionError(f"{len(ids) - len(result)} chunks were neither read nor reported")
         return result
+
+    @staticmethod
+    def _truncated(
+        data: bytes,
+        pack: str,
+        first: int,
+        group: list[tuple[int, int, int, int, int]],
+        ids: Sequence[bytes],
+    ) -> None:
+        """Raise ``ChunkCorrupt`` for the first chunk of ``group`` whose frame
+        lies (partly) beyond the ``data`` read from ``pack`` at ``first``."""
+        for _, offset, i, clen, _ in group:
+            if offset - first + clen > len(data):
+                got = max(0, len(data) - (offset - first))
+                raise ChunkCorrupt(
+                    f"chunk {ids[i].hex()} in {pack}: pack truncated, {got} of "
+                    f"{clen} bytes at offset {offset}"
+                )
 
     def _read_spans(self, groups: Sequence[tuple[str, int, int, object]]) -> list[bytes | None]:
         """The byte span of each group (None: its pack is gone). Spans of a
