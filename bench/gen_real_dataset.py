@@ -151,12 +151,13 @@ def pick(pkg: str, which: str) -> str:
 
 def download(pkg: str, version: str, cache: str) -> str:
     """The .deb of PKG=VERSION in CACHE, fetched with apt-get download when absent."""
-    stem = f"{pkg}_{version.split(':', 1)[-1]}_"
-    found = [f for f in os.listdir(cache) if f.startswith(stem) and f.endswith(".deb")]
+    # apt-get names the file pkg_EPOCH%3aVERSION_arch.deb; older apt drops the epoch
+    stems = (f"{pkg}_{version.replace(':', '%3a')}_", f"{pkg}_{version.split(':', 1)[-1]}_")
+    found = [f for f in os.listdir(cache) if f.startswith(stems) and f.endswith(".deb")]
     if not found:
         # apt-get drops privileges to _apt, which cannot write a root-owned dir; quiet that.
         sh("apt-get", "download", "-q", f"{pkg}={version}", cwd=cache, capture_output=True)
-        found = [f for f in os.listdir(cache) if f.startswith(stem) and f.endswith(".deb")]
+        found = [f for f in os.listdir(cache) if f.startswith(stems) and f.endswith(".deb")]
     if len(found) != 1:
         raise SystemExit(f"apt-get download {pkg}={version}: expected one .deb, got {found}")
     return os.path.join(cache, found[0])
