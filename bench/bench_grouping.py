@@ -20,6 +20,8 @@ compressing G consecutive NEW chunks together as one frame would give:
     "restore MB/s" = decompress MB/s / amplification, the decompression bound of a restore.
   * random 4 KiB read (instant access through NBD/FUSE, later issue): it decompresses its whole
     group: bytes decompressed per read, and microseconds per read (median over sampled groups).
+  * gc: once every checkpoint but the last is deleted, the share of bytes in groups holding both
+    live and dead chunks (repack must keep dead bytes or recompress), and the dead share there.
   * "dict": a zstd dictionary (--dict-kib) trained on a sample of step 0's new chunks, each
     chunk its own frame with that dictionary (one dictionary per store).
   * restic (same run, same disk images, default compression): repository size after all steps.
@@ -155,14 +157,20 @@ class Capture:
             return f.read(n)
 
 
-def restore_amplification(cap: Capture, per: int, cache_groups: int) -> float:
-    """Bytes decompressed / bytes restored, restoring the last step in order with an LRU."""
+def restore_and_gc(cap: Capture, per: int, cache_groups: int) -> tuple[float, float, float]:
+    """Restore amplification of the last step, and what gc meets once only it is kept.
+
+    Returns (bytes decompressed / bytes restored, restoring the last step in block order with
+    an LRU of CACHE_GROUPS groups; share of all groups' bytes in groups holding both live and
+    dead chunks when every checkpoint but the last is deleted; share of dead bytes in those).
+    """
     if not cap.last_map:
-        return 0.0
+        return 0.0, 0.0, 0.0
     gidx = cap.group_index(per)
-    sizes: dict[int, int] = {}
-    for i in range(cap.n):  # raw size of each group (short last groups)
-        sizes[gidx[i]] = sizes.get(gidx[i], 0) + BLOCK
+    ngroups = gidx[-1] + 1 if gidx else 0
+    sizes = [0] * ngroups
+    for g in gidx:  # raw size of each group (short last groups)
+        sizes[g] += BLOCK
     lru: OrderedDict[int, None] = OrderedDict()
     decompressed = 0
     for i in cap.last_map:
@@ -174,7 +182,17 @@ def restore_amplification(cap: Capture, per: int, cache_groups: int) -> float:
         lru[g] = None
         if len(lru) > cache_groups:
             lru.popitem(last=False)
-    return decompressed / (len(cap.last_map) * BLOCK)
+    live = [0] * ngroups
+    for i in set(cap.last_map):
+        live[gidx[i]] += BLOCK
+    mixed = [g for g in range(ngroups) if 0 < live[g] < sizes[g]]
+    mixed_bytes = sum(sizes[g] for g in mixed)
+    dead_in_mixed = sum(sizes[g] - live[g] for g in mixed)
+    return (
+        decompressed / (len(cap.last_map) * BLOCK),
+        mixed_bytes / (cap.n * BLOCK),
+        dead_in_mixed / mixed_bytes if mixed_bytes else 0.0,
+    )
 
 
 def frames_of(sample: bytes, per: int, cctx: zstandard.ZstdCompressor) -> list[bytes]:
@@ -226,6 +244,7 @@ def measure(
         t1 = time.perf_counter()
         dctx.decompress(fr)
         per_read.append(time.perf_counter() - t1)
+    amp, mixed, dead = restore_and_gc(cap, per, cache_groups)
     row = {
         "option": name,
         "group_KiB": per * BLOCK // 1024,
@@ -237,7 +256,9 @@ def measure(
         "compress_MBps": len(sample) / MB / c_s if c_s else 0.0,
         "decompress_MBps": len(sample) / MB / d_s if d_s else 0.0,
         "full_pass_s": full_s,
-        "restore_amp": restore_amplification(cap, per, cache_groups),
+        "restore_amp": amp,
+        "gc_mixed_share": mixed,
+        "gc_dead_in_mixed": dead,
         "random_read_KiB": raw / groups / 1024 if groups else 0.0,
         "random_read_us": statistics.median(per_read) * 1e6 if per_read else 0.0,
     }
@@ -297,6 +318,8 @@ def print_table(rows: list[dict], restic: dict | None, cap: Capture) -> None:
         "restore MB/s",
         "rand read KiB",
         "rand read us",
+        "gc mixed",
+        "dead in mixed",
     ]
     lines = [head]
     for r in rows:
@@ -314,10 +337,14 @@ def print_table(rows: list[dict], restic: dict | None, cap: Capture) -> None:
                 f"{r['decompress_MBps'] / r['restore_amp']:.0f}" if r["restore_amp"] else "-",
                 f"{r['random_read_KiB']:.0f}",
                 f"{r['random_read_us']:.0f}",
+                f"{r['gc_mixed_share']:.1%}",
+                f"{r['gc_dead_in_mixed']:.1%}",
             ]
         )
     if restic:
-        lines.append(["restic", "(CDC)", "auto", f"{r_mb:.0f}", "", "1.00", "", "", "", "", "", ""])
+        lines.append(
+            ["restic", "(CDC)", "auto", f"{r_mb:.0f}", "", "1.00", "", "", "", "", "", "", "", ""]
+        )
     widths = [max(len(x[i]) for x in lines) for i in range(len(head))]
     for j, cells in enumerate(lines):
         print(
@@ -335,7 +362,9 @@ def print_table(rows: list[dict], restic: dict | None, cap: Capture) -> None:
         "frames only (the 96 B/chunk entries are the same in every option).  MB/s: one thread, "
         "median of the reps, over the sample; restore MB/s = decomp MB/s / restore amp (the "
         "decompression cost of restoring the last step, one thread).  rand read: one 4 KiB "
-        "read decompresses its whole group (median us per read)."
+        "read decompresses its whole group (median us per read).  gc mixed: share of the "
+        "stored groups' raw bytes in groups holding live and dead chunks once every checkpoint but the last is deleted (gc must "
+        "keep their dead bytes or recompress them); dead in mixed: the dead share of those."
     )
 
 
