@@ -364,7 +364,8 @@ def print_table(rows: list[dict], restic: dict | None, cap: Capture) -> None:
         "decompression cost of restoring the last step, one thread).  rand read: one 4 KiB "
         "read decompresses its whole group (median us per read).  gc mixed: share of the "
         "stored groups' raw bytes in groups holding live and dead chunks once every "
-        "checkpoint but the last is deleted (gc must keep their dead bytes or recompress them); dead in mixed: the dead share of those."
+        "checkpoint but the last is deleted (gc must keep their dead bytes or recompress "
+        "them); dead in mixed: the dead share of those."
     )
 
 
