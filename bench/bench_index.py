@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import mmap
 import os
 import shutil
 import statistics
@@ -136,6 +137,7 @@ class LmdbIndex:
     def __init__(self, path: Path) -> None:
         import lmdb
 
+        self.path = path
         self.env = lmdb.open(
             str(path / "index.lmdb"), map_size=1 << 40, sync=False, metasync=False, readahead=False
         )
@@ -167,6 +169,7 @@ class Run:
     the map without a copy), the ids' other 24 bytes, the slots."""
 
     def __init__(self, path: Path | None = None, rec: np.ndarray | None = None) -> None:
+        self.mm: mmap.mmap | None = None
         if rec is not None:
             self.key, self.rest, self.slot = rec["key"], rec["rest"], rec["slot"]
             return
@@ -175,13 +178,21 @@ class Run:
         if n == 0:
             self.key, self.rest, self.slot = (np.empty(0, REC)[f] for f in REC.names)
             return
-        raw = np.memmap(path, np.uint8, "r")
+        with open(path, "rb") as f:
+            self.mm = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+        raw = np.frombuffer(self.mm, np.uint8)
         self.key = raw[: 8 * n].view("<u8")
         self.rest = raw[8 * n : 32 * n].view("V24")
         self.slot = raw[32 * n :].view("<u4").reshape(n, 4)
 
     def __len__(self) -> int:
         return len(self.key)
+
+    def release(self) -> None:
+        """Drop the map's pages from this process (they stay in the page cache): without
+        it ``ru_maxrss`` counts every page a lookup or merge ever touched."""
+        if self.mm is not None:
+            self.mm.madvise(mmap.MADV_DONTNEED)
 
     def take(self, a: int, b: int) -> np.ndarray:
         rec = np.empty(b - a, REC)
@@ -231,6 +242,8 @@ def merge_runs(runs: list[Run], out: Path, budget: int = 1 << 18) -> int:
                 end = int(np.searchsorted(runs[i].key, np.uint64(pivot), "right"))
                 parts.append(runs[i].take(pos[i], end))
                 pos[i] = end
+            for i in live:
+                runs[i].release()
             merged = np.concatenate(parts)
             merged = _dedup_sorted(merged[np.argsort(merged["key"], kind="stable")])
             for c, f in cols.items():
@@ -261,7 +274,8 @@ class RunsIndex:
         self.dir = path
         self.manifest = path / "runs.json"
         self.buffer_entries = buffer_entries
-        self.runs: list[tuple[str, np.ndarray]] = []
+        self.runs: list[tuple[str, Run]] = []
+        self.batches = 0
         self.stamp = None
         self.seq = 0
         self._reopen()
@@ -357,6 +371,10 @@ class RunsIndex:
         found = np.zeros(len(ids), bool)
         for _, run in self.runs:
             found |= probe(run, q) & ~found
+        self.batches += 1
+        if self.batches % 16 == 0:
+            for _, run in self.runs:
+                run.release()
         return int(found.sum())
 
 
@@ -440,9 +458,37 @@ class HashPartIndex(RunsIndex):
         return found
 
 
+class LmdbSortedIndex(LmdbIndex):
+    """``lmdb`` built the way a rebuild can: sorted first (the runs' spill and merge), then
+    appended in key order (``append=True``: pages filled, no splits). Captures insert as
+    ``lmdb`` does."""
+
+    def build(self, packs) -> None:
+        tmp = self.path / "sort"
+        tmp.mkdir()
+        runs = RunsIndex(tmp)
+        runs.build(packs)
+        ((_, run),) = runs.runs
+        ids = np.empty((1 << 16, ID), np.uint8)
+        with self.env.begin(write=True) as txn:
+            cur = txn.cursor()
+            for a in range(0, len(run), 1 << 16):
+                b = min(a + (1 << 16), len(run))
+                n = b - a
+                ids[:n, :8] = run.key[a:b].astype(">u8").view(np.uint8).reshape(n, 8)
+                ids[:n, 8:] = np.frombuffer(run.rest[a:b].tobytes(), np.uint8).reshape(n, 24)
+                vals = np.ascontiguousarray(run.slot[a:b]).tobytes()
+                cur.putmulti(
+                    [(ids[i].tobytes(), vals[i * SLOT : (i + 1) * SLOT]) for i in range(n)],
+                    append=True,
+                )
+        shutil.rmtree(tmp)
+
+
 CANDIDATES = {
     "sqlite": SqliteIndex,
     "lmdb": LmdbIndex,
+    "lmdb-sorted": LmdbSortedIndex,
     "runs": RunsIndex,
     "hashpart": HashPartIndex,
 }
@@ -675,7 +721,7 @@ def table(results: dict[str, list[dict]]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--entries", type=int, default=1_000_000)
-    ap.add_argument("--candidates", default="sqlite,lmdb,runs,hashpart")
+    ap.add_argument("--candidates", default="sqlite,lmdb,lmdb-sorted,runs,hashpart")
     ap.add_argument("--per-pack", type=int, default=4096, help="entries per index file")
     ap.add_argument("--batches", type=int, default=16, help="lookup batches per size")
     ap.add_argument("--repeat", type=int, default=1)

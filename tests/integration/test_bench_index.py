@@ -26,7 +26,7 @@ def test_bench_index_runs_end_to_end(tmp_path: Path) -> None:
         pytest.skip("numpy is not installed (bench/bench_index.py needs it)")
     names = ["sqlite", "runs", "hashpart"]
     if importlib.util.find_spec("lmdb") is not None:
-        names.append("lmdb")
+        names += ["lmdb", "lmdb-sorted"]
     out = tmp_path / "index.json"
     proc = subprocess.run(
         [
