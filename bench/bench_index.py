@@ -212,6 +212,12 @@ class Run:
             rec[col] = np.frombuffer(data, REC[col].base).reshape(rec[col].shape)
         return rec
 
+    def keys(self, a: int, b: int) -> np.ndarray:
+        """Keys a..b, read with ``pread`` when the run is a file."""
+        if self.fd < 0:
+            return self.key[a:b]
+        return np.frombuffer(os.pread(self.fd, 8 * (b - a), 8 * a), "<u8")
+
     def __del__(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
@@ -245,7 +251,7 @@ def merge_runs(runs: list[Run], out: Path, budget: int = 1 << 18) -> int:
     The columns are written to three temporary files, then concatenated into the run (a
     second pass over the output: simple, and still sequential I/O)."""
     pos = [0] * len(runs)
-    block = max(4096, budget // len(runs))
+    block = max(1024, budget // len(runs))
     total = 0
     cols = {c: open(out.with_suffix(f".{c}"), "w+b") for c in REC.names}  # noqa: SIM115
     try:
@@ -253,10 +259,11 @@ def merge_runs(runs: list[Run], out: Path, budget: int = 1 << 18) -> int:
             live = [i for i, r in enumerate(runs) if pos[i] < len(r)]
             if not live:
                 break
-            pivot = min(int(runs[i].key[min(pos[i] + block, len(runs[i])) - 1]) for i in live)
+            heads = {i: runs[i].keys(pos[i], min(pos[i] + block, len(runs[i]))) for i in live}
+            pivot = min(int(heads[i][-1]) for i in live)
             parts = []
             for i in live:
-                end = int(np.searchsorted(runs[i].key, np.uint64(pivot), "right"))
+                end = pos[i] + int(np.searchsorted(heads[i], np.uint64(pivot), "right"))
                 parts.append(runs[i].take(pos[i], end))
                 pos[i] = end
             for i in live:
