@@ -11,13 +11,18 @@ Candidates (``--candidates``, comma separated):
              executemany per pack, lookups of a sorted batch with ``id IN (?, ...)``.
     lmdb     the ``lmdb`` package: one put per entry (``putmulti`` per pack), lookups with
              ``Cursor.getmulti`` over the sorted batch.
+    lmdb-sorted  lmdb built sorted (the runs' spill and merge) and appended in key order;
+             captures insert as lmdb does.
     runs     sorted runs of fixed-size records in files read through a memory map with
              numpy: per run three columns, key u64 (the first 8 bytes of the id, big-endian, so
              integer order is byte order), the other 24 bytes of the id, the 16-byte slot: 48 B
-             per entry. New entries become a small sorted run; runs merge size-tiered (a run
-             merges with its neighbour when that is < 4x its size), streamed in bounded blocks.
-             Lookup: ``searchsorted`` of the batch's keys in each run, exact compare of the
-             rest, newest run first is not needed (first location wins: oldest run first).
+             per entry, and a sidecar ``.fence`` (every 512th key: one per 4 KiB key page).
+             New entries become a small sorted run; runs merge size-tiered (a run merges with
+             its neighbour when that is < 4x its size), streamed with ``pread`` in bounded
+             blocks. Lookup: the fence names each id's key page, a branchless binary search in
+             that page for all ids at once, the other 24 bytes compared where the key matched;
+             oldest run first (the first location wins). The mapped pages are dropped every
+             ``BENCH_INDEX_RELEASE_EVERY`` lookup batches (default 1).
     hashpart the same records in 256 partition files by the id's first byte, each a sorted
              run rewritten (merged) on insert: (d) of the brief.
 
