@@ -21,22 +21,25 @@ class CLI:
         self.store = store
         self.actor = actor
 
-    def __call__(self, *args: str) -> tuple[int, str, str]:
+    def __call__(self, *args: str | Path) -> tuple[int, str, str]:
         out, err = io.StringIO(), io.StringIO()
-        code = run(["--store", str(self.store), "--actor", self.actor, *args], out, err)
+        code = run(["--store", str(self.store), "--actor", self.actor, *map(str, args)], out, err)
         return code, out.getvalue(), err.getvalue()
 
-    def ok(self, *args: str) -> str:
+    def ok(self, *args: str | Path) -> str:
         code, out, err = self(*args)
         assert code == 0, err
         return out
 
-    def json(self, *args: str) -> Any:
+    def json(self, *args: str | Path) -> Any:
         return json.loads(self.ok(*args, "--json"))
 
-    def fails(self, code: int, *args: str) -> str:
-        """The one-line error of a command that must exit with ``code``."""
+    def fails(self, code: int, *args: str | Path, report: bool = False) -> str:
+        """The one-line error of a command that must exit with ``code``; with
+        ``report`` the command may print a report (``verify``) before it."""
         got, out, err = self(*args)
         assert got == code, (got, out, err)
-        assert out == "" and err.startswith("ckpt: error: ") and err.count("\n") == 1
+        assert err.startswith("ckpt: ") and err.count("\n") == 1, err
+        assert "Traceback" not in err
+        assert report or out == "", out
         return err

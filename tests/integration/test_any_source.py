@@ -23,6 +23,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import cli_support
 import pytest
 
 from ckpt import (
@@ -34,7 +35,6 @@ from ckpt import (
     Store,
     StreamSource,
 )
-from ckpt.cli import run
 
 CKPT = Path(sys.executable).with_name("ckpt")
 BLOCK = 4096
@@ -53,26 +53,7 @@ def _image(size: int = SIZE, salt: bytes = b"") -> bytes:
     return bytes(out[:size])
 
 
-class CLI:
-    def __init__(self, store: Path) -> None:
-        self.store = store
-
-    def __call__(self, *args: str | Path) -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        code = run(["--store", str(self.store), *map(str, args)], out, err)
-        return code, out.getvalue(), err.getvalue()
-
-    def ok(self, *args: str | Path) -> str:
-        code, out, err = self(*args)
-        assert code == 0, err
-        return out
-
-    def fails(self, code: int, *args: str | Path) -> str:
-        got, _, err = self(*args)
-        assert got == code, err
-        assert err.count("\n") == 1 and "Traceback" not in err, err
-        return err
-
+class CLI(cli_support.CLI):
     def restored(self, point: str, out: Path, disk: str = "v") -> bytes:
         self.ok("restore", "v", point, "--disk", disk, "-o", out)
         return out.read_bytes()

@@ -21,36 +21,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from cli_support import CLI
 
 from ckpt import DiskFormat, InvalidValue, SourceChanged, Store
-from ckpt.cli import run
 from ckpt.storage import manifest
 from ckpt.storage.manifest import ZERO_ID, BlockMap
 from ckpt.storage.vhdx.writer import write_vhdx
 
 CKPT = Path(sys.executable).with_name("ckpt")
 BLOCK = 4096
-
-
-class CLI:
-    def __init__(self, store: Path) -> None:
-        self.store = store
-
-    def __call__(self, *args: str | Path) -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        code = run(["--store", str(self.store), *map(str, args)], out, err)
-        return code, out.getvalue(), err.getvalue()
-
-    def ok(self, *args: str | Path) -> str:
-        code, out, err = self(*args)
-        assert code == 0, err
-        return out
-
-    def fails(self, code: int, *args: str | Path) -> str:
-        got, _, err = self(*args)
-        assert got == code, err
-        assert err.count("\n") == 1 and "Traceback" not in err, err
-        return err
 
 
 @pytest.fixture
@@ -212,7 +191,7 @@ def test_a_manifest_that_breaks_a_rule_still_keeps_its_chunks_from_gc(
         assert store.chunks.has(kept)
     finally:
         store.close()
-    err = cli.fails(23, "verify")
+    err = cli.fails(23, "verify", report=True)
     assert "1 damaged" in err
     _, out, _ = cli("verify")
     assert "block 1 lies beyond the 1 blocks" in out
