@@ -32,6 +32,7 @@ from ckpt.domain import (
     VirtualMachine,
 )
 from ckpt.domain.layers import chain
+from ckpt.domain.naming import FORBIDDEN_IN_FILE, RESERVED_FILE_NAMES
 from ckpt.storage import manifest
 from ckpt.storage.manifest import ZERO_ID, BlockMap
 from ckpt.storage.manifest_cache import ManifestCache
@@ -44,14 +45,7 @@ from .unit_of_work import UnitOfWork
 DISKS_DIR = "Virtual Hard Disks"
 RUN = 1 << 20  # join contiguous blocks into runs of up to 1 MiB for the writer
 WINDOWS_ROOT = PureWindowsPath("C:/Hyper-V")  # where an export says it lives: a guess, by design
-_UNSAFE = re.compile(r'[<>:"/\\|?*\x00-\x1f]')
-_UNSAFE_EXPORT = re.compile(r'[<>:"/\\|?*\x00-\x1f\x7f]')
-# Windows opens a device, not a file, for these names with any extension ("nul.txt").
-_RESERVED = (
-    {"CON", "PRN", "AUX", "NUL"}
-    | {f"COM{i}" for i in range(1, 10)}
-    | {f"LPT{i}" for i in range(1, 10)}
-)
+_UNSAFE_EXPORT = re.compile(FORBIDDEN_IN_FILE.pattern[:-1] + r"\x7f]")  # and DEL
 # One path component: 255 bytes on ext4, XFS, btrfs and ZFS (NAME_MAX); NTFS allows 255
 # UTF-16 units, which 255 UTF-8 bytes never exceed. A 100-character emoji name is 400.
 NAME_MAX = 255
@@ -61,7 +55,7 @@ SNAPSHOTS_DIR = "Snapshots"
 
 def safe_folder_name(name: str) -> str:
     """A VM name as one path component: no separators, no '..', no control characters."""
-    cleaned = _UNSAFE.sub("_", name).strip(" .") or "vm"
+    cleaned = FORBIDDEN_IN_FILE.sub("_", name).strip(" .") or "vm"
     return cleaned if cleaned not in (".", "..") else "vm"
 
 
@@ -80,7 +74,7 @@ def export_folder_name(name: str, vm: UUID) -> str:
     cleaned = _UNSAFE_EXPORT.sub("_", name).rstrip(" .")
     if cleaned in ("", ".", ".."):
         cleaned = "vm"
-    if cleaned.split(".")[0].rstrip(" ").upper() in _RESERVED:
+    if cleaned.split(".")[0].rstrip(" ").upper() in RESERVED_FILE_NAMES:
         cleaned = "_" + cleaned
     if cleaned == name and len(name.encode()) <= NAME_MAX:
         return name

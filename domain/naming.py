@@ -27,8 +27,10 @@ from .values import DiskFormat
 
 MAX_NAME = 100
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_FORBIDDEN_IN_FILE = re.compile(r'[<>:"/\\|?*\x00-\x1f]')
-_RESERVED = (
+# Characters Windows refuses in a file name, and the names that open a device
+# ("nul.txt" too): shared by disk names and the export's folder names.
+FORBIDDEN_IN_FILE = re.compile(r'[<>:"/\\|?*\x00-\x1f]')
+RESERVED_FILE_NAMES = (
     {"CON", "PRN", "AUX", "NUL"}
     | {f"COM{i}" for i in range(1, 10)}
     | {f"LPT{i}" for i in range(1, 10)}
@@ -66,9 +68,9 @@ def check_findable_name(name: str, what: str) -> str:
 
 def disk_name_problem(name: str) -> str | None:
     """Why ``name`` cannot be the stem of a Windows file name, or None if it can."""
-    if _FORBIDDEN_IN_FILE.search(name) or name.rstrip(" .") != name:
+    if FORBIDDEN_IN_FILE.search(name) or name.rstrip(" .") != name:
         return 'cannot be a Windows file name (no <>:"/\\|?* and no trailing dot or blank)'
-    if name.split(".")[0].upper() in _RESERVED:
+    if name.split(".")[0].upper() in RESERVED_FILE_NAMES:
         return "is a reserved Windows device name"
     return None
 
