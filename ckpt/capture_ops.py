@@ -53,6 +53,7 @@ from ckpt.storage.sources import (
     open_source,
     opened,
     refuse_container,
+    refuse_container_tail,
     size_hint,
 )
 from ckpt.storage.vhdx_files import ChainStream, open_vhdx_chain
@@ -184,6 +185,8 @@ class _Disks:
                     self.captures[disk] = capture_disk(
                         vm, disk, src, writer, cache, extents, progress
                     )
+                    if not self.raw:
+                        refuse_container_tail(src)  # a fixed VHD's footer ends the stream
             for role, given in files.items():
                 with opened(given, f"{role.value} file") as src:
                     captured.append(capture_file(role, src, writer, progress))

@@ -23,6 +23,8 @@ from typing import BinaryIO
 
 VHDX_SIGNATURE = b"vhdxfile"
 VHD_COOKIE = b"conectix"
+VHD_FOOTER = 512
+FOOTERS = (VHD_FOOTER, 511)  # VHDs before Virtual PC 2004 have a 511-byte footer
 QCOW_MAGIC = b"QFI\xfb"
 
 VHDX = "a VHDX file"
@@ -44,8 +46,16 @@ def container_format(src: BinaryIO, size: int) -> str | None:
     kind = container_format_of_head(_read_at(src, 0, 8))
     if kind is not None:
         return kind
-    for footer in (512, 511):
+    for footer in FOOTERS:
         if size >= footer and _read_at(src, size - footer, 8) == VHD_COOKIE:
+            return VHD
+    return None
+
+
+def container_format_of_tail(tail: bytes) -> str | None:
+    """A VHD, from the last ``VHD_FOOTER`` bytes of a source (or all of a shorter one)."""
+    for footer in FOOTERS:
+        if len(tail) >= footer and tail[-footer:][:8] == VHD_COOKIE:
             return VHD
     return None
 

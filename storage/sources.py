@@ -34,7 +34,14 @@ from typing import BinaryIO
 
 from ckpt.domain import InvalidValue, NotFound, SourceChanged
 
-from .image_formats import VHDX, container_format, container_format_of_head
+from .image_formats import (
+    VHD,
+    VHD_FOOTER,
+    VHDX,
+    container_format,
+    container_format_of_head,
+    container_format_of_tail,
+)
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,9 @@ class Source:
     size: int | None = None
     path: str | None = None
     head: bytes = b""
+    # The last bytes a one-shot source delivered: a fixed VHD keeps its footer in
+    # its last 512 (511 before Virtual PC 2004) bytes, known only once it has ended.
+    tail: bytes = b""
 
     def peek(self, n: int) -> bytes:
         """The first ``n`` bytes (fewer if the source is shorter), still to be read."""
@@ -84,10 +94,13 @@ class Source:
     def read(self, n: int) -> bytes:
         """The next ``n`` bytes of a one-shot source (fewer only at its end)."""
         if not self.head:
-            return read_fully(self.stream, n)
-        out, self.head = self.head[:n], self.head[n:]
-        if len(out) < n:
-            out += read_fully(self.stream, n - len(out))
+            out = read_fully(self.stream, n)
+        else:
+            out, self.head = self.head[:n], self.head[n:]
+            if len(out) < n:
+                out += read_fully(self.stream, n - len(out))
+        if out:
+            self.tail = (self.tail + out[-VHD_FOOTER:])[-VHD_FOOTER:]
         return out
 
 
@@ -261,12 +274,26 @@ def open_source(path: str | Path, what: str) -> BinaryIO:
 
 def refuse_container(source: Source, vhdx_hint: str) -> None:
     """Refuse a VHDX, VHD or qcow2 file where a raw image is expected. A one-shot
-    source is judged by its first bytes only (a VHD's footer is at its end)."""
+    source is judged by its first bytes here, and by its last ones once it has
+    ended (``refuse_container_tail``: a fixed VHD's footer is at its end)."""
     where = source.where
     if source.one_shot:
         kind = container_format_of_head(source.peek(8))
     else:
         kind = container_format(source.stream, source.size or source_size(source.stream, where))
+    _refuse(source, kind, vhdx_hint)
+
+
+def refuse_container_tail(source: Source) -> None:
+    """After a one-shot source has ended: refuse it if its last bytes are a fixed
+    VHD's footer (its head said nothing). The capture is not recorded then; its
+    chunks, unreferenced, go at the next gc."""
+    if source.one_shot and container_format_of_tail(source.tail) is not None:
+        _refuse(source, VHD, "")
+
+
+def _refuse(source: Source, kind: str | None, vhdx_hint: str) -> None:
+    where = source.where
     if kind is None:
         return
     how = (

@@ -40,6 +40,7 @@ CKPT = Path(sys.executable).with_name("ckpt")
 BLOCK = 4096
 # more than two 4 MiB read buffers, and a last block that is not whole (2 sectors of it)
 SIZE = 9 * (1 << 20) + 1024
+FIXED_VHD_FOOTER = b"conectix".ljust(512, b"\x01")  # the cookie starts a VHD's 512-byte footer
 
 
 def _image(size: int = SIZE, salt: bytes = b"") -> bytes:
@@ -241,6 +242,8 @@ def test_what_a_pipe_cannot_give_is_refused_and_nothing_recorded(
         (["--disk", "v=-", "--changed-blocks", f"v={extents}"], _image(), "is read once, in order"),
         (["--disk", "v=-", "--memory", "-"], _image(), "it can be read once"),
         (["--disk", "v=-"], b"vhdxfile" + bytes(BLOCK - 8), "is a VHDX file"),
+        # a fixed VHD: raw sectors, then its footer, known only at the end of the pipe
+        (["--disk", "v=-"], _image()[: 3 * BLOCK] + FIXED_VHD_FOOTER, "is a VHD file"),
     ]
     for args, data, words in cases:
         done = _subprocess(store, "checkpoint", "create", "v", "x", *args, input=data)
@@ -370,3 +373,23 @@ def test_a_socket_feeds_an_encrypted_store(tmp_path: Path) -> None:
             s.sync("v", {"Boot": stream}, "socket")
         assert _restore(s, "socket") == data
         assert s.verify().ok
+
+
+@pytest.mark.parametrize("footer", [512, 511])
+def test_a_fixed_vhd_through_a_pipe_is_refused_after_its_end_unless_raw(
+    tmp_path: Path, footer: int
+) -> None:
+    """A fixed VHD says what it is only in its last 512 (or, before Virtual PC 2004,
+    511) bytes: a pipe shows them after its end, and the capture is refused then,
+    with nothing recorded; `--format raw` (raw=True) takes the bytes as they are."""
+    data = _image()[: 3 * BLOCK]
+    data += bytes(512 - footer) + FIXED_VHD_FOOTER[:footer]  # whole sectors either way
+    with Store.init(tmp_path / "s", actor="t") as store:
+        store.register_vm("v", [("v", DiskFormat.VHDX)])
+        with pytest.raises(InvalidValue, match="is a VHD file"):
+            store.create_checkpoint("v", "x", disks={"v": StreamSource(Pipe(data))})
+        assert store.checkpoints("v") == []
+        store.create_checkpoint("v", "x", disks={"v": StreamSource(Pipe(data))}, raw=True)
+        out = io.BytesIO()
+        store.restore_disk("v", "x", "v", out)
+        assert out.getvalue() == data
