@@ -119,7 +119,7 @@ class ChunkMap:
             self._grow()
         return True
 
-    def add_many(self, pack: int, entries: Iterable[tuple[bytes, int, int, int]]) -> None:
+    def add_many(self, pack: int, entries: Iterable[tuple[bytes, int, int, int, int, int]]) -> None:
         """``add`` for every (id, offset, compressed, uncompressed) of one pack.
 
         The loading path: the same checks as ``add``, inlined (one method call
@@ -133,7 +133,7 @@ class ChunkMap:
         pack_record = RECORD.pack
         size = RECORD.size
         added = stored = uncompressed = 0
-        for cid, offset, clen, ulen in batch:
+        for cid, offset, clen, ulen, *_ in batch:
             if len(cid) != ID_SIZE:
                 raise ValueError(f"chunk id must be {ID_SIZE} bytes, got {len(cid)}")
             bucket = buckets[int.from_bytes(cid[:4], "big") >> shift]

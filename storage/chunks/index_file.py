@@ -56,7 +56,7 @@ def encode_index_file(f: IndexFile) -> bytes:
     if len(f.pack_id) != PACK_ID_SIZE:
         raise ValueError(f"pack id must be {PACK_ID_SIZE} bytes, got {len(f.pack_id)}")
     head = HEAD.pack(MAGIC, VERSION, len(f.entries), f.pack_id, f.created, f.pack_size)
-    body = head + b"".join(ENTRY.pack(*e) for e in f.entries)
+    body = head + b"".join(ENTRY.pack(*e[:4]) for e in f.entries)
     return body + CRC.pack(zlib.crc32(body))
 
 

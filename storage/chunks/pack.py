@@ -55,12 +55,27 @@ MAX_PACK_SIZE = (1 << 32) - 1
 
 
 class PackEntry(NamedTuple):
-    """Where one chunk's frame lies in its pack."""
+    """Where one chunk lies in its pack.
+
+    ``offset``, ``compressed_length`` and ``uncompressed_length`` describe the
+    zstd *frame* that holds the chunk. A version-1 pack has one chunk per
+    frame (``slice_offset`` 0, ``slice_length`` -1: the whole frame); a
+    grouped frame (decision 0012) holds several chunks back to back, and the
+    chunk is ``[slice_offset, slice_offset + slice_length)`` of the frame's
+    decompressed bytes.
+    """
 
     chunk_id: ChunkId
     offset: int
     compressed_length: int
     uncompressed_length: int
+    slice_offset: int = 0
+    slice_length: int = -1
+
+    @property
+    def chunk_length(self) -> int:
+        """The chunk's own uncompressed length."""
+        return self.uncompressed_length if self.slice_length < 0 else self.slice_length
 
 
 class PackTrailer(NamedTuple):
@@ -129,7 +144,7 @@ class PackWriter:
             raise ValueError("pack writer already finished")
         self._finished = True
         table_offset, count = len(self._buf), len(self._entries)
-        table = b"".join(ENTRY.pack(*e) for e in self._entries)
+        table = b"".join(ENTRY.pack(*e[:4]) for e in self._entries)
         head = struct.pack("<QIId", table_offset, count, VERSION, created)
         crc = zlib.crc32(head, zlib.crc32(table))
         self._buf += table
