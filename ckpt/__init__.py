@@ -50,7 +50,7 @@ from ckpt.domain import (
     WrongKey,
 )
 from ckpt.projections import AuditEntry, ChainEntry, JsonValue, TreeEntry
-from ckpt.storage.chunks import GcReport, VerifyReport
+from ckpt.storage.chunks import GcReport, UpgradeReport, VerifyReport
 from ckpt.storage.chunks.gc import GcDetails
 from ckpt.storage.chunks.verify import AffectedCapture, BadChunk
 from ckpt.storage.log_chain import ChainReport
@@ -121,6 +121,7 @@ __all__ = [
     "UnitOfWork",
     "UnknownCheckpoint",
     "UnknownVM",
+    "UpgradeReport",
     "VMState",
     "VMStats",
     "VerifyReport",

@@ -13,7 +13,7 @@ from ckpt.storage.capture import parse_extents
 from ckpt.storage.log_chain import format_anchor
 from ckpt.storage.sources import StreamSource
 
-from . import api_args, output, render
+from . import api_args, output, render, upgrade_ops
 from .maintenance import RepairReport
 from .progress import progress_bars
 from .store import Store
@@ -283,6 +283,29 @@ def _gc(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     render.emit(out, a, data, "\n".join(lines))
 
 
+def _upgrade(s: Store, a: argparse.Namespace, out: TextIO) -> None:
+    with progress_bars() as bars:
+        report = s.upgrade(bars)
+    data = upgrade_ops.details(report)
+    lines = [
+        f"upgrade: chunk format {report.format_before} -> {report.format}; converted "
+        f"{report.converted_packs} version-1 packs ({report.bytes_before:,} B) into "
+        f"{report.new_packs} version-2 packs ({report.bytes_after:,} B)",
+    ]
+    if report.resumed:
+        lines.append(f"  {report.resumed} of them had been converted by an interrupted run")
+    if report.kept_for_leases:
+        lines.append(f"  left {report.kept_for_leases} packs of running captures for next time")
+    if report.remaining:
+        lines.append(f"  {report.remaining} version-1 packs remain: run ckpt upgrade again")
+    lines += [f"  problem: {p}" for p in report.problems]
+    render.emit(out, a, data, "\n".join(lines))
+    if any("not converted" in p for p in report.problems):
+        raise StoreCorrupt(
+            f"upgrade left {report.remaining} version-1 packs (problems above); run ckpt verify"
+        )
+
+
 def _stats(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     st = s.stats(a.vm, at=a.at)
     lines = [
@@ -378,6 +401,13 @@ def register(sub: Any, cmd: Callable[..., argparse.ArgumentParser]) -> None:
         default=3600.0,
         metavar="SECONDS",
         help="keep unreferenced chunks younger than this, >= 0 (default 3600)",
+    )
+    cmd(
+        sub,
+        "upgrade",
+        _upgrade,
+        "convert the chunk storage to the current format (grouped packs); resumable",
+        json_out=True,
     )
     q = cmd(sub, "stats", _stats, "logical and stored bytes, dedup and compression", json_out=True)
     q.add_argument("vm", nargs="?")

@@ -188,6 +188,7 @@ def init(
                     "not a store this ckpt can create or attach to"
                 )
             config.store_id = uow.read_models.recorder.set_store_id(str(uuid4()))
+            uow.chunks.set_format()  # a new store gets grouped (v2) packs (decision 0012)
             if backend is not None:
                 write_remote_meta(backend, config)  # durable before the marker names it
         if directory is not None:
@@ -233,10 +234,11 @@ def open_store(
         key = None  # a plain store: a key in the environment is not for it
     check_key(config.encryption, key, config.describe())
     uow = connect(config, actor, host, clock, key)
-    if meta is not None:
-        try:
+    try:
+        if meta is not None:
             check_pairing(uow, meta)
-        except BaseException:
-            uow.close()
-            raise
+        _ = uow.chunks.format  # refuse a chunk format newer than this release, now
+    except BaseException:
+        uow.close()
+        raise
     return uow

@@ -33,14 +33,23 @@ from ckpt.domain import (
     VirtualMachine,
 )
 from ckpt.projections import OPERATIONS, AuditEntry, ChainEntry, TreeEntry
-from ckpt.storage.chunks import ChunkStore, GcReport, VerifyReport
+from ckpt.storage.chunks import ChunkStore, GcReport, UpgradeReport, VerifyReport
 from ckpt.storage.chunks.verify import BadChunk
 from ckpt.storage.keyring import Keyring
 from ckpt.storage.log_chain import ChainReport
 from ckpt.storage.sources import StreamSource
 
 from . import api_args as check
-from . import capture_ops, commands, hyperv_export, maintenance, queries, restore_ops, setup
+from . import (
+    capture_ops,
+    commands,
+    hyperv_export,
+    maintenance,
+    queries,
+    restore_ops,
+    setup,
+    upgrade_ops,
+)
 from .app import CheckpointApplication
 from .copy import CopyReport, copy_store
 from .maintenance import RepairReport, StoreInfo, StoreStats
@@ -463,6 +472,13 @@ class Store:
         grace_seconds = check.number("gc: grace_seconds", grace_seconds, 0)
         check.progress("gc: progress", progress)
         return maintenance.gc(self.unit_of_work, grace_seconds, progress)
+
+    def upgrade(self, progress: ProgressFactory | None = None) -> UpgradeReport:
+        """Convert the chunk storage to the current format (version-2 packs of
+        grouped frames, decision 0012): resumable, crash-safe as gc is; run it
+        again after a kill. A store already converted reports 0 packs."""
+        check.progress("upgrade: progress", progress)
+        return upgrade_ops.upgrade(self.unit_of_work, progress)
 
     def info(self) -> StoreInfo:
         """Where the store is and what it holds; safe to print (passwords masked)."""

@@ -238,6 +238,7 @@ def throwaway(
     app = CheckpointApplication(env=env)
     config = StoreConfig(Path(directory.name))
     chunks = ChunkStore(MemoryChunkBackend(), keyring=keyring)
+    chunks.set_format()
     events_file = config.sqlite_file()
     uow = UnitOfWork(app, ReadModels(app), config, actor, host, clock, key, chunks, events_file)
     uow.on_close.append(directory.cleanup)

@@ -5,6 +5,12 @@ loop (``capture.capture``) hands it each block that differs from the parent
 chain (``sink``); the session drops the blocks the store or the session
 already holds (dedup), compresses new ones in batches on a thread pool, and
 hands the frames to the writer in order. ``add`` stores a manifest chunk.
+
+Groups: into a version-2 pack (a format-2 store) consecutive new chunks are
+compressed together, up to ``GROUP_TARGET`` (64 KiB) per frame, on the same
+pool task that compressed them one by one before (decision 0012); a chunk of
+64 KiB or more is a group of its own. A batch never splits a group across two
+tasks, so a group holds chunks a capture met one after the other.
 """
 
 from __future__ import annotations
@@ -13,8 +19,12 @@ from collections import deque
 from concurrent.futures import Executor, Future
 
 from .chunks.ids import ChunkId
+from .chunks.pack import split_groups
 from .chunks.store import ChunkStore
 from .chunks.writer import ChunkWriter
+
+Group = tuple[bytes, list[tuple[ChunkId, int]]]
+"""A compressed frame and its chunks' (id, length), in order."""
 
 
 class Session:
@@ -38,7 +48,8 @@ class Session:
         self.hasher = self.codec.identify if self.codec.keyed else None
         self.seen: set[bytes] = set()
         self.batch: list[tuple[bytes, bytes]] = []
-        self.pending: deque[tuple[list[tuple[bytes, bytes]], Future[list[bytes]]]] = deque()
+        self.grouped = writer.grouped
+        self.pending: deque[Future[list[Group]]] = deque()
 
     def sink(self, cid: bytes, data: bytes) -> int:
         if cid in self.seen or self.chunks.has(cid):
@@ -49,29 +60,40 @@ class Session:
             self._submit()
         return len(data)
 
-    def _compress(self, batch: list[tuple[bytes, bytes]]) -> list[bytes]:
-        return [self.codec.compress(data, cid) for cid, data in batch]
+    def _compress(self, batch: list[tuple[bytes, bytes]]) -> list[Group]:
+        compress = self.codec.compress
+        if not self.grouped:
+            return [(compress(data, cid), [(ChunkId(cid), len(data))]) for cid, data in batch]
+        out: list[Group] = []
+        for group in split_groups(batch):
+            datas = [data for _, data in group]
+            cids = [cid for cid, _ in group]
+            frame = self.codec.compress_group(datas, cids)
+            out.append((frame, [(ChunkId(c), len(d)) for c, d in group]))
+        return out
 
     def _submit(self) -> None:
         batch, self.batch = self.batch, []
         if self.pool is None:
-            self._hand_over(batch, self._compress(batch))
+            self._hand_over(self._compress(batch))
             return
-        self.pending.append((batch, self.pool.submit(self._compress, batch)))
+        self.pending.append(self.pool.submit(self._compress, batch))
         while len(self.pending) > 4:
-            done, future = self.pending.popleft()
-            self._hand_over(done, future.result())
+            self._hand_over(self.pending.popleft().result())
 
-    def _hand_over(self, batch: list[tuple[bytes, bytes]], frames: list[bytes]) -> None:
-        for (cid, data), frame in zip(batch, frames, strict=True):
-            self.writer.add_compressed(ChunkId(cid), frame, len(data))
+    def _hand_over(self, groups: list[Group]) -> None:
+        if not self.grouped:
+            for frame, [(cid, length)] in groups:
+                self.writer.add_compressed(cid, frame, length)
+            return
+        for frame, members in groups:
+            self.writer.add_group(frame, members)
 
     def finish(self) -> None:
         if self.batch:
             self._submit()
         while self.pending:
-            done, future = self.pending.popleft()
-            self._hand_over(done, future.result())
+            self._hand_over(self.pending.popleft().result())
 
     def add(self, data: bytes) -> bytes:
         """Store a manifest (or piece) directly; returns its id."""

@@ -81,7 +81,7 @@ class Keyring:
         self._records = AESGCM(_derive(key, "ckpt read models"))
         self.key_check = _derive(key, "ckpt key check").hex()
 
-    def chunk_id(self, data: bytes) -> bytes:
+    def chunk_id(self, data: bytes | memoryview) -> bytes:
         return hmac.new(self._id_key, data, hashlib.sha256).digest()
 
     def seal_chunk(self, frame: bytes, cid: bytes) -> bytes:

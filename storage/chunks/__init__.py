@@ -31,6 +31,7 @@ from .pack import DEFAULT_PACK_SIZE, PackEntry, PackWriter, read_pack_index
 from .repair import RebuildReport
 from .s3 import S3ChunkBackend, S3Location, parse_s3_url
 from .store import ChunkStore
+from .upgrade import UpgradeReport
 from .verify import VerifyReport
 from .writer import ChunkWriter
 
@@ -50,6 +51,7 @@ __all__ = [
     "RebuildReport",
     "S3ChunkBackend",
     "S3Location",
+    "UpgradeReport",
     "VerifyReport",
     "chunk_id",
     "from_hex",

@@ -1,9 +1,11 @@
 """A compact in-memory map from chunk id to where the chunk is stored.
 
 Terms:
-    record   48 bytes: the 32-byte chunk id, then four u32: pack number (an
-             index into the caller's list of packs), frame offset, compressed
-             length, uncompressed length.
+    record   56 bytes: the 32-byte chunk id, then six u32: pack number (an
+             index into the caller's list of packs), frame offset, frame
+             compressed length, frame uncompressed length, the chunk's offset
+             in the decompressed frame, the chunk's length (a v1 frame: 0 and
+             the frame's uncompressed length).
     bucket   a ``bytearray`` of records whose ids share their first ``bits``
              bits. There are ``2**bits`` buckets, doubled whenever the average
              bucket passes 16 records, so a bucket holds 8-16 records.
@@ -29,13 +31,14 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from .ids import ID_SIZE, ChunkId
 
-RECORD = struct.Struct("<32sIIII")
-_LOCATION = struct.Struct("<IIII")
+RECORD = struct.Struct("<32sIIIIII")
+_LOCATION = struct.Struct("<IIIIII")
 _MIN_BITS = 4
 _MAX_AVERAGE = 16  # records per bucket before the bucket count doubles
 
-Slot = tuple[int, int, int, int]
-"""(pack number, offset, compressed length, uncompressed length)"""
+Slot = tuple[int, int, int, int, int, int]
+"""(pack number, frame offset, frame compressed length, frame uncompressed
+length, slice offset, chunk length)"""
 
 
 class ChunkMap:
@@ -104,17 +107,28 @@ class ChunkMap:
     def __contains__(self, cid: object) -> bool:
         return isinstance(cid, bytes) and len(cid) == ID_SIZE and self._find(cid)[1] >= 0
 
-    def add(self, cid: bytes, pack: int, offset: int, clen: int, ulen: int) -> bool:
+    def add(
+        self,
+        cid: bytes,
+        pack: int,
+        offset: int,
+        clen: int,
+        ulen: int,
+        slice_offset: int = 0,
+        length: int = -1,
+    ) -> bool:
         """Insert unless the id is present (the first location wins); True if added."""
         if len(cid) != ID_SIZE:
             raise ValueError(f"chunk id must be {ID_SIZE} bytes, got {len(cid)}")
         bucket, pos = self._find(cid)
         if pos >= 0:
             return False
-        bucket += RECORD.pack(cid, pack, offset, clen, ulen)
+        length = ulen if length < 0 else length
+        bucket += RECORD.pack(cid, pack, offset, clen, ulen, slice_offset, length)
         self._count += 1
-        self._stored += clen
-        self._uncompressed += ulen
+        # A group frame's bytes count once, with its first chunk.
+        self._stored += clen if slice_offset == 0 else 0
+        self._uncompressed += length
         if self._count > _MAX_AVERAGE * len(self._table[1]):
             self._grow()
         return True
@@ -133,7 +147,7 @@ class ChunkMap:
         pack_record = RECORD.pack
         size = RECORD.size
         added = stored = uncompressed = 0
-        for cid, offset, clen, ulen, *_ in batch:
+        for cid, offset, clen, ulen, slice_offset, length in batch:
             if len(cid) != ID_SIZE:
                 raise ValueError(f"chunk id must be {ID_SIZE} bytes, got {len(cid)}")
             bucket = buckets[int.from_bytes(cid[:4], "big") >> shift]
@@ -142,10 +156,11 @@ class ChunkMap:
                 pos = bucket.find(cid, pos + 1)
             if pos >= 0:
                 continue
-            bucket += pack_record(cid, pack, offset, clen, ulen)
+            length = ulen if length < 0 else length
+            bucket += pack_record(cid, pack, offset, clen, ulen, slice_offset, length)
             added += 1
-            stored += clen
-            uncompressed += ulen
+            stored += clen if slice_offset == 0 else 0
+            uncompressed += length
         self._count += added
         self._stored += stored
         self._uncompressed += uncompressed
@@ -163,8 +178,9 @@ class ChunkMap:
                 grown[int.from_bytes(record[:4], "big") >> new_shift] += record
         self._table = (new_shift, grown)
 
-    def items(self) -> Iterator[tuple[ChunkId, int, int, int, int]]:
-        """Every (id, pack number, offset, compressed length, uncompressed length)."""
+    def items(self) -> Iterator[tuple[ChunkId, int, int, int, int, int, int]]:
+        """Every (id, pack number, offset, compressed length, uncompressed
+        length, slice offset, chunk length)."""
         for bucket in self._table[1]:
-            for cid, pack, offset, clen, ulen in RECORD.iter_unpack(bytes(bucket)):
-                yield ChunkId(cid), pack, offset, clen, ulen
+            for cid, *rest in RECORD.iter_unpack(bytes(bucket)):
+                yield (ChunkId(cid), *rest)

@@ -7,7 +7,17 @@ Terms:
     decode  frame -> bytes, *checked*: the frame must declare exactly the
             uncompressed length the index recorded (so a damaged header cannot
             make us allocate more than that), must decompress to that many
-            bytes, and the bytes must hash to the chunk id.
+            bytes, and the chunk's bytes (the whole frame, or its slice of a
+            group frame) must hash to the chunk id.
+    group   several chunks compressed together as one frame (``compress_group``,
+            pack v2, decision 0012), at ``GROUP_LEVEL``: zstd-3 over 64 KiB
+            groups compressed faster (488 MB/s) than zstd-1 over 4 KiB frames
+            (324) and stored 11% less on real packages.
+    seal    in an encrypted store every frame is sealed (AES-GCM). A frame of
+            one chunk uses the chunk id as associated data, as before; a group
+            frame of several uses ``GROUP_AAD``, because a reader that wants
+            one chunk of it does not know the others' ids. Integrity does not
+            rest on the associated data: every chunk's keyed hash is checked.
 
 zstd contexts are not thread-safe, so each thread gets its own compressor and
 decompressor (a ``threading.local``); creating a pair costs ~16 us (measured),
@@ -30,6 +40,8 @@ from ckpt.domain.errors import ChunkCorrupt
 from ckpt.storage.keyring import Keyring
 
 DEFAULT_LEVEL = 1
+GROUP_LEVEL = 3
+GROUP_AAD = b"ckpt group frame v2"
 
 _DIGEST = operator.methodcaller("digest")
 
@@ -45,6 +57,8 @@ class ChunkCodec:
         if not -(1 << 17) <= level <= zstandard.MAX_COMPRESSION_LEVEL:
             raise ValueError(f"zstd level {level} is outside -131072..22")
         self._level = level
+        # zstd-3 at the default level: as fast as zstd-1 on 64 KiB groups (0012).
+        self._group_level = GROUP_LEVEL if level == DEFAULT_LEVEL else level
         self._local = threading.local()
         # An encrypted store names chunks by a keyed hash and seals every frame
         # (storage/keyring.py); a plain one uses SHA-256 and bare zstd frames.
@@ -55,7 +69,7 @@ class ChunkCodec:
         """True in an encrypted store: keyed ids, sealed frames."""
         return self._keyring is not None
 
-    def identify(self, data: bytes) -> bytes:
+    def identify(self, data: Chunk) -> bytes:
         """The id of ``data`` in this store."""
         if self._keyring is not None:
             return self._keyring.chunk_id(data)
@@ -77,6 +91,18 @@ class ChunkCodec:
             self._local.compressor = c
         return c
 
+    def _group_compressor(self) -> zstandard.ZstdCompressor:
+        c = getattr(self._local, "group_compressor", None)
+        if c is None:
+            c = zstandard.ZstdCompressor(
+                level=self._group_level,
+                write_content_size=True,
+                write_checksum=False,
+                write_dict_id=False,
+            )
+            self._local.group_compressor = c
+        return c
+
     def _decompressor(self) -> zstandard.ZstdDecompressor:
         d = getattr(self._local, "decompressor", None)
         if d is None:
@@ -91,6 +117,16 @@ class ChunkCodec:
             return frame
         return self._keyring.seal_chunk(frame, cid if cid is not None else self.identify(data))
 
+    def compress_group(self, chunks: Sequence[bytes], cids: Sequence[bytes]) -> bytes:
+        """One zstd frame holding ``chunks`` back to back (a group of one is
+        exactly ``compress``'s frame)."""
+        if len(chunks) == 1:
+            return self.compress(chunks[0], cids[0])
+        frame: bytes = self._group_compressor().compress(b"".join(chunks))
+        if self._keyring is None:
+            return frame
+        return self._keyring.seal_chunk(frame, GROUP_AAD)
+
     def decode_span(
         self,
         span: bytes,
@@ -98,6 +134,7 @@ class ChunkCodec:
         cids: Sequence[bytes],
         lengths: Sequence[int],
         where: str,
+        slices: Sequence[tuple[int, int]] | None = None,
     ) -> Sequence[Chunk]:
         """The checked bytes of several frames that lie in ``span`` at
         (offset, compressed length) each: as ``decode`` of each, in order.
@@ -114,47 +151,94 @@ class ChunkCodec:
         anything is wrong with the batch, the frames are decoded again one by
         one, so the error names the chunk and the reason exactly as ``decode``
         does. An encrypted store opens each frame first: one by one.
+
+        ``slices``: each chunk's (offset, length) in its decompressed frame
+        (group frames, pack v2); several chunks may name the same frame, which
+        is then decompressed once. Default: each chunk is its whole frame.
         """
-        if self._keyring is not None or len(frames) < 2:
-            return [
-                self.decode(span[at : at + n], cid, length, where)
-                for (at, n), cid, length in zip(frames, cids, lengths, strict=True)
-            ]
+        if slices is None:
+            slices = [(0, n) for n in lengths]
+        # Frames named by several chunks (one group frame) are decompressed once.
+        unique: dict[int, int] = {}
+        u_frames: list[tuple[int, int]] = []
+        u_lengths: list[int] = []
+        which: list[int] = []
+        for f, n in zip(frames, lengths, strict=True):
+            k = unique.get(f[0])
+            if k is None:
+                k = unique[f[0]] = len(u_frames)
+                u_frames.append(f)
+                u_lengths.append(n)
+            which.append(k)
         view = memoryview(span)
-        segments = struct.pack(f"={2 * len(frames)}Q", *[x for f in frames for x in f])
-        sizes = struct.pack(f"={len(lengths)}Q", *lengths)
-        try:
-            if frames[-1][0] + frames[-1][1] > len(span):
-                raise ValueError("span too short")
-            batch = zstandard.BufferWithSegments(view, segments)
-            out = self._decompressor().multi_decompress_to_buffer(
-                batch, decompressed_sizes=sizes, threads=1
-            )
-        except (zstandard.ZstdError, ValueError):
-            out = None
-        if out is not None:
-            # BufferSegment is a buffer; its stub does not say so (zstandard 0.25).
-            chunks = [memoryview(out[i]) for i in range(len(frames))]  # type: ignore[arg-type]
-            # The loop in C (map) rather than a generator: 0.35 us less per chunk.
-            digests = map(_DIGEST, map(hashlib.sha256, chunks))
-            if all(map(operator.eq, digests, cids)):
-                return chunks
-        # Something is wrong: decode one by one for an exact error.
+        if self._keyring is None and len(u_frames) >= 2:
+            segments = struct.pack(f"={2 * len(u_frames)}Q", *[x for f in u_frames for x in f])
+            sizes = struct.pack(f"={len(u_lengths)}Q", *u_lengths)
+            try:
+                if max(at + n for at, n in u_frames) > len(span):
+                    raise ValueError("span too short")
+                batch = zstandard.BufferWithSegments(view, segments)
+                out = self._decompressor().multi_decompress_to_buffer(
+                    batch, decompressed_sizes=sizes, threads=1
+                )
+            except (zstandard.ZstdError, ValueError):
+                out = None
+            if out is not None:
+                # BufferSegment is a buffer; its stub does not say so (zstandard 0.25).
+                buffers = [memoryview(out[i]) for i in range(len(u_frames))]  # type: ignore[arg-type]
+                chunks = [buffers[k][at : at + n] for k, (at, n) in zip(which, slices, strict=True)]
+                # The loop in C (map) rather than a generator: 0.35 us less per chunk.
+                digests = map(_DIGEST, map(hashlib.sha256, chunks))
+                if all(map(operator.eq, digests, cids)):
+                    return chunks
+        elif len(u_frames) < len(frames):
+            # A few frames, shared: decompress each once, then slice and check.
+            opened: list[bytes | None] = [None] * len(u_frames)
+            result: list[Chunk] = []
+            for k, (at, n), cid, length, (so, cl) in zip(
+                which, frames, cids, lengths, slices, strict=True
+            ):
+                data = opened[k]
+                if data is None:
+                    data = opened[k] = self._frame(
+                        bytes(view[at : at + n]), cid, length, where, so, cl
+                    )
+                result.append(self._slice(data, cid, where, so, cl))
+            return result
+        # One frame per chunk, or something is wrong: one by one (an exact error).
         return [
-            self.decode(bytes(view[at : at + n]), cid, length, where)
-            for (at, n), cid, length in zip(frames, cids, lengths, strict=True)
+            self.decode(bytes(view[at : at + n]), cid, length, where, so, cl)
+            for (at, n), cid, length, (so, cl) in zip(frames, cids, lengths, slices, strict=True)
         ]
 
-    def decode(self, frame: bytes, cid: bytes, length: int, where: str) -> bytes:
+    def decode(
+        self,
+        frame: bytes,
+        cid: bytes,
+        length: int,
+        where: str,
+        slice_offset: int = 0,
+        chunk_length: int = -1,
+    ) -> bytes:
         """The chunk's bytes, or ``ChunkCorrupt`` naming the chunk and ``where``
-        (the pack) if the frame is short, undecodable or hashes wrong."""
+        (the pack) if the frame is short, undecodable or hashes wrong.
+        ``length`` is the frame's uncompressed length; the chunk is
+        ``[slice_offset, slice_offset + chunk_length)`` of it (default: all)."""
+        data = self._frame(frame, cid, length, where, slice_offset, chunk_length)
+        return bytes(self._slice(data, cid, where, slice_offset, chunk_length))
+
+    def _frame(
+        self, frame: bytes, cid: bytes, length: int, where: str, slice_offset: int, chunk: int
+    ) -> bytes:
+        """A frame opened (encrypted store) and decompressed into exactly ``length`` bytes."""
 
         def corrupt(reason: str) -> ChunkCorrupt:
             return ChunkCorrupt(f"chunk {cid.hex()} in {where}: {reason}")
 
         if self._keyring is not None:
+            whole = chunk < 0 or (slice_offset == 0 and chunk == length)
             try:
-                frame = self._keyring.open_chunk(frame, cid)
+                frame = self._keyring.open_chunk(frame, cid if whole else GROUP_AAD)
             except ValueError as e:
                 raise corrupt(str(e)) from e
         try:
@@ -169,6 +253,25 @@ class ChunkCodec:
             raise corrupt(f"does not decompress ({e})") from e
         if len(data) != length:
             raise corrupt(f"decompressed to {len(data)} bytes, expected {length}")
-        if self.identify(data) != cid:
-            raise corrupt("content does not hash to its id (SHA-256 mismatch)")
         return data
+
+    def _slice(self, data: bytes, cid: bytes, where: str, slice_offset: int, chunk: int) -> Chunk:
+        """The chunk's slice of a decompressed frame, checked against its id."""
+        if chunk < 0:
+            piece: Chunk = data
+        else:
+            if slice_offset + chunk > len(data):
+                raise ChunkCorrupt(
+                    f"chunk {cid.hex()} in {where}: its slice [{slice_offset}, "
+                    f"{slice_offset + chunk}) lies beyond its {len(data)}-byte frame"
+                )
+            piece = (
+                data
+                if (slice_offset, chunk) == (0, len(data))
+                else (memoryview(data)[slice_offset : slice_offset + chunk])
+            )
+        if self.identify(piece) != cid:
+            raise ChunkCorrupt(
+                f"chunk {cid.hex()} in {where}: content does not hash to its id (SHA-256 mismatch)"
+            )
+        return piece

@@ -13,9 +13,10 @@ Terms:
               steps 1 and 2).
     live      a chunk of a pack that is in ``keep`` and whose indexed copy is
               in that pack (a duplicate copy in another pack is garbage).
-    repack    copy a partly live pack's live frames (checked first, not
-              recompressed) into new packs, make those durable with their
-              index files, then delete the old index file, then the old pack.
+    repack    copy a partly live pack's live chunks into new packs (repack.py:
+              whole live frames checked and copied, mixed groups decompressed,
+              checked and regrouped), make those durable with their index
+              files, then delete the old index file, then the old pack.
     orphan    a pack without an index file: a session that failed before its
               flush, or a GC that crashed between the two deletes.
 
@@ -47,6 +48,7 @@ from .index import ChunkIndex, PackInfo
 from .layout import PACKS, index_name, pack_id_of_pack, read_pack_meta
 from .lease import SKEW, LeaseInfo
 from .pack import PackEntry
+from .repack import copy_live
 from .writer import ChunkWriter
 
 
@@ -156,15 +158,10 @@ def delete_unreferenced(
     writer = new_writer()
     for p, kept in repack:
         try:
-            data = backend.get(p.name)
-            frames = [data[e.offset : e.offset + e.compressed_length] for e in kept]
-            for e, frame in zip(kept, frames, strict=True):
-                codec.decode(frame, e.chunk_id, e.uncompressed_length, p.name)
+            copy_live(codec, writer, backend.get(p.name), p.name, kept)
         except (ChunkMissing, ChunkCorrupt) as error:
             problems.append(f"{p.name}: not repacked: {error}")
             continue
-        for e, frame in zip(kept, frames, strict=True):
-            writer.add_compressed(e.chunk_id, frame, e.uncompressed_length)
         doomed.append((p, len(kept)))
     writer.flush()  # new packs and their index files are durable before any delete
     new_packs = writer.flushed_packs

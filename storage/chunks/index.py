@@ -43,10 +43,15 @@ class PackInfo(NamedTuple):
 
 
 class Location(NamedTuple):
+    """Where a chunk is: its frame (offset, lengths) and its slice of the
+    decompressed frame (a v1 frame: 0 and the frame's uncompressed length)."""
+
     pack: str
     offset: int
     compressed_length: int
     uncompressed_length: int
+    slice_offset: int = 0
+    chunk_length: int = -1
 
 
 class ChunkStats(NamedTuple):
@@ -150,8 +155,8 @@ class ChunkIndex:
         slot = state.map.get(cid)
         if slot is None:
             return None
-        number, offset, clen, ulen = slot
-        return Location(state.packs[number].name, offset, clen, ulen)
+        number, offset, clen, ulen, slice_offset, length = slot
+        return Location(state.packs[number].name, offset, clen, ulen, slice_offset, length)
 
     def locate_many(self, cids: Sequence[bytes]) -> tuple[Sequence[PackInfo], list[Slot | None]]:
         """Where each of ``cids`` is, as (packs, one ``Slot`` or None per id):
@@ -177,8 +182,8 @@ class ChunkIndex:
     def items(self) -> Iterator[tuple[PackInfo, PackEntry]]:
         """Every chunk with the pack that holds it (the winner copy)."""
         state = self._ensure_loaded()
-        for cid, number, offset, clen, ulen in state.map.items():
-            yield state.packs[number], PackEntry(cid, offset, clen, ulen)
+        for cid, number, offset, clen, ulen, slice_offset, length in state.map.items():
+            yield state.packs[number], PackEntry(cid, offset, clen, ulen, slice_offset, length)
 
     def stats(self) -> ChunkStats:
         state = self._ensure_loaded()

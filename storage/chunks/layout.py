@@ -9,6 +9,7 @@ Terms:
                 256-way fan-out keeps a directory under ~1,000 files up to
                 ~250,000 packs (4 TB at 16 MiB each).
     index name  ``index/<32 hex digits>.idx``, the index file of that pack.
+    FORMAT      ``FORMAT``: the store's format, JSON ``{"packs": 2}`` (format.py).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import NamedTuple
 from ckpt.domain.errors import PackCorrupt
 
 from .backend import ChunkBackend
-from .pack import ENTRY, HEADER, TRAILER, PackEntry, parse_header, parse_table, parse_trailer
+from .pack import HEADER, TRAILER, PackEntry, parse_header, parse_table, parse_trailer
 
 PACKS = "packs/"
 INDEX = "index/"
@@ -61,6 +62,7 @@ class PackMeta(NamedTuple):
     size: int
     created: float
     entries: list[PackEntry]
+    version: int = 1
 
 
 def read_pack_meta(backend: ChunkBackend, name: str) -> PackMeta:
@@ -72,5 +74,5 @@ def read_pack_meta(backend: ChunkBackend, name: str) -> PackMeta:
         raise PackCorrupt(f"{name}: {size} bytes is too short for a pack (truncated?)")
     tail = backend.get(name, size - TRAILER.size, TRAILER.size)
     trailer = parse_trailer(tail, size, name)
-    table = backend.get(name, trailer.table_offset, trailer.entry_count * ENTRY.size)
-    return PackMeta(size, trailer.created, parse_table(table, tail, name))
+    table = backend.get(name, trailer.table_offset, trailer.tables_size)
+    return PackMeta(size, trailer.created, parse_table(table, tail, name), trailer.version)

@@ -7,7 +7,10 @@ Terms:
     writer      a session adding chunks (writer.py); its chunks become visible
                 when it flushes.
     get         one ranged read of the chunk's frame, decompressed no further
-                than the recorded length and checked against its SHA-256 id.
+                than the recorded length, sliced (a group frame holds several
+                chunks) and checked against its SHA-256 id.
+    format      1 or 2 (format.py): which pack version writers write; read
+                once, lazily. Readers take both versions in any store.
 
 Readers pick up other processes' flushed packs lazily: a ``get`` of an id the
 index does not know, or whose pack has vanished (a GC repacked it), refreshes
@@ -34,12 +37,14 @@ from ckpt.storage.keyring import Keyring
 
 from .backend import ChunkBackend, parallel_requests
 from .codec import DEFAULT_LEVEL, Chunk, ChunkCodec
+from .format import CURRENT, read_format, write_format
 from .gc import GcReport, delete_unreferenced
 from .ids import ChunkId
 from .index import ChunkIndex, ChunkStats, Location
 from .lease import GC, WRITE, Lease, LeaseInfo, held, read_leases, wait_for
-from .pack import DEFAULT_PACK_SIZE, MAX_PACK_SIZE
+from .pack import DEFAULT_PACK_SIZE, GROUPED, MAX_PACK_SIZE, VERSION
 from .repair import RebuildReport, rebuild_index
+from .upgrade import UpgradeReport, upgrade_packs
 from .verify import VerifyReport, verify_chunks
 from .writer import ChunkWriter
 
@@ -48,6 +53,11 @@ SPAN = 8 << 20  # but never read more than 8 MiB at once
 # A gc asks at most this often whether a new capture waits for it (one list of
 # leases/ each time, ~3 ms on S3).
 GC_YIELD_CHECK_S = 1.0
+
+
+Located = tuple[int, int, int, int, int, int, int]
+"""(pack number, frame offset, position in the ids asked for, frame compressed
+length, frame uncompressed length, slice offset, chunk length)"""
 
 
 class GcLeases(NamedTuple):
@@ -81,6 +91,7 @@ class ChunkStore:
         self._pool: ThreadPoolExecutor | None = None  # spans read at once (remote backends)
         self._pool_lock = threading.Lock()
         self._local = threading.local()  # .leases: the write leases this thread holds
+        self._format: int | None = None  # read from the backend on first need
 
     def __repr__(self) -> str:
         return f"ChunkStore({self._backend!r})"
@@ -94,12 +105,34 @@ class ChunkStore:
         """How this store names, compresses and (if encrypted) seals chunks."""
         return self._codec
 
-    def writer(self) -> ChunkWriter:
-        """A new writer session: ``with store.writer() as w: w.add(data)``."""
+    @property
+    def format(self) -> int:
+        """The store's format (format.py); ``StoreCorrupt`` if newer than this release."""
+        if self._format is None:
+            self._format = read_format(self._backend)
+        return self._format
+
+    def set_format(self, value: int = CURRENT) -> None:
+        """Record the store's format durably (``init`` and ``ckpt upgrade``)."""
+        write_format(self._backend, value)
+        self._format = value
+
+    def writer(self, version: int | None = None) -> ChunkWriter:
+        """A new writer session: ``with store.writer() as w: w.add(data)``.
+        It writes the pack version of the store's format unless ``version``
+        says otherwise."""
+        if version is None:
+            version = GROUPED if self.format >= 2 else VERSION
         leases: list[Lease] = getattr(self._local, "leases", [])
         on_flush = leases[-1].packs.append if leases else None
         return ChunkWriter(
-            self._backend, self._index, self._codec, self._pack_size, self._clock, on_flush
+            self._backend,
+            self._index,
+            self._codec,
+            self._pack_size,
+            self._clock,
+            on_flush,
+            version,
         )
 
     @contextlib.contextmanager
@@ -226,23 +259,24 @@ class ChunkStore:
         """
         packs, slots = self._index.locate_many(ids)
         out: list[Chunk | None] = [None] * len(ids)
-        # (pack number, offset, position in ids, compressed and uncompressed length)
-        located: list[tuple[int, int, int, int, int]] = []
+        # (pack number, frame offset, position in ids, frame compressed and
+        # uncompressed length, slice offset, chunk length)
+        located: list[Located] = []
         for i, slot in enumerate(slots):
             if slot is None:
                 out[i] = self.get(ids[i])  # refreshes the index, or raises ChunkMissing
             else:
-                number, offset, clen, ulen = slot
-                located.append((number, offset, i, clen, ulen))
+                number, offset, clen, ulen, slice_offset, length = slot
+                located.append((number, offset, i, clen, ulen, slice_offset, length))
         located.sort()  # mostly sorted already: a restore reads in capture order
-        groups: list[tuple[str, int, int, list[tuple[int, int, int, int, int]]]] = []
+        groups: list[tuple[str, int, int, list[Located]]] = []
         start = 0
         while start < len(located):
-            number, first, _, clen, _ = located[start]
+            number, first, _, clen, *_ = located[start]
             last = first + clen
             end = start + 1
             while end < len(located):
-                n, offset, _, clen, _ = located[end]
+                n, offset, _, clen, *_ = located[end]
                 if n != number or offset - last > GAP or offset + clen - first > SPAN:
                     break
                 last = max(last, offset + clen)
@@ -251,7 +285,7 @@ class ChunkStore:
             start = end
         for (pack, first, last, group), data in zip(groups, self._read_spans(groups), strict=True):
             if data is None:  # a GC may have moved them: one by one
-                for _, _, i, _, _ in group:
+                for _, _, i, *_ in group:
                     out[i] = self.get(ids[i])
                 continue
             if len(data) < last - first:
@@ -259,12 +293,14 @@ class ChunkStore:
             frames: list[tuple[int, int]] = []
             cids: list[bytes] = []
             lengths: list[int] = []
-            for _, offset, i, clen, ulen in group:
+            slices: list[tuple[int, int]] = []
+            for _, offset, i, clen, ulen, slice_offset, length in group:
                 frames.append((offset - first, clen))
                 cids.append(ids[i])
                 lengths.append(ulen)
-            decoded = self._codec.decode_span(data, frames, cids, lengths, pack)
-            for (_, _, i, _, _), chunk in zip(group, decoded, strict=True):
+                slices.append((slice_offset, length))
+            decoded = self._codec.decode_span(data, frames, cids, lengths, pack, slices)
+            for (_, _, i, *_), chunk in zip(group, decoded, strict=True):
                 out[i] = chunk
         result = [b for b in out if b is not None]
         if len(result) != len(ids):  # pragma: no cover - every branch above fills or raises
@@ -276,12 +312,12 @@ class ChunkStore:
         data: bytes,
         pack: str,
         first: int,
-        group: list[tuple[int, int, int, int, int]],
+        group: list[Located],
         ids: Sequence[bytes],
     ) -> None:
         """Raise ``ChunkCorrupt`` for the first chunk of ``group`` whose frame
         lies (partly) beyond the ``data`` read from ``pack`` at ``first``."""
-        for _, offset, i, clen, _ in group:
+        for _, offset, i, clen, *_ in group:
             if offset - first + clen > len(data):
                 got = max(0, len(data) - (offset - first))
                 raise ChunkCorrupt(
@@ -315,7 +351,9 @@ class ChunkStore:
                 f"chunk {cid.hex()} in {loc.pack}: pack truncated, {len(frame)} of "
                 f"{loc.compressed_length} bytes at offset {loc.offset}"
             )
-        return self._codec.decode(frame, cid, loc.uncompressed_length, loc.pack)
+        return self._codec.decode(
+            frame, cid, loc.uncompressed_length, loc.pack, loc.slice_offset, loc.chunk_length
+        )
 
     def verify(
         self,
@@ -349,6 +387,37 @@ class ChunkStore:
             writers=() if leases is None else leases.writers,
             stop=(lambda: False) if leases is None else leases.waiting,
         )
+
+    def upgrade(
+        self,
+        leases: GcLeases | None = None,
+        start: Callable[[int, int], Callable[[int], None] | None] = lambda n, b: None,
+    ) -> UpgradeReport:
+        """Convert every version-1 pack to version 2 and record format 2; see
+        upgrade.py. ``leases``: what ``gc_lease`` found (hold it around this)."""
+
+        def new_writer(source: bytes) -> ChunkWriter:
+            return ChunkWriter(
+                self._backend,
+                self._index,
+                self._codec,
+                self._pack_size,
+                self._clock,
+                version=GROUPED,
+                source=source,
+            )
+
+        report = upgrade_packs(
+            self._backend,
+            self._index,
+            self._codec,
+            new_writer,
+            writers=() if leases is None else leases.writers,
+            stop=(lambda: False) if leases is None else leases.waiting,
+            start=start,
+        )
+        self._format = report.format
+        return report
 
     def rebuild_index(self) -> RebuildReport:
         """Recreate every index file from its pack; see repair.py."""

@@ -16,6 +16,11 @@ is written, so an index file never points at a missing or partial pack. A
 crash or exception before flush leaves staged packs without index files:
 orphans that ``ChunkStore.delete_unreferenced`` deletes after the grace period.
 
+Pack version: a store of format 2 (``chunks/FORMAT``, format.py) gets
+version-2 packs, whose frames are groups (``add_group``; ``add`` makes a
+group of one); a format-1 store keeps getting version-1 packs, so hosts still
+on the older release read everything this one writes.
+
 Deduplication: a chunk whose id is in the index, in a staged pack or in the
 pending pack is not stored again. Two sessions writing the same new chunk at
 once both store it; the index then keeps one copy and GC drops the other.
@@ -33,7 +38,7 @@ from .ids import ChunkId, is_zero
 from .index import ChunkIndex
 from .index_file import IndexFile, encode_index_file
 from .layout import index_name, new_pack_id, pack_name
-from .pack import PackWriter
+from .pack import GROUPED, VERSION, PackWriter
 
 
 class ChunkWriter:
@@ -47,12 +52,16 @@ class ChunkWriter:
         pack_size: int,
         clock: Callable[[], float],
         on_flush: Callable[[str], None] | None = None,
+        version: int = VERSION,
+        source: bytes = bytes(16),
     ) -> None:
         self._backend = backend
         self._on_flush = on_flush  # told each pack made visible (a capture's lease checks them)
         self._index = index
         self._codec = codec
         self._pack_size = pack_size
+        self._version = version
+        self._source = source  # v2 index files: the v1 pack converted (upgrade.py)
         self._clock = clock
         self._pending: PackWriter | None = None
         self._staged: list[IndexFile] = []
@@ -82,6 +91,11 @@ class ChunkWriter:
                 self._putter = None
 
     @property
+    def grouped(self) -> bool:
+        """True if this session writes version-2 packs (group frames)."""
+        return self._version == GROUPED
+
+    @property
     def flushed_packs(self) -> list[str]:
         """Names of the packs this session has made visible so far."""
         return list(self._flushed)
@@ -103,6 +117,18 @@ class ChunkWriter:
         exactly those into a new pack."""
         self._append(cid, frame, length)
 
+    def add_group(self, frame: bytes, members: list[tuple[ChunkId, int]]) -> None:
+        """Add a group frame (``ChunkCodec.compress_group``) holding ``members``
+        (id, length) back to back; version-2 sessions only. Like
+        ``add_compressed`` it does not skip known ids (the caller dedups)."""
+        if self._closed:
+            raise ValueError("this writer session is closed")
+        if self._pending is None:
+            self._pending = PackWriter(self._pack_size, self._version)
+        self._pending.add_group(frame, members)
+        if self._pending.full:
+            self._write_pending()
+
     def _known(self, cid: ChunkId) -> bool:
         pending = self._pending
         return (
@@ -115,7 +141,7 @@ class ChunkWriter:
         if self._closed:
             raise ValueError("this writer session is closed")
         if self._pending is None:
-            self._pending = PackWriter(self._pack_size)
+            self._pending = PackWriter(self._pack_size, self._version)
         self._pending.add(cid, frame, length)
         if self._pending.full:
             self._write_pending()
@@ -137,7 +163,7 @@ class ChunkWriter:
         while len(self._puts) >= max(8, 2 * workers):
             self._puts.pop(0).result()
         self._puts.append(self._putter.submit(self._backend.put, pack_name(pack_id), data))
-        f = IndexFile(pack_id, created, len(data), pack.entries)
+        f = IndexFile(pack_id, created, len(data), pack.entries, self._source)
         self._staged.append(f)
         self._staged_ids.update(e.chunk_id for e in f.entries)
 

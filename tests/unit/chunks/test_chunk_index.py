@@ -43,7 +43,7 @@ def test_index_file_round_trip_and_golden_header() -> None:
         (lambda d: d[:-1], "does not fit 3 entries"),
         (lambda d: d[:20], "too short"),
         (lambda d: b"CKPTPACK" + d[8:], "bad magic"),
-        (lambda d: d[:8] + b"\2" + d[9:], "unsupported version"),
+        (lambda d: d[:8] + b"\3" + d[9:], "unsupported version"),
         (lambda d: d[:100] + bytes([d[100] ^ 1]) + d[101:], "checksum mismatch"),
     ],
 )
@@ -70,16 +70,14 @@ def test_chunk_map_behaves_like_a_dict_keeping_the_first_location(
     keys: list[bytes], salt: int
 ) -> None:
     m = ChunkMap()
-    model: dict[bytes, tuple[int, int, int, int]] = {}
+    model: dict[bytes, tuple[int, int, int, int, int, int]] = {}
     for i, k in enumerate(keys + keys[:5]):  # re-adding never overwrites
-        slot = (i, (salt + i) % 2**32, i + 1, 4096)
+        slot = (i, (salt + i) % 2**32, i + 1, 4096, 0, 4096)
         assert m.add(k, *slot) == (k not in model)
         model.setdefault(k, slot)
     assert len(m) == len(model)
     assert all(m.get(k) == v for k, v in model.items())
-    assert sorted((c, p, o, cl, u) for c, p, o, cl, u in m.items()) == sorted(
-        (k, *v) for k, v in model.items()
-    )
+    assert sorted(m.items()) == sorted((k, *v) for k, v in model.items())
     assert m.get(b"\xff" * 32) is None or b"\xff" * 32 in model
     assert m.stored_bytes == sum(v[2] for v in model.values())
 
@@ -89,11 +87,11 @@ def test_chunk_map_never_matches_an_id_across_two_records() -> None:
     a, b = b"\x00" * 16 + b"\x01" * 16, b"\x00" * 32
     m.add(a, 1, 2, 3, 4)
     # Ids that straddle a record boundary are not found.
-    straddle = a[8:] + struct.pack("<IIII", 1, 2, 3, 4)[:8]
+    straddle = a[8:] + struct.pack("<IIIIII", 1, 2, 3, 4, 0, 4)[:8]
     assert straddle not in m
     assert m.get(b) is None
     m.add(b, 5, 6, 7, 8)
-    assert m.get(b) == (5, 6, 7, 8) and m.get(a) == (1, 2, 3, 4)
+    assert m.get(b) == (5, 6, 7, 8, 0, 8) and m.get(a) == (1, 2, 3, 4, 0, 4)
 
 
 def test_chunk_map_uses_under_80_bytes_per_entry() -> None:
@@ -159,8 +157,8 @@ def test_an_index_file_under_another_packs_name_is_damage() -> None:
 )
 def test_add_many_equals_add_one_by_one(records: list[tuple[bytes, int]]) -> None:
     one, many = ChunkMap(), ChunkMap()
-    entries = [(cid, n, n % 1000 + 1, n % 4096 + 1) for cid, n in records]
-    for cid, offset, clen, ulen in entries:
+    entries = [(cid, n, n % 1000 + 1, n % 4096 + 1, 0, -1) for cid, n in records]
+    for cid, offset, clen, ulen, _, _ in entries:
         one.add(cid, 7, offset, clen, ulen)
     many.add_many(7, entries)
     assert sorted(one.items()) == sorted(many.items())
