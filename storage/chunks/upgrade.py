@@ -13,8 +13,10 @@ Terms:
                pack it came from. A run killed after the new index file and
                before the old deletes finds, on resume, the chunks already
                converted, converts only the rest (none) and deletes the old
-               pack: nothing is converted twice and nothing is lost, whatever
-               the point of the kill.
+               index file and pack; killed between those two deletes, it left
+               a v1 pack without an index file, which the next run deletes
+               because a v2 index file names it. Nothing is converted twice
+               and nothing is lost, whatever the point of the kill.
     progress   the set of v1 packs still indexed (no state file): the oldest
                (by creation time) go first.
 
@@ -134,6 +136,14 @@ def upgrade_packs(
         bytes_after += sum(backend.size(n) for n in written)
         if update is not None:
             update(f.pack_size)
+    # A run killed between the old index file's delete and the old pack's left
+    # the pack without an index file; the v2 index files name it: delete it now.
+    indexed = {f.pack_id for f in v1}
+    for source in converted:
+        if source not in indexed and backend.exists(pack_name(source)):
+            with contextlib.suppress(ChunkMissing):
+                backend.delete(pack_name(source))
+            resumed += 1
     index.reload()
     remaining = sum(1 for n in backend.list(INDEX) if _is_v1(backend, n))
     return UpgradeReport(

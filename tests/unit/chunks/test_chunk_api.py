@@ -22,6 +22,7 @@ def test_all_is_exactly_the_public_api() -> None:
         "RebuildReport",
         "S3ChunkBackend",
         "S3Location",
+        "UpgradeReport",
         "VerifyReport",
         "chunk_id",
         "from_hex",
