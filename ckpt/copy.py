@@ -33,6 +33,7 @@ from uuid import uuid4
 
 from ckpt.domain import ChunkMissing, StoreConflict, StoreCorrupt, StoreExists
 from ckpt.storage.chunks import ChunkBackend
+from ckpt.storage.chunks.format import LEGACY, write_format
 from ckpt.storage.chunks.layout import INDEX, PACKS, pack_id_of_index, pack_id_of_pack
 
 from .progress_factory import ProgressFactory
@@ -137,6 +138,8 @@ def _copy_chunks(
     # Progress in packs (~16 MiB each): sizing them first would cost a request per
     # pack on S3, and fail on a pack a gc of the source removed meanwhile.
     bar = None if progress is None else progress("copy packs", len(pack_names))
+    if source.chunks.format > LEGACY:
+        write_format(backend, source.chunks.format)  # before its first v2 pack, as upgrade
     copied: set[bytes] = set()
     size = skipped = 0
     for name in pack_names:
