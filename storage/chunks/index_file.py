@@ -32,8 +32,8 @@ Version 2 (the index file of a version-2 pack, decision 0012)::
     56  16   converted from: the id of the v1 pack ``ckpt upgrade`` made this
              pack from (zero otherwise), so a resumed upgrade deletes that pack
              instead of converting it twice
-    72  16g  the group table, as in the pack
-    72+16g 48n  the entry table, as in the pack
+    72  24g  the group table, as in the pack
+    ..   ..  the entry table, as in the pack (32 or 36 bytes per entry)
     ..   4   u32 crc32 of everything before it
 
 One file per pack (not one growing file) means two writers never rewrite the
@@ -52,7 +52,16 @@ from typing import NamedTuple
 from ckpt.domain.errors import IndexCorrupt
 
 from .ids import ChunkId
-from .pack import ENTRY, GROUP, HEADER, MAX_PACK_SIZE, PackEntry, decode_groups, encode_groups
+from .pack import (
+    ENTRY,
+    GROUP,
+    HEADER,
+    ID_ENTRY,
+    MAX_PACK_SIZE,
+    PackEntry,
+    decode_groups,
+    encode_groups,
+)
 
 MAGIC = b"CKPTINDX"
 VERSION = 1
@@ -141,8 +150,8 @@ def _decode_grouped(data: bytes, damaged: Callable[[str], IndexCorrupt]) -> Inde
     )
     if reserved != 0:
         raise damaged(f"reserved word is {reserved}")
-    table_end = HEAD2.size + groups * GROUP.size + count * ENTRY.size
-    if len(data) != table_end + CRC.size:
+    table_end = len(data) - CRC.size
+    if table_end < HEAD2.size + groups * GROUP.size + count * ID_ENTRY.size:
         raise damaged(f"{len(data)} bytes does not fit {groups} groups and {count} entries")
     (crc,) = CRC.unpack_from(data, len(data) - CRC.size)
     if zlib.crc32(memoryview(data)[: -CRC.size]) != crc:
@@ -155,6 +164,8 @@ def _decode_grouped(data: bytes, damaged: Callable[[str], IndexCorrupt]) -> Inde
         entries = decode_groups(view[HEAD2.size : split], view[split:table_end], "", None)
     except ValueError as e:
         raise damaged(str(e)) from e
+    if len(entries) != count:
+        raise damaged(f"{len(entries)} entries, the header says {count}")
     if entries:
         last = entries[-1]
         if last.offset + last.compressed_length > pack_size:
