@@ -59,6 +59,7 @@ class StoreInfo(TypedDict):
     encrypted: bool
     position: int
     vms: int | None
+    chunk_format: int  # 1: one zstd frame per chunk; 2: grouped (``ckpt upgrade``)
 
 
 class VMStats(TypedDict):
@@ -321,4 +322,5 @@ def info(uow: UnitOfWork) -> StoreInfo:
         encrypted=uow.keyring is not None,
         position=uow.app.last_position(),
         vms=len(uow.read_models.recorder.vms()) if uow.caught_up() else None,
+        chunk_format=uow.chunks.format,
     )

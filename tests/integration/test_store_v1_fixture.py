@@ -87,7 +87,9 @@ def test_upgrade_converts_every_pack_then_restores_identically_and_verifies_clea
         return done.append
 
     with Store.open(v1_store) as store:
+        assert store.info()["chunk_format"] == 1
         report = store.upgrade(progress)
+        assert store.info()["chunk_format"] == 2
         assert (report.format_before, report.format) == (1, 2)
         assert report.converted_packs == 4 and report.remaining == 0 and not report.problems
         assert labels and sum(done) == labels[0][1] == report.bytes_before
