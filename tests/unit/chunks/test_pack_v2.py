@@ -202,3 +202,17 @@ def test_a_format_1_store_writes_version_1_packs() -> None:
     [pack] = _packs(store)
     assert read_pack_meta(store.backend, pack).version == 1
     assert store.get_many(ids) == blocks
+
+
+def test_rebuild_index_rewrites_v2_index_files_from_their_packs() -> None:
+    rng = random.Random(8)
+    store = _store()
+    blocks = [_block(rng) for _ in range(50)]
+    ids = _capture(store, blocks)
+    for name in list(store.backend.list("index/")):
+        store.backend.delete(name)
+    report = store.rebuild_index()
+    assert len(report.rebuilt) == 1 and not report.damaged_packs
+    assert store.get_many(ids) == blocks
+    [name] = report.rebuilt
+    assert decode_index_file(store.backend.get(name), name).grouped
