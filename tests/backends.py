@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Callable
 
 import pytest
 
@@ -51,3 +52,24 @@ def s3_url(prefix: str | None = None) -> str:
     base = server_url(S3_VAR)
     head, _, query = base.partition("?")
     return f"{head.rstrip('/')}/{prefix or fresh_name('p')}?{query}"
+
+
+def killed_before_index_files(backend: object, write: Callable[[], None]) -> None:
+    """Run ``write`` (a writer session) as if the process died once its first
+    pack was durable and before any index file: the orphan packs a crash
+    leaves. A writer publishes each pack's index file as soon as the pack's put
+    returns, so an exception in the caller does not make an orphan by itself."""
+    real = backend.put  # type: ignore[attr-defined]
+
+    def put(name: str, data: bytes) -> None:
+        if name.startswith("index/"):
+            raise KeyboardInterrupt  # the kill
+        real(name, data)
+
+    backend.put = put  # type: ignore[attr-defined]
+    try:
+        write()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        del backend.put  # type: ignore[attr-defined]

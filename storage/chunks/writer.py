@@ -4,17 +4,23 @@ Terms:
     session   ``with store.writer() as w: ...``. One per thread (a session is
               not thread-safe; the store is).
     pending   the pack being filled, in memory.
-    staged    packs already written (durable) whose index files are not yet:
-              invisible to every reader, this process included.
-    flush     write the pending pack, then the index file of every staged
-              pack, then add them to the in-memory index. Only now do the
-              chunks become visible. ``__exit__`` flushes unless an exception
-              is leaving the block.
+    staged    packs being written (their put is in flight): invisible to
+              every reader, this process included.
+    publish   once a staged pack's put has returned (it is durable), write its
+              index file and add it to the index: its chunks are visible from
+              then on. Packs are published in the order they were written, as
+              their puts complete, so a session holds only the packs in flight
+              (at most ``max(8, 2 x parallel requests)``), never a list of every
+              chunk it wrote: a 32 GiB first capture is ~8 M chunks, ~1.2 GB of
+              entries when they were all held until the end.
+    flush     write the pending pack, wait for every put, publish the rest.
+              ``__exit__`` flushes unless an exception is leaving the block.
 
 Durability order: a pack is durable (``put`` returned) before its index file
 is written, so an index file never points at a missing or partial pack. A
-crash or exception before flush leaves staged packs without index files:
-orphans that ``ChunkStore.delete_unreferenced`` deletes after the grace period.
+crash or exception leaves the packs in flight without index files (orphans)
+and the published ones indexed but referenced by no event: gc deletes both
+after the grace period, and a live writer's lease keeps gc off them meanwhile.
 
 Pack version: a store of format 2 (``chunks/FORMAT``, format.py) gets
 version-2 packs, whose frames are groups (``add_group``; ``add`` makes a
@@ -28,6 +34,7 @@ once both store it; the index then keeps one copy and GC drops the other.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
@@ -64,9 +71,9 @@ class ChunkWriter:
         self._source = source  # v2 index files: the v1 pack converted (upgrade.py)
         self._clock = clock
         self._pending: PackWriter | None = None
-        self._staged: list[IndexFile] = []
+        # packs in flight, oldest first, with their puts; ids for ``_known``
+        self._staged: deque[tuple[IndexFile, Future[None]]] = deque()
         self._staged_ids: set[bytes] = set()  # membership only: a set is 3x faster here
-        self._puts: list[Future[None]] = []
         self._putter: ThreadPoolExecutor | None = None
         self._flushed: list[str] = []
         self._closed = False
@@ -102,7 +109,8 @@ class ChunkWriter:
 
     def add(self, data: bytes) -> ChunkId | None:
         """Store ``data`` once; return its id, or ``None`` if it is all zero
-        (never stored: record the block as zero). Visible after ``flush``."""
+        (never stored: record the block as zero). Visible once its pack is
+        published (``flush`` at the latest)."""
         if is_zero(data):
             return None
         cid = ChunkId(self._codec.identify(data))
@@ -128,6 +136,11 @@ class ChunkWriter:
         self._pending.add_group(frame, members)
         if self._pending.full:
             self._write_pending()
+
+    def knows(self, cid: bytes) -> bool:
+        """True if the store or this session already holds ``cid`` (indexed,
+        in flight or pending): adding it again would store a duplicate."""
+        return self._known(ChunkId(cid))
 
     def _known(self, cid: ChunkId) -> bool:
         pending = self._pending
@@ -160,30 +173,32 @@ class ChunkWriter:
         workers = parallel_requests(self._backend)
         if self._putter is None:
             self._putter = ThreadPoolExecutor(workers, thread_name_prefix="ckpt-pack-put")
-        while len(self._puts) >= max(8, 2 * workers):
-            self._puts.pop(0).result()
-        self._puts.append(self._putter.submit(self._backend.put, pack_name(pack_id), data))
+        put = self._putter.submit(self._backend.put, pack_name(pack_id), data)
         f = IndexFile(pack_id, created, len(data), pack.entries, self._source)
-        self._staged.append(f)
+        self._staged.append((f, put))
         self._staged_ids.update(e.chunk_id for e in f.entries)
+        self._publish(in_flight=max(8, 2 * workers))
+
+    def _publish(self, in_flight: int) -> None:
+        """Publish staged packs oldest first: every one whose put is done, and
+        more (waiting for their puts) until at most ``in_flight`` remain."""
+        while self._staged and (len(self._staged) > in_flight or self._staged[0][1].done()):
+            f, put = self._staged.popleft()
+            put.result()  # re-raises a failed put here, before its index file
+            self._backend.put(index_name(f.pack_id), encode_index_file(f))
+            self._index.add(f)
+            self._staged_ids.difference_update(e.chunk_id for e in f.entries)
+            self._flushed.append(pack_name(f.pack_id))
+            if self._on_flush is not None:
+                self._on_flush(pack_name(f.pack_id))
 
     def flush(self) -> None:
         """Make every chunk added so far durable and visible."""
         if self._closed:
             raise ValueError("this writer session is closed")
         self._write_pending()
-        self.wait_for_packs()  # every pack durable before its index file
-        for f in self._staged:
-            self._backend.put(index_name(f.pack_id), encode_index_file(f))
-            self._index.add(f)
-            self._flushed.append(pack_name(f.pack_id))
-            if self._on_flush is not None:
-                self._on_flush(pack_name(f.pack_id))
-        self._staged = []
-        self._staged_ids = set()
+        self._publish(in_flight=0)  # every pack durable before its index file
 
     def wait_for_packs(self) -> None:
-        """Block until every full pack written so far is durable (flush does this)."""
-        puts, self._puts = self._puts, []
-        for future in puts:
-            future.result()  # re-raises a failed put here, before any index file
+        """Block until every full pack written so far is durable and published."""
+        self._publish(in_flight=0)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from backends import killed_before_index_files
 from conftest import Backends
 
 import ckpt.capture_ops as content_ops
@@ -453,13 +454,13 @@ def test_gc_reports_the_orphan_packs_it_deleted(tmp_path: Path) -> None:
     path = tmp_path / "s"
     _init(path, encrypted=False)
     with Store.open(path, actor="tester") as store:
-        try:
-            with store.chunks.writer() as w:  # a capture killed before its flush
+
+        def write() -> None:
+            with store.chunks.writer() as w:  # a capture killed before its index files
                 for _ in range(BIG // MiB):
                     w.add(os.urandom(MiB))
-                raise KeyboardInterrupt
-        except KeyboardInterrupt:
-            pass
+
+        killed_before_index_files(store.chunks.backend, write)
     orphans = list((path / "chunks" / "packs").rglob("*.pack"))
     assert orphans and not list((path / "chunks" / "index").rglob("*.idx"))
     size = sum(p.stat().st_size for p in orphans)
@@ -475,14 +476,14 @@ def test_gc_reports_the_orphan_packs_it_deleted(tmp_path: Path) -> None:
 
 # ------------------------------------------- the chunk store's rules under a lease
 def _orphan(store: ChunkStore) -> None:
-    """One full pack written, never indexed: a writer killed before its flush."""
-    try:
+    """One full pack written, never indexed: a writer killed before its index file."""
+
+    def write() -> None:
         with store.writer() as w:
-            for _ in range(4):
+            for _ in range(3):
                 w.add(os.urandom(3000))
-            raise KeyboardInterrupt
-    except KeyboardInterrupt:
-        pass
+
+    killed_before_index_files(store.backend, write)
 
 
 def test_under_a_live_lease_only_orphans_older_than_its_start_go() -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from backends import killed_before_index_files
+
 from ckpt.storage.chunks import ChunkBackend, ChunkId, ChunkStore, MemoryChunkBackend
 
 from .conftest import FakeClock
@@ -75,13 +77,13 @@ def test_orphan_packs_from_a_failed_session_go_after_the_grace_period(
     backend: ChunkBackend, clock: FakeClock
 ) -> None:
     store = _store(backend, clock)
-    try:
+
+    def write() -> None:
         with store.writer() as w:
-            for _ in range(4):
+            for _ in range(3):
                 w.add(os.urandom(3000))  # one full pack written, never indexed
-            raise KeyboardInterrupt
-    except KeyboardInterrupt:
-        pass
+
+    killed_before_index_files(backend, write)
     assert len(list(backend.list("packs/"))) == 1 and list(backend.list("index/")) == []
     early = store.delete_unreferenced(set(), grace_seconds=HOUR, now=clock.now + 60)
     assert early.young_packs == 1 and early.deleted_packs == []
