@@ -25,7 +25,7 @@ from ckpt.storage.chunks.verify import AffectedCapture, BadChunk
 from ckpt.storage.event_store import EVENTS_FILE
 from ckpt.storage.locations import display
 from ckpt.storage.manifest_cache import chain_manifest_ids
-from ckpt.storage.references import Reference, referenced_chunks
+from ckpt.storage.references import Reference, referenced_chunks, who_needs
 
 from . import queries
 from .progress_factory import ProgressFactory, bar
@@ -166,10 +166,13 @@ def verify(
             try:
                 chunks.get(cid)
             except CkptError as e:
-                bad.append((cid, str(e), needed[cid]))
+                bad.append((cid, str(e), []))
         checked += len(batch)
         if update is not None:
             update(len(batch))
+    if bad:  # who needs each bad chunk: a second pass, only now (never kept per chunk)
+        users = who_needs(references(uow), chunks, [cid for cid, _, refs in bad if not refs])
+        bad = [(cid, reason, refs or users.get(cid, [])) for cid, reason, refs in bad]
     return VerifyReport(checked, _name_checkpoints(uow, bad) if bad else [], len(needed))
 
 
@@ -242,7 +245,7 @@ def gc(uow: UnitOfWork, grace_seconds: float, progress: ProgressFactory | None =
             raise InvalidValue(
                 f"gc refused: {len(broken)} manifests cannot be read; run ckpt verify"
             )
-        result = chunks.delete_unreferenced(set(needed), grace_seconds, time.time(), leases)
+        result = chunks.delete_unreferenced(needed, grace_seconds, time.time(), leases)
     return result._replace(
         referenced=len(needed),
         live_leases=[x.describe() for x in leases.writers],
