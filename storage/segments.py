@@ -70,7 +70,8 @@ def is_v2(data: bytes) -> bool:
     return len(data) >= 5 and data[:4] == MAP_MAGIC and data[4] == VERSION
 
 
-def segment_count(size: int, block_size: int, span: int = SPAN) -> int:
+def segment_count(size: int, block_size: int, span: int | None = None) -> int:
+    span = SPAN if span is None else span
     blocks = -(-size // block_size)
     return -(-blocks // span)
 
