@@ -116,7 +116,9 @@ class State:
         if k not in self._touched and (k + 1) * self.span <= self.block_count:
             return found
         first = k * self.span
-        limit = min(self.span, self.block_count - first, (self.cut or 1 << 62) - first)
+        limit = min(
+            self.span, self.block_count - first, (1 << 62 if self.cut is None else self.cut) - first
+        )
         out = {o: c for o, c in found.items() if o < limit}
         if self.overlay is not None:
             for index in range(first, first + self.span):

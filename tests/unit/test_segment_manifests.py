@@ -192,3 +192,27 @@ def test_an_unchanged_segment_keeps_its_id_and_a_patch_reads_only_touched_segmen
     same = [k for k in range(8) if state.segment_id(k) == parent.segment_id(k)]
     assert same == [0, 1, 2, 4, 5, 6, 7]
     assert dict(state.present()) == dict(enumerate(changed))
+
+
+def test_a_state_streams_its_blocks_reading_segments_only_as_they_are_reached() -> None:
+    """Memory flat in disk size: ``present`` reads a segment when it gets there
+    (16 at a time with ``get_many``), never the whole map first."""
+    chunks = Chunks()
+    blocks = 40 * SPAN
+    ids = [bytes([1 + k % 250]) * 32 for k in range(blocks)]
+    ref, _ = _v2(chunks, None, ("v2", blocks, {0: ids}, False))
+    many: list[int] = []
+
+    def get_many(want: object) -> list[bytes]:
+        assert isinstance(want, list)
+        many.append(len(want))
+        return [chunks.get(c) for c in want]
+
+    state = disk_state.load([ref], chunks.get, get_many)
+    assert state is not None
+    stream = state.present()
+    assert next(stream) == (0, ids[0])
+    assert many == [disk_state.PREFETCH]  # 16 of 40 segments read so far
+    assert len(state._cache) <= 4  # decoded segments kept: a few, whatever the size
+    assert sum(1 for _ in stream) == blocks - 1
+    assert many == [16, 16, 8]
