@@ -22,6 +22,7 @@ from uuid import UUID
 from ckpt.domain import CkptError, InvalidValue, StoreCorrupt, VirtualMachine
 from ckpt.storage.chunks import GcReport, VerifyReport
 from ckpt.storage.chunks.verify import AffectedCapture, BadChunk
+from ckpt.storage.disk_state import effective_refs
 from ckpt.storage.event_store import EVENTS_FILE
 from ckpt.storage.locations import display
 from ckpt.storage.manifest_cache import chain_manifest_ids
@@ -182,20 +183,26 @@ def _name_checkpoints(
     """Each bad chunk with the live checkpoints (and Now) whose bytes need the
     captures it affects.
 
-    A disk capture is needed by every checkpoint whose chain holds its manifest
-    (merges move manifests to the surviving layer, so this follows them); a
-    state file by its own checkpoint.
+    A disk capture is needed by every checkpoint whose chain's state reads its
+    manifest: the chain's last v2 manifest and any v1 diffs after it (merges
+    move manifests to the surviving layer, so this follows them); a state file
+    by its own checkpoint.
     """
     users: dict[tuple[str, bytes], list[str]] = {}
+    memo: dict[bytes, bool | None] = {}
+
+    def chain_refs(vm: VirtualMachine, leaf: UUID) -> list[bytes]:
+        return effective_refs(chain_manifest_ids(vm, leaf), uow.chunks.get, memo)
+
     for vm in queries.vms(uow):
         for cp in vm.checkpoints.values():
             for disk, leaf in cp.layers:
-                for ref in chain_manifest_ids(vm, leaf):
+                for ref in chain_refs(vm, leaf):
                     users.setdefault((vm.name, ref), []).append(f"{cp.name} (disk {disk})")
             for f in vm.captured_files.get(cp.id, ()):
                 users.setdefault((vm.name, f.manifest), []).append(f"{cp.name} ({f.role.value})")
         for disk, leaf in vm.running.items():
-            for ref in chain_manifest_ids(vm, leaf):
+            for ref in chain_refs(vm, leaf):
                 users.setdefault((vm.name, ref), []).append(f"Now (disk {disk})")
 
     def affected(ref: Reference) -> AffectedCapture:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 
-from ckpt.domain.errors import StoreCorrupt
+from ckpt.domain.errors import CkptError, StoreCorrupt
 
 from . import manifest, segments
 from .manifest import ZERO_ID, BlockMap
@@ -188,6 +188,27 @@ def load(refs: Sequence[bytes], get: Get, get_many: GetMany | None = None) -> St
     cut = manifest.smallest_block_count(v1)
     kind = v1[-1].kind
     return State(get, kind, block_size, size, base, entries, cut, get_many)
+
+
+def effective_refs(
+    refs: Sequence[bytes], get: Get, memo: dict[bytes, bool | None] | None = None
+) -> list[bytes]:
+    """The manifests a chain's state is read from: its last v2 manifest and the
+    v1 diffs after it (all of them when none is v2, or when one cannot be read:
+    conservative). ``memo`` remembers which ids are v2 across chains."""
+    memo = {} if memo is None else memo
+    for k in range(len(refs) - 1, -1, -1):
+        ref = refs[k]
+        if ref not in memo:
+            try:
+                memo[ref] = segments.is_v2(get(ref))
+            except CkptError:
+                memo[ref] = None
+        if memo[ref] is None:
+            return list(refs)
+        if memo[ref]:
+            return list(refs[k:])
+    return list(refs)
 
 
 def _first(ref: bytes, data: bytes, get: Get) -> Get:
