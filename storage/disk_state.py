@@ -56,7 +56,8 @@ class State:
         self.overlay = overlay  # v1 diffs after the base, folded (ZERO_ID = zeros)
         self.cut = cut  # base entries at or beyond this block were cut by a v1 shrink
         self._piece: tuple[int, list[bytes]] = (-1, [])
-        self._cache: OrderedDict[bytes, dict[int, bytes]] = OrderedDict()
+        self._cache: OrderedDict[bytes, dict[int, bytes]] = OrderedDict()  # decoded, 4 at most
+        self._ahead: dict[bytes, bytes] = {}  # fetched ahead, not yet decoded: PREFETCH at most
         self._touched: set[int] = set()
         if overlay is not None:
             self._touched = {i // self.span for i in overlay}
@@ -98,21 +99,45 @@ class State:
             return None
         return self._base_id(k)
 
-    def _load(self, sid: bytes, data: bytes | None = None) -> dict[int, bytes]:
+    def _load(self, sid: bytes, k: int, ahead: bool) -> dict[int, bytes]:
         found = self._cache.get(sid)
         if found is None:
-            raw = self.get(sid) if data is None else data
+            raw = self._ahead.pop(sid, None)
+            if raw is None and ahead:
+                self._fetch_ahead(k)
+                raw = self._ahead.pop(sid, None)
+            if raw is None:
+                raw = self.get(sid)
             found = segments.decode_segment(raw, self.span, f"segment {sid.hex()[:16]}")
             if len(self._cache) >= 4:
                 self._cache.popitem(last=False)
             self._cache[sid] = found
         return found
 
-    def entries(self, k: int) -> dict[int, bytes]:
+    def _fetch_ahead(self, k: int) -> None:
+        """Fetch the stored segments ``k`` .. ``k + PREFETCH - 1`` in one ``get_many``
+        (one round trip on S3, not sixteen): restore and a full scan read in order."""
+        if self.get_many is None:
+            return
+        end = min(k + PREFETCH, self.segment_count)
+        want = list(
+            dict.fromkeys(
+                sid
+                for sid in (self._base_id(j) for j in range(k, end))
+                if sid != ZERO_ID and sid not in self._cache
+            )
+        )
+        if len(want) < 2:
+            return
+        self._ahead = {sid: bytes(d) for sid, d in zip(want, self.get_many(want), strict=True)}
+
+    def entries(self, k: int, ahead: bool = True) -> dict[int, bytes]:
         """Segment ``k``'s entries: offset in the segment -> non-zero chunk id,
-        none at or beyond the state's block count. Do not modify."""
+        none at or beyond the state's block count. Do not modify. ``ahead``: the
+        caller reads on in order, so the next segments are fetched with it (a
+        ``--changed-blocks`` capture reads only what it touches: False)."""
         sid = self._base_id(k)
-        found = {} if sid == ZERO_ID else self._load(sid)
+        found = {} if sid == ZERO_ID else self._load(sid, k, ahead)
         if k not in self._touched and (k + 1) * self.span <= self.block_count:
             return found
         first = k * self.span
@@ -133,23 +158,10 @@ class State:
         return {o: c for o, c in sorted(out.items()) if o < end}
 
     def iter_entries(self) -> Iterator[tuple[int, dict[int, bytes]]]:
-        """Every segment's entries in order, stored segments fetched
-        ``PREFETCH`` at a time (one round trip on S3, not sixteen)."""
-        for start in range(0, self.segment_count, PREFETCH):
-            ks = range(start, min(start + PREFETCH, self.segment_count))
-            if self.get_many is not None:
-                want = list(
-                    dict.fromkeys(
-                        sid
-                        for sid in (self._base_id(k) for k in ks)
-                        if sid != ZERO_ID and sid not in self._cache
-                    )
-                )
-                if len(want) > 1:
-                    for sid, data in zip(want, self.get_many(want), strict=True):
-                        self._load(sid, bytes(data))
-            for k in ks:
-                yield k, self.entries(k)
+        """Every segment's entries in order (stored segments fetched ``PREFETCH``
+        at a time, ``_fetch_ahead``)."""
+        for k in range(self.segment_count):
+            yield k, self.entries(k)
 
     def present(self) -> Iterator[tuple[int, bytes]]:
         """The non-zero blocks as (block index, chunk id), in block order."""

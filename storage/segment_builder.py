@@ -71,7 +71,7 @@ class SegmentBuilder:
         p = self.parent
         if p is None or k >= p.segment_count:
             return {}
-        return p.entries(k)
+        return p.entries(k, ahead=not self.patch)
 
     def _limit(self, k: int) -> int:
         """Blocks of segment ``k`` within the new size."""

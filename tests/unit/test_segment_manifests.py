@@ -206,13 +206,15 @@ def test_a_state_streams_its_blocks_reading_segments_only_as_they_are_reached() 
     def get_many(want: object) -> list[bytes]:
         assert isinstance(want, list)
         many.append(len(want))
-        return [chunks.get(c) for c in want]
+        return [chunks.data[c] for c in want]
 
     state = disk_state.load([ref], chunks.get, get_many)
     assert state is not None
+    chunks.gets = 0
     stream = state.present()
     assert next(stream) == (0, ids[0])
     assert many == [disk_state.PREFETCH]  # 16 of 40 segments read so far
     assert len(state._cache) <= 4  # decoded segments kept: a few, whatever the size
     assert sum(1 for _ in stream) == blocks - 1
     assert many == [16, 16, 8]
+    assert chunks.gets == 1  # the top-list piece; every segment came through get_many
