@@ -1,4 +1,8 @@
-"""Capture: turn a disk image or a file into a block map of what changed.
+"""Capture: read a disk image or a file into blocks and their ids.
+
+``capture_into`` hands every hashed buffer to a consumer (a segment builder,
+``segment_builder.py``: how ckpt captures); ``capture`` diffs against a parent
+map held whole (a v1 block map of what changed: tests and tools).
 
 Terms:
 - *parent map*: the blocks the chain holds now (``{index: chunk id}``,
