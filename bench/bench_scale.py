@@ -13,6 +13,8 @@ a real disk of unique data), takes it into a fresh store (or a copy of a prefill
                  --changed-blocks D=EXTENTS naming that one block; the image is dropped from
                  the page cache first, so `image_read` (fincore) is what the command read of it
     restore      restore VM c3 --disk D -o OUT.raw    (compared byte for byte with the image)
+    restore-1-layer, restore-N-layers   (--deep N, default 100) after N-3 more one-block
+                 --changed-blocks checkpoints: restore c1 (1 layer) and cN (N layers, compared)
     restore-vhdx restore VM c3 --disk D -o OUT.vhdx
     export       export VM c3 -o DIR
     verify, stats, gc --grace 0, tree VM, chain VM, files VM c3, log VM
@@ -251,7 +253,13 @@ def prefill_store(ckpt: list[str], store: str, gib: float, work: str, logf: Text
 
 
 def bench_ckpt_size(
-    ckpt: list[str], work: str, img: str, blocks: int, template: str | None, logf: TextIO
+    ckpt: list[str],
+    work: str,
+    img: str,
+    blocks: int,
+    template: str | None,
+    logf: TextIO,
+    deep: int = 100,
 ) -> dict[str, Result]:
     """Every command once on a disk of `blocks` blocks; figures per command."""
     store = os.path.join(work, "store")
@@ -325,6 +333,26 @@ def bench_ckpt_size(
     step("chain", [*s, "chain", VM])
     step("files", [*s, "files", VM, "c3"])
     step("log", [*s, "log", VM])
+    if deep > 3:
+        # A deep chain: one block changed per checkpoint (--changed-blocks) up to `deep`
+        # layers; restoring the last must cost what restoring a 1-layer disk (c1) costs.
+        for n in range(4, deep + 1):
+            index = (blocks // 5 + 7 * n) % blocks
+            rewrite_block(img, index, SALT + n)
+            with open(extents, "w") as f:
+                f.write(f"{index * BLOCK} {BLOCK}\n")
+            run_measured(
+                [*s, "checkpoint", "create", VM, f"c{n}", "--disk", f"{DISK}={img}",
+                 "--changed-blocks", f"{DISK}={extents}"],
+                logf,
+            )  # fmt: skip
+        step(
+            "restore-1-layer",
+            [*s, "restore", VM, "c1", "--disk", DISK, "-o", raw],
+            lambda r: os.unlink(raw),
+        )
+        step(f"restore-{deep}-layers", [*s, "restore", VM, f"c{deep}", "--disk", DISK, "-o", raw],
+             check_raw)  # fmt: skip
     apparent, _ = bench_content.dir_bytes(store)
     out["store"] = {"apparent_bytes": apparent}
     shutil.rmtree(store)
@@ -523,6 +551,14 @@ def main() -> int:
         help="measure in a store already holding GIB GiB logical of another VM "
         f"(GIB/{PREFILL_CHECKPOINTS} unique, checkpointed {PREFILL_CHECKPOINTS} times)",
     )
+    ap.add_argument(
+        "--deep",
+        type=int,
+        default=100,
+        metavar="N",
+        help="grow the chain to N checkpoints (one block changed each, --changed-blocks) and "
+        "restore the last against c1, a 1-layer disk (default: %(default)s; 0 skips)",
+    )
     ap.add_argument("--json", metavar="FILE", help="write every figure to FILE")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
     a = ap.parse_args()
@@ -567,7 +603,9 @@ def main() -> int:
                 log(f"{g:.3g} GiB ({blocks} blocks): image written in {secs:.1f} s")
                 run: Result = {"gib": g, "blocks": blocks, "image_bytes": blocks * BLOCK}
                 if "ckpt" in tools:
-                    run["ckpt"] = bench_ckpt_size(ckpt, sdir, img, blocks, template, logf)
+                    run["ckpt"] = bench_ckpt_size(
+                        ckpt, sdir, img, blocks, template, logf, a.deep
+                    )
                 for c in anchors:
                     write_image(img, blocks, SALT)  # the same bytes the first capture saw
                     run[c] = bench_anchor_size(c, sdir, img, blocks, logf)

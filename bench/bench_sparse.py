@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from ckpt import CheckpointType, DiskFormat, Store
-from ckpt.storage import manifest
+from ckpt.storage import references
 
 TiB, GiB, MiB = 1 << 40, 1 << 30, 1 << 20
 
@@ -66,7 +66,12 @@ def main() -> None:
             assert a.read(64 * MiB) == b.read(64 * MiB), f"mismatch at {offset}"
     vm = store.vm("big")
     refs = [ref for refs in vm.contents.values() for ref in refs]
-    manifest_bytes = sum(len(manifest.encode(manifest.load(r, store.chunks.get))) for r in refs)
+    # v2 manifests: each root and top-list piece, and each distinct segment once
+    manifest_bytes, seen = 0, set()
+    for r in refs:
+        batches, _ = references.manifest_ids(r, store.chunks, seen)
+        for n, batch in enumerate(batches):
+            manifest_bytes += sum(len(store.chunks.get(c)) for c in (batch if n == 0 else batch[:1]))
     db = sqlite3.connect(work / "store" / "events.sqlite")
     event_bytes = db.execute("SELECT SUM(LENGTH(state)) FROM stored_events").fetchone()[0]
     stats = store.stats()["total"]

@@ -3,13 +3,15 @@
 (Reading VHDX chains for import is ``storage/vhdx_files.py``; importing a
 whole Hyper-V folder is ``hyperv_import.py``.)
 
-Terms: a *layer's own runs* are the (offset, bytes) the layer's manifests
-define, in order; in a base VHDX a block recorded as zero needs no data (the
-file reads as zero there), in a differencing AVHDX it must be written as zero
-sectors, or the parent's bytes would show through. A *Hyper-V folder* is
-``<VM>/Virtual Hard Disks/`` (the base VHDX and the AVHDX chain, each child
-naming its parent by DataWriteGuid, relative path and absolute Windows path)
-and ``<VM>/Snapshots/`` (the captured state files under their Hyper-V names).
+Terms: a *layer's own runs* are the (offset, bytes) where the chain's state
+at the end of the layer differs from its state at the end of the parent
+layer (``disk_state.diff``, segment by segment), in order; in a base VHDX a
+block recorded as zero needs no data (the file reads as zero there), in a
+differencing AVHDX it must be written as zero sectors, or the parent's bytes
+would show through. A *Hyper-V folder* is ``<VM>/Virtual Hard Disks/`` (the
+base VHDX and the AVHDX chain, each child naming its parent by DataWriteGuid,
+relative path and absolute Windows path) and ``<VM>/Snapshots/`` (the captured
+state files under their Hyper-V names).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import contextlib
 import hashlib
 import re
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path, PureWindowsPath
 from typing import BinaryIO
 from uuid import NAMESPACE_URL, UUID, uuid5
@@ -33,10 +36,11 @@ from ckpt.domain import (
 )
 from ckpt.domain.layers import chain
 from ckpt.domain.naming import FORBIDDEN_IN_FILE, RESERVED_FILE_NAMES
-from ckpt.storage import manifest
-from ckpt.storage.manifest import ZERO_ID, BlockMap
-from ckpt.storage.manifest_cache import ManifestCache
-from ckpt.storage.manifest_restore import restore_maps
+from ckpt.storage import disk_state
+from ckpt.storage.disk_state import State
+from ckpt.storage.manifest import ZERO_ID
+from ckpt.storage.manifest_cache import chain_manifest_ids
+from ckpt.storage.manifest_restore import load_state, restore_manifest
 from ckpt.storage.vhdx import write_avhdx, write_vhdx
 
 from . import commands, queries
@@ -131,28 +135,29 @@ def _prepare_folder(out_dir: Path, folder: Path, force: bool) -> None:
 
 
 def layer_runs(
-    maps: Sequence[BlockMap], uow: UnitOfWork, size: int, differencing: bool
+    parent: State | None, state: State | None, uow: UnitOfWork, size: int, differencing: bool
 ) -> Iterator[tuple[int, bytes]]:
-    """The bytes ``maps`` define, as sorted, joined (offset, bytes) runs, cut at ``size``."""
-    entries, block_size, _ = manifest.overlay(list(maps))
+    """The bytes a layer file holds, as sorted, joined (offset, bytes) runs, cut at
+    ``size``: ``state``'s non-zero blocks (a base or flattened disk), or where
+    ``state`` differs from ``parent`` (a differencing layer: zeros written too,
+    so the parent's bytes do not show through), compared segment by segment."""
+    if state is None:
+        return
+    block_size = state.block_size
+    upto = -(-size // block_size)
+    blocks: Iterator[tuple[int, bytes]] = (
+        disk_state.diff(parent, state, upto)
+        if differencing
+        else (b for b in state.present() if b[0] < upto)
+    )
     fetch = uow.chunks.get_views
-    cut = manifest.smallest_block_count(list(maps))
-    if differencing and cut is not None:
-        # The disk shrank within this layer: blocks from there on are zeros unless
-        # written again, never the parent's bytes showing through.
-        for index in range(cut, -(-size // block_size)):
-            entries.setdefault(index, ZERO_ID)
-    indices = [i for i in sorted(entries) if i * block_size < size]
-    if not differencing:
-        indices = [i for i in indices if entries[i] != ZERO_ID]
     zero = bytes(block_size)
     run_at, run = -1, bytearray()
-    for start in range(0, len(indices), 256):
-        batch = indices[start : start + 256]
-        wanted = [entries[i] for i in batch if entries[i] != ZERO_ID]
-        datas = iter(fetch(wanted))
-        for index in batch:
-            data = zero if entries[index] == ZERO_ID else next(datas)
+    while batch := list(islice(blocks, 256)):
+        wanted = [cid for _, cid in batch if cid != ZERO_ID]
+        datas = iter(fetch(wanted) if wanted else ())
+        for index, cid in batch:
+            data = zero if cid == ZERO_ID else next(datas)
             offset = index * block_size
             data = data[: size - offset]
             if run and (offset != run_at + len(run) or len(run) >= RUN):
@@ -165,15 +170,11 @@ def layer_runs(
         yield run_at, bytes(run)
 
 
-def _maps(vm: VirtualMachine, layer: UUID, cache: ManifestCache) -> list[BlockMap]:
-    return [cache.load(ref) for ref in vm.contents.get(layer, ())]
-
-
-def _disk_size(vm: VirtualMachine, leaf: UUID, cache: ManifestCache, disk: str) -> int:
-    maps = cache.chain(vm, leaf)
-    if not maps:
+def _disk_size(vm: VirtualMachine, leaf: UUID, uow: UnitOfWork, disk: str) -> int:
+    state = load_state(chain_manifest_ids(vm, leaf), uow.chunks)
+    if state is None:
         raise InvalidValue(f"no content was captured for disk {disk!r} of VM {vm.name!r}")
-    return maps[-1].size
+    return state.size
 
 
 def export(
@@ -217,26 +218,30 @@ def _write_folder(
     flatten: bool,
 ) -> list[Path]:
     disks_dir = folder / DISKS_DIR
-    cache = ManifestCache(uow.chunks)
     written: list[Path] = []
     for disk in vm.disks:
         if disk.format is DiskFormat.VHD:
             raise InvalidValue(f"disk {disk.name!r} is a VHD; ckpt writes VHDX chains only")
         leaf = cp.layer(disk.name) if cp else vm.running[disk.name]
-        size = _disk_size(vm, leaf, cache, disk.name)
+        size = _disk_size(vm, leaf, uow, disk.name)
         layers = chain(vm.layers, leaf)
         if flatten:
-            maps = cache.chain(vm, leaf)
+            state = load_state(chain_manifest_ids(vm, leaf), uow.chunks)
             path = disks_dir / export_file_name(disk.base_file)
             with _create(path) as out:
-                write_vhdx(out, size, layer_runs(maps, uow, size, differencing=False))
+                write_vhdx(out, size, layer_runs(None, state, uow, size, differencing=False))
             written.append(path)
             continue
         parent_guid = None
         parent_file = ""
+        refs: list[bytes] = []  # the chain's manifests down to this layer
+        parent_state: State | None = None
         for layer in layers:
             path = disks_dir / export_file_name(layer.file)
-            runs = layer_runs(_maps(vm, layer.id, cache), uow, size, parent_guid is not None)
+            refs += vm.contents.get(layer.id, ())
+            state = load_state(refs, uow.chunks)
+            runs = layer_runs(parent_state, state, uow, size, parent_guid is not None)
+            parent_state = state
             guid = _content_guid(vm, layer.id)
             disk_id = uuid5(VM_DISK_IDS, f"{vm.id}/{disk.name}")
             with _create(path) as out:
@@ -264,7 +269,7 @@ def _write_folder(
         path = folder.joinpath(*f.path.split("/"))
         path.parent.mkdir(parents=True, exist_ok=True)
         with _create(path) as out:
-            restore_maps([cache.load(f.manifest)], uow.chunks, out)
+            restore_manifest(f.manifest, uow.chunks, out)
         written.append(path)
     return written
 
@@ -287,8 +292,7 @@ def _create(path: Path) -> BinaryIO:
         raise InvalidValue(f"cannot write {str(path)!r}: {e.strerror}") from None
 
 
-def write_disk_vhdx(maps: Sequence[BlockMap], uow: UnitOfWork, out: BinaryIO) -> int:
-    """A whole disk (all its chain's maps, base first) as one dynamic VHDX."""
-    size = maps[-1].size
-    write_vhdx(out, size, layer_runs(maps, uow, size, differencing=False))
-    return size
+def write_disk_vhdx(state: State, uow: UnitOfWork, out: BinaryIO) -> int:
+    """A whole disk (its state at a point) as one dynamic VHDX."""
+    write_vhdx(out, state.size, layer_runs(None, state, uow, state.size, differencing=False))
+    return state.size

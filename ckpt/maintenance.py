@@ -22,10 +22,11 @@ from uuid import UUID
 from ckpt.domain import CkptError, InvalidValue, StoreCorrupt, VirtualMachine
 from ckpt.storage.chunks import GcReport, VerifyReport
 from ckpt.storage.chunks.verify import AffectedCapture, BadChunk
+from ckpt.storage.disk_state import effective_refs
 from ckpt.storage.event_store import EVENTS_FILE
 from ckpt.storage.locations import display
 from ckpt.storage.manifest_cache import chain_manifest_ids
-from ckpt.storage.references import Reference, referenced_chunks
+from ckpt.storage.references import Reference, referenced_chunks, who_needs
 
 from . import queries
 from .progress_factory import ProgressFactory, bar
@@ -167,10 +168,13 @@ def verify(
             try:
                 chunks.get(cid)
             except CkptError as e:
-                bad.append((cid, str(e), needed[cid]))
+                bad.append((cid, str(e), []))
         checked += len(batch)
         if update is not None:
             update(len(batch))
+    if bad:  # who needs each bad chunk: a second pass, only now (never kept per chunk)
+        users = who_needs(references(uow), chunks, [cid for cid, _, refs in bad if not refs])
+        bad = [(cid, reason, refs or users.get(cid, [])) for cid, reason, refs in bad]
     return VerifyReport(checked, _name_checkpoints(uow, bad) if bad else [], len(needed))
 
 
@@ -180,20 +184,26 @@ def _name_checkpoints(
     """Each bad chunk with the live checkpoints (and Now) whose bytes need the
     captures it affects.
 
-    A disk capture is needed by every checkpoint whose chain holds its manifest
-    (merges move manifests to the surviving layer, so this follows them); a
-    state file by its own checkpoint.
+    A disk capture is needed by every checkpoint whose chain's state reads its
+    manifest: the chain's last v2 manifest and any v1 diffs after it (merges
+    move manifests to the surviving layer, so this follows them); a state file
+    by its own checkpoint.
     """
     users: dict[tuple[str, bytes], list[str]] = {}
+    memo: dict[bytes, bool | None] = {}
+
+    def chain_refs(vm: VirtualMachine, leaf: UUID) -> list[bytes]:
+        return effective_refs(chain_manifest_ids(vm, leaf), uow.chunks.get, memo)
+
     for vm in queries.vms(uow):
         for cp in vm.checkpoints.values():
             for disk, leaf in cp.layers:
-                for ref in chain_manifest_ids(vm, leaf):
+                for ref in chain_refs(vm, leaf):
                     users.setdefault((vm.name, ref), []).append(f"{cp.name} (disk {disk})")
             for f in vm.captured_files.get(cp.id, ()):
                 users.setdefault((vm.name, f.manifest), []).append(f"{cp.name} ({f.role.value})")
         for disk, leaf in vm.running.items():
-            for ref in chain_manifest_ids(vm, leaf):
+            for ref in chain_refs(vm, leaf):
                 users.setdefault((vm.name, ref), []).append(f"Now (disk {disk})")
 
     def affected(ref: Reference) -> AffectedCapture:
@@ -243,7 +253,7 @@ def gc(uow: UnitOfWork, grace_seconds: float, progress: ProgressFactory | None =
             raise InvalidValue(
                 f"gc refused: {len(broken)} manifests cannot be read; run ckpt verify"
             )
-        result = chunks.delete_unreferenced(set(needed), grace_seconds, time.time(), leases)
+        result = chunks.delete_unreferenced(needed, grace_seconds, time.time(), leases)
     return result._replace(
         referenced=len(needed),
         live_leases=[x.describe() for x in leases.writers],

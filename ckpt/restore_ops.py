@@ -2,7 +2,8 @@
 
 Terms: a *point* is a checkpoint or a backup point, found now or as of
 ``--at`` (which reaches checkpoints deleted since: their content stays until
-gc may purge it). A disk's bytes at a point are its chain's manifests folded
+gc may purge it). A disk's bytes at a point are its chain's state (the last
+v2 manifest, ``storage/disk_state.py``), read and written segment by segment
 (``storage/manifest_restore.py``); a file's are its one manifest.
 """
 
@@ -23,9 +24,9 @@ from ckpt.domain import (
     OutputFailed,
     VirtualMachine,
 )
-from ckpt.storage.manifest import BlockMap
-from ckpt.storage.manifest_cache import ManifestCache
-from ckpt.storage.manifest_restore import restore_maps
+from ckpt.storage.disk_state import State
+from ckpt.storage.manifest_cache import chain_manifest_ids
+from ckpt.storage.manifest_restore import load_state, restore_manifest, restore_state
 
 from . import queries
 from .hyperv_export import write_disk_vhdx
@@ -55,19 +56,18 @@ def resolve_point(uow: UnitOfWork, vm: str, ref: str, at: str | int | None = Non
     return RestorePoint(v, f"checkpoint {found.name!r}", layers, v.captured_files.get(found.id, ()))
 
 
-def _disk_maps(
-    uow: UnitOfWork, vm: str, ref: str, disk: str, at: str | int | None
-) -> list[BlockMap]:
-    """The manifests of a disk's chain at a checkpoint or backup point, base first."""
+def _disk_state(uow: UnitOfWork, vm: str, ref: str, disk: str, at: str | int | None) -> State:
+    """A disk's state at a checkpoint or backup point (its chain's last v2
+    manifest, read segment by segment)."""
     point = resolve_point(uow, vm, ref, at)
     if disk not in point.layers:
         raise InvalidValue(
             f"VM {point.vm.name!r} has no disk {disk!r} (disks: {', '.join(point.layers)})"
         )
-    maps = ManifestCache(uow.chunks).chain(point.vm, point.layers[disk])
-    if not maps:
+    state = load_state(chain_manifest_ids(point.vm, point.layers[disk]), uow.chunks)
+    if state is None:
         raise InvalidValue(f"no content was captured for disk {disk!r} up to {point.label}")
-    return maps
+    return state
 
 
 @contextlib.contextmanager
@@ -92,18 +92,17 @@ def restore_disk(
     progress: ProgressFactory | None,
     at: str | int | None = None,
 ) -> int:
-    maps = _disk_maps(uow, vm, ref, disk, at)
-    size = maps[-1].size
+    state = _disk_state(uow, vm, ref, disk, at)
     with _writing(out):
-        return restore_maps(maps, uow.chunks, out, bar(progress, f"restore {disk}", size))
+        return restore_state(state, uow.chunks, out, bar(progress, f"restore {disk}", state.size))
 
 
 def restore_disk_vhdx(
     uow: UnitOfWork, vm: str, ref: str, disk: str, out: BinaryIO, at: str | int | None = None
 ) -> int:
-    maps = _disk_maps(uow, vm, ref, disk, at)
+    state = _disk_state(uow, vm, ref, disk, at)
     with _writing(out):
-        return write_disk_vhdx(maps, uow, out)
+        return write_disk_vhdx(state, uow, out)
 
 
 def _file(point: RestorePoint, role: FileRole) -> FileCapture:
@@ -123,10 +122,9 @@ def restore_memory(
 ) -> int:
     point = resolve_point(uow, vm, ref, at)
     f = _file(point, FileRole.MEMORY)
-    cache = ManifestCache(uow.chunks)
     with _writing(out):
-        return restore_maps(
-            [cache.load(f.manifest)], uow.chunks, out, bar(progress, "restore memory", f.size)
+        return restore_manifest(
+            f.manifest, uow.chunks, out, bar(progress, "restore memory", f.size)
         )
 
 
@@ -143,7 +141,6 @@ def restore_state_files(
             "under their Hyper-V names into -o DIR"
         )
     point = resolve_point(uow, vm, ref, at)
-    cache = ManifestCache(uow.chunks)
     written = []
     for f in point.files:
         if not f.path:  # 2016+ memory lives inside the VMRS: `restore --memory` gives it
@@ -152,7 +149,7 @@ def restore_state_files(
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             with target.open("wb") as out:
-                restore_maps([cache.load(f.manifest)], uow.chunks, out)
+                restore_manifest(f.manifest, uow.chunks, out)
         except BaseException as e:
             with contextlib.suppress(OSError):
                 target.unlink()

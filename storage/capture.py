@@ -1,4 +1,8 @@
-"""Capture: turn a disk image or a file into a block map of what changed.
+"""Capture: read a disk image or a file into blocks and their ids.
+
+``capture_into`` hands every hashed buffer to a consumer (a segment builder,
+``segment_builder.py``: how ckpt captures); ``capture`` diffs against a parent
+map held whole (a v1 block map of what changed: tests and tools).
 
 Terms:
 - *parent map*: the blocks the chain holds now (``{index: chunk id}``,
@@ -193,15 +197,50 @@ def capture(
     reads as zeros, as holes do.
     """
     result = CaptureResult()
+    regions = _regions(src, size, block_size, extents, segments, parent_size)
+
+    def consume(pos: int, buf: bytes, ids: list[bytes | None]) -> None:
+        compare(result, pos, buf, ids, block_size, parent, sink)
+
+    read_regions(src, regions, block_size, consume, progress, pool, hasher)
+    if extents is None:
+        _zero_the_holes(parent, regions, block_size, size, result.entries)
+    return result
+
+
+def _regions(
+    src: BinaryIO,
+    size: int,
+    block_size: int,
+    extents: Iterable[tuple[int, int]] | None,
+    segments: Sequence[tuple[int, int]] | None,
+    parent_size: int | None,
+) -> list[tuple[int, int]]:
+    """The byte ranges to read: the changed extents (widened by a resize), or
+    the source's data segments; whole blocks, clipped to ``size``, merged."""
     if extents is not None:
         if parent_size is not None and parent_size != size:
             low = min(parent_size, size) // block_size * block_size
             extents = [*extents, (low, max(parent_size, size) - low)]
-        regions = align(extents, block_size, size)
-    else:
-        found = data_segments(src, size) if segments is None else segments
-        regions = [(s // block_size * block_size, e) for s, e in found]
-        regions = align(((s, e - s) for s, e in regions), block_size, size)
+        return align(extents, block_size, size)
+    found = data_segments(src, size) if segments is None else segments
+    regions = [(s // block_size * block_size, e) for s, e in found]
+    return align(((s, e - s) for s, e in regions), block_size, size)
+
+
+Consume = Callable[[int, bytes, list[bytes | None]], None]
+
+
+def read_regions(
+    src: BinaryIO,
+    regions: list[tuple[int, int]],
+    block_size: int,
+    consume: Consume,
+    progress: Progress | None = None,
+    pool: Executor | None = None,
+    hasher: Callable[[bytes], bytes] | None = None,
+) -> None:
+    """Read and hash ``regions`` in order, handing each buffer to ``consume``."""
     spans = [
         (pos, min(READ, end - pos)) for start, end in regions for pos in range(start, end, READ)
     ]
@@ -210,12 +249,27 @@ def capture(
         # workers would read each other's offsets (found as a flaky import test)
         pool = None
     for pos, n, (buf, ids) in _hashed(src, spans, block_size, pool, hasher):
-        compare(result, pos, buf, ids, block_size, parent, sink)
+        consume(pos, buf, ids)
         if progress is not None:
             progress(n)
-    if extents is None:
-        _zero_the_holes(parent, regions, block_size, size, result.entries)
-    return result
+
+
+def capture_into(
+    consume: Consume,
+    src: BinaryIO,
+    size: int,
+    block_size: int,
+    extents: Iterable[tuple[int, int]] | None = None,
+    progress: Progress | None = None,
+    pool: Executor | None = None,
+    segments: Sequence[tuple[int, int]] | None = None,
+    hasher: Callable[[bytes], bytes] | None = None,
+    parent_size: int | None = None,
+) -> None:
+    """As ``capture``, but every buffer read goes to ``consume`` (a segment
+    builder, ``segment_builder.py``), which decides what is new."""
+    regions = _regions(src, size, block_size, extents, segments, parent_size)
+    read_regions(src, regions, block_size, consume, progress, pool, hasher)
 
 
 def compare(

@@ -19,7 +19,16 @@ from concurrent.futures import Executor, Future
 
 from ckpt.domain.errors import SourceChanged
 
-from .capture import AHEAD, READ, CaptureResult, Progress, Sink, compare, hash_blocks
+from .capture import (
+    AHEAD,
+    READ,
+    CaptureResult,
+    Consume,
+    Progress,
+    Sink,
+    compare,
+    hash_blocks,
+)
 from .sources import Source
 
 Hashed = tuple[bytes, list[bytes | None]]
@@ -43,6 +52,23 @@ def capture_stream(
     ``SourceChanged``; the caller records nothing then.
     """
     result = CaptureResult()
+
+    def consume(pos: int, buf: bytes, ids: list[bytes | None]) -> None:
+        compare(result, pos, buf, ids, block_size, parent, sink)
+
+    return result, stream_into(source, block_size, consume, progress, pool, hasher)
+
+
+def stream_into(
+    source: Source,
+    block_size: int,
+    consume: Consume,
+    progress: Progress | None = None,
+    pool: Executor | None = None,
+    hasher: Callable[[bytes], bytes] | None = None,
+) -> int:
+    """Read ``source`` to its end (or declared size), handing each hashed buffer
+    to ``consume`` in order; the size read. ``SourceChanged`` if it ends early."""
     declared = source.size
     pending: deque[tuple[int, Future[Hashed] | Hashed]] = deque()
     pos = 0
@@ -50,7 +76,7 @@ def capture_stream(
     def settle() -> None:
         at, done = pending.popleft()
         buf, ids = done.result() if isinstance(done, Future) else done
-        compare(result, at, buf, ids, block_size, parent, sink)
+        consume(at, buf, ids)
         if progress is not None:
             progress(len(buf))
 
@@ -75,4 +101,4 @@ def capture_stream(
         raise SourceChanged(
             f"the stream ended at byte {pos:,}, before its declared size of {declared:,} bytes"
         )
-    return result, pos
+    return pos

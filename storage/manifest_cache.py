@@ -25,7 +25,9 @@ def chain_manifest_ids(vm: VirtualMachine, leaf: UUID) -> list[bytes]:
 
 
 class ManifestCache:
-    """Decoded manifests by id; a chain is read many times while capturing and verifying."""
+    """Decoded v1 manifests by id (tests and tools; captures and restores read a
+    chain's state segment by segment, ``disk_state.py``). It also hands a
+    capture its chunk store (``chunks``)."""
 
     def __init__(self, chunks: ChunkStore, limit: int = 64) -> None:
         self.chunks = chunks

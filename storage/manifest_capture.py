@@ -1,8 +1,11 @@
 """Capturing a source into a manifest on the chunk store.
 
-Terms: *capturing* a disk diffs its image against the running chain's present
-content (the overlay of the chain's manifests) and stores a manifest of the
-blocks that differ; capturing a file stores all its blocks. Either returns the
+Terms: *capturing* a disk reads its image against the running chain's state
+(``disk_state.py``) and stores a v2 manifest of the whole disk
+(``segments.py``), segment by segment (``segment_builder.py``): a segment
+unchanged since the chain's is the same chunk, and only blocks that differ
+from the chain's at the same offset are offered to the store; capturing a
+file stores all its blocks. Either returns the
 domain's record of it (``DiskCapture``, ``FileCapture``), which an event then
 names; nothing here saves events.
 
@@ -12,7 +15,7 @@ the page and file-system block size, so a changed page costs one 4 KiB chunk.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 from ckpt.domain import (
     DiskCapture,
@@ -23,12 +26,13 @@ from ckpt.domain import (
     VirtualMachine,
 )
 
-from . import manifest
-from .capture import CaptureResult, capture
-from .capture_stream import capture_stream
+from . import disk_state
+from .capture import capture_into
+from .capture_stream import stream_into
 from .content_session import Session
-from .manifest import KIND_DISK, KIND_FILE, BlockMap
-from .manifest_cache import ManifestCache
+from .manifest import KIND_DISK, KIND_FILE
+from .manifest_cache import ManifestCache, chain_manifest_ids
+from .segment_builder import SegmentBuilder
 from .sources import Source, changed, check_unchanged, fingerprint, source_size
 
 DISK_BLOCK = 4096
@@ -46,22 +50,27 @@ def capture_disk(
     progress: Progress | None = None,
     segments: Sequence[tuple[int, int]] | None = None,
 ) -> DiskCapture:
-    """Capture ``source`` as the disk's running content."""
+    """Capture ``source`` as the disk's running content: a v2 manifest of the
+    whole disk, segments unchanged since the chain's state shared by id."""
     if disk not in vm.running:
         known = ", ".join(vm.running)
         raise InvalidValue(f"VM {vm.name!r} has no disk {disk!r} (disks: {known})")
     refuse_extents_of_one_shot(disk, source, extents)
     layer = vm.running[disk]
-    # The decoded manifests are needed only for their overlay: a cache of its own,
-    # dropped here, keeps them out of the capture's peak memory (benchmark step 4:
-    # peak RSS 268-288 MiB with the shared cache, 252 MiB without).
-    parent, block_size, parent_size = manifest.overlay(ManifestCache(cache.chunks).chain(vm, layer))
-    if block_size not in (0, DISK_BLOCK):
-        raise InvalidValue(f"disk {disk!r} was captured with {block_size}-byte blocks before")
-    result, size = _read(source, DISK_BLOCK, parent, session, extents, progress, segments,
-                         parent_size, sectors=True)  # fmt: skip
+    chunks = cache.chunks
+    parent = disk_state.load(chain_manifest_ids(vm, layer), chunks.get, chunks.get_many)
+    if parent is not None and parent.block_size != DISK_BLOCK:
+        raise InvalidValue(
+            f"disk {disk!r} was captured with {parent.block_size}-byte blocks before"
+        )
+    parent_size = 0 if parent is None else parent.size
+    builder = SegmentBuilder(
+        parent, KIND_DISK, DISK_BLOCK, 0, session.sink, session.chunks.codec.identify,
+        patch=extents is not None,
+    )  # fmt: skip
+    size = _read(source, builder, session, extents, progress, segments, parent_size, sectors=True)
     session.finish()
-    ref = manifest.store(BlockMap(KIND_DISK, DISK_BLOCK, size, result.entries), session.add)
+    ref = builder.store(session.add)
     return DiskCapture(
         disk=disk,
         layer=layer,
@@ -69,9 +78,9 @@ def capture_disk(
         base=len(vm.contents.get(layer, ())),
         virtual_size=size,
         block_size=DISK_BLOCK,
-        changed_blocks=len(result.entries),
-        read_bytes=result.read_bytes,
-        added_bytes=result.added_bytes,
+        changed_blocks=builder.changed_blocks,
+        read_bytes=builder.read_bytes,
+        added_bytes=builder.added_bytes,
     )
 
 
@@ -90,31 +99,35 @@ def refuse_extents_of_one_shot(
 def capture_file(
     role: FileRole, source: Source, session: Session, progress: Progress | None = None
 ) -> FileCapture:
-    result, size = _read(source, FILE_BLOCK, {}, session, None, progress, None, None)
+    builder = SegmentBuilder(
+        None, KIND_FILE, FILE_BLOCK, 0, session.sink, session.chunks.codec.identify
+    )
+    size = _read(source, builder, session, None, progress, None, None)
     session.finish()
-    ref = manifest.store(BlockMap(KIND_FILE, FILE_BLOCK, size, result.entries), session.add)
-    return FileCapture(role=role, path="", manifest=ref, size=size, added_bytes=result.added_bytes)
+    ref = builder.store(session.add)
+    return FileCapture(role=role, path="", manifest=ref, size=size, added_bytes=builder.added_bytes)
 
 
 def _read(
     source: Source,
-    block_size: int,
-    parent: Mapping[int, bytes],
+    builder: SegmentBuilder,
     session: Session,
     extents: Sequence[tuple[int, int]] | None,
     progress: Progress | None,
     segments: Sequence[tuple[int, int]] | None,
     parent_size: int | None,
     sectors: bool = False,
-) -> tuple[CaptureResult, int]:
-    """Read ``source`` against ``parent``: a file or device at offsets, a one-shot
-    source in order. ``sectors``: its size must be whole 512-byte sectors (a disk),
-    checked before reading when it is known, after when it is what a pipe delivered."""
+) -> int:
+    """Read ``source`` into ``builder``: a file or device at offsets, a one-shot
+    source in order; return its size. ``sectors``: its size must be whole
+    512-byte sectors (a disk), checked before reading when it is known, after
+    when it is what a pipe delivered."""
     where = source.where
+    block_size = builder.block_size
     if source.one_shot:
         try:
-            result, size = capture_stream(
-                source, block_size, parent, session.sink, progress, session.pool, session.hasher
+            size = stream_into(
+                source, block_size, builder.feed, progress, session.pool, session.hasher
             )
         except SourceChanged as e:
             raise changed(where, e) from None
@@ -129,7 +142,9 @@ def _read(
                 f"{where} delivered no bytes before its end: nothing was recorded "
                 "(an empty disk is captured from an empty file)"
             )
-        return result, size
+        builder.set_size(size)
+        builder.finish()
+        return size
     before = fingerprint(source.stream)
     size = source_size(source.stream, where)
     if source.size is not None:
@@ -141,13 +156,15 @@ def _read(
         size = source.size
     if sectors and size % 512:
         raise InvalidValue(f"{where}: {size} bytes is not a whole number of 512-byte sectors")
+    builder.set_size(size)
     try:
-        result = capture(
-            source.stream, size, block_size, parent, session.sink, extents, progress,
+        capture_into(
+            builder.feed, source.stream, size, block_size, extents, progress,
             session.pool, segments, session.hasher,
             parent_size=parent_size,  # 0 for the first capture: all of it is new
         )  # fmt: skip
     except SourceChanged as e:
         raise changed(where, e) from None
+    builder.finish()
     check_unchanged(source, before)
-    return result, size
+    return size

@@ -1,6 +1,8 @@
 """Restore: write the bytes a block map describes, exactly, to a stream.
 
-Terms: *entries* is the folded map of a disk or file (``manifest.overlay``);
+Terms: *entries* is the state of a disk or file: its non-zero blocks in
+block order, streamed segment by segment (``disk_state.State.present``), or
+a folded v1 map (``manifest.overlay``);
 *fetch* returns the verified bytes of chunks (the chunk store checks every
 chunk's SHA-256 against its id, so a wrong byte stops the restore with an
 error instead of reaching the output).
@@ -16,7 +18,8 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO
 
@@ -31,15 +34,42 @@ Fetch = Callable[[Sequence[bytes]], Sequence[Chunk]]
 Progress = Callable[[int], None]
 
 
-def _batches(fetch: Fetch, ids: list[bytes], workers: int) -> Iterator[Sequence[Chunk]]:
+Blocks = list[tuple[int, bytes]]
+
+
+def _grouped(blocks: Iterable[tuple[int, bytes]], size: int, block_size: int) -> Iterator[Blocks]:
+    """``blocks`` (sorted, non-zero) in lists of ``BATCH``, those past ``size`` dropped."""
+    batch: Blocks = []
+    for index, cid in blocks:
+        if index * block_size >= size:
+            break
+        batch.append((index, cid))
+        if len(batch) >= BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _fetched(
+    fetch: Fetch, batches: Iterator[Blocks], workers: int
+) -> Iterator[tuple[Blocks, Sequence[Chunk]]]:
+    """Each batch with its chunks, in order; with ``workers`` > 1 fetched on a pool,
+    at most ``2 x workers`` batches ahead (memory stays bounded, not O(disk))."""
+    if workers <= 1:
+        for batch in batches:
+            yield batch, fetch([cid for _, cid in batch])
+        return
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending: list[Future[Sequence[Chunk]]] = []
-        for start in range(0, len(ids), BATCH):
-            pending.append(pool.submit(fetch, ids[start : start + BATCH]))
+        pending: deque[tuple[Blocks, Future[Sequence[Chunk]]]] = deque()
+        for batch in batches:
+            pending.append((batch, pool.submit(fetch, [cid for _, cid in batch])))
             if len(pending) > 2 * workers:
-                yield pending.pop(0).result()
-        for future in pending:
-            yield future.result()
+                done, future = pending.popleft()
+                yield done, future.result()
+        while pending:
+            done, future = pending.popleft()
+            yield done, future.result()
 
 
 def _regular_fd(out: BinaryIO) -> int | None:
@@ -88,7 +118,7 @@ def _runs(
 
 def _write_parallel(
     fd: int,
-    blocks: list[tuple[int, bytes]],
+    batches: Iterator[Blocks],
     size: int,
     block_size: int,
     fetch: Fetch,
@@ -106,20 +136,14 @@ def _write_parallel(
     """
     os.ftruncate(fd, 0)
     data_bytes = 0
-    ids = [cid for _, cid in blocks]
-    if workers > 1:  # latency-bound fetches (S3): several in flight, results in order
-        fetched: Iterator[Sequence[Chunk]] = _batches(fetch, ids, workers)
-    else:
-        fetched = (fetch(ids[start : start + BATCH]) for start in range(0, len(ids), BATCH))
     with ThreadPoolExecutor(max_workers=1) as writer:
-        pending: list[Future[int]] = []
-        for start, datas in zip(range(0, len(blocks), BATCH), fetched, strict=True):
-            batch = blocks[start : start + BATCH]
+        pending: deque[Future[int]] = deque()
+        for batch, datas in _fetched(fetch, batches, workers):
             for offset, run in _runs(batch, datas, block_size, size):
                 pending.append(writer.submit(os.pwrite, fd, run, offset))
                 data_bytes += len(run)
             while len(pending) > 8:  # bound the bytes waiting to be written (~8 MiB)
-                pending.pop(0).result()
+                pending.popleft().result()
             if progress is not None:
                 progress(len(batch) * block_size)
         for future in pending:
@@ -129,7 +153,7 @@ def _write_parallel(
 
 
 def write_image(
-    entries: Mapping[int, bytes],
+    entries: Mapping[int, bytes] | Iterable[tuple[int, bytes]],
     size: int,
     block_size: int,
     fetch: Fetch,
@@ -137,13 +161,17 @@ def write_image(
     progress: Progress | None = None,
     workers: int = 1,
 ) -> int:
-    """Write ``size`` bytes to ``out``; return how many bytes came from chunks."""
-    blocks = [(i, cid) for i, cid in present(entries) if i * block_size < size]
+    """Write ``size`` bytes to ``out``; return how many bytes came from chunks.
+
+    ``entries``: a folded map, or the non-zero (block index, chunk id) pairs in
+    block order as a stream (``disk_state.State.present``): never held whole."""
+    blocks = present(entries) if isinstance(entries, Mapping) else entries
+    batches = _grouped(blocks, size, block_size)
     _check_room(out, size)
     fd = _regular_fd(out)
     if fd is not None:
         out.flush()
-        data_bytes = _write_parallel(fd, blocks, size, block_size, fetch, progress, workers)
+        data_bytes = _write_parallel(fd, batches, size, block_size, fetch, progress, workers)
         out.seek(size)
         return data_bytes
     sparse = _seekable(out)
@@ -180,12 +208,8 @@ def write_image(
         pending = bytearray()
 
     data_bytes = 0
-    ids = [cid for _, cid in blocks]
-    position = 0
-    for batch in _batches(fetch, ids, workers):
-        for data in batch:
-            index = blocks[position][0]
-            position += 1
+    for batch, datas in _fetched(fetch, batches, workers):
+        for (index, _), data in zip(batch, datas, strict=True):
             offset = index * block_size
             if len(data) != block_size:
                 raise ValueError(f"block {index} is {len(data)} bytes, expected {block_size}")

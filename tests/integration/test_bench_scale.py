@@ -42,7 +42,8 @@ def test_the_scale_benchmark_runs_every_command_and_cleans_its_scratch(tmp_path:
     if not CKPT.exists():
         pytest.skip(f"no ckpt console script next to {sys.executable}")
     work, out = tmp_path / "work", tmp_path / "scale.json"
-    args = ["--blocks", "300", "--tools", "ckpt", "--store-prefill", "0.002", "--ckpt", str(CKPT)]
+    args = ["--blocks", "300", "--tools", "ckpt", "--store-prefill", "0.002", "--deep", "5"]
+    args += ["--ckpt", str(CKPT)]
     r = subprocess.run(
         [sys.executable, str(BENCH), *args, "--work", str(work), "--json", str(out)],
         capture_output=True,
@@ -58,6 +59,7 @@ def test_the_scale_benchmark_runs_every_command_and_cleans_its_scratch(tmp_path:
     figures = run["ckpt"]
     assert figures.keys() >= COMMANDS
     assert figures["restore"]["identical"] is True
+    assert figures["restore-5-layers"]["identical"] is True
     assert all(figures[c]["maxrss_mib"] > 0 and figures[c]["wall_s"] > 0 for c in COMMANDS)
     assert doc["store_prefill"]["logical_bytes"] > 0
     if os.path.exists("/proc/self/io"):

@@ -104,3 +104,24 @@ def test_damaged_database_page_is_a_clear_error(store: Store) -> None:
     code, text = _cli(store, "verify")
     assert code != 0 and code != 1, text  # a classified error, not a crash
     assert "ckpt: error:" in text and text.count("\n") <= 3
+
+
+def _oldest(store: Store, pattern: str) -> Path:
+    return min((store.path / "chunks").rglob(pattern), key=lambda p: p.stat().st_mtime_ns)
+
+
+def test_a_damaged_pack_of_an_overwritten_capture_spares_the_later_checkpoint(
+    store: Store, tmp_path: Path
+) -> None:
+    """The first capture's pack (its blocks and its manifest) is lost. The second
+    capture rewrote every block, and its v2 manifest is the whole disk: it needs
+    nothing of the first, so it restores and verify names only the first."""
+    _oldest(store, "*.pack").unlink()
+    reopened = Store.open(store.path)
+    report = reopened.verify()
+    named = {c for bad in report.bad for x in bad["affects"] for c in x["checkpoints"]}
+    assert "first (disk D)" in named
+    assert "second (disk D)" not in named and "Now (disk D)" not in named
+    assert _restore(reopened, "second") == (tmp_path / "second.expected").read_bytes()
+    with pytest.raises(CkptError):
+        _restore(reopened, "first")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from cli_support import CLI
+from legacy_v1 import writing_v1
 
 from ckpt import DiskFormat, InvalidValue, SourceChanged, Store
 from ckpt.storage import manifest
@@ -157,7 +158,7 @@ def test_manifests_the_old_version_wrote_for_a_shrunk_disk_read_again(
     two = _write(tmp_path / "two.raw", os.urandom(8192))
     one = _write(tmp_path / "one.raw", two.read_bytes()[:4096])
     cli.ok("checkpoint", "create", "v", "a", "--disk", f"v={two}")
-    with monkeypatch.context() as m:
+    with monkeypatch.context() as m, writing_v1(m):
         m.setattr(manifest, "encode", _legacy_encode({1: ZERO_ID}))
         cli.ok("checkpoint", "create", "v", "b", "--disk", f"v={one}")
     assert _restored(cli, "b", tmp_path) == one.read_bytes()
@@ -177,7 +178,7 @@ def test_a_manifest_that_breaks_a_rule_still_keeps_its_chunks_from_gc(
     cli.ok("checkpoint", "create", "v", "a", "--disk", f"v={one}")
     kept = hashlib.sha256(unique).digest()
     two = _write(tmp_path / "two.raw", one.read_bytes() + unique)
-    with monkeypatch.context() as m:  # a one-block map naming block 1 = ``unique``
+    with monkeypatch.context() as m, writing_v1(m):  # a one-block map naming block 1
         legacy = _legacy_encode({})
         m.setattr(
             manifest,
@@ -435,13 +436,13 @@ def test_the_cli_says_so_with_exit_14_and_records_nothing(
     image = _image(tmp_path / "d.raw", 8 * BLOCK)
     from ckpt.storage import manifest_capture as content
 
-    real = content.capture
+    real = content.capture_into
 
     def truncated_first(*args: object, **kwargs: object) -> object:  # after its size was read
         os.truncate(image, 2 * BLOCK)
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(content, "capture", truncated_first)
+    monkeypatch.setattr(content, "capture_into", truncated_first)
     err = cli.fails(14, "checkpoint", "create", "v", "x", "--disk", f"v={image}")
     assert "changed during the capture" in err and "nothing was recorded" in err
     assert json.loads(cli.ok("checkpoint", "list", "v", "--json")) == []
