@@ -603,9 +603,7 @@ def main() -> int:
                 log(f"{g:.3g} GiB ({blocks} blocks): image written in {secs:.1f} s")
                 run: Result = {"gib": g, "blocks": blocks, "image_bytes": blocks * BLOCK}
                 if "ckpt" in tools:
-                    run["ckpt"] = bench_ckpt_size(
-                        ckpt, sdir, img, blocks, template, logf, a.deep
-                    )
+                    run["ckpt"] = bench_ckpt_size(ckpt, sdir, img, blocks, template, logf, a.deep)
                 for c in anchors:
                     write_image(img, blocks, SALT)  # the same bytes the first capture saw
                     run[c] = bench_anchor_size(c, sdir, img, blocks, logf)

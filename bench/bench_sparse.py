@@ -71,15 +71,21 @@ def main() -> None:
     for r in refs:
         batches, _ = references.manifest_ids(r, store.chunks, seen)
         for n, batch in enumerate(batches):
-            manifest_bytes += sum(len(store.chunks.get(c)) for c in (batch if n == 0 else batch[:1]))
+            manifest_bytes += sum(
+                len(store.chunks.get(c)) for c in (batch if n == 0 else batch[:1])
+            )
     db = sqlite3.connect(work / "store" / "events.sqlite")
     event_bytes = db.execute("SELECT SUM(LENGTH(state)) FROM stored_events").fetchone()[0]
     stats = store.stats()["total"]
     stored_gib = stats["stored_bytes"] / GiB
     print(f"virtual size 2 TiB, written {args.written_mib} MiB in {runs} runs of 64 MiB")
-    print(f"capture 1: {first:.2f} s ({args.written_mib * MiB / first / 1e6:.0f} MB/s of written data)")
+    print(
+        f"capture 1: {first:.2f} s ({args.written_mib * MiB / first / 1e6:.0f} MB/s of written data)"
+    )
     print(f"capture 2 (64 MiB rewritten): {second:.2f} s")
-    print(f"restore (sparse): {restore:.2f} s; allocated {out.stat().st_blocks * 512 / MiB:.0f} MiB")
+    print(
+        f"restore (sparse): {restore:.2f} s; allocated {out.stat().st_blocks * 512 / MiB:.0f} MiB"
+    )
     print(f"stored {stats['stored_bytes'] / MiB:.0f} MiB in {stats['chunks']} chunks")
     meta = (manifest_bytes + event_bytes) / MiB
     print(

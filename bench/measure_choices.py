@@ -41,7 +41,9 @@ def main() -> None:
     steps = [data / f"ckpt{i}" for i in range(5)]
     c1 = zstandard.ZstdCompressor(level=1)
     c3 = zstandard.ZstdCompressor(level=3)
-    print("block  | unique MB | stored MB zstd-1 | stored MB zstd-3 | map MB (5 steps) | zstd-1 MB/s | zstd-3 MB/s")
+    print(
+        "block  | unique MB | stored MB zstd-1 | stored MB zstd-3 | map MB (5 steps) | zstd-1 MB/s | zstd-3 MB/s"
+    )
     for size in (int(s) for s in args.sizes.split(",")):
         zero = bytes(size)
         seen: set[bytes] = set()
@@ -73,12 +75,17 @@ def main() -> None:
             f" {recorded * 40 / 1e6:16.1f} | {unique / t1 / 1e6:11.0f} | {unique / t3 / 1e6:11.0f}"
         )
     sample = (steps[0] / "disk.img").read_bytes()[: 512 * MiB]
-    for name, fn in (("sha256", hashlib.sha256), ("blake2b-256", lambda b: hashlib.blake2b(b, digest_size=32))):
+    for name, fn in (
+        ("sha256", hashlib.sha256),
+        ("blake2b-256", lambda b: hashlib.blake2b(b, digest_size=32)),
+    ):
         for size in (4096, 65536):
             t = time.perf_counter()
             for k in range(0, len(sample), size):
                 fn(sample[k : k + size]).digest()
-            print(f"hash {name:12} {size // 1024:>3} KiB blocks: {len(sample) / (time.perf_counter() - t) / 1e6:6.0f} MB/s")
+            print(
+                f"hash {name:12} {size // 1024:>3} KiB blocks: {len(sample) / (time.perf_counter() - t) / 1e6:6.0f} MB/s"
+            )
 
 
 if __name__ == "__main__":
