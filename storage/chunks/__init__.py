@@ -13,10 +13,14 @@ Modules, from the bottom up:
     index_file  the index file format (bytes only)
     layout      object names in the backend; reading a pack's own table
     codec       zstd per thread; checked decoding
-    chunk_map   the compact in-memory id -> location map
-    index       all index files of a backend, loaded
+    run_file    one sorted run of the index cache (mapped, searched with numpy)
+    index_cache the cache directory: runs, pack table, manifest, lock, merges
+    index_columns  an index file's entries as numpy columns
+    index       the chunk index: the cache kept up to date with the index files
+    id_set      IdSet: a set of chunk ids spilled to sorted files
     writer      writer sessions: add, flush
     verify      read-back checks
+    gc_plan     gc's streamed plan (live counts per pack)
     gc          deleting unreferenced chunks, repacking
     repair      rebuilding index files from packs
     store       ChunkStore, the facade
@@ -25,6 +29,7 @@ Modules, from the bottom up:
 from .backend import ChunkBackend, LocalChunkBackend, MemoryChunkBackend
 from .codec import DEFAULT_LEVEL
 from .gc import GcReport
+from .id_set import IdSet
 from .ids import ChunkId, chunk_id, from_hex, is_zero, to_hex
 from .index import ChunkStats
 from .pack import DEFAULT_PACK_SIZE, PackEntry, PackWriter, read_pack_index
@@ -43,6 +48,7 @@ __all__ = [
     "ChunkStore",
     "ChunkWriter",
     "GcReport",
+    "IdSet",
     "LocalChunkBackend",
     "MemoryChunkBackend",
     "PackEntry",
