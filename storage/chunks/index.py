@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import tempfile
 import threading
 from collections.abc import Iterator, Sequence
@@ -92,6 +93,7 @@ MAP_LIMIT = 160 << 20
 # Ids per numpy probe batch: bounds the mapped pages between two drops.
 PROBE_BATCH = 2048
 CACHE_ENV = "XDG_CACHE_HOME"
+_KEY = struct.Struct(">4Q")  # a chunk id as the four words of run_file.py's key
 META_OBJECT = "ckpt-store.json"  # a remote store's meta (ckpt/store_config.py): its store id
 
 
@@ -420,21 +422,21 @@ class ChunkIndex:
     def _find_one(self, view: _View, cid: bytes) -> Slot | None:
         if len(cid) != ID_SIZE:
             return None
-        k = (
-            int.from_bytes(cid[0:8], "big"), int.from_bytes(cid[8:16], "big"),
-            int.from_bytes(cid[16:24], "big"), int.from_bytes(cid[24:32], "big"),
-        )  # fmt: skip
-        live = view.snap.live_bytes
-        for run in view.snap.runs:
+        k = _KEY.unpack(cid)
+        snap = view.snap
+        live = snap.live_bytes
+        for run in snap.runs:
             i = run.find_one(k, live)
             if i >= 0:
-                self._maybe_drop(view)
+                if snap.mapped_bytes > MAP_LIMIT:
+                    self._maybe_drop(view)
                 return run.slot(i)
-        self._maybe_drop(view)
+        if snap.mapped_bytes > MAP_LIMIT:
+            self._maybe_drop(view)
         hit = view.pending.ids.get(cid)
         if hit is None:
             return None
-        return _slot_of(len(view.snap.packs) + hit[0], hit[1])
+        return _slot_of(len(snap.packs) + hit[0], hit[1])
 
     def _maybe_drop(self, view: _View) -> None:
         if view.snap.mapped_bytes <= MAP_LIMIT:
@@ -497,12 +499,24 @@ class ChunkIndex:
         return [s is not None for s in slots]
 
     def __contains__(self, cid: object) -> bool:
-        if not isinstance(cid, bytes):
+        # The dedup question of a capture, asked per block (~2-4 us here, against
+        # ~1 us for a ``contains_many`` batch of 256: batch where you can).
+        if not isinstance(cid, bytes) or len(cid) != ID_SIZE:
             return False
-        view = self._ensure_loaded()
+        view = self._view or self._ensure_loaded()
         if cid in view.pending.ids:
             return True
-        return self._find_one(view, cid) is not None
+        snap = view.snap
+        k = _KEY.unpack(cid)
+        live = snap.live_bytes
+        found = False
+        for run in snap.runs:
+            if run.find_one(k, live) >= 0:
+                found = True
+                break
+        if snap.mapped_bytes > MAP_LIMIT:
+            self._maybe_drop(view)
+        return found
 
     def __len__(self) -> int:
         return self.stats().chunks

@@ -123,18 +123,15 @@ class Snapshot:
     next_run: int
     signature: tuple[int, int, int] = (0, 0, 0)  # the manifest's (inode, mtime, size)
     live_bytes: bytearray = field(default_factory=bytearray)
+    mapped_bytes: int = 0
 
     def __post_init__(self) -> None:
         self.live_bytes = bytearray(self.packs.live.astype(np.uint8).tobytes())
+        self.mapped_bytes = sum(r.n for r in self.runs) * ENTRY_BYTES  # all runs mapped whole
 
     @property
     def count(self) -> int:
         return sum(r.n for r in self.runs)
-
-    @property
-    def mapped_bytes(self) -> int:
-        """What mapping every run whole would cost."""
-        return sum(r.n for r in self.runs) * ENTRY_BYTES
 
 
 def empty_snapshot() -> Snapshot:
