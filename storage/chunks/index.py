@@ -452,30 +452,51 @@ class ChunkIndex:
         if not cids:
             return [], []  # without loading: nothing to answer (and nothing to raise)
         view = self._ensure_loaded()
+        slots, found = self._locate(view, cids)
         out: list[Slot | None] = [None] * len(cids)
-        good = [i for i, c in enumerate(cids) if len(c) == ID_SIZE]
-        if len(good) < 8:
-            for i in good:
-                out[i] = self._find_one(view, cids[i])
-            return view.packs, out
-        for start in range(0, len(good), PROBE_BATCH):
-            part = good[start : start + PROBE_BATCH]
-            keys = ids_to_keys([cids[i] for i in part])
-            order = sort_order(keys)
-            slots, found = self._probe(view, keys[order])
-            rows = slots.tolist()
-            for j, pos in enumerate(order.tolist()):
-                if found[j]:
-                    r = rows[j]
-                    out[part[pos]] = (r[0], r[1], r[2], r[3], r[4], r[5])
+        rows = slots.tolist()
+        for i in np.flatnonzero(found).tolist():
+            r = rows[i]
+            out[i] = (r[0], r[1], r[2], r[3], r[4], r[5])
         if view.pending.ids:
             base = len(view.snap.packs)
-            for i in good:
+            for i, cid in enumerate(cids):
                 if out[i] is None:
-                    hit = view.pending.ids.get(cids[i])
+                    hit = view.pending.ids.get(cid)
                     if hit is not None:
                         out[i] = _slot_of(base + hit[0], hit[1])
         return view.packs, out
+
+    def _locate(self, view: _View, cids: Sequence[bytes]) -> tuple[U32, npt.NDArray[np.bool_]]:
+        """Slots and found flags of ``cids`` (caller's order) in the runs."""
+        n = len(cids)
+        slots = np.zeros((n, SLOT_WIDTH), np.uint32)
+        found = np.zeros(n, bool)
+        good = [i for i, c in enumerate(cids) if len(c) == ID_SIZE]
+        if len(good) < 8:
+            for i in good:
+                s = self._find_in_runs(view, cids[i])
+                if s is not None:
+                    slots[i], found[i] = s, True
+            return slots, found
+        for start in range(0, len(good), PROBE_BATCH):
+            part = np.array(good[start : start + PROBE_BATCH], np.int64)
+            keys = ids_to_keys([cids[i] for i in part.tolist()])
+            order = sort_order(keys)
+            got, hit = self._probe(view, keys[order])
+            at = part[order]
+            slots[at] = got
+            found[at] = hit
+        return slots, found
+
+    def _find_in_runs(self, view: _View, cid: bytes) -> Slot | None:
+        k = _KEY.unpack(cid)
+        snap = view.snap
+        for run in snap.runs:
+            i = run.find_one(k, snap.live_bytes)
+            if i >= 0:
+                return run.slot(i)
+        return None
 
     def _probe(self, view: _View, keys: U64) -> tuple[U32, npt.NDArray[np.bool_]]:
         """Slots and found flags of sorted ``keys`` against the runs, oldest first."""
@@ -495,8 +516,15 @@ class ChunkIndex:
 
     def contains_many(self, cids: Sequence[bytes]) -> list[bool]:
         """``cid in index`` for each of ``cids``, in one batch."""
-        _, slots = self.locate_many(cids)
-        return [s is not None for s in slots]
+        if not cids:
+            return []
+        view = self._ensure_loaded()
+        _, found = self._locate(view, cids)
+        out: list[bool] = found.tolist()
+        if view.pending.ids:
+            pending = view.pending.ids
+            out = [f or c in pending for f, c in zip(out, cids, strict=True)]
+        return out
 
     def __contains__(self, cid: object) -> bool:
         # The dedup question of a capture, asked per block (~2-4 us here, against
