@@ -31,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .ids import ID_SIZE
+from .index_cache import cut_keys
 from .run_file import U64, ids_to_keys, keys_to_ids, sort_order
 
 # Ids held before a spill: 1 M x ~100 B = ~100 MiB at most in the buffer.
@@ -237,9 +238,7 @@ class IdSet:
 def _merged(runs: Sequence[_SpilledRun], budget: int) -> Iterator[U64]:
     """The union of sorted ``runs`` in order, deduplicated within each piece,
     in pieces cut at first-word boundaries of the largest run."""
-    big = max(runs, key=lambda r: r.n)
-    step = max(1, budget // max(1, len(runs)) // FENCE)
-    bounds = [int(k) for k in big.fence[step::step]]
+    bounds = cut_keys([r.fence for r in runs], budget, FENCE)
     cuts = [[0, *(_lower_bound(r, b) for b in bounds), r.n] for r in runs]
     for j in range(len(bounds) + 1):
         pieces = [

@@ -18,8 +18,8 @@ Terms:
 
 ``refresh`` lists ``index/`` and compares it with the cache's pack table: new
 files are read and appended as one run, deleted ones mark their packs gone
-(no reload). Memory: the runs are mapped (pages dropped by budget, see
-``DROP_BUDGET``), a snapshot holds 40 B per pack and 8 B per 512 entries.
+(no reload). Memory: a snapshot holds 40 B per pack and 8 B per 512 entries;
+runs are mapped while small, read with ``pread`` when large (``MAP_LIMIT``).
 """
 
 from __future__ import annotations
@@ -83,14 +83,14 @@ length, slice offset, chunk length)"""
 # Pending entries (this process's own index files) held in memory before they
 # are written as a run: ~180 B each in the dict, 23 MiB at 128 K.
 PENDING_LIMIT = 128 << 10
-# Lookups map the pages they probe; ``ru_maxrss`` counts them (64 KiB of
-# fault-around per probe). Pages are dropped once this many probes (ids x runs)
-# have run since the last drop: at most ~128 MiB mapped.
-DROP_BUDGET = 2048
-# Runs smaller than this together are never dropped: mapping all of them stays
-# under the memory goal (decision 0011: re-faulting cost 10x the lookup rate).
+# Runs that together are smaller than this are searched through memory maps
+# (the fastest way: 2-5 M lookups/s at 1 M entries); larger ones with ``pread``
+# of the key page (and of the rest and slot of a hit): a fault on a map maps
+# the whole large folio around it (260-350 KiB measured), and ``ru_maxrss``,
+# the issue's memory measure, counts those pages: 556-605 MiB at 10 M entries
+# through maps, even with the pages dropped every 768 probes.
 MAP_LIMIT = 160 << 20
-# Ids per numpy probe batch: bounds the mapped pages between two drops.
+# Ids per numpy probe batch.
 PROBE_BATCH = 2048
 CACHE_ENV = "XDG_CACHE_HOME"
 _KEY = struct.Struct(">4Q")  # a chunk id as the four words of run_file.py's key
@@ -392,7 +392,9 @@ class ChunkIndex:
             runs.append(Run(cache.path / name))
         new = Snapshot(runs, names, packs, totals, snap.next_run)
         new = cache.publish(new)
-        return tiered_merges(cache, new)
+        # A fresh build merges once at its end (one k-way merge: 10 M entries in
+        # 16.5 s with a merge after every append, see bench/README.md).
+        return new if not count_totals else tiered_merges(cache, new)
 
     # ----------------------------------------------------------- writes
     def add(self, f: IndexFile) -> None:
@@ -422,28 +424,13 @@ class ChunkIndex:
     def _find_one(self, view: _View, cid: bytes) -> Slot | None:
         if len(cid) != ID_SIZE:
             return None
-        k = _KEY.unpack(cid)
-        snap = view.snap
-        live = snap.live_bytes
-        for run in snap.runs:
-            i = run.find_one(k, live)
-            if i >= 0:
-                if snap.mapped_bytes > MAP_LIMIT:
-                    self._maybe_drop(view)
-                return run.slot(i)
-        if snap.mapped_bytes > MAP_LIMIT:
-            self._maybe_drop(view)
+        slot = self._find_in_runs(view, cid)
+        if slot is not None:
+            return slot
         hit = view.pending.ids.get(cid)
         if hit is None:
             return None
-        return _slot_of(len(snap.packs) + hit[0], hit[1])
-
-    def _maybe_drop(self, view: _View) -> None:
-        if view.snap.mapped_bytes <= MAP_LIMIT:
-            return  # every page mapped stays under the limit: never pay the re-faults
-        if sum(r.touched for r in view.snap.runs) >= DROP_BUDGET:
-            for r in view.snap.runs:
-                r.drop_pages()
+        return _slot_of(len(view.snap.packs) + hit[0], hit[1])
 
     def locate_many(self, cids: Sequence[bytes]) -> tuple[Sequence[PackInfo], list[Slot | None]]:
         """Where each of ``cids`` is, as (packs, one ``Slot`` or None per id), in
@@ -492,26 +479,27 @@ class ChunkIndex:
     def _find_in_runs(self, view: _View, cid: bytes) -> Slot | None:
         k = _KEY.unpack(cid)
         snap = view.snap
+        mapped = snap.mapped_bytes <= MAP_LIMIT
         for run in snap.runs:
-            i = run.find_one(k, snap.live_bytes)
-            if i >= 0:
-                return run.slot(i)
+            s = run.lookup_one(k, snap.live_bytes, mapped)
+            if s is not None:
+                return (s[0], s[1], s[2], s[3], s[4], s[5])
         return None
 
     def _probe(self, view: _View, keys: U64) -> tuple[U32, npt.NDArray[np.bool_]]:
         """Slots and found flags of sorted ``keys`` against the runs, oldest first."""
         slots = np.zeros((len(keys), SLOT_WIDTH), np.uint32)
         found = np.zeros(len(keys), bool)
-        live = view.snap.packs.live
-        for run in view.snap.runs:
+        snap = view.snap
+        mapped = snap.mapped_bytes <= MAP_LIMIT
+        for run in snap.runs:
             todo = np.flatnonzero(~found)
             if not len(todo):
                 break
-            pos = run.probe(keys[todo], live)
+            pos, got = run.lookup(keys[todo], snap.packs.live, snap.live_bytes, mapped)
             hit = pos >= 0
-            slots[todo[hit]] = run.slots[pos[hit]]
+            slots[todo[hit]] = got[hit]
             found[todo[hit]] = True
-            self._maybe_drop(view)
         return slots, found
 
     def contains_many(self, cids: Sequence[bytes]) -> list[bool]:
@@ -534,17 +522,7 @@ class ChunkIndex:
         view = self._view or self._ensure_loaded()
         if cid in view.pending.ids:
             return True
-        snap = view.snap
-        k = _KEY.unpack(cid)
-        live = snap.live_bytes
-        found = False
-        for run in snap.runs:
-            if run.find_one(k, live) >= 0:
-                found = True
-                break
-        if snap.mapped_bytes > MAP_LIMIT:
-            self._maybe_drop(view)
-        return found
+        return self._find_in_runs(view, cid) is not None
 
     def __len__(self) -> int:
         return self.stats().chunks
@@ -651,12 +629,13 @@ def _add_totals(
     keys, slots = keys[first], slots[first]
     found = np.zeros(len(keys), bool)
     live = snap.packs.live
+    mapped = snap.mapped_bytes <= MAP_LIMIT
     for run in snap.runs:
         todo = np.flatnonzero(~found)
         for start in range(0, len(todo), PROBE_BATCH):
             part = todo[start : start + PROBE_BATCH]
-            found[part[run.probe(keys[part], live) >= 0]] = True
-        run.drop_pages()
+            pos, _ = run.lookup(keys[part], live, snap.live_bytes, mapped)
+            found[part[pos >= 0]] = True
     new = ~found
     return (
         totals[0] + int(new.sum()),

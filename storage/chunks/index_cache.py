@@ -270,18 +270,33 @@ def _write_file(path: Path, data: bytes) -> None:
 
 
 # --------------------------------------------------------------- streaming
+def cut_keys(fences: Sequence[U64], window: int, spacing: int = 512) -> list[int]:
+    """Keys that cut sorted runs into pieces of ~``window`` entries in all.
+
+    Fence key i of a run has ``spacing * i`` entries of that run below it, so
+    the entries of all runs below any fence key are known within ``spacing``
+    per run; boundaries are the fence keys where that count crosses multiples
+    of ``window`` (a piece is at most ``window + spacing x runs``). Fence keys
+    alone, taken every so often, would not do: the runs' first keys all lie
+    near the smallest id."""
+    keys = np.unique(np.concatenate(list(fences))) if fences else np.zeros(0, np.uint64)
+    below = np.zeros(len(keys), np.int64)
+    for fence in fences:
+        below += spacing * np.searchsorted(fence, keys, "left").astype(np.int64)
+    targets = np.arange(window, int(below[-1]) + 1 if len(below) else 0, window, dtype=np.int64)
+    at = np.searchsorted(below, targets, "left")
+    return [int(k) for k in np.unique(keys[at[at < len(keys)]])]
+
+
 def windows(runs: Sequence[Run], window: int = WINDOW) -> Iterator[tuple[U64, U32]]:
     """Every entry of ``runs`` in (key, pack number) order, in sorted batches of
     about ``window`` entries (read with ``pread``: memory is one batch).
 
-    Batch boundaries are keys of the largest run, every ``window``-th: chunk
-    ids are uniform hashes, so the other runs add entries in proportion, and
-    all copies of one key fall into the same batch."""
+    Batch boundaries come from ``cut_keys``; all copies of one key fall into
+    the same batch."""
     if not runs:
         return
-    big = max(runs, key=lambda r: r.n)
-    step = max(1, window // 512)
-    bounds = [int(k) for k in big.fence[step::step]]
+    bounds = cut_keys([r.fence for r in runs], window)
     cuts = [[0, *(r.lower_bound_one(b) for b in bounds), r.n] for r in runs]
     for j in range(len(bounds) + 1):
         pieces = [

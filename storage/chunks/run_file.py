@@ -24,8 +24,8 @@ Layout (little-endian)::
     16     8   u64 n, the entry count
     24     8   reserved = 0
     4096   8n  key column (u64), page-aligned: key page i is entries [512i, 512i + 512)
-    ...   24n  the other three key words (u64 x 3 per entry)
-    ...   24n  slots (u32 x 6 per entry)
+    ...   48n  tails: the other three key words (u64 x 3), then the slot (u32 x 6):
+               a hit reads its tail with one ``pread``
     ...    8f  fence, f = ceil(n / 512)
     ...    4   u32 crc32 of every byte before it
 
@@ -56,6 +56,8 @@ HEAD = struct.Struct("<8sIIQQ")
 DATA_START = 4096
 PAGE_KEYS = 512  # 4 KiB of u64 keys
 _CRC = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_TAIL = struct.Struct(f"<3Q{SLOT_WIDTH}I")
 ENTRY_BYTES = 8 + 24 + 4 * SLOT_WIDTH  # 56
 
 U64 = npt.NDArray[np.uint64]
@@ -100,13 +102,15 @@ def sort_order(keys: U64, packs: U32 | None = None) -> I64:
     return order
 
 
-def layout(n: int) -> tuple[int, int, int, int, int]:
-    """Offsets of the rest column, slots, fence, crc, and the file size."""
-    rest = DATA_START + 8 * n
-    slots = rest + 24 * n
-    fence = slots + 4 * SLOT_WIDTH * n
+TAIL = 24 + 4 * SLOT_WIDTH  # 48: the rest of the id, the slot
+
+
+def layout(n: int) -> tuple[int, int, int, int]:
+    """Offsets of the tails, the fence, the crc, and the file size."""
+    tails = DATA_START + 8 * n
+    fence = tails + TAIL * n
     crc = fence + 8 * (-(-n // PAGE_KEYS))
-    return rest, slots, fence, crc, crc + _CRC.size
+    return tails, fence, crc, crc + _CRC.size
 
 
 class RunWriter:
@@ -120,7 +124,7 @@ class RunWriter:
         self._tmp = path.with_name(f".{path.name}.tmp")
         self._fd = os.open(self._tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         self._offsets = layout(n)
-        os.ftruncate(self._fd, self._offsets[3])
+        os.ftruncate(self._fd, self._offsets[2])
         os.pwrite(self._fd, HEAD.pack(MAGIC, VERSION, SLOT_WIDTH, n, 0), 0)
         self._fence: list[U64] = []
 
@@ -128,11 +132,13 @@ class RunWriter:
         m = len(keys)
         if self._done + m > self.n:
             raise ValueError(f"run {self.path.name}: more than {self.n} entries written")
-        rest_at, slots_at, _, _, _ = self._offsets
+        tails_at = self._offsets[0]
         i = self._done
         os.pwrite(self._fd, np.ascontiguousarray(keys[:, 0]).tobytes(), DATA_START + 8 * i)
-        os.pwrite(self._fd, np.ascontiguousarray(keys[:, 1:]).tobytes(), rest_at + 24 * i)
-        os.pwrite(self._fd, np.ascontiguousarray(slots, np.uint32).tobytes(), slots_at + 24 * i)
+        tails = np.empty((m, TAIL // 8), np.uint64)
+        tails[:, :3] = keys[:, 1:]
+        tails[:, 3:] = np.ascontiguousarray(slots, np.uint32).view(np.uint64)
+        os.pwrite(self._fd, tails.tobytes(), tails_at + TAIL * i)
         first = (-i) % PAGE_KEYS  # the first index of this piece that starts a key page
         self._fence.append(np.ascontiguousarray(keys[first::PAGE_KEYS, 0]))
         self._done += m
@@ -141,7 +147,7 @@ class RunWriter:
         """Fence, checksum, fsync, rename: the run exists whole or not at all."""
         if self._done != self.n:
             raise ValueError(f"run {self.path.name}: {self._done} of {self.n} entries written")
-        _, _, fence_at, crc_at, _ = self._offsets
+        _, fence_at, crc_at, _ = self._offsets
         fence = np.concatenate(self._fence) if self._fence else np.zeros(0, np.uint64)
         os.pwrite(self._fd, fence.tobytes(), fence_at)
         crc = 0
@@ -182,7 +188,7 @@ class Run:
             if magic != MAGIC or version != VERSION or width != SLOT_WIDTH:
                 raise IndexCorrupt(f"{damaged}: magic, version or layout unknown")
             size = os.fstat(f.fileno()).st_size
-            rest_at, slots_at, fence_at, crc_at, end = layout(n)
+            tails_at, fence_at, crc_at, end = layout(n)
             if size != end or n == 0:
                 raise IndexCorrupt(f"{damaged}: {size} bytes does not fit {n} entries")
             self.n: int = n
@@ -190,27 +196,19 @@ class Run:
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         self.fence = np.frombuffer(os.pread(self._fd, crc_at - fence_at, fence_at), np.uint64)
         self.keys = np.frombuffer(self._map, np.uint64, n, DATA_START)
-        self.rest = np.frombuffer(self._map, np.uint64, 3 * n, rest_at).reshape(n, 3)
-        self.slots = np.frombuffer(self._map, np.uint32, SLOT_WIDTH * n, slots_at).reshape(
-            n, SLOT_WIDTH
-        )
+        tails = np.frombuffer(self._map, np.uint64, TAIL // 8 * n, tails_at).reshape(n, -1)
+        self.rest = tails[:, :3]
+        self.slots = tails[:, 3:].view(np.uint32)
         # memoryviews for the one-id path: bisect over them runs in C (~1 us a probe)
         self._fence_list = self.fence.tolist()
         self._kmv = memoryview(self._map)[DATA_START : DATA_START + 8 * n].cast("Q")
-        self._rmv = memoryview(self._map)[rest_at:slots_at].cast("Q")
-        self._smv = memoryview(self._map)[slots_at:fence_at].cast("I")
-        self._offsets = (rest_at, slots_at)
-        self.touched = 0  # probes since the last ``drop_pages``
+        self._tmv = memoryview(self._map)[tails_at:fence_at].cast("Q")
+        self._smv = memoryview(self._map)[tails_at:fence_at].cast("I")
+        self._tails_at = tails_at
 
     def __del__(self) -> None:
         with contextlib.suppress(AttributeError, OSError):
             os.close(self._fd)
-
-    def drop_pages(self) -> None:
-        """Unmap the pages lookups touched (they stay in the page cache):
-        ``ru_maxrss`` counts mapped pages, 64 KiB around every probe's page."""
-        self._map.madvise(mmap.MADV_DONTNEED)
-        self.touched = 0
 
     # ------------------------------------------------------------- lookups
     def lower_bounds(self, k0: U64) -> I64:
@@ -226,7 +224,6 @@ class Run:
             ok = (c < n) & (keys[cc] < k0)
             pos = np.where(ok, c, pos)
             step //= 2
-        self.touched += len(k0)
         return pos + 1
 
     def probe(self, q: U64, live: npt.NDArray[np.bool_]) -> I64:
@@ -254,44 +251,144 @@ class Run:
         return found
 
     def find_one(self, k: tuple[int, int, int, int], live: bytearray) -> int:
-        """``probe`` of one key without numpy's per-call cost: -1 or a position."""
+        """``probe`` of one key through the map, without numpy's per-call cost:
+        -1 or a position."""
         k0 = k[0]
         page = bisect.bisect_left(self._fence_list, k0) - 1
         lo = 0 if page < 0 else page * PAGE_KEYS + 1
         hi = min(self.n, (page + 1) * PAGE_KEYS + 1)
-        kmv, rmv, smv, n = self._kmv, self._rmv, self._smv, self.n
+        kmv, tmv, smv, n = self._kmv, self._tmv, self._smv, self.n
         i = bisect.bisect_left(kmv, k0, lo, hi)
-        self.touched += 1
         while i < n and kmv[i] == k0:
             if (
-                rmv[3 * i] == k[1]
-                and rmv[3 * i + 1] == k[2]
-                and rmv[3 * i + 2] == k[3]
-                and live[smv[SLOT_WIDTH * i]]
+                tmv[6 * i] == k[1]
+                and tmv[6 * i + 1] == k[2]
+                and tmv[6 * i + 2] == k[3]
+                and live[smv[12 * i + 6]]
             ):
                 return i
             i += 1
         return -1
 
     def slot(self, i: int) -> tuple[int, int, int, int, int, int]:
-        s = self._smv[SLOT_WIDTH * i : SLOT_WIDTH * i + SLOT_WIDTH]
+        s = self._smv[12 * i + 6 : 12 * i + 12]
         return (s[0], s[1], s[2], s[3], s[4], s[5])
+
+    # ---------------------------------------- lookups with pread (large runs)
+    # A fault on the map maps the whole large folio around it: 260-350 KiB per
+    # probe measured (kernel 6.18), ~320 MiB of ``ru_maxrss`` for one batch of
+    # 256 at 10 M entries. Reading the key page (4 KiB + one key) with ``pread``
+    # instead keeps the process's memory at the batch.
+
+    def _key_at(self, i: int) -> int:
+        (key,) = _U64.unpack(os.pread(self._fd, 8, DATA_START + 8 * i))
+        return int(key)
+
+    def _match(self, i: int, k: Sequence[int], live: bytearray) -> tuple[int, ...] | None:
+        """The slot at ``i`` if its id is ``k`` and its pack live, else None."""
+        tail = _TAIL.unpack(os.pread(self._fd, TAIL, self._tails_at + TAIL * i))
+        if tail[:3] != (k[1], k[2], k[3]) or not live[tail[3]]:
+            return None
+        return tail[3:]
+
+    def _walk(
+        self, i: int, k: Sequence[int], live: bytearray, page: memoryview, start: int
+    ) -> tuple[int, tuple[int, ...] | None]:
+        """From position ``i`` (key >= k0), the first live copy of ``k``."""
+        while i < self.n:
+            key = page[i - start] if i - start < len(page) else self._key_at(i)
+            if key != k[0]:
+                break
+            slot = self._match(i, k, live)
+            if slot is not None:
+                return i, slot
+            i += 1
+        return -1, None
+
+    def _page(self, page: int) -> tuple[int, memoryview]:
+        """Key page ``page`` (clamped at 0) and the key after it, read."""
+        start = max(page, 0) * PAGE_KEYS
+        count = min(PAGE_KEYS + 1, self.n - start)
+        return start, memoryview(os.pread(self._fd, 8 * count, DATA_START + 8 * start)).cast("Q")
+
+    def read_one(
+        self, k: tuple[int, int, int, int], live: bytearray
+    ) -> tuple[int, tuple[int, ...] | None]:
+        """``find_one`` with ``pread``: (position, slot) or (-1, None)."""
+        start, keys = self._page(bisect.bisect_left(self._fence_list, k[0]) - 1)
+        i = start + bisect.bisect_left(keys, k[0])
+        return self._walk(i, k, live, keys, start)
+
+    def read_probe(self, q: U64, live: bytearray) -> tuple[I64, U32]:
+        """``probe`` with ``pread``: positions (or -1) and the slots found."""
+        m = len(q)
+        found = np.full(m, -1, np.int64)
+        slots = np.zeros((m, SLOT_WIDTH), np.uint32)
+        if not m:
+            return found, slots
+        n, width = self.n, PAGE_KEYS + 1
+        page = np.searchsorted(self.fence, q[:, 0], "left").astype(np.int64) - 1
+        start = np.maximum(page, 0) * PAGE_KEYS
+        pages, row = np.unique(start, return_inverse=True)
+        fd, pread, pad = self._fd, os.pread, b"\xff" * (8 * width)
+        raw = [pread(fd, 8 * min(width, n - p), DATA_START + 8 * p) for p in pages.tolist()]
+        # short pages (the last one) padded with the largest key, never below a probe
+        joined = b"".join(r if len(r) == 8 * width else r + pad[len(r) :] for r in raw)
+        buf = np.frombuffer(joined, np.uint64).reshape(len(pages), width)
+        q0 = q[:, 0]
+        pos = np.full(m, -1, np.int64)
+        step = PAGE_KEYS
+        while step:
+            c = pos + step
+            ok = (c < width) & (buf[row, np.minimum(c, width - 1)] < q0)
+            pos = np.where(ok, c, pos)
+            step //= 2
+        rel = pos + 1
+        at = start + rel
+        cand = np.flatnonzero((rel < width) & (at < n))
+        cand = cand[buf[row[cand], rel[cand]] == q0[cand]]
+        keys = q.tolist()
+        for j in cand.tolist():
+            i, slot = self._walk(int(at[j]), keys[j], live, memoryview(buf[row[j]]), int(start[j]))
+            if slot is not None:
+                found[j] = i
+                slots[j] = slot
+        return found, slots
+
+    # ------------------------------------------------- lookups, either way
+    def lookup_one(
+        self, k: tuple[int, int, int, int], live: bytearray, mapped: bool
+    ) -> tuple[int, ...] | None:
+        """The slot of the first live copy of ``k``, through the map or with ``pread``."""
+        if mapped:
+            i = self.find_one(k, live)
+            return None if i < 0 else self.slot(i)
+        return self.read_one(k, live)[1]
+
+    def lookup(
+        self, q: U64, live: npt.NDArray[np.bool_], live_bytes: bytearray, mapped: bool
+    ) -> tuple[I64, U32]:
+        """Positions (or -1) and slots of the sorted rows of ``q``, either way."""
+        if not mapped:
+            return self.read_probe(q, live_bytes)
+        pos = self.probe(q, live)
+        hit = pos >= 0
+        slots = np.zeros((len(q), SLOT_WIDTH), np.uint32)
+        slots[hit] = self.slots[pos[hit]]
+        return pos, slots
 
     # ------------------------------------------------------- streamed reads
     def read(self, lo: int, hi: int) -> tuple[U64, U32]:
         """Entries [lo, hi) as (keys (m, 4), slots (m, 6)), read with ``pread``
         (not the map: a merge would otherwise count every page it passed)."""
         m = hi - lo
-        rest_at, slots_at = self._offsets
         keys = np.empty((m, 4), np.uint64)
         keys[:, 0] = np.frombuffer(os.pread(self._fd, 8 * m, DATA_START + 8 * lo), np.uint64)
-        keys[:, 1:] = np.frombuffer(
-            os.pread(self._fd, 24 * m, rest_at + 24 * lo), np.uint64
-        ).reshape(m, 3)
-        slots = np.frombuffer(
-            os.pread(self._fd, 4 * SLOT_WIDTH * m, slots_at + 4 * SLOT_WIDTH * lo), np.uint32
-        ).reshape(m, SLOT_WIDTH)
-        return keys, slots
+        tails = np.frombuffer(
+            os.pread(self._fd, TAIL * m, self._tails_at + TAIL * lo), np.uint64
+        ).reshape(m, TAIL // 8)
+        keys[:, 1:] = tails[:, :3]
+        return keys, np.ascontiguousarray(tails[:, 3:]).view(np.uint32)
 
     def lower_bound_one(self, k0: int) -> int:
         """The first position whose key is >= ``k0``, reading one key page."""
@@ -305,7 +402,7 @@ class Run:
 
     def check(self) -> None:
         """Read the whole file and compare its crc32; ``IndexCorrupt`` if it differs."""
-        _, _, _, crc_at, _ = layout(self.n)
+        _, _, crc_at, _ = layout(self.n)
         crc = 0
         for start in range(0, crc_at, 8 << 20):
             crc = zlib.crc32(os.pread(self._fd, min(8 << 20, crc_at - start), start), crc)

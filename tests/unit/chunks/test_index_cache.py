@@ -8,6 +8,7 @@ import random
 import tracemalloc
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ckpt.storage.chunks import ChunkId, LocalChunkBackend, MemoryChunkBackend, PackEntry
@@ -211,21 +212,46 @@ def test_a_batch_is_answered_in_the_callers_order_whatever_it_holds(tmp_path: Pa
     assert index.contains_many(asked)[:4] == [True, False, True, False]
 
 
-def test_packs_come_from_the_pack_table_and_pages_are_dropped_by_budget(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("mapped", [True, False])
+def test_large_runs_are_read_with_pread_and_answer_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mapped: bool
 ) -> None:
+    if not mapped:
+        monkeypatch.setattr(index_module, "MAP_LIMIT", 0)  # as if the runs were large
     rng = random.Random(17)
     backend = LocalChunkBackend(tmp_path / "chunks")
-    ids = [rng.randbytes(32) for _ in range(3000)]
-    _put_pack(backend, rng, ids)
-    monkeypatch.setattr(index_module, "DROP_BUDGET", 100)
+    files: dict[bytes, IndexFile] = {}
+    pool = [rng.randbytes(32) for _ in range(5000)]
+    # keys that share their first 8 bytes: the walk past a key match
+    twins = [pool[0][:8] + rng.randbytes(24) for _ in range(3)]
+    for _ in range(6):
+        f = _put_pack(backend, rng, rng.sample(pool, 1500) + twins[: rng.randint(0, 3)])
+        files[f.pack_id] = f
     index = ChunkIndex(backend)
-    for cid in ids[:250]:
-        assert cid in index
-    view = index._view
-    assert view is not None
-    assert sum(r.touched for r in view.snap.runs) == 250  # a small index is never dropped
-    monkeypatch.setattr(index_module, "MAP_LIMIT", 0)  # as if it were large
-    for cid in ids[:250]:
-        assert cid in index
-    assert all(r.touched < 100 for r in view.snap.runs)
+    index.refresh()
+    _check(index, files, [rng.randbytes(32), pool[0][:8] + bytes(24), b"\xff" * 32, bytes(32)])
+    gone = sorted(files)[2]
+    backend.delete(index_name(gone))
+    del files[gone]
+    index.refresh()
+    _check(index, files, [])
+
+
+def test_a_merge_holds_about_one_window_of_entries_whatever_the_run_sizes(
+    tmp_path: Path,
+) -> None:
+    from ckpt.storage.chunks.index_cache import windows
+    from ckpt.storage.chunks.run_file import Run, ids_to_keys, sort_order, write_run
+
+    rng = random.Random(23)
+    runs = []
+    for j, n in enumerate([20_000] + [6000] * 5):  # the largest a small share of all
+        keys = ids_to_keys([rng.randbytes(32) for _ in range(n)])
+        keys = keys[sort_order(keys)]
+        slots = np.zeros((n, 6), np.uint32)
+        write_run(tmp_path / f"{j}.run", keys, slots)
+        runs.append(Run(tmp_path / f"{j}.run"))
+    sizes = [len(k) for k, _ in windows(runs, window=4096)]
+    assert sum(sizes) == 50_000 and max(sizes) <= 4096 + 512 * len(runs), sizes
+    merged = np.concatenate([k for k, _ in windows(runs, window=4096)])
+    assert (merged[sort_order(merged)] == merged).all()  # in order across windows
