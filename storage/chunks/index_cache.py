@@ -61,10 +61,11 @@ PACK_RECORD = np.dtype(
     ]
 )
 SLOT_NAMES = ["pack", "frame_offset", "frame_clen", "frame_ulen", "slice_offset", "chunk_length"]
-# Entries per merge window (and per streamed batch of ``items``): 256 K x 56 B
-# = 14 MiB of columns, x ~3 for the sort's copies; the decision measured the
-# build at 1.3-2 M entries/s with this budget.
-WINDOW = 256 << 10
+# Entries per merge window (and per streamed batch of ``items``, and per run of
+# a rebuild): 64 K x 56 B = 3.5 MiB of columns, ~5x that with the sort's and
+# filters' copies. 256 K held ~70 MiB in a capture's process (its merges after
+# the append); 64 K builds 10 M entries at the same rate (bench/README.md).
+WINDOW = 64 << 10
 # A run merges with the one before it while that one is < RATIO x its size:
 # ~log4(N / 64 K) runs, 6-8 at 100 M entries.
 RATIO = 4

@@ -214,15 +214,8 @@ class ChunkStore:
     def in_pack_order(self, ids: Iterable[bytes]) -> list[bytes]:
         """``ids`` sorted by where they are stored (ids the index does not know
         last): ``get_many`` of a run of them then reads few, long spans."""
-
         listed = list(ids)
-        packs, slots = self._index.locate_many(listed)
-
-        def where(i: int) -> tuple[int, str, int]:
-            slot = slots[i]
-            return (1, "", 0) if slot is None else (0, packs[slot[0]].name, slot[1])
-
-        return [listed[i] for i in sorted(range(len(listed)), key=where)]
+        return [listed[i] for i in self._index.location_order(listed)]
 
     def get_many(self, ids: Sequence[bytes]) -> list[bytes]:
         """The bytes of several chunks, each checked as ``get`` checks it."""
