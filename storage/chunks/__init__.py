@@ -26,18 +26,33 @@ Modules, from the bottom up:
     store       ChunkStore, the facade
 """
 
+from typing import TYPE_CHECKING
+
 from .backend import ChunkBackend, LocalChunkBackend, MemoryChunkBackend
 from .codec import DEFAULT_LEVEL
 from .gc import GcReport
-from .id_set import IdSet
 from .ids import ChunkId, chunk_id, from_hex, is_zero, to_hex
-from .index import ChunkStats
+from .index_types import ChunkStats
 from .pack import DEFAULT_PACK_SIZE, PackEntry, PackWriter, read_pack_index
 from .repair import RebuildReport
 from .s3 import S3ChunkBackend, S3Location, parse_s3_url
 from .store import ChunkStore
 from .verify import VerifyReport
 from .writer import ChunkWriter
+
+if TYPE_CHECKING:
+    from .id_set import IdSet
+
+
+def __getattr__(name: str) -> object:
+    """``IdSet`` on first use: it imports numpy (~50 ms), which commands that
+    never search the chunk index do not need."""
+    if name == "IdSet":
+        from .id_set import IdSet
+
+        return IdSet
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_LEVEL",

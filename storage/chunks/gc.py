@@ -36,18 +36,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from collections.abc import Set as AbstractSet
-from typing import NamedTuple, TypedDict
+from typing import TYPE_CHECKING, NamedTuple, TypedDict
 
 from ckpt.domain.errors import ChunkCorrupt, ChunkMissing, PackCorrupt
 
 from .backend import ChunkBackend
 from .codec import ChunkCodec
-from .gc_plan import keep_set, orphan_needs, plan_collection
-from .id_set import IdSet
-from .index import ChunkIndex
 from .layout import index_name, read_pack_meta
 from .lease import SKEW, LeaseInfo
 from .writer import ChunkWriter
+
+if TYPE_CHECKING:
+    from .id_set import IdSet
+    from .index import ChunkIndex
 
 
 class GcReport(NamedTuple):
@@ -127,6 +128,8 @@ def delete_unreferenced(
     says yes (a capture is waiting for this gc), the rest is left for next time.
     ``keep``: a set, an ``IdSet`` (ids beyond memory), or any iterable of ids
     (spilled into an ``IdSet`` first)."""
+    from .gc_plan import keep_set  # numpy: imported when a gc runs
+
     with keep_set(keep) as keeping:
         return _collect(
             backend, index, codec, new_writer, keeping, grace_seconds, now, writers, stop
@@ -144,6 +147,8 @@ def _collect(
     writers: Sequence[LeaseInfo],
     stop: Callable[[], bool],
 ) -> GcReport:
+    from .gc_plan import orphan_needs, plan_collection
+
     # Orphans created from here on may be a live writer's packs, not yet indexed.
     cutoff = min((w.started for w in writers), default=float("inf")) - SKEW
     plan = plan_collection(backend, index, keep, grace_seconds, now, bool(writers))

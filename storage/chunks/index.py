@@ -37,7 +37,6 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -50,7 +49,6 @@ from .index_cache import (
     PACK_RECORD,
     WINDOW,
     CacheDir,
-    PackInfo,
     PackTable,
     Snapshot,
     empty_snapshot,
@@ -61,6 +59,7 @@ from .index_cache import (
 )
 from .index_columns import PackColumns, columns_of, parse_index_columns
 from .index_file import IndexFile
+from .index_types import ChunkStats, Location, PackInfo, Slot
 from .layout import INDEX, index_name, pack_id_of_index, pack_name
 from .pack import PackEntry
 from .run_file import (
@@ -76,9 +75,6 @@ from .run_file import (
 
 __all__ = ["ChunkIndex", "ChunkStats", "Location", "PackInfo", "Slot", "cache_dir_for"]
 
-Slot = tuple[int, int, int, int, int, int]
-"""(pack number, frame offset, frame compressed length, frame uncompressed
-length, slice offset, chunk length)"""
 
 # Pending entries (this process's own index files) held in memory before they
 # are written as a run: ~180 B each in the dict, 11 MiB at 64 K.
@@ -95,26 +91,6 @@ PROBE_BATCH = 2048
 CACHE_ENV = "XDG_CACHE_HOME"
 _KEY = struct.Struct(">4Q")  # a chunk id as the four words of run_file.py's key
 META_OBJECT = "ckpt-store.json"  # a remote store's meta (ckpt/store_config.py): its store id
-
-
-class Location(NamedTuple):
-    pack: str
-    offset: int
-    compressed_length: int
-    uncompressed_length: int
-    slice_offset: int = 0
-    slice_length: int = -1
-
-
-class ChunkStats(NamedTuple):
-    """Counts for ``ChunkStore.stats``: stored bytes are compressed frame bytes,
-    pack bytes add headers, tables, trailers and not-yet-collected garbage."""
-
-    chunks: int
-    stored_bytes: int
-    uncompressed_bytes: int
-    packs: int
-    pack_bytes: int
 
 
 def cache_dir_for(backend: ChunkBackend) -> Path | None:

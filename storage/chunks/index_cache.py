@@ -33,13 +33,14 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple, overload
+from typing import overload
 
 import numpy as np
 import numpy.typing as npt
 
 from ckpt.domain.errors import IndexCorrupt
 
+from .index_types import PackInfo
 from .layout import pack_name
 from .run_file import ENTRY_BYTES, U32, U64, Run, RunWriter, sort_order
 
@@ -69,14 +70,6 @@ WINDOW = 64 << 10
 # A run merges with the one before it while that one is < RATIO x its size:
 # ~log4(N / 64 K) runs, 6-8 at 100 M entries.
 RATIO = 4
-
-
-class PackInfo(NamedTuple):
-    name: str
-    pack_id: bytes
-    created: float
-    size: int
-    entry_count: int
 
 
 class PackTable(Sequence[PackInfo]):

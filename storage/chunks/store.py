@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from ckpt.domain.errors import ChunkCorrupt, ChunkMissing, StoreBusy
 from ckpt.storage.keyring import Keyring
@@ -37,12 +37,15 @@ from .backend import ChunkBackend, parallel_requests
 from .codec import DEFAULT_LEVEL, Chunk, ChunkCodec
 from .gc import GcReport, delete_unreferenced
 from .ids import ChunkId
-from .index import ChunkIndex, ChunkStats, Location
+from .index_types import ChunkStats, Location
 from .lease import GC, WRITE, Lease, LeaseInfo, held, read_leases, wait_for
 from .pack import DEFAULT_PACK_SIZE, MAX_PACK_SIZE
 from .repair import RebuildReport, rebuild_index
 from .verify import VerifyReport, verify_chunks
 from .writer import ChunkWriter
+
+if TYPE_CHECKING:
+    from .index import ChunkIndex
 
 GAP = 64 << 10  # read through gaps up to 64 KiB: cheaper than another read call
 SPAN = 8 << 20  # but never read more than 8 MiB at once
@@ -81,7 +84,9 @@ class ChunkStore:
         self._pack_size = pack_size
         self._codec = ChunkCodec(level, keyring)
         self._clock = clock
-        self._index = ChunkIndex(backend, cache_dir)
+        from .index import ChunkIndex  # numpy: imported by content commands only
+
+        self._index: ChunkIndex = ChunkIndex(backend, cache_dir)
         self._pool: ThreadPoolExecutor | None = None  # spans read at once (remote backends)
         self._pool_lock = threading.Lock()
         self._local = threading.local()  # .leases: the write leases this thread holds

@@ -22,18 +22,20 @@ import random
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Generic, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Generic, TypedDict, TypeVar
 
 from ckpt.domain.errors import ChunkCorrupt, ChunkMissing
 
 from .backend import ChunkBackend
 from .codec import ChunkCodec
-from .id_set import IdSet
 from .ids import ChunkId
-from .index import ChunkIndex, Location, PackInfo
-from .index_cache import PackTable
 from .index_file import decode_index_file
+from .index_types import Location, PackInfo
 from .layout import index_name
+
+if TYPE_CHECKING:
+    from .id_set import IdSet
+    from .index import ChunkIndex
 
 BATCH = 1 << 16  # ids looked up and grouped by pack at a time: ~10 MiB of state
 
@@ -124,6 +126,8 @@ def _batches(ids: Iterator[bytes]) -> Iterator[list[ChunkId]]:
 
 
 def _live_packs(index: ChunkIndex) -> Iterator[tuple[int, PackInfo]]:
+    from .index_cache import PackTable
+
     table = index.packs_view()
     assert isinstance(table, PackTable)
     for n in table.live_numbers().tolist():

@@ -255,3 +255,14 @@ def test_a_merge_holds_about_one_window_of_entries_whatever_the_run_sizes(
     assert sum(sizes) == 50_000 and max(sizes) <= 4096 + 512 * len(runs), sizes
     merged = np.concatenate([k for k, _ in windows(runs, window=4096)])
     assert (merged[sort_order(merged)] == merged).all()  # in order across windows
+
+
+def test_commands_that_never_search_the_index_do_not_import_numpy(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, ckpt.cli; print('numpy' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True
+    )
+    assert out.stdout.strip() == "False"  # ~50 ms and ~17 MiB of every command otherwise
