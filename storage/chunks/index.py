@@ -604,14 +604,23 @@ class ChunkIndex:
             with self._lock, cache.locked():
                 cache.clear()
                 self._view = None
-        problems: list[str] = []
         table = view.snap.packs
-        for n in table.live_numbers().tolist():
+        names = [index_name(table[n].pack_id) for n in table.live_numbers().tolist()]
+
+        def damage(name: str) -> str | None:
             try:
-                self._read_file(index_name(table[n].pack_id))
+                self._read_file(name)
             except IndexCorrupt as e:
-                problems.append(str(e))
-        return problems
+                return str(e)
+            return None
+
+        workers = parallel_requests(self._backend)
+        if workers > 1 and len(names) > 1:  # S3: a GET per file, several at once
+            with ThreadPoolExecutor(workers, thread_name_prefix="ckpt-index-check") as pool:
+                found = list(pool.map(damage, names))
+        else:
+            found = [damage(name) for name in names]
+        return [p for p in found if p is not None]
 
 
 def _add_totals(
