@@ -16,6 +16,8 @@ Modules, from the bottom up:
     run_file    one sorted run of the index cache (mapped, searched with numpy)
     index_cache the cache directory: runs, pack table, manifest, lock, merges
     index_columns  an index file's entries as numpy columns
+    index_types the index's answers (numpy-free: PackInfo, Location, ChunkStats)
+    index_sync  taking index files into the cache (read, append, mark gone)
     index       the chunk index: the cache kept up to date with the index files
     id_set      IdSet: a set of chunk ids spilled to sorted files
     writer      writer sessions: add, flush

@@ -26,9 +26,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import hashlib
-import json
-import os
 import shutil
 import struct
 import tempfile
@@ -41,24 +38,22 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from ckpt.domain.errors import ChunkMissing, IndexCorrupt
+from ckpt.domain.errors import IndexCorrupt
 
-from .backend import ChunkBackend, LocalChunkBackend, parallel_requests
+from .backend import ChunkBackend, parallel_requests
 from .ids import ID_SIZE, ChunkId
 from .index_cache import (
-    PACK_RECORD,
     WINDOW,
     CacheDir,
     PackTable,
     Snapshot,
+    cache_dir_for,
     empty_snapshot,
-    first_of_each,
     live_windows,
     merge_runs,
-    tiered_merges,
 )
-from .index_columns import PackColumns, columns_of, parse_index_columns
 from .index_file import IndexFile
+from .index_sync import PROBE_BATCH, apply_listing, read_index_file
 from .index_types import ChunkStats, Location, PackInfo, Slot
 from .layout import INDEX, index_name, pack_id_of_index, pack_name
 from .pack import PackEntry
@@ -66,11 +61,9 @@ from .run_file import (
     SLOT_WIDTH,
     U32,
     U64,
-    Run,
     ids_to_keys,
     keys_to_ids,
     sort_order,
-    write_run,
 )
 
 __all__ = ["ChunkIndex", "ChunkStats", "Location", "PackInfo", "Slot", "cache_dir_for"]
@@ -86,34 +79,7 @@ PENDING_LIMIT = 64 << 10
 # the issue's memory measure, counts those pages: 556-605 MiB at 10 M entries
 # through maps, even with the pages dropped every 768 probes.
 MAP_LIMIT = 96 << 20
-# Ids per numpy probe batch.
-PROBE_BATCH = 2048
-CACHE_ENV = "XDG_CACHE_HOME"
 _KEY = struct.Struct(">4Q")  # a chunk id as the four words of run_file.py's key
-META_OBJECT = "ckpt-store.json"  # a remote store's meta (ckpt/store_config.py): its store id
-
-
-def cache_dir_for(backend: ChunkBackend) -> Path | None:
-    """Where the cache of ``backend`` lives: ``<root>/.cache/chunk-index`` for a
-    local directory (hidden names are never listed as objects), else
-    ``$XDG_CACHE_HOME/ckpt/<store id>/chunk-index`` (``~/.cache`` without it),
-    the store id read from the store's meta object (a hash of the backend's
-    address for a bare chunk store). None for a memory backend: a temporary
-    directory, removed at ``close``."""
-    if isinstance(backend, LocalChunkBackend):
-        return backend.root / ".cache" / "chunk-index"
-    if type(backend).__name__ == "MemoryChunkBackend":
-        return None
-    key = None
-    try:
-        meta = json.loads(backend.get(META_OBJECT))
-        key = str(meta["store_id"]) if isinstance(meta, dict) and meta.get("store_id") else None
-    except (ChunkMissing, ValueError, KeyError):
-        key = None
-    if key is None or not key.replace("-", "").isalnum():
-        key = hashlib.sha256(repr(backend).encode()).hexdigest()[:32]
-    base = os.environ.get(CACHE_ENV) or str(Path.home() / ".cache")
-    return Path(base) / "ckpt" / key / "chunk-index"
 
 
 @dataclass
@@ -267,110 +233,11 @@ class ChunkIndex:
             if loaded is None:
                 cache.clear()
                 loaded = empty_snapshot()
-            snap = self._apply(cache, loaded, names, pending)
+            snap = apply_listing(self._backend, cache, loaded, names, pending.files, MAP_LIMIT)
         self._set_view(snap, _Pending())
 
     def _set_view(self, snap: Snapshot, pending: _Pending) -> None:
         self._view = _View(snap, pending, _Packs(snap.packs, pending.files))
-
-    def _apply(
-        self, cache: CacheDir, snap: Snapshot, names: set[bytes], pending: _Pending
-    ) -> Snapshot:
-        """Append ``names`` the snapshot lacks, tombstone the packs it has that
-        are gone from ``names``; publish. Called with the lock held."""
-        live = snap.packs.live_ids()
-        gone = [n for pid, n in live.items() if pid not in names]
-        new = sorted(pid for pid in names if pid not in live)  # sorted index-file order
-        own = {f.pack_id: f for f in pending.files}
-        records = snap.packs.records.copy()
-        if gone:
-            records["live"][gone] = 0
-        totals = snap.totals if not gone else None
-        fresh = not snap.runs and not len(records)
-        snap = Snapshot(snap.runs, snap.names, PackTable(records), totals, snap.next_run)
-        batch: list[PackColumns] = []
-        count = 0
-        for i in range(0, len(new), 64):
-            cols = self._read_files([pid for pid in new[i : i + 64] if pid not in own])
-            cols += [columns_of(own[pid]) for pid in new[i : i + 64] if pid in own]
-            for c in cols:
-                batch.append(c)
-                count += len(c.keys)
-                if count >= WINDOW:
-                    snap = self._append(cache, snap, batch, count_totals=not fresh)
-                    batch, count = [], 0
-        if batch or gone or new:
-            snap = self._append(cache, snap, batch, count_totals=not fresh)
-        if fresh and snap.runs:
-            snap = merge_runs(cache, snap, 0, count_totals=True)
-        return snap
-
-    def _read_files(self, pack_ids: list[bytes]) -> list[PackColumns]:
-        todo = [index_name(pid) for pid in pack_ids]
-        workers = parallel_requests(self._backend)
-        if workers > 1 and len(todo) > 1:
-            # S3: one GET per index file, ~2-4 ms each; 300 of them in turn held
-            # a capture up 1-3 s.
-            with ThreadPoolExecutor(workers, thread_name_prefix="ckpt-index-get") as pool:
-                files = list(pool.map(self._read_file, todo))
-        else:
-            files = [self._read_file(name) for name in todo]
-        return [f for f in files if f is not None]
-
-    def _read_file(self, name: str) -> PackColumns | None:
-        try:
-            data = self._backend.get(name)
-        except ChunkMissing:
-            return None  # deleted between list and get: its pack is going too
-        f = parse_index_columns(data, name)
-        if f.pack_id != pack_id_of_index(name):
-            raise IndexCorrupt(
-                f"index file {name!r} is damaged: it describes pack {f.pack_id.hex()}; "
-                "run rebuild_index"
-            )
-        return f
-
-    def _append(
-        self, cache: CacheDir, snap: Snapshot, files: list[PackColumns], count_totals: bool
-    ) -> Snapshot:
-        """One run of ``files``' entries (their packs numbered next), published."""
-        first = len(snap.packs)
-        table = np.zeros(len(files), PACK_RECORD)
-        for j, f in enumerate(files):
-            table[j] = (
-                np.void(f.pack_id),
-                f.created,
-                f.pack_size,
-                len(f.keys),
-                1,
-                np.void(bytes(3)),
-            )
-        records = np.concatenate([snap.packs.records, table])
-        packs = PackTable(records)
-        names, runs, totals = list(snap.names), list(snap.runs), snap.totals
-        n = sum(len(f.keys) for f in files)
-        if n:
-            keys = np.concatenate([f.keys for f in files])
-            slots = np.empty((n, SLOT_WIDTH), np.uint32)
-            slots[:, 0] = np.repeat(
-                np.arange(first, first + len(files), dtype=np.uint32), [len(f.keys) for f in files]
-            )
-            slots[:, 1:] = np.concatenate([f.slots for f in files])
-            order = sort_order(keys, slots[:, 0])
-            keys, slots = keys[order], slots[order]
-            if totals is not None and count_totals:
-                totals = _add_totals(totals, snap, keys, slots)
-            elif not count_totals:
-                totals = None
-            name = cache.run_name(snap)
-            write_run(cache.path / name, keys, slots)
-            names.append(name)
-            runs.append(Run(cache.path / name))
-        new = Snapshot(runs, names, packs, totals, snap.next_run)
-        new = cache.publish(new)
-        # A fresh build merges once at its end (one k-way merge: 10 M entries in
-        # 16.5 s with a merge after every append, see bench/README.md).
-        return new if not count_totals else tiered_merges(cache, new)
 
     # ----------------------------------------------------------- writes
     def add(self, f: IndexFile) -> None:
@@ -609,7 +476,7 @@ class ChunkIndex:
 
         def damage(name: str) -> str | None:
             try:
-                self._read_file(name)
+                read_index_file(self._backend, name)
             except IndexCorrupt as e:
                 return str(e)
             return None
@@ -621,27 +488,3 @@ class ChunkIndex:
         else:
             found = [damage(name) for name in names]
         return [p for p in found if p is not None]
-
-
-def _add_totals(
-    totals: tuple[int, int, int], snap: Snapshot, keys: U64, slots: U32
-) -> tuple[int, int, int]:
-    """``totals`` plus the entries of a new sorted run whose id no live copy in
-    ``snap`` holds yet (and only the first copy of each id in the run)."""
-    first = first_of_each(keys)
-    keys, slots = keys[first], slots[first]
-    found = np.zeros(len(keys), bool)
-    live = snap.packs.live
-    mapped = snap.mapped_bytes <= MAP_LIMIT
-    for run in snap.runs:
-        todo = np.flatnonzero(~found)
-        for start in range(0, len(todo), PROBE_BATCH):
-            part = todo[start : start + PROBE_BATCH]
-            pos, _ = run.lookup(keys[part], live, snap.live_bytes, mapped)
-            found[part[pos >= 0]] = True
-    new = ~found
-    return (
-        totals[0] + int(new.sum()),
-        totals[1] + int(slots[new, 2].sum(dtype=np.uint64)),
-        totals[2] + int(slots[new, 5].sum(dtype=np.uint64)),
-    )

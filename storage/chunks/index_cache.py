@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import struct
@@ -38,12 +39,15 @@ from typing import overload
 import numpy as np
 import numpy.typing as npt
 
-from ckpt.domain.errors import IndexCorrupt
+from ckpt.domain.errors import ChunkMissing, IndexCorrupt
 
+from .backend import ChunkBackend, LocalChunkBackend
 from .index_types import PackInfo
 from .layout import pack_name
 from .run_file import ENTRY_BYTES, U32, U64, Run, RunWriter, sort_order
 
+CACHE_ENV = "XDG_CACHE_HOME"
+META_OBJECT = "ckpt-store.json"  # a remote store's meta (ckpt/store_config.py): its store id
 MANIFEST = "MANIFEST"
 LOCK = "lock"
 MAGIC = b"CKPTCIDX"
@@ -261,6 +265,29 @@ def _write_file(path: Path, data: bytes) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def cache_dir_for(backend: ChunkBackend) -> Path | None:
+    """Where the cache of ``backend`` lives: ``<root>/.cache/chunk-index`` for a
+    local directory (hidden names are never listed as objects), else
+    ``$XDG_CACHE_HOME/ckpt/<store id>/chunk-index`` (``~/.cache`` without it),
+    the store id read from the store's meta object (a hash of the backend's
+    address for a bare chunk store). None for a memory backend: a temporary
+    directory, removed at ``close``."""
+    if isinstance(backend, LocalChunkBackend):
+        return backend.root / ".cache" / "chunk-index"
+    if type(backend).__name__ == "MemoryChunkBackend":
+        return None
+    key = None
+    try:
+        meta = json.loads(backend.get(META_OBJECT))
+        key = str(meta["store_id"]) if isinstance(meta, dict) and meta.get("store_id") else None
+    except (ChunkMissing, ValueError, KeyError):
+        key = None
+    if key is None or not key.replace("-", "").isalnum():
+        key = hashlib.sha256(repr(backend).encode()).hexdigest()[:32]
+    base = os.environ.get(CACHE_ENV) or str(Path.home() / ".cache")
+    return Path(base) / "ckpt" / key / "chunk-index"
 
 
 # --------------------------------------------------------------- streaming
