@@ -145,6 +145,12 @@ def verify(
     if problems:
         more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
         raise StoreCorrupt(f"the store's database is damaged: {'; '.join(problems[:2])}{more}")
+    # The index cache answers without reading index files again: a file damaged
+    # since it was cached is found only here (storage/chunks/index.py, ``check``).
+    damaged = chunks.check_index()
+    if damaged:
+        more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
+        raise StoreCorrupt(f"{damaged[0]}{more}; ckpt verify --repair rebuilds them")
     needed, broken = referenced_chunks(references(uow), chunks)
     bad: list[tuple[bytes, str, list[Reference]]] = [
         (ref.manifest, reason, [ref]) for ref, reason in broken

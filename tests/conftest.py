@@ -10,6 +10,16 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
+# The chunk-index cache of a remote (S3) store lives in $XDG_CACHE_HOME/ckpt/...
+# (storage/chunks/index.py): the tests, and the commands they start, keep theirs
+# in a directory of their own, never in the real home.
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="ckpt-test-xdg-cache-")
+atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], True)
+
 
 # ---------------------------------------------------------------- backends
 # The backend suites take the ``backends`` fixture: one run per combination of

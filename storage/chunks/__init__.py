@@ -13,20 +13,28 @@ Modules, from the bottom up:
     index_file  the index file format (bytes only)
     layout      object names in the backend; reading a pack's own table
     codec       zstd per thread; checked decoding
-    chunk_map   the compact in-memory id -> location map
-    index       all index files of a backend, loaded
+    run_file    one sorted run of the index cache (mapped, searched with numpy)
+    index_cache the cache directory: runs, pack table, manifest, lock, merges
+    index_columns  an index file's entries as numpy columns
+    index_types the index's answers (numpy-free: PackInfo, Location, ChunkStats)
+    index_sync  taking index files into the cache (read, append, mark gone)
+    index       the chunk index: the cache kept up to date with the index files
+    id_set      IdSet: a set of chunk ids spilled to sorted files
     writer      writer sessions: add, flush
     verify      read-back checks
+    gc_plan     gc's streamed plan (live counts per pack)
     gc          deleting unreferenced chunks, repacking
     repair      rebuilding index files from packs
     store       ChunkStore, the facade
 """
 
+from typing import TYPE_CHECKING
+
 from .backend import ChunkBackend, LocalChunkBackend, MemoryChunkBackend
 from .codec import DEFAULT_LEVEL
 from .gc import GcReport
 from .ids import ChunkId, chunk_id, from_hex, is_zero, to_hex
-from .index import ChunkStats
+from .index_types import ChunkStats
 from .pack import DEFAULT_PACK_SIZE, PackEntry, PackWriter, read_pack_index
 from .repair import RebuildReport
 from .s3 import S3ChunkBackend, S3Location, parse_s3_url
@@ -34,6 +42,20 @@ from .store import ChunkStore
 from .upgrade import UpgradeReport
 from .verify import VerifyReport
 from .writer import ChunkWriter
+
+if TYPE_CHECKING:
+    from .id_set import IdSet
+
+
+def __getattr__(name: str) -> object:
+    """``IdSet`` on first use: it imports numpy (~50 ms), which commands that
+    never search the chunk index do not need."""
+    if name == "IdSet":
+        from .id_set import IdSet
+
+        return IdSet
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_LEVEL",
@@ -44,6 +66,7 @@ __all__ = [
     "ChunkStore",
     "ChunkWriter",
     "GcReport",
+    "IdSet",
     "LocalChunkBackend",
     "MemoryChunkBackend",
     "PackEntry",

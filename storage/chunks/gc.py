@@ -35,21 +35,22 @@ Only older orphans go, which no index lists, so no writer can use them.
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from collections.abc import Set as AbstractSet
-from typing import NamedTuple, TypedDict
+from typing import TYPE_CHECKING, NamedTuple, TypedDict
 
 from ckpt.domain.errors import ChunkCorrupt, ChunkMissing, PackCorrupt
 
 from .backend import ChunkBackend
 from .codec import ChunkCodec
-from .index import ChunkIndex, PackInfo
-from .layout import PACKS, index_name, pack_id_of_pack, read_pack_meta
+from .layout import index_name, read_pack_meta
 from .lease import SKEW, LeaseInfo
-from .pack import PackEntry
 from .repack import copy_live
 from .writer import ChunkWriter
+
+if TYPE_CHECKING:
+    from .id_set import IdSet
+    from .index import ChunkIndex
 
 
 class GcReport(NamedTuple):
@@ -119,41 +120,42 @@ def delete_unreferenced(
     index: ChunkIndex,
     codec: ChunkCodec,
     new_writer: Callable[[], ChunkWriter],
-    keep: AbstractSet[bytes],
+    keep: AbstractSet[bytes] | IdSet | Iterable[bytes],
     grace_seconds: float,
     now: float,
     writers: Sequence[LeaseInfo] = (),
     stop: Callable[[], bool] = lambda: False,
 ) -> GcReport:
     """See the module docstring. ``stop`` is asked before each delete: when it
-    says yes (a capture is waiting for this gc), the rest is left for next time."""
+    says yes (a capture is waiting for this gc), the rest is left for next time.
+    ``keep``: a set, an ``IdSet`` (ids beyond memory), or any iterable of ids
+    (spilled into an ``IdSet`` first)."""
+    from .gc_plan import keep_set  # numpy: imported when a gc runs
+
+    with keep_set(keep) as keeping:
+        return _collect(
+            backend, index, codec, new_writer, keeping, grace_seconds, now, writers, stop
+        )
+
+
+def _collect(
+    backend: ChunkBackend,
+    index: ChunkIndex,
+    codec: ChunkCodec,
+    new_writer: Callable[[], ChunkWriter],
+    keep: AbstractSet[bytes] | IdSet,
+    grace_seconds: float,
+    now: float,
+    writers: Sequence[LeaseInfo],
+    stop: Callable[[], bool],
+) -> GcReport:
+    from .gc_plan import orphan_needs, plan_collection
+
     # Orphans created from here on may be a live writer's packs, not yet indexed.
     cutoff = min((w.started for w in writers), default=float("inf")) - SKEW
-    index.reload()
-    packs = index.packs()
-    live: dict[str, list[PackEntry]] = defaultdict(list)
-    for info, entry in index.items():
-        if entry.chunk_id in keep:
-            live[info.name].append(entry)
-    present = {n for n in backend.list(PACKS) if pack_id_of_pack(n) is not None}
-    problems: list[str] = []
-    young = leased = 0
-    doomed: list[tuple[PackInfo, int]] = []  # (pack, number of live chunks)
-    repack: list[tuple[PackInfo, list[PackEntry]]] = []
-    for p in packs:
-        kept = live.get(p.name, [])
-        if now - p.created < grace_seconds:
-            young += 1
-        elif len(kept) == p.entry_count:
-            pass  # fully live
-        elif p.name not in present and kept:
-            problems.append(f"{p.name}: missing, but {len(kept)} referenced chunks index to it")
-        elif writers:
-            leased += 1  # a writer may have deduplicated against its unreferenced chunks
-        elif kept:
-            repack.append((p, kept))
-        else:
-            doomed.append((p, 0))
+    plan = plan_collection(backend, index, keep, grace_seconds, now, bool(writers))
+    packs, present, problems = plan.packs, plan.present, plan.problems
+    young, leased, doomed, repack = plan.young, plan.leased, plan.doomed, plan.repack
 
     writer = new_writer()
     for p, kept in repack:
@@ -182,7 +184,7 @@ def delete_unreferenced(
 
     done = doomed[:index_files]
     deleted = [p.name for p, n in done if n == 0]
-    index.reload()
+    index.refresh()  # the deleted index files mark their packs gone
     orphans = orphan_bytes = 0
     for name in sorted(present - {p.name for p in packs}):
         if stopped or stop():
@@ -200,7 +202,7 @@ def delete_unreferenced(
             leased += 1  # perhaps a live writer's, flushed but not yet indexed
             continue
         # A referenced chunk indexed elsewhere is a duplicate copy: not needed.
-        needed = [e for e in meta.entries if e.chunk_id in keep and e.chunk_id not in index]
+        needed = orphan_needs(meta.entries, keep, index)
         if needed:
             problems.append(
                 f"{name}: no index file, holds {len(needed)} referenced chunks; run rebuild_index"

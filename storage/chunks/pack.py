@@ -78,8 +78,8 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 # ~65,000 objects (cheap to list, few fsyncs: 2 per pack), small enough that
 # one pack buffer per writer thread is cheap and repacking moves little.
 DEFAULT_PACK_SIZE = 16 << 20
-# Offsets and lengths are u32 in the in-memory index (chunk_map.py), which
-# keeps an entry at 48 bytes; packs therefore stay under 4 GiB.
+# Offsets and lengths are u32 in the chunk index's slots (run_file.py), which
+# keeps an entry at 56 bytes; packs therefore stay under 4 GiB.
 MAX_PACK_SIZE = (1 << 32) - 1
 
 

@@ -18,14 +18,16 @@ staged packs would otherwise become visible before its flush.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from ckpt.domain.errors import ChunkMissing, IndexCorrupt, PackCorrupt
 
 from .backend import ChunkBackend
-from .index import ChunkIndex
 from .index_file import IndexFile, decode_index_file, encode_index_file
 from .layout import INDEX, PACKS, index_name, pack_id_of_index, pack_id_of_pack, read_pack_meta
+
+if TYPE_CHECKING:
+    from .index import ChunkIndex
 
 
 class RebuildReport(NamedTuple):

@@ -32,20 +32,22 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from ckpt.domain.errors import ChunkCorrupt, ChunkMissing, IndexCorrupt
 
 from .backend import ChunkBackend
 from .codec import ChunkCodec
 from .format import CURRENT, read_format, write_format
-from .index import ChunkIndex
 from .index_file import PACK_ID_SIZE, IndexFile, decode_index_file
 from .layout import INDEX, index_name, pack_id_of_index, pack_name
 from .lease import SKEW, LeaseInfo
 from .pack import PackEntry
 from .repack import copy_live
 from .writer import ChunkWriter
+
+if TYPE_CHECKING:  # numpy: imported when an index is searched, not by every command
+    from .index import ChunkIndex
 
 ZERO_SOURCE = bytes(PACK_ID_SIZE)
 

@@ -9,23 +9,35 @@ Terms:
 Chunks are grouped by pack and each pack is read with one ranged ``get`` that
 spans its selected frames (at most one pack, 16 MiB by default), not one get
 per chunk: on an object store a get costs ~10-50 ms of latency, so a pack of
-4,000 chunks costs one round trip instead of 4,000.
+4,000 chunks costs one round trip instead of 4,000. Verifying everything walks
+the packs in turn (each pack's index file names its entries; the index says
+which are the winner copies), so memory is one pack, not a list of every id;
+given ids are taken ``BATCH`` at a time.
 """
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Generic, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Generic, TypedDict, TypeVar
 
 from ckpt.domain.errors import ChunkCorrupt, ChunkMissing
 
 from .backend import ChunkBackend
 from .codec import ChunkCodec
 from .ids import ChunkId
-from .index import ChunkIndex, Location
+from .index_file import decode_index_file
+from .index_types import Location, PackInfo
+from .layout import index_name
+
+if TYPE_CHECKING:
+    from .id_set import IdSet
+    from .index import ChunkIndex
+
+BATCH = 1 << 16  # ids looked up and grouped by pack at a time: ~10 MiB of state
 
 
 class AffectedCapture(TypedDict):
@@ -72,54 +84,129 @@ def verify_chunks(
     backend: ChunkBackend,
     index: ChunkIndex,
     codec: ChunkCodec,
-    ids: Iterable[bytes] | None = None,
+    ids: Iterable[bytes] | IdSet | None = None,
     sample: float = 1.0,
     seed: int | None = None,
     refresh: bool = True,
 ) -> VerifyReport[dict[ChunkId, str]]:
-    """Check ``ids`` (default: every indexed chunk), or a ``sample`` of them."""
+    """Check ``ids`` (default: every indexed chunk, pack by pack), or a
+    ``sample`` of them. ``ids`` may be an ``IdSet`` or any iterable: it is
+    walked in batches of ``BATCH``, never listed whole."""
     if not 0.0 <= sample <= 1.0:
         raise ValueError(f"sample must be within 0..1, got {sample}")
     if refresh:
         index.refresh()
-    selected = list(index.ids()) if ids is None else [ChunkId(bytes(c)) for c in ids]
-    if sample < 1.0:
-        rng = random.Random(seed)
-        selected = [c for c in selected if rng.random() < sample]
+    rng = random.Random(seed)
     bad: dict[ChunkId, str] = {}
-    by_pack: dict[str, list[tuple[ChunkId, Location]]] = defaultdict(list)
-    for cid in selected:
-        loc = index.location(cid)
-        if loc is None:
-            bad[cid] = f"chunk {cid.hex()} is not in the index"
-        else:
-            by_pack[loc.pack].append((cid, loc))
-    for pack, chunks in by_pack.items():
-        start = min(loc.offset for _, loc in chunks)
-        end = max(loc.offset + loc.compressed_length for _, loc in chunks)
+    if ids is None:
+        checked = 0
+        for number, pack in _live_packs(index):
+            checked += _verify_pack(backend, index, codec, number, pack, sample, rng, bad)
+        return VerifyReport(checked, bad)
+    checked = 0
+    for batch in _batches(iter(ids)):
+        if sample < 1.0:
+            batch = [c for c in batch if rng.random() < sample]
+        checked += len(batch)
+        packs, slots = index.locate_many(batch)
+        by_pack: dict[int, list[tuple[ChunkId, Location]]] = defaultdict(list)
+        for cid, slot in zip(batch, slots, strict=True):
+            if slot is None:
+                bad[cid] = f"chunk {cid.hex()} is not in the index"
+            else:
+                by_pack[slot[0]].append((cid, Location(packs[slot[0]].name, *slot[1:6])))
+        for chunks in by_pack.values():
+            _verify_span(backend, codec, chunks[0][1].pack, chunks, bad)
+    return VerifyReport(checked, bad)
+
+
+def _batches(ids: Iterator[bytes]) -> Iterator[list[ChunkId]]:
+    while batch := [ChunkId(bytes(c)) for c in itertools.islice(ids, BATCH)]:
+        yield batch
+
+
+def _live_packs(index: ChunkIndex) -> Iterator[tuple[int, PackInfo]]:
+    from .index_cache import PackTable
+
+    table = index.packs_view()
+    assert isinstance(table, PackTable)
+    for n in table.live_numbers().tolist():
+        yield n, table[n]
+
+
+def _verify_pack(
+    backend: ChunkBackend,
+    index: ChunkIndex,
+    codec: ChunkCodec,
+    number: int,
+    pack: PackInfo,
+    sample: float,
+    rng: random.Random,
+    bad: dict[ChunkId, str],
+) -> int:
+    """Check the entries of one pack that the index answers with (the winner
+    copies; its index file lists them): one read of the pack. The count checked."""
+    name = index_name(pack.pack_id)
+    try:
+        f = decode_index_file(backend.get(name), name)
+    except ChunkMissing:
+        return 0  # deleted since the index was refreshed: a gc removed the pack
+    ids = [bytes(e.chunk_id) for e in f.entries]
+    _, slots = index.locate_many(ids)
+    chunks = [
+        (
+            e.chunk_id,
+            Location(
+                pack.name,
+                e.offset,
+                e.compressed_length,
+                e.uncompressed_length,
+                e.slice_offset,
+                e.chunk_length,
+            ),
+        )
+        for e, s in zip(f.entries, slots, strict=True)
+        if s is not None and s[0] == number and s[1] == e.offset and s[4] == e.slice_offset
+    ]
+    if sample < 1.0:
+        chunks = [c for c in chunks if rng.random() < sample]
+    if chunks:
+        _verify_span(backend, codec, pack.name, chunks, bad)
+    return len(chunks)
+
+
+def _verify_span(
+    backend: ChunkBackend,
+    codec: ChunkCodec,
+    pack: str,
+    chunks: list[tuple[ChunkId, Location]],
+    bad: dict[ChunkId, str],
+) -> None:
+    """Read the span of ``pack`` holding ``chunks`` once and check each frame."""
+    start = min(loc.offset for _, loc in chunks)
+    end = max(loc.offset + loc.compressed_length for _, loc in chunks)
+    try:
+        span = backend.get(pack, start, end - start)
+    except ChunkMissing as e:
+        for cid, _ in chunks:
+            bad[cid] = f"chunk {cid.hex()}: {e}"
+        return
+    if _decode_all(codec, span, start, pack, chunks):
+        return
+    for cid, loc in chunks:
+        frame = span[loc.offset - start : loc.offset - start + loc.compressed_length]
+        if len(frame) != loc.compressed_length:
+            bad[cid] = (
+                f"chunk {cid.hex()} in {pack}: pack truncated, {len(frame)} of "
+                f"{loc.compressed_length} bytes at offset {loc.offset}"
+            )
+            continue
         try:
-            span = backend.get(pack, start, end - start)
-        except ChunkMissing as e:
-            for cid, _ in chunks:
-                bad[cid] = f"chunk {cid.hex()}: {e}"
-            continue
-        if _decode_all(codec, span, start, pack, chunks):
-            continue
-        for cid, loc in chunks:
-            frame = span[loc.offset - start : loc.offset - start + loc.compressed_length]
-            if len(frame) != loc.compressed_length:
-                bad[cid] = (
-                    f"chunk {cid.hex()} in {pack}: pack truncated, {len(frame)} of "
-                    f"{loc.compressed_length} bytes at offset {loc.offset}"
-                )
-                continue
-            try:
-                codec.decode(
-                    frame, cid, loc.uncompressed_length, pack, loc.slice_offset, loc.chunk_length
-                )
-            except ChunkCorrupt as e:
-                bad[cid] = str(e)
-    return VerifyReport(len(selected), bad)
+            codec.decode(
+                frame, cid, loc.uncompressed_length, pack, loc.slice_offset, loc.chunk_length
+            )
+        except ChunkCorrupt as e:
+            bad[cid] = str(e)
 
 
 def _decode_all(

@@ -38,14 +38,17 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from .backend import ChunkBackend, parallel_requests
 from .codec import ChunkCodec
 from .ids import ChunkId, is_zero
-from .index import ChunkIndex
 from .index_file import IndexFile, encode_index_file
 from .layout import index_name, new_pack_id, pack_name
 from .pack import GROUPED, VERSION, PackWriter
+
+if TYPE_CHECKING:
+    from .index import ChunkIndex
 
 
 class ChunkWriter:

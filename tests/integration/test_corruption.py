@@ -125,3 +125,21 @@ def test_a_damaged_pack_of_an_overwritten_capture_spares_the_later_checkpoint(
     assert _restore(reopened, "second") == (tmp_path / "second.expected").read_bytes()
     with pytest.raises(CkptError):
         _restore(reopened, "first")
+
+
+def test_an_index_file_damaged_after_it_was_cached_is_found_by_verify(
+    store: Store, tmp_path: Path
+) -> None:
+    store.close()  # its index entries now in the local index cache
+    code, _ = _cli(store, "verify")
+    assert code == 0
+    idx = _newest(store, "*.idx")
+    data = bytearray(idx.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    idx.write_bytes(bytes(data))
+    # lookups answer from the cache and stay right; verify reads the files again
+    assert _restore(Store.open(store.path), "second") == (tmp_path / "second.expected").read_bytes()
+    code, text = _cli(store, "verify")
+    assert code == 23 and idx.name in text and "verify --repair" in text
+    code, text = _cli(store, "verify", "--repair")
+    assert code == 0 and "OK" in text

@@ -15,6 +15,7 @@ def test_all_is_exactly_the_public_api() -> None:
         "DEFAULT_LEVEL",
         "DEFAULT_PACK_SIZE",
         "GcReport",
+        "IdSet",
         "LocalChunkBackend",
         "MemoryChunkBackend",
         "PackEntry",
