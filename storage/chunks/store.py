@@ -50,6 +50,7 @@ from .verify import VerifyReport, verify_chunks
 from .writer import ChunkWriter
 
 if TYPE_CHECKING:
+    from .id_set import IdSet
     from .index import ChunkIndex
 
 GAP = 64 << 10  # read through gaps up to 64 KiB: cheaper than another read call
@@ -373,10 +374,14 @@ class ChunkStore:
         sample: float = 1.0,
         seed: int | None = None,
         refresh: bool = True,
+        progress: Callable[[int], None] | None = None,
     ) -> VerifyReport[dict[ChunkId, str]]:
-        """Check that chunks read back (all, ``ids``, or a random ``sample``);
-        ``refresh``: pick up other processes' index files first."""
-        return verify_chunks(self._backend, self._index, self._codec, ids, sample, seed, refresh)
+        """Check that chunks read back (all, pack by pack; ``ids``; or a random
+        ``sample``); ``refresh``: pick up other processes' index files first;
+        ``progress``: told the chunks checked as the walk goes."""
+        return verify_chunks(
+            self._backend, self._index, self._codec, ids, sample, seed, refresh, progress
+        )
 
     def check_index(self) -> list[str]:
         """Damaged index files (each named, with the remedy); also checks the
@@ -385,7 +390,7 @@ class ChunkStore:
 
     def delete_unreferenced(
         self,
-        keep: AbstractSet[bytes],
+        keep: AbstractSet[bytes] | IdSet,
         grace_seconds: float,
         now: float,
         leases: GcLeases | None = None,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypedDict, TypeVar
 
@@ -88,10 +88,12 @@ def verify_chunks(
     sample: float = 1.0,
     seed: int | None = None,
     refresh: bool = True,
+    progress: Callable[[int], None] | None = None,
 ) -> VerifyReport[dict[ChunkId, str]]:
     """Check ``ids`` (default: every indexed chunk, pack by pack), or a
     ``sample`` of them. ``ids`` may be an ``IdSet`` or any iterable: it is
-    walked in batches of ``BATCH``, never listed whole."""
+    walked in batches of ``BATCH``, never listed whole. ``progress`` is told
+    the chunks checked after each pack (or batch)."""
     if not 0.0 <= sample <= 1.0:
         raise ValueError(f"sample must be within 0..1, got {sample}")
     if refresh:
@@ -101,7 +103,10 @@ def verify_chunks(
     if ids is None:
         checked = 0
         for number, pack in _live_packs(index):
-            checked += _verify_pack(backend, index, codec, number, pack, sample, rng, bad)
+            done = _verify_pack(backend, index, codec, number, pack, sample, rng, bad)
+            checked += done
+            if progress is not None:
+                progress(done)
         return VerifyReport(checked, bad)
     checked = 0
     for batch in _batches(iter(ids)):
@@ -117,6 +122,8 @@ def verify_chunks(
                 by_pack[slot[0]].append((cid, Location(packs[slot[0]].name, *slot[1:6])))
         for chunks in by_pack.values():
             _verify_span(backend, codec, chunks[0][1].pack, chunks, bad)
+        if progress is not None:
+            progress(len(batch))
     return VerifyReport(checked, bad)
 
 
