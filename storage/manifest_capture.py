@@ -66,8 +66,9 @@ def capture_disk(
     parent_size = 0 if parent is None else parent.size
     builder = SegmentBuilder(
         parent, KIND_DISK, DISK_BLOCK, 0, session.sink, session.chunks.codec.identify,
-        patch=extents is not None,
+        patch=extents is not None, store=session.store,
     )  # fmt: skip
+    before = session.added_bytes  # one session may capture several disks and files
     size = _read(source, builder, session, extents, progress, segments, parent_size, sectors=True)
     session.finish()
     ref = builder.store(session.add)
@@ -80,7 +81,7 @@ def capture_disk(
         block_size=DISK_BLOCK,
         changed_blocks=builder.changed_blocks,
         read_bytes=builder.read_bytes,
-        added_bytes=builder.added_bytes,
+        added_bytes=session.added_bytes - before,
     )
 
 
@@ -100,12 +101,15 @@ def capture_file(
     role: FileRole, source: Source, session: Session, progress: Progress | None = None
 ) -> FileCapture:
     builder = SegmentBuilder(
-        None, KIND_FILE, FILE_BLOCK, 0, session.sink, session.chunks.codec.identify
-    )
+        None, KIND_FILE, FILE_BLOCK, 0, session.sink, session.chunks.codec.identify,
+        store=session.store,
+    )  # fmt: skip
+    before = session.added_bytes
     size = _read(source, builder, session, None, progress, None, None)
     session.finish()
     ref = builder.store(session.add)
-    return FileCapture(role=role, path="", manifest=ref, size=size, added_bytes=builder.added_bytes)
+    added = session.added_bytes - before
+    return FileCapture(role=role, path="", manifest=ref, size=size, added_bytes=added)
 
 
 def _read(

@@ -36,12 +36,14 @@ class SegmentBuilder:
         sink: Sink,
         identify: Callable[[bytes], bytes],
         patch: bool = False,
+        store: Sink | None = None,
     ) -> None:
         self.parent = parent
         self.kind = kind
         self.block_size = block_size
         self.size = size
         self.sink = sink
+        self.store_chunk = sink if store is None else store  # segments: not content
         self.identify = identify
         self.patch = patch
         self.set_size(size)
@@ -93,7 +95,7 @@ class SegmentBuilder:
         if new:
             data = encode_segment(new)
             sid = self.identify(data)
-            self.sink(sid, data)  # a manifest chunk: not counted as added content
+            self.store_chunk(sid, data)  # a manifest chunk: not counted as added content
         if sid != self._parent_id(k):
             self.changed_blocks += sum(1 for o, c in new.items() if old.get(o) != c) + sum(
                 1 for o in old if o not in new

@@ -35,7 +35,7 @@ once both store it; the index then keeps one copy and GC drops the other.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -144,6 +144,15 @@ class ChunkWriter:
         """True if the store or this session already holds ``cid`` (indexed,
         in flight or pending): adding it again would store a duplicate."""
         return self._known(ChunkId(cid))
+
+    def knows_many(self, cids: Sequence[bytes]) -> list[bool]:
+        """``knows`` of each, the index asked once for the whole batch."""
+        pending = self._pending
+        staged = self._staged_ids
+        return [
+            found or cid in staged or (pending is not None and cid in pending)
+            for cid, found in zip(cids, self._index.contains_many(cids), strict=True)
+        ]
 
     def _known(self, cid: ChunkId) -> bool:
         pending = self._pending
