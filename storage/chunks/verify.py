@@ -182,6 +182,9 @@ def _verify_pack(
     return len(chunks)
 
 
+DECODE_BYTES = 16 << 20  # decompressed bytes per decode call while verifying
+
+
 def _verify_span(
     backend: ChunkBackend,
     codec: ChunkCodec,
@@ -198,8 +201,40 @@ def _verify_span(
         for cid, _ in chunks:
             bad[cid] = f"chunk {cid.hex()}: {e}"
         return
-    if _decode_all(codec, span, start, pack, chunks):
-        return
+    for piece in _pieces(chunks):
+        if not _decode_all(codec, span, start, pack, piece):
+            _decode_each(codec, span, start, pack, piece, bad)
+
+
+def _pieces(chunks: list[tuple[ChunkId, Location]]) -> Iterator[list[tuple[ChunkId, Location]]]:
+    """``chunks`` cut where the frames decompressed so far reach ``DECODE_BYTES``: a
+    16 MiB pack of very compressible blocks held ~500,000 chunks, 2 GiB decompressed
+    in one call (verify peaked at 1,168 MiB at 1 GiB of disk)."""
+    piece: list[tuple[ChunkId, Location]] = []
+    frames: set[tuple[int, int]] = set()
+    size = 0
+    for cid, loc in chunks:
+        frame = (loc.offset, loc.compressed_length)
+        if frame not in frames:
+            if size + loc.uncompressed_length > DECODE_BYTES and piece:
+                yield piece
+                piece, frames, size = [], set(), 0
+            frames.add(frame)
+            size += loc.uncompressed_length
+        piece.append((cid, loc))
+    if piece:
+        yield piece
+
+
+def _decode_each(
+    codec: ChunkCodec,
+    span: bytes,
+    start: int,
+    pack: str,
+    chunks: list[tuple[ChunkId, Location]],
+    bad: dict[ChunkId, str],
+) -> None:
+    """Check ``chunks`` one by one, naming each bad one."""
     for cid, loc in chunks:
         frame = span[loc.offset - start : loc.offset - start + loc.compressed_length]
         if len(frame) != loc.compressed_length:
