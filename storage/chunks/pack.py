@@ -81,6 +81,11 @@ DEFAULT_PACK_SIZE = 16 << 20
 # Offsets and lengths are u32 in the chunk index's slots (run_file.py), which
 # keeps an entry at 56 bytes; packs therefore stay under 4 GiB.
 MAX_PACK_SIZE = (1 << 32) - 1
+# A pack is also finished at this many chunks: a writer holds each pack in flight
+# with its entries (~150 B each as ``PackEntry``), and 16 MiB of very compressible
+# blocks (~30 B each) is ~500,000 chunks: 8 packs in flight held ~330 MiB of a
+# 4 GiB first capture. 65,536 chunks is 256 MiB of 4 KiB blocks, ~10 MB of entries.
+MAX_PACK_ENTRIES = 1 << 16
 
 
 class PackEntry(NamedTuple):
@@ -162,7 +167,7 @@ class PackWriter:
 
     @property
     def full(self) -> bool:
-        return self.size >= self._target
+        return self.size >= self._target or len(self._entries) >= MAX_PACK_ENTRIES
 
     def add(self, cid: ChunkId, frame: bytes, uncompressed_length: int) -> PackEntry:
         """Append one compressed chunk (v2: a group of one); return its entry."""
