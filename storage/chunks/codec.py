@@ -79,28 +79,18 @@ class ChunkCodec:
     def level(self) -> int:
         return self._level
 
-    def _compressor(self) -> zstandard.ZstdCompressor:
-        c = getattr(self._local, "compressor", None)
+    def _compressor(self, level: int) -> zstandard.ZstdCompressor:
+        """This thread's compressor for ``level`` (a compressor is not thread-safe)."""
+        name = f"compressor_{level}"
+        c = getattr(self._local, name, None)
         if c is None:
             c = zstandard.ZstdCompressor(
-                level=self._level,
+                level=level,
                 write_content_size=True,
                 write_checksum=False,
                 write_dict_id=False,
             )
-            self._local.compressor = c
-        return c
-
-    def _group_compressor(self) -> zstandard.ZstdCompressor:
-        c = getattr(self._local, "group_compressor", None)
-        if c is None:
-            c = zstandard.ZstdCompressor(
-                level=self._group_level,
-                write_content_size=True,
-                write_checksum=False,
-                write_dict_id=False,
-            )
-            self._local.group_compressor = c
+            setattr(self._local, name, c)
         return c
 
     def _decompressor(self) -> zstandard.ZstdDecompressor:
@@ -112,7 +102,7 @@ class ChunkCodec:
 
     def compress(self, data: bytes, cid: bytes | None = None) -> bytes:
         """One zstd frame holding ``data`` (sealed, with ``cid``, in an encrypted store)."""
-        frame: bytes = self._compressor().compress(data)
+        frame: bytes = self._compressor(self._level).compress(data)
         if self._keyring is None:
             return frame
         return self._keyring.seal_chunk(frame, cid if cid is not None else self.identify(data))
@@ -122,7 +112,7 @@ class ChunkCodec:
         exactly ``compress``'s frame)."""
         if len(chunks) == 1:
             return self.compress(chunks[0], cids[0])
-        frame: bytes = self._group_compressor().compress(b"".join(chunks))
+        frame: bytes = self._compressor(self._group_level).compress(b"".join(chunks))
         if self._keyring is None:
             return frame
         return self._keyring.seal_chunk(frame, GROUP_AAD)
