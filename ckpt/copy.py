@@ -35,6 +35,7 @@ from ckpt.domain import ChunkMissing, StoreConflict, StoreCorrupt, StoreExists
 from ckpt.storage.chunks import ChunkBackend
 from ckpt.storage.chunks.format import LEGACY, write_format
 from ckpt.storage.chunks.layout import INDEX, PACKS, pack_id_of_index, pack_id_of_pack
+from ckpt.storage.durable import make_dirs
 
 from .progress_factory import ProgressFactory
 from .setup import check_empty_directory, connect
@@ -87,7 +88,7 @@ def copy_store(
     config.store_id = str(uuid4())  # a copy is a store of its own from now on
     if to_dir is not None:
         check_empty_directory(to_dir)
-        to_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(to_dir)  # durable in its parent, as init does
     backend = config.chunk_backend()
     where = config.describe()
     if read_remote_meta(backend, where) is not None or next(iter(backend.list(PACKS)), None):

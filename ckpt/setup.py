@@ -32,6 +32,7 @@ from ckpt.domain import (
     StoreUnavailable,
     WrongKey,
 )
+from ckpt.storage.durable import make_dirs
 from ckpt.storage.event_store import EVENTS_FILE
 from ckpt.storage.keyring import Keyring
 
@@ -174,7 +175,7 @@ def init(
         config.encryption = encryption
         config.store_id = existing.get("store_id")
     if directory is not None:
-        directory.mkdir(parents=True, exist_ok=True)
+        make_dirs(directory)  # durable in its parent: a power cut must not lose the store
     uow = connect(config, actor, host, clock, key, create=True)
     try:
         if existing is not None:

@@ -26,6 +26,7 @@ from typing import Any
 
 from ckpt.domain import InvalidValue, StoreCorrupt, StoreNotFound, StoreUnavailable
 from ckpt.storage.chunks import ChunkBackend, LocalChunkBackend
+from ckpt.storage.durable import write_file
 from ckpt.storage.event_store import EVENTS_FILE, postgres_environment, sqlite_environment
 from ckpt.storage.locations import (
     display,
@@ -157,19 +158,7 @@ class StoreConfig:
 
     def write_marker(self) -> None:
         assert self.directory is not None
-        marker = self.directory / MARKER
-        tmp = marker.with_name(f".{MARKER}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(self.meta()) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, marker)
-        dir_fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # the rename itself survives a power cut
-        finally:
-            os.close(dir_fd)
+        write_file(self.directory / MARKER, (json.dumps(self.meta()) + "\n").encode(), 0o600)
 
 
 def first_line(error: BaseException) -> str:

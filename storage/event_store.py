@@ -1,9 +1,10 @@
 """Wiring of eventsourcing's persistence: where events live and how they are encoded.
 
 The embedded default is one SQLite file per store directory (WAL mode, set by
-the library); the scale-out choice is PostgreSQL (eventsourcing's own
-persistence), one schema per store. Events are msgpack (``MsgPackTranscoder``) then zstd
-(``ZstdCompressor``), in that order, as the library applies them on write.
+the library; ``synchronous=FULL``, set by ``sqlite_durable``); the scale-out
+choice is PostgreSQL (eventsourcing's own persistence), one schema per store.
+Events are msgpack (``MsgPackTranscoder``) then zstd (``ZstdCompressor``), in
+that order, as the library applies them on write.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ COMPRESSOR_TOPIC = "ckpt.storage.compressor:ZstdCompressor"
 def sqlite_environment(store_dir: Path) -> dict[str, str]:
     """eventsourcing settings for the embedded SQLite event store in ``store_dir``."""
     return {
-        "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+        "PERSISTENCE_MODULE": "ckpt.storage.sqlite_durable:DurableSQLiteFactory",
         "SQLITE_DBNAME": str(store_dir / EVENTS_FILE),
         "SQLITE_LOCK_TIMEOUT": str(LOCK_TIMEOUT_S),
         "COMPRESSOR_TOPIC": COMPRESSOR_TOPIC,

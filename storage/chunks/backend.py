@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import NoReturn, Protocol
 
 from ckpt.domain.errors import ChunkMissing, StorageError
+from ckpt.storage.durable import fsync_dir, make_dirs
 
 _COMPONENT = r"[A-Za-z0-9_-][A-Za-z0-9._-]*"
 _NAME = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
@@ -183,29 +184,16 @@ class LocalChunkBackend:
         path = self._path(name)
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
         try:
-            self._make_dirs(path.parent)
+            make_dirs(path.parent)
             with open(tmp, "xb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         except OSError as e:
             tmp.unlink(missing_ok=True)
             raise StorageError(f"cannot put {name!r} in {self!r}: {e}") from e
-
-    def _make_dirs(self, directory: Path) -> None:
-        # Create missing directories top-down and fsync each one's parent, so
-        # the new entry is durable before a file inside it is.
-        missing = []
-        while not directory.is_dir():
-            missing.append(directory)
-            if directory == self._root or directory.parent == directory:
-                break
-            directory = directory.parent
-        for d in reversed(missing):
-            d.mkdir(parents=True, exist_ok=True)
-            _fsync_dir(d.parent)
 
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         path = self._path(name)
@@ -233,7 +221,7 @@ class LocalChunkBackend:
         path = self._path(name)
         try:
             path.unlink()
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         except OSError as e:
             self._fail("delete", name, e)
 
@@ -259,11 +247,3 @@ def _walk(directory: Path, base: str) -> Iterator[str]:
             yield from _walk(Path(entry.path), f"{base}{entry.name}/")
         elif entry.is_file(follow_symlinks=False):
             yield f"{base}{entry.name}"
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -40,6 +40,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ckpt.domain.errors import ChunkMissing, IndexCorrupt
+from ckpt.storage.durable import write_file
 
 from .backend import ChunkBackend, LocalChunkBackend
 from .index_types import PackInfo
@@ -220,7 +221,7 @@ class CacheDir:
             }
         ).encode()
         body = _HEAD.pack(MAGIC, VERSION, len(head)) + head + snap.packs.records.tobytes()
-        _write_file(self.path / MANIFEST, body + _CRC.pack(zlib.crc32(body)))
+        write_file(self.path / MANIFEST, body + _CRC.pack(zlib.crc32(body)))
         snap.signature = self.signature() or (0, 0, 0)
         self.sweep(set(snap.names))
         return snap
@@ -251,20 +252,6 @@ class CacheDir:
     def new_run(self, snap: Snapshot, n: int) -> tuple[str, RunWriter]:
         name = self.run_name(snap)
         return name, RunWriter(self.path / name, n)
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def cache_dir_for(backend: ChunkBackend) -> Path | None:

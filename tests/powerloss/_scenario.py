@@ -1,0 +1,246 @@
+"""A power-loss scenario: ckpt commands run in this process while ``PowerModel``
+records, then the store each crash point leaves is checked.
+
+Terms:
+    seed        ``CKPT_POWER_SEED`` (default ``DEFAULT_SEED``). Image bytes and the
+                torn crash states (which ones, where the tear falls) come from
+                ``random.Random("<seed>/<scenario>")``. Every crash point of the
+                recorded run is checked; the run itself can differ by a sync or two
+                between runs, where ckpt's threads interleave differently (a pack
+                written before or after a lease renewal).
+    ledger      every checkpoint or backup point whose command returned success,
+                with the SHA-256 of each image it captured, and from which crash
+                point on it must restore byte for byte. A checkpoint being deleted
+                stops being required when its delete starts; until the delete has
+                returned it may still be there, and then it must still restore.
+    check       at a crash point: rebuild root as the cut left it; if any command
+                that makes a store had returned, ``verify --json`` and ``verify
+                --log --json`` report ok (or ``verify --repair`` makes them ok: then
+                counted as repaired); every required ledger entry restores byte
+                for byte; and for every ``CARRY_ON``-th point a new capture on the
+                crashed store succeeds and verifies (the store is usable, not
+                only readable).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import random
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import ckpt
+from ckpt.cli import run
+from ckpt.storage.chunks import lease
+
+from ._model import CrashPoint, PowerModel
+
+DEFAULT_SEED = 20261201
+SEED = int(os.environ.get("CKPT_POWER_SEED", str(DEFAULT_SEED)))
+BLOCK = 4096
+MiB = 1 << 20
+CARRY_ON = 8
+
+# For the summary conftest.py prints: crash states checked, per scenario.
+CHECKED: Counter[str] = Counter()
+TORN: Counter[str] = Counter()
+REPAIRED: Counter[str] = Counter()
+
+
+def sha256(data: bytes | bytearray) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class Expected:
+    """A ledger entry (see the module docstring)."""
+
+    store: str  # the store directory, relative to root
+    vm: str
+    name: str
+    images: dict[str, str]  # disk name (or "memory") -> SHA-256
+    since: int  # the first crash point at which it must be there
+    until: int | None = None  # from here on it may be gone (a delete started)
+
+
+class Scenario:
+    """Run commands under the model, then check crash points."""
+
+    def __init__(self, kind: str, root: Path, scratch: Path) -> None:
+        self.kind = kind
+        self.root = root
+        self.scratch = scratch  # images and restored bytes: outside root
+        self.rng = random.Random(f"{SEED}/{kind}")
+        self.ledger: list[Expected] = []
+        self.stores: dict[str, int] = {}  # store -> the point from which it must exist
+        self.model: PowerModel | None = None
+
+    # ------------------------------------------------------------- recording
+    def start(self) -> PowerModel:
+        self.model = PowerModel(self.root)
+        self.model.start()
+        return self.model
+
+    def stop(self) -> None:
+        if self.model is not None:
+            self.model.stop()
+
+    def cli(self, store: str, *args: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        code = run(["--store", str(self.root / store), "--actor", "power", *args], out, err)
+        return code, out.getvalue(), err.getvalue()
+
+    def ok(self, store: str, *args: str) -> str:
+        """A command that must succeed; then a crash point "after it returned"."""
+        assert self.model is not None
+        self.model.step += 1
+        code, out, err = self.cli(store, *args)
+        assert code == 0, f"{self.where()} ckpt {' '.join(args)} exited {code}: {err}"
+        self.model.point(f"after `ckpt {' '.join(args[:3])}` returned")
+        if args[0] in ("init", "copy"):
+            made = store if args[0] == "init" else args[args.index("--to-store") + 1]
+            made = str(Path(made).relative_to(self.root)) if Path(made).is_absolute() else made
+            self.stores.setdefault(made, len(self.model.points) - 1)
+        return out
+
+    def image(self, name: str, size: int, fill: float = 0.5) -> bytearray:
+        data = bytearray(size)
+        for offset in range(0, size, BLOCK):
+            if self.rng.random() < fill:
+                data[offset : offset + BLOCK] = self.rng.randbytes(BLOCK)
+        (self.scratch / name).write_bytes(data)
+        return data
+
+    def mutate(self, name: str, data: bytearray, blocks: int) -> None:
+        for _ in range(blocks):
+            offset = self.rng.randrange(len(data) // BLOCK) * BLOCK
+            zero = self.rng.random() < 0.25
+            data[offset : offset + BLOCK] = bytes(BLOCK) if zero else self.rng.randbytes(BLOCK)
+        (self.scratch / name).write_bytes(data)
+
+    def expect(self, store: str, vm: str, name: str, images: dict[str, bytearray]) -> None:
+        """``name`` has just been captured (its command returned)."""
+        assert self.model is not None
+        shas = {k: sha256(v) for k, v in images.items()}
+        self.ledger.append(Expected(store, vm, name, shas, len(self.model.points) - 1))
+
+    def deleting(self, store: str, vm: str, name: str) -> None:
+        """A delete of ``name`` is about to start."""
+        assert self.model is not None
+        for e in self.ledger:
+            if (e.store, e.vm, e.name) == (store, vm, name) and e.until is None:
+                e.until = len(self.model.points)
+
+    def where(self, point: CrashPoint | None = None, torn: str = "") -> str:
+        at = ""
+        if point is not None and self.model is not None:
+            index = self.model.points.index(point)
+            at = f" crash point #{index} (step {point.step}, {point.label})"
+        return f"[CKPT_POWER_SEED={SEED} {self.kind}{at}{' ' + torn if torn else ''}]"
+
+    # -------------------------------------------------------------- checking
+    def check_points(self, torn_share: float = 0.5) -> int:
+        """Check every crash point; a seeded share of those before a file sync
+        are checked a second time torn. Returns how many crash states were checked."""
+        assert self.model is not None
+        self.model.stop()
+        checked = 0
+        real = lease.pid_running
+        # The commands that were cut ran in this process: after the cut they are
+        # dead processes of this machine (their leases dead at once, as a
+        # SIGKILLed capture's are), though this pid still runs.
+        lease.pid_running = lambda pid: pid != os.getpid() and real(pid)
+        try:
+            for index, point in enumerate(self.model.points):
+                states = [False]
+                if point.torn is not None and self.rng.random() < torn_share:
+                    states.append(True)
+                for tear in states:
+                    checked += 1
+                    self.check(index, tear, carry_on=checked % CARRY_ON == 0)
+        finally:
+            lease.pid_running = real
+        return checked
+
+    def check(self, index: int, tear: bool, carry_on: bool) -> None:
+        assert self.model is not None
+        point = self.model.points[index]
+        torn = self.model.materialize(point, self.rng if tear else None)
+        where = self.where(point, torn)
+        CHECKED[self.kind] += 1
+        TORN[self.kind] += bool(torn)
+        for store, since in self.stores.items():
+            if not (self.root / store / "ckpt-store.json").exists():
+                # Before its init (or copy) returned it may be absent; after, never.
+                assert index < since, f"{where} the store {store!r} is gone"
+                continue
+            self._check_store(store, index, where)
+            if carry_on:
+                self._carry_on(store, where)
+
+    def _check_store(self, store: str, index: int, where: str) -> None:
+        if not self._verified(store):
+            REPAIRED[self.kind] += 1
+            code, out, err = self.cli(store, "verify", "--repair", "--json")
+            assert code == 0, f"{where} verify --repair exited {code}: {err}{out}"
+            assert self._verified(store), f"{where} {store} is not clean after verify --repair"
+        required = [
+            e for e in self.ledger
+            if e.store == store and e.since <= index and (e.until is None or index < e.until)
+        ]  # fmt: skip
+        maybe = [
+            e for e in self.ledger
+            if e.store == store and e.until is not None and e.until <= index
+        ]  # fmt: skip
+        with ckpt.Store.open(self.root / store, actor="power-check") as opened:
+            present = {
+                (vm.name, cp.name) for vm in opened.vms() for cp in opened.checkpoints(vm.name)
+            }
+            for e in required + [m for m in maybe if (m.vm, m.name) in present]:
+                for what, sha in e.images.items():
+                    out = io.BytesIO()
+                    try:
+                        if what == "memory":
+                            opened.restore_memory(e.vm, e.name, out)
+                        else:
+                            opened.restore_disk(e.vm, e.name, what, out)
+                    except ckpt.CkptError as error:
+                        raise AssertionError(
+                            f"{where} {e.vm}/{e.name} {what} does not restore: {error}"
+                        ) from error
+                    assert sha256(out.getvalue()) == sha, (
+                        f"{where} {e.vm}/{e.name} {what} restores other bytes than it captured"
+                    )
+
+    def _verified(self, store: str) -> bool:
+        for args in (("verify", "--json"), ("verify", "--log", "--json")):
+            code, out, _ = self.cli(store, *args)
+            if code != 0 or not json.loads(out).get("ok"):
+                return False
+        return True
+
+    def _carry_on(self, store: str, where: str) -> None:
+        """The crashed store takes a new capture and stays clean."""
+        code, out, err = self.cli(store, "vm", "list", "--json")
+        assert code == 0, f"{where} vm list: {err}"
+        vms = [vm["name"] for vm in json.loads(out)]
+        if not vms:
+            return
+        vm = vms[0]
+        code, out, err = self.cli(store, "vm", "show", vm, "--json")
+        assert code == 0, f"{where} vm show: {err}"
+        disks = [d if isinstance(d, str) else d["name"] for d in json.loads(out)["disks"]]
+        data = self.image("carry-on.raw", 256 * 1024)
+        spec = [f"--disk={d}={self.scratch / 'carry-on.raw'}" for d in disks]
+        code, out, err = self.cli(store, "sync", vm, "--name", "after-the-cut", *spec)
+        assert code == 0, f"{where} a capture after the cut exited {code}: {err}"
+        assert self._verified(store), f"{where} not clean after a capture after the cut"
+        with ckpt.Store.open(self.root / store) as opened:
+            for d in disks:
+                got = io.BytesIO()
+                opened.restore_disk(vm, "after-the-cut", d, got)
+                assert sha256(got.getvalue()) == sha256(data), f"{where} capture after the cut"

@@ -1,0 +1,60 @@
+"""The power-loss suite reports its seed and how many crash states it checked."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from . import _scenario
+
+
+@pytest.fixture
+def scratch(tmp_path: Path) -> Iterator[Path]:
+    """Images and restored bytes, outside the recorded root: in /dev/shm when it exists."""
+    shm = Path("/dev/shm")
+    if not (shm.is_dir() and os.access(shm, os.W_OK)):
+        path = tmp_path / "scratch"
+        path.mkdir()
+        yield path
+        return
+    path = Path(tempfile.mkdtemp(prefix="ckpt-power-", dir=shm))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+_OS_CALLS = {n: getattr(os, n) for n in ("fsync", "fdatasync", "unlink", "remove", "rmdir",
+                                          "replace", "rename")}  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _unpatched_os() -> Iterator[None]:
+    """A test that fails while recording must not leave ``os`` patched for the next."""
+    yield
+    for name, fn in _OS_CALLS.items():
+        setattr(os, name, fn)
+
+
+def pytest_report_header() -> str:
+    return f"ckpt power loss: CKPT_POWER_SEED={_scenario.SEED}"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not _scenario.CHECKED:
+        return
+    total = sum(_scenario.CHECKED.values())
+    kinds = "; ".join(
+        f"{k} {n} ({_scenario.TORN[k]} torn, {_scenario.REPAIRED[k]} needed verify --repair)"
+        for k, n in sorted(_scenario.CHECKED.items())
+    )
+    terminalreporter.write_sep("-", "ckpt power loss")
+    terminalreporter.write_line(f"CKPT_POWER_SEED={_scenario.SEED}: {total} crash states; {kinds}")
+    terminalreporter.write_line(
+        f"reproduce: CKPT_POWER_SEED={_scenario.SEED} .venv/bin/pytest tests/powerloss"
+    )
