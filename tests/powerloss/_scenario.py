@@ -30,6 +30,7 @@ import json
 import os
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +79,7 @@ class Scenario:
         self.ledger: list[Expected] = []
         self.stores: dict[str, int] = {}  # store -> the point from which it must exist
         self.model: PowerModel | None = None
+        self.key_file: Path | None = None  # for an encrypted store: passed to every command
 
     # ------------------------------------------------------------- recording
     def start(self) -> PowerModel:
@@ -91,7 +93,8 @@ class Scenario:
 
     def cli(self, store: str, *args: str) -> tuple[int, str, str]:
         out, err = io.StringIO(), io.StringIO()
-        code = run(["--store", str(self.root / store), "--actor", "power", *args], out, err)
+        key = ["--key-file", str(self.key_file)] if self.key_file else []
+        code = run(["--store", str(self.root / store), "--actor", "power", *key, *args], out, err)
         return code, out.getvalue(), err.getvalue()
 
     def ok(self, store: str, *args: str) -> str:
@@ -106,6 +109,18 @@ class Scenario:
             made = str(Path(made).relative_to(self.root)) if Path(made).is_absolute() else made
             self.stores.setdefault(made, len(self.model.points) - 1)
         return out
+
+    def open(self, store: str) -> ckpt.Store:
+        key = self.key_file.read_bytes() if self.key_file else None
+        return ckpt.Store.open(self.root / store, actor="power", key=key)
+
+    def api(self, label: str, work: Callable[[ckpt.Store], None], store: str = "store") -> None:
+        """A step through the Python API (e.g. chunks written and never committed)."""
+        assert self.model is not None
+        self.model.step += 1
+        with self.open(store) as opened:
+            work(opened)
+        self.model.point(f"after {label}")
 
     def image(self, name: str, size: int, fill: float = 0.5) -> bytearray:
         data = bytearray(size)
@@ -196,7 +211,7 @@ class Scenario:
             e for e in self.ledger
             if e.store == store and e.until is not None and e.until <= index
         ]  # fmt: skip
-        with ckpt.Store.open(self.root / store, actor="power-check") as opened:
+        with self.open(store) as opened:
             present = {
                 (vm.name, cp.name) for vm in opened.vms() for cp in opened.checkpoints(vm.name)
             }
@@ -239,7 +254,7 @@ class Scenario:
         code, out, err = self.cli(store, "sync", vm, "--name", "after-the-cut", *spec)
         assert code == 0, f"{where} a capture after the cut exited {code}: {err}"
         assert self._verified(store), f"{where} not clean after a capture after the cut"
-        with ckpt.Store.open(self.root / store) as opened:
+        with self.open(store) as opened:
             for d in disks:
                 got = io.BytesIO()
                 opened.restore_disk(vm, "after-the-cut", d, got)
