@@ -26,6 +26,10 @@ Terms:
     torn        a variant of a crash point before a file sync: that file's
                 unsynced bytes reached the disk up to a seeded 512-byte sector
                 boundary and no further (a write torn by the cut).
+    reordered   a variant of any crash point: each directory, by a seeded coin,
+                has either its durable names or every name it had at the cut
+                (file systems commit directories independently, so a pack's
+                removal can reach the disk while its index file's does not).
     SQLite      the event store's file is written by SQLite's C code, whose syncs
                 this model cannot see. It is modelled by what SQLite promises in
                 the mode ckpt opens it in (WAL, ``synchronous=FULL``: a committed
@@ -110,6 +114,7 @@ class PowerModel:
         self.databases = databases  # file names whose content is SQLite's (see SQLite)
         self._lock = threading.RLock()
         self._saved: dict[str, Callable[..., Any]] = {}
+        self._current: dict[int, dict[Key, dict[str, Entry]]] = {}  # seq -> listings
         self._gen: dict[int, int] = {}
         self._files: dict[Key, _Versions] = {}
         self._dirs: dict[Key, _Versions] = {}
@@ -144,10 +149,27 @@ class PowerModel:
         listing = {}
         with os.scandir(path) as it:
             for e in it:
-                st = e.stat(follow_symlinks=False)
+                try:
+                    st = e.stat(follow_symlinks=False)
+                except FileNotFoundError:  # removed by another thread meanwhile
+                    continue
                 if stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode):
                     listing[e.name] = Entry(stat.S_ISDIR(st.st_mode), self._key(st))
         return listing
+
+    def _now(self) -> None:
+        """Every directory's entries as they are (not as they are durable): what
+        a reordered crash state may take a directory's names from."""
+        now: dict[Key, dict[str, Entry]] = {}
+        todo = [(str(self.root), self.root_key)]
+        while todo:
+            path, key = todo.pop()
+            try:
+                now[key] = listing = self._listing(path)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            todo.extend((os.path.join(path, n), e.key) for n, e in listing.items() if e.is_dir)
+        self._current[self._seq] = now
 
     def _record_tree(self, path: Path) -> None:
         """Everything under root when recording starts is durable (seq 0)."""
@@ -187,6 +209,7 @@ class PowerModel:
         """A crash point that is no sync: e.g. a command has just returned."""
         with self._lock:
             self._record_databases()
+            self._now()
             self.points.append(CrashPoint(self._seq, label, self.step))
             self._seq += 1
 
@@ -201,6 +224,7 @@ class PowerModel:
             st = os.fstat(fd)
             key = self._key(st)
             self._record_databases()
+            self._now()
             rel = os.path.relpath(path, self.root)
             if stat.S_ISDIR(st.st_mode):
                 self.points.append(CrashPoint(self._seq, f"before the sync of {rel}/", self.step))
@@ -279,46 +303,74 @@ class PowerModel:
             setattr(os, name, fn)
 
     # ------------------------------------------------------------ rebuilding
-    def materialize(self, point: CrashPoint, torn: random.Random | None = None) -> str:
+    def materialize(
+        self,
+        point: CrashPoint,
+        torn: random.Random | None = None,
+        reorder: random.Random | None = None,
+    ) -> str:
         """Replace root's contents with what the power cut at ``point`` leaves.
         With ``torn``, the file whose sync was next gets a seeded sector-aligned
-        part of its unsynced bytes. Returns what was torn ("" if nothing)."""
+        part of its unsynced bytes. With ``reorder``, each directory keeps, by a
+        seeded coin, either its durable names or all the names it had at the cut
+        (its unsynced creates, renames and removes reached the disk, in some
+        directories and not in others: file systems commit directories
+        independently); file bytes stay as synced. Returns what was varied."""
         for entry in os.scandir(self.root):
             _remove(Path(entry.path))
-        torn_note = ""
+        notes = []
         tear = None
         if torn is not None and point.torn is not None:
             old = self._files[point.torn].before(point.seq) or b""
             new = self._files[point.torn].at(point.seq) or b""
-            tear, torn_note = _tear(old, new, torn)
-            torn_note = f"{point.torn_path}: {torn_note}"
-        self._build(self.root_key, self.root, point.seq, point.torn, tear)
+            tear, note = _tear(old, new, torn)
+            notes.append(f"{point.torn_path}: {note}")
+        build = _Build(point.seq, point.torn, tear, reorder, self._current.get(point.seq, {}))
+        self._build(self.root_key, self.root, build)
+        if build.reordered:
+            notes.append(f"reordered: {', '.join(sorted(build.reordered))} as at the cut")
         for rel, images in self._sqlite.items():
             db = self.root / rel
             image = images.before(point.seq + 1)
             if image is not None and db.is_file():
                 db.write_bytes(image)
-        return torn_note
+        return "; ".join(notes)
 
-    def _build(self, key: Key, path: Path, seq: int, torn: Key | None, tear: bytes | None) -> None:
+    def _build(self, key: Key, path: Path, b: _Build) -> None:
         versions = self._dirs.get(key)
-        listing: dict[str, Entry] = (versions.before(seq) if versions else None) or {}
+        listing: dict[str, Entry] = (versions.before(b.seq) if versions else None) or {}
+        if b.reorder is not None and key in b.now and b.reorder.random() < 0.5:
+            if b.now[key] != listing:
+                b.reordered.append(os.path.relpath(path, self.root) + "/")
+            listing = b.now[key]
         for name, entry in listing.items():
             child = path / name
             if entry.is_dir:
                 child.mkdir()
-                self._build(entry.key, child, seq, torn, tear)
+                self._build(entry.key, child, b)
             elif self._is_database(str(child)):
                 # Present (written below) only if its directory entry is durable.
                 if name in self.databases:
                     child.write_bytes(b"")
             else:
-                if entry.key == torn and tear is not None:
-                    data = tear
+                if entry.key == b.torn and b.tear is not None:
+                    data = b.tear
                 else:
                     file_versions = self._files.get(entry.key)
-                    data = (file_versions.before(seq) if file_versions else None) or b""
+                    data = (file_versions.before(b.seq) if file_versions else None) or b""
                 child.write_bytes(data)
+
+
+@dataclass
+class _Build:
+    """One materialize: the crash point's seq and the variations chosen."""
+
+    seq: int
+    torn: Key | None
+    tear: bytes | None
+    reorder: random.Random | None
+    now: dict[Key, dict[str, Entry]]
+    reordered: list[str] = field(default_factory=list)
 
 
 def _tear(old: bytes, new: bytes, rng: random.Random) -> tuple[bytes, str]:

@@ -15,8 +15,9 @@ Terms:
                 returned it may still be there, and then it must still restore.
     check       at a crash point: rebuild root as the cut left it; if any command
                 that makes a store had returned, ``verify --json`` and ``verify
-                --log --json`` report ok (or ``verify --repair`` makes them ok: then
-                counted as repaired); every required ledger entry restores byte
+                --log --json`` report ok, without ``verify --repair`` (stricter
+                than the issue asks: a state that needs it fails, saying whether
+                the repair would have made it clean); every required ledger entry restores byte
                 for byte; and for every ``CARRY_ON``-th point a new capture on the
                 crashed store succeeds and verifies (the store is usable, not
                 only readable).
@@ -49,6 +50,7 @@ CARRY_ON = 8
 # For the summary conftest.py prints: crash states checked, per scenario.
 CHECKED: Counter[str] = Counter()
 TORN: Counter[str] = Counter()
+REORDERED: Counter[str] = Counter()
 REPAIRED: Counter[str] = Counter()
 
 
@@ -158,9 +160,10 @@ class Scenario:
         return f"[CKPT_POWER_SEED={SEED} {self.kind}{at}{' ' + torn if torn else ''}]"
 
     # -------------------------------------------------------------- checking
-    def check_points(self, torn_share: float = 0.5) -> int:
+    def check_points(self, torn_share: float = 0.5, reorder_share: float = 0.3) -> int:
         """Check every crash point; a seeded share of those before a file sync
-        are checked a second time torn. Returns how many crash states were checked."""
+        are checked again torn, and a seeded share of all again reordered.
+        Returns how many crash states were checked."""
         assert self.model is not None
         self.model.stop()
         checked = 0
@@ -171,23 +174,30 @@ class Scenario:
         lease.pid_running = lambda pid: pid != os.getpid() and real(pid)
         try:
             for index, point in enumerate(self.model.points):
-                states = [False]
+                states = [""]
                 if point.torn is not None and self.rng.random() < torn_share:
-                    states.append(True)
-                for tear in states:
+                    states.append("torn")
+                if self.rng.random() < reorder_share:
+                    states.append("reordered")
+                for variant in states:
                     checked += 1
-                    self.check(index, tear, carry_on=checked % CARRY_ON == 0)
+                    self.check(index, variant, carry_on=checked % CARRY_ON == 0)
         finally:
             lease.pid_running = real
         return checked
 
-    def check(self, index: int, tear: bool, carry_on: bool) -> None:
+    def check(self, index: int, variant: str, carry_on: bool) -> None:
+        """One crash state: ``variant`` is "", "torn" or "reordered"."""
         assert self.model is not None
         point = self.model.points[index]
-        torn = self.model.materialize(point, self.rng if tear else None)
-        where = self.where(point, torn)
+        rng = self.rng if variant else None
+        varied = self.model.materialize(
+            point, rng if variant == "torn" else None, rng if variant == "reordered" else None
+        )
+        where = self.where(point, varied)
         CHECKED[self.kind] += 1
-        TORN[self.kind] += bool(torn)
+        TORN[self.kind] += variant == "torn"
+        REORDERED[self.kind] += variant == "reordered"
         for store, since in self.stores.items():
             if not (self.root / store / "ckpt-store.json").exists():
                 # Before its init (or copy) returned it may be absent; after, never.
@@ -198,11 +208,19 @@ class Scenario:
                 self._carry_on(store, where)
 
     def _check_store(self, store: str, index: int, where: str) -> None:
-        if not self._verified(store):
+        problem = self._unverified(store)
+        if problem:
+            # The issue allows a repair; ckpt does better (no crash state in any
+            # seed tried needs one), so a repair is a finding: a planted missing
+            # directory sync after a delete shows up only here.
             REPAIRED[self.kind] += 1
             code, out, err = self.cli(store, "verify", "--repair", "--json")
-            assert code == 0, f"{where} verify --repair exited {code}: {err}{out}"
-            assert self._verified(store), f"{where} {store} is not clean after verify --repair"
+            repaired = (
+                "clean after verify --repair"
+                if code == 0 and not self._unverified(store)
+                else f"still not clean after verify --repair (exit {code}: {err}{out})"
+            )
+            raise AssertionError(f"{where} {store} does not verify: {problem}; {repaired}")
         required = [
             e for e in self.ledger
             if e.store == store and e.since <= index and (e.until is None or index < e.until)
@@ -231,12 +249,13 @@ class Scenario:
                         f"{where} {e.vm}/{e.name} {what} restores other bytes than it captured"
                     )
 
-    def _verified(self, store: str) -> bool:
+    def _unverified(self, store: str) -> str:
+        """What ``verify`` and ``verify --log`` find wrong ("" if both are clean)."""
         for args in (("verify", "--json"), ("verify", "--log", "--json")):
-            code, out, _ = self.cli(store, *args)
-            if code != 0 or not json.loads(out).get("ok"):
-                return False
-        return True
+            code, out, err = self.cli(store, *args)
+            if code != 0 or not json.loads(out or "{}").get("ok"):
+                return f"ckpt {' '.join(args)} exited {code}: {err}{out[:2000]}"
+        return ""
 
     def _carry_on(self, store: str, where: str) -> None:
         """The crashed store takes a new capture and stays clean."""
@@ -253,7 +272,8 @@ class Scenario:
         spec = [f"--disk={d}={self.scratch / 'carry-on.raw'}" for d in disks]
         code, out, err = self.cli(store, "sync", vm, "--name", "after-the-cut", *spec)
         assert code == 0, f"{where} a capture after the cut exited {code}: {err}"
-        assert self._verified(store), f"{where} not clean after a capture after the cut"
+        problem = self._unverified(store)
+        assert not problem, f"{where} not clean after a capture after the cut: {problem}"
         with self.open(store) as opened:
             for d in disks:
                 got = io.BytesIO()

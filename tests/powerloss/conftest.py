@@ -48,13 +48,22 @@ def pytest_report_header() -> str:
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if not _scenario.CHECKED:
         return
-    total = sum(_scenario.CHECKED.values())
+    real = {k: n for k, n in _scenario.CHECKED.items() if not k.startswith("planted")}
     kinds = "; ".join(
-        f"{k} {n} ({_scenario.TORN[k]} torn, {_scenario.REPAIRED[k]} needed verify --repair)"
+        f"{k} {n} ({_scenario.TORN[k]} torn, {_scenario.REORDERED[k]} reordered)"
+        for k, n in sorted(real.items())
+    )
+    planted = "; ".join(
+        f"{k[len('planted bug: ') :]}: caught at the {n}th"
         for k, n in sorted(_scenario.CHECKED.items())
+        if k.startswith("planted")
     )
     terminalreporter.write_sep("-", "ckpt power loss")
-    terminalreporter.write_line(f"CKPT_POWER_SEED={_scenario.SEED}: {total} crash states; {kinds}")
+    terminalreporter.write_line(
+        f"CKPT_POWER_SEED={_scenario.SEED}: {sum(real.values())} crash states checked; {kinds}"
+    )
+    if planted:
+        terminalreporter.write_line(f"planted missing syncs (must be caught): {planted}")
     terminalreporter.write_line(
         f"reproduce: CKPT_POWER_SEED={_scenario.SEED} .venv/bin/pytest tests/powerloss"
     )

@@ -63,12 +63,12 @@ def test_power_cut_anywhere_in_the_lifecycle_loses_nothing_returned(
     assert s.check_points() >= 120
 
 
-def branches(root: Path, scratch: Path) -> Scenario:
+def branches(root: Path, scratch: Path, kind: str = "branches") -> Scenario:
     """An encrypted store, two disks, a capture of changed extents only, chunks
     written and never committed (a capture that died), apply, a branch, delete
     of a subtree, gc that deletes and repacks, verify --repair and a rebuild of
     the read models, all recorded."""
-    s = Scenario("branches", root, scratch)
+    s = Scenario(kind, root, scratch)
     s.key_file = scratch / "key"
     s.key_file.write_bytes(s.rng.randbytes(32))
     s.start()
@@ -147,35 +147,61 @@ def test_power_cut_anywhere_in_upgrade_loses_nothing(tmp_path: Path, scratch: Pa
     assert s.check_points() >= 30
 
 
-def test_a_missing_directory_sync_after_a_pack_rename_is_caught(
-    tmp_path: Path, scratch: Path, monkeypatch: pytest.MonkeyPatch
+def _put_without_the_directory_sync(self: LocalChunkBackend, name: str, data: bytes) -> None:
+    """``put`` renames the pack into place but does not sync its directory."""
+    if not name.startswith("packs/"):
+        return REAL_PUT(self, name, data)
+    path = self.root.joinpath(*name.split("/"))
+    backend.make_dirs(path.parent)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "xb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)  # ... and no fsync_dir(path.parent)
+    return None
+
+
+def _put_without_the_file_sync(self: LocalChunkBackend, name: str, data: bytes) -> None:
+    """``put`` renames a file into place whose bytes were never synced."""
+    path = self.root.joinpath(*name.split("/"))
+    backend.make_dirs(path.parent)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "xb") as f:
+        f.write(data)  # ... and no fsync
+    os.replace(tmp, path)
+    backend.fsync_dir(path.parent)
+
+
+def _delete_without_the_directory_sync(self: LocalChunkBackend, name: str) -> None:
+    """``delete`` unlinks but does not sync the directory: gc's order (index
+    file, then pack) no longer survives a cut."""
+    self.root.joinpath(*name.split("/")).unlink()
+
+
+REAL_PUT = LocalChunkBackend.put
+PLANTS = {
+    "no directory sync after a pack rename": ("put", _put_without_the_directory_sync, lifecycle),
+    "no file sync before a rename": ("put", _put_without_the_file_sync, lifecycle),
+    "no directory sync after a delete": ("delete", _delete_without_the_directory_sync, branches),
+}
+
+
+@pytest.mark.parametrize("plant", sorted(PLANTS))
+def test_a_planted_missing_sync_is_caught(
+    plant: str, tmp_path: Path, scratch: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The suite's own canary: plant the bug the issue names (``put`` renames a
-    pack into place but does not sync its directory) and the lifecycle must fail,
-    naming the crash point and the checkpoint that lost its bytes."""
-    real_fsync_dir = backend.fsync_dir
-
-    def put_without_the_directory_sync(self: LocalChunkBackend, name: str, data: bytes) -> None:
-        if not name.startswith("packs/"):
-            return real_put(self, name, data)
-        path = self.root.joinpath(*name.split("/"))
-        backend.make_dirs(path.parent)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # ... and no fsync_dir(path.parent)
-        return None
-
-    real_put = LocalChunkBackend.put
-    monkeypatch.setattr(LocalChunkBackend, "put", put_without_the_directory_sync)
+    """The suite's own canaries: plant a missing sync (the first is the one the
+    issue names) and the suite must fail, naming the seed, the crash point and
+    what is wrong. Every crash point is also checked reordered here, so the
+    catch does not depend on the seed's coin."""
+    method, planted, scenario = PLANTS[plant]
+    monkeypatch.setattr(LocalChunkBackend, method, planted)
     root = tmp_path / "root"
     root.mkdir()
-    s = lifecycle(root, scratch, kind="planted-bug")
+    s = scenario(root, scratch, kind=f"planted bug: {plant}")
     with pytest.raises(AssertionError) as caught:
-        s.check_points()
+        s.check_points(reorder_share=1.0)
     message = str(caught.value)
-    assert "crash point" in message and "planted-bug" in message, message
-    assert "verify" in message or "does not restore" in message, message
-    assert real_fsync_dir is backend.fsync_dir
+    assert "CKPT_POWER_SEED=" in message and "crash point #" in message, message
+    assert "does not verify" in message or "does not restore" in message, message
