@@ -13,14 +13,16 @@ Terms:
                 point on it must restore byte for byte. A checkpoint being deleted
                 stops being required when its delete starts; until the delete has
                 returned it may still be there, and then it must still restore.
-    check       at a crash point: rebuild root as the cut left it; if any command
-                that makes a store had returned, ``verify --json`` and ``verify
-                --log --json`` report ok, without ``verify --repair`` (stricter
-                than the issue asks: a state that needs it fails, saying whether
-                the repair would have made it clean); every required ledger entry restores byte
-                for byte; and for every ``CARRY_ON``-th point a new capture on the
-                crashed store succeeds and verifies (the store is usable, not
-                only readable).
+    check       at a crash point: rebuild root as the cut left it. Every store
+                whose ``init`` (or ``copy``) returned is there; ``verify --json``
+                and ``verify --log --json`` report ok without ``verify --repair``
+                (stricter than the issue asks: a state that needs it fails, saying
+                whether the repair would have made it clean); the audit log holds
+                the last event of the last command that returned, with the same
+                hash link (so every event before it too); every required ledger
+                entry restores byte for byte; and every ``CARRY_ON``-th state
+                also takes a new capture and verifies again (the store is
+                usable, not only readable).
 """
 
 from __future__ import annotations
@@ -80,6 +82,9 @@ class Scenario:
         self.rng = random.Random(f"{SEED}/{kind}")
         self.ledger: list[Expected] = []
         self.stores: dict[str, int] = {}  # store -> the point from which it must exist
+        # (point, store, last log entry) after each command returned: every event a
+        # returned command saved must be in the log at every later crash point.
+        self.logged: list[tuple[int, str, tuple[int, str] | None]] = []
         self.model: PowerModel | None = None
         self.key_file: Path | None = None  # for an encrypted store: passed to every command
 
@@ -106,11 +111,22 @@ class Scenario:
         code, out, err = self.cli(store, *args)
         assert code == 0, f"{self.where()} ckpt {' '.join(args)} exited {code}: {err}"
         self.model.point(f"after `ckpt {' '.join(args[:3])}` returned")
+        stores = [store]
         if args[0] in ("init", "copy"):
             made = store if args[0] == "init" else args[args.index("--to-store") + 1]
             made = str(Path(made).relative_to(self.root)) if Path(made).is_absolute() else made
             self.stores.setdefault(made, len(self.model.points) - 1)
+            stores.append(made)
+        for each in stores:
+            self.logged.append((len(self.model.points) - 1, each, self.last_logged(each)))
         return out
+
+    def last_logged(self, store: str) -> tuple[int, str] | None:
+        """The store's last audit-log entry: its position and hash link."""
+        code, out, err = self.cli(store, "log", "--json")
+        assert code == 0, f"{self.where()} log: {err}"
+        entries = json.loads(out)
+        return (entries[-1]["position"], entries[-1]["link"]) if entries else None
 
     def open(self, store: str) -> ckpt.Store:
         key = self.key_file.read_bytes() if self.key_file else None
@@ -221,6 +237,16 @@ class Scenario:
                 else f"still not clean after verify --repair (exit {code}: {err}{out})"
             )
             raise AssertionError(f"{where} {store} does not verify: {problem}; {repaired}")
+        returned = [entry for at, each, entry in self.logged if each == store and at <= index]
+        if returned and returned[-1] is not None:
+            position, link = returned[-1]
+            code, out, err = self.cli(store, "log", "--json")
+            assert code == 0, f"{where} log: {err}"
+            links = {e["position"]: e["link"] for e in json.loads(out)}
+            assert links.get(position) == link, (
+                f"{where} {store}: event {position} of a command that returned is "
+                f"{'gone' if position not in links else 'another event'}"
+            )
         required = [
             e for e in self.ledger
             if e.store == store and e.since <= index and (e.until is None or index < e.until)
