@@ -52,6 +52,7 @@ from . import (
 )
 from .app import CheckpointApplication
 from .copy import CopyReport, copy_store
+from .damage import naming_affected
 from .maintenance import RepairReport, StoreInfo, StoreStats
 from .progress_factory import ProgressFactory
 from .read_model_updates import ReadModels
@@ -394,7 +395,9 @@ class Store:
         check.at("export: at", at)
         check.flag("export: flatten", flatten)
         check.flag("export: force", force)
-        return hyperv_export.export(self.unit_of_work, vm, checkpoint, target, at, flatten, force)
+        uow = self.unit_of_work
+        with naming_affected(uow):
+            return hyperv_export.export(uow, vm, checkpoint, target, at, flatten, force)
 
     def import_disk(self, vm: str, disk: str, path: str | Path, raw: bool = False) -> DiskCapture:
         """A VHDX/AVHDX chain or a raw image becomes the disk's running content;
@@ -423,7 +426,8 @@ class Store:
         check.text("restore_disk: disk", disk)
         check.output("restore_disk: out", out)
         check.progress("restore_disk: progress", progress)
-        return restore_ops.restore_disk(self.unit_of_work, vm, point, disk, out, progress, at)
+        with naming_affected(self.unit_of_work):
+            return restore_ops.restore_disk(self.unit_of_work, vm, point, disk, out, progress, at)
 
     def restore_disk_vhdx(
         self, vm: str, point: str, disk: str, out: BinaryIO, at: str | int | None = None
@@ -432,7 +436,8 @@ class Store:
         _check_point("restore_disk_vhdx", vm, point, at)
         check.text("restore_disk_vhdx: disk", disk)
         check.output("restore_disk_vhdx: out", out, seekable=True)
-        return restore_ops.restore_disk_vhdx(self.unit_of_work, vm, point, disk, out, at)
+        with naming_affected(self.unit_of_work):
+            return restore_ops.restore_disk_vhdx(self.unit_of_work, vm, point, disk, out, at)
 
     def restore_memory(
         self,
@@ -445,14 +450,16 @@ class Store:
         _check_point("restore_memory", vm, point, at)
         check.output("restore_memory: out", out)
         check.progress("restore_memory: progress", progress)
-        return restore_ops.restore_memory(self.unit_of_work, vm, point, out, progress, at)
+        with naming_affected(self.unit_of_work):
+            return restore_ops.restore_memory(self.unit_of_work, vm, point, out, progress, at)
 
     def restore_state_files(
         self, vm: str, point: str, directory: str | Path, at: str | int | None = None
     ) -> list[Path]:
         _check_point("restore_state_files", vm, point, at)
         target = check.path("restore_state_files: directory", directory)
-        return restore_ops.restore_state_files(self.unit_of_work, vm, point, target, at)
+        with naming_affected(self.unit_of_work):
+            return restore_ops.restore_state_files(self.unit_of_work, vm, point, target, at)
 
     # ----------------------------------------------------------- maintenance
     def verify(
@@ -501,7 +508,8 @@ class Store:
         check.optional_text("copy_to: chunks", chunks)
         target = check.optional_path("copy_to: directory", directory)
         check.progress("copy_to: progress", progress)
-        return copy_store(self.unit_of_work, events, chunks, target, progress)
+        with naming_affected(self.unit_of_work):
+            return copy_store(self.unit_of_work, events, chunks, target, progress)
 
     def catch_up(self) -> int:
         """Fold events other writers appended into the read models."""
