@@ -29,6 +29,7 @@ from ckpt.storage.references import Reference, iter_referenced, who_needs
 from . import queries
 from .damage import name_users, references
 from .progress_factory import ProgressFactory, bar
+from .read_only import immutable_uri
 from .store_config import CHUNKS_DIR, FORMAT
 from .unit_of_work import UnitOfWork
 
@@ -95,13 +96,15 @@ class StoreStats(TypedDict):
     total: TotalStats
 
 
-def database_problems(events_file: Path | None) -> list[str]:
+def database_problems(events_file: Path | None, read_only: bool = False) -> list[str]:
     """SQLite's own check of the database file (pages, b-trees, indexes).
-    PostgreSQL checks its own pages (checksums, amcheck): that is the DBA's."""
+    PostgreSQL checks its own pages (checksums, amcheck): that is the DBA's.
+    ``read_only``: the file is on read-only media (opened ``immutable``)."""
     if events_file is None:
         return []
+    name = immutable_uri(events_file) if read_only else str(events_file)
     try:
-        with sqlite3.connect(events_file) as db:
+        with sqlite3.connect(name, uri=read_only) as db:
             rows = db.execute("PRAGMA quick_check").fetchall()
     except sqlite3.DatabaseError as e:
         return [f"{EVENTS_FILE}: {e}"]
@@ -121,7 +124,7 @@ def verify(
     if not 0 < sample <= 1:
         raise InvalidValue(f"--sample must be in (0, 1], not {sample}")
     chunks = uow.chunks
-    problems = database_problems(uow.events_file)
+    problems = database_problems(uow.events_file, uow.read_only is not None)
     if problems:
         more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
         raise StoreCorrupt(f"the store's database is damaged: {'; '.join(problems[:2])}{more}")

@@ -133,6 +133,12 @@ class Store:
 
     # ------------------------------------------------ what the unit of work holds
     @property
+    def read_only(self) -> str | None:
+        """Why the store cannot be written ("on a read-only file system"), or None:
+        read commands work, write commands raise ``StoreReadOnly`` before any work."""
+        return self.unit_of_work.read_only
+
+    @property
     def chunks(self) -> ChunkStore:
         """The chunk store (``<store>/chunks`` or the chunks URL), opened on first use."""
         return self.unit_of_work.chunks
@@ -216,6 +222,7 @@ class Store:
         """A VM registered in memory, not saved yet (``save_new_vm``): ``import hyperv``
         builds a whole VM this way and records it in one transaction, or not at all.
         Refuses a name a live VM has; a removed VM's name gets the next generation."""
+        self.unit_of_work.writable("vm add")
         m = "register_vm"
         name = check.text(f"{m}: name", name)
         disks = check.disk_specs(f"{m}: disks", disks)
@@ -228,6 +235,7 @@ class Store:
 
     def save_new_vm(self, vm: VirtualMachine) -> VirtualMachine:
         """Save a VM made by ``new_vm`` with all its pending events, atomically."""
+        self.unit_of_work.writable("vm add")
         if not isinstance(vm, VirtualMachine):
             check.fail("save_new_vm: vm", "a VirtualMachine made by new_vm", vm)
         return commands.save_new_vm(self.unit_of_work, vm)
@@ -237,6 +245,7 @@ class Store:
         its events stay in the log, ``--at`` before the removal still shows it and
         restores its content (gc keeps every recorded capture's chunks), and its
         name is free for a new VM (with a new id)."""
+        self.unit_of_work.writable("vm remove")
         check.text("remove_vm: name", name)
         return commands.run(self.unit_of_work, name, commands.on_vm(VirtualMachine.remove))
 
@@ -247,6 +256,7 @@ class Store:
         automatic_checkpoints: bool | None = None,
         config_version: str | None = None,
     ) -> VirtualMachine:
+        self.unit_of_work.writable("vm set")
         m = "set_vm"
         check.text(f"{m}: name", name)
         checkpoint_type = check.optional_choice(
@@ -259,6 +269,7 @@ class Store:
         )
 
     def _power(self, name: str, change: Callable[[VirtualMachine, Origin], None]) -> VirtualMachine:
+        self.unit_of_work.writable(f"vm {change.__name__}")
         check.text(f"{change.__name__}_vm: name", name)
         return commands.run(self.unit_of_work, name, commands.on_vm(change))
 
@@ -297,6 +308,7 @@ class Store:
         last capture (refused for a pipe). An image that looks like a
         VHDX, VHD or qcow2 file is refused unless ``raw`` (``--format raw``).
         """
+        self.unit_of_work.writable("checkpoint create")
         m = "create_checkpoint"
         check.text(f"{m}: vm", vm)
         check.optional_text(f"{m}: name", name)
@@ -329,6 +341,7 @@ class Store:
     ) -> BackupPoint:
         """Record the running disks' content as a backup point (not a checkpoint);
         ``raw`` as for ``create_checkpoint``."""
+        self.unit_of_work.writable("sync")
         check.text("sync: vm", vm)
         disks = check.sources("sync: disks", disks)
         check.optional_text("sync: name", name)
@@ -341,15 +354,18 @@ class Store:
         )
 
     def apply_checkpoint(self, vm: str, checkpoint: str | UUID) -> Checkpoint:
+        self.unit_of_work.writable("checkpoint apply")
         check.text("apply_checkpoint: vm", vm)
         check.ref("apply_checkpoint: checkpoint", checkpoint)
         return commands.apply_checkpoint(self.unit_of_work, vm, checkpoint)
 
     def revert(self, vm: str) -> Checkpoint:
+        self.unit_of_work.writable("checkpoint revert")
         check.text("revert: vm", vm)
         return commands.revert(self.unit_of_work, vm)
 
     def rename_checkpoint(self, vm: str, checkpoint: str | UUID, new_name: str) -> Checkpoint:
+        self.unit_of_work.writable("checkpoint rename")
         check.text("rename_checkpoint: vm", vm)
         check.ref("rename_checkpoint: checkpoint", checkpoint)
         check.text("rename_checkpoint: new_name", new_name)
@@ -359,12 +375,14 @@ class Store:
         self, vm: str, checkpoint: str | UUID, subtree: bool = False
     ) -> list[str]:
         """Delete; return what happened to the layer files, one line each."""
+        self.unit_of_work.writable("checkpoint delete")
         check.text("delete_checkpoint: vm", vm)
         check.ref("delete_checkpoint: checkpoint", checkpoint)
         check.flag("delete_checkpoint: subtree", subtree)
         return commands.delete_checkpoint(self.unit_of_work, vm, checkpoint, subtree)
 
     def record_export(self, vm: str, checkpoint_id: str | None, destination: str) -> None:
+        self.unit_of_work.writable("recording an export")
         check.text("record_export: vm", vm)
         check.text("record_export: destination", destination)
         cid = check.optional_text("record_export: checkpoint_id", checkpoint_id)
@@ -402,6 +420,7 @@ class Store:
     def import_disk(self, vm: str, disk: str, path: str | Path, raw: bool = False) -> DiskCapture:
         """A VHDX/AVHDX chain or a raw image becomes the disk's running content;
         ``raw``: read any file (a .vhdx too) as a raw image, unchecked."""
+        self.unit_of_work.writable("import disk")
         check.text("import_disk: vm", vm)
         check.text("import_disk: disk", disk)
         check.flag("import_disk: raw", raw)
@@ -471,11 +490,13 @@ class Store:
 
     def repair(self) -> RepairReport:
         """Rebuild the chunk index from the packs and the read models from the log."""
+        self.unit_of_work.writable("verify --repair")
         return maintenance.repair(self.unit_of_work)
 
     def gc(
         self, grace_seconds: float = 3600.0, progress: ProgressFactory | None = None
     ) -> GcReport:
+        self.unit_of_work.writable("gc")
         grace_seconds = check.number("gc: grace_seconds", grace_seconds, 0)
         check.progress("gc: progress", progress)
         return maintenance.gc(self.unit_of_work, grace_seconds, progress)
@@ -484,6 +505,7 @@ class Store:
         """Convert the chunk storage to the current format (version-2 packs of
         grouped frames, decision 0012): resumable, crash-safe as gc is; run it
         again after a kill. A store already converted reports 0 packs."""
+        self.unit_of_work.writable("upgrade")
         check.progress("upgrade: progress", progress)
         return upgrade_ops.upgrade(self.unit_of_work, progress)
 
@@ -517,6 +539,7 @@ class Store:
 
     def rebuild_read_models(self) -> tuple[int, float]:
         """Empty the read models and fold the whole log again: (events, seconds)."""
+        self.unit_of_work.writable("projections rebuild")
         with self.unit_of_work.translated():
             return self.read_models.rebuild()
 

@@ -16,6 +16,9 @@ import io
 import json
 import os
 import random
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -135,7 +138,7 @@ def test_other_checkpoints_restore_byte_for_byte_through_the_cli(
     (pack,) = packs["b1"]
     s.close()
     fail_reads(pack)
-    code, out, err = _cli(s.path, "restore", "b", "b1", "--disk", "D", "-o", str(tmp_path / "b1"))
+    code, _, err = _cli(s.path, "restore", "b", "b1", "--disk", "D", "-o", str(tmp_path / "b1"))
     assert code == 39, err
     assert err.startswith("ckpt: error: I/O error") and err.count("\n") == 1
     assert str(pack) in err and "VM b: b1 (disk D)" in err and "Traceback" not in err
@@ -186,3 +189,115 @@ def test_other_media_errors_are_io_errors_too(
     fail_reads(pack, error)
     with pytest.raises(StoreIOError, match=f"errno {error}"):
         _restore(s, "b", "b1")
+
+
+# ------------------------------------------------------------- a real kernel EIO
+FUSE_SERVER = '''
+import errno, os, sys
+from fuse import FUSE, FuseOSError, Operations
+
+class FailingReads(Operations):
+    """A read-only passthrough of a directory whose one file fails every read."""
+
+    def __init__(self, root, bad):
+        self.root, self.bad = root, bad
+
+    def _path(self, path):
+        return os.path.join(self.root, path.lstrip("/"))
+
+    def getattr(self, path, fh=None):
+        try:
+            st = os.lstat(self._path(path))
+        except OSError as e:
+            raise FuseOSError(e.errno)
+        keys = ("st_atime", "st_ctime", "st_gid", "st_mode", "st_mtime", "st_nlink",
+                "st_size", "st_uid")
+        return {k: getattr(st, k) for k in keys}
+
+    def readdir(self, path, fh):
+        return [".", "..", *os.listdir(self._path(path))]
+
+    def open(self, path, flags):
+        return os.open(self._path(path), flags)
+
+    def read(self, path, size, offset, fh):
+        if path.lstrip("/") == self.bad:
+            raise FuseOSError(errno.EIO)
+        return os.pread(fh, size, offset)
+
+    def release(self, path, fh):
+        os.close(fh)
+
+FUSE(FailingReads(sys.argv[1], sys.argv[3]), sys.argv[2], foreground=True, ro=True,
+     nothreads=True)
+'''
+
+
+@pytest.fixture
+def fuse_mount(tmp_path: Path) -> Iterator[Callable[[Path, str], Path]]:
+    """``fuse_mount(source, bad)``: ``source`` mounted read-only through FUSE, every
+    read of its file ``bad`` (relative) failing with the kernel's EIO."""
+    try:
+        import fuse  # noqa: F401  (fusepy: pip fusepy; it loads libfuse2 at import)
+    except (ImportError, OSError) as e:  # OSError: "Unable to find libfuse"
+        pytest.skip(f"fusepy cannot be used (pip fusepy, apt libfuse2): {e}")
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("no /dev/fuse: this kernel or container offers no FUSE")
+    mnt = tmp_path / "fuse"
+    mnt.mkdir()
+    server = tmp_path / "fuse_server.py"
+    server.write_text(FUSE_SERVER)
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def mount(source: Path, bad: str) -> Path:
+        proc = subprocess.Popen(
+            [sys.executable, str(server), str(source), str(mnt), bad],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        procs.append(proc)
+        deadline = time.monotonic() + 10
+        while not os.path.ismount(mnt):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                why = proc.stderr.read().decode().strip() if proc.stderr else ""
+                pytest.skip(f"cannot mount a FUSE file system: {why or 'timed out'}")
+            time.sleep(0.02)
+        return mnt
+
+    try:
+        yield mount
+    finally:
+        if os.path.ismount(mnt):
+            subprocess.run(["umount", str(mnt)], capture_output=True)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+            proc.wait(timeout=10)
+
+
+def test_kernel_eio(tmp_path: Path, fuse_mount: Callable[[Path, str], Path]) -> None:
+    """The chunks on a FUSE mount whose one pack the kernel fails to read (EIO)."""
+    rng = random.Random(39)
+    chunks = tmp_path / "chunks"
+    images = {}
+    with Store.init(tmp_path / "s", chunks=chunks.as_uri(), actor="t") as s:
+        for vm in ("a", "b"):
+            s.register_vm(vm, [("D", DiskFormat.VHDX)])
+            img = tmp_path / f"{vm}.img"
+            img.write_bytes(rng.randbytes(SIZE))
+            before = set(chunks.rglob("*.pack"))
+            s.create_checkpoint(vm, f"{vm}1", disks={"D": img})
+            images[vm] = img.read_bytes()
+            if vm == "a":
+                (bad,) = set(chunks.rglob("*.pack")) - before
+    mnt = fuse_mount(chunks, str(bad.relative_to(chunks)))
+    events = f"sqlite://{tmp_path / 's' / 'events.sqlite'}"
+    with Store.open(None, events=events, chunks=mnt.as_uri()) as s:
+        assert s.read_only == "on a read-only file system"
+        with pytest.raises(StoreIOError, match="errno 5") as caught:
+            _restore(s, "a", "a1")
+        assert str(mnt / bad.relative_to(chunks)) in str(caught.value)
+        assert "VM a: a1 (disk D)" in str(caught.value)
+        assert _restore(s, "b", "b1") == images["b"]
+        report = s.verify()
+        assert list(report.unreadable) == [str(bad.relative_to(chunks))]
