@@ -256,8 +256,8 @@ def _verify(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     damaged = [b for b in report.bad if b["reason"] not in io_errors]
     if not damaged:
         raise StoreIOError(
-            f"verify could not read {len(report.unreadable)} objects of the store "
-            "(I/O errors, listed above): the other packs were checked"
+            f"verify could not read {len(report.unreadable)} of the store's files "
+            "(I/O errors, listed above); every other pack was checked"
         )
     raise StoreCorrupt(f"verify found {len(report.bad)} damaged chunks (listed above)")
 

@@ -34,13 +34,16 @@ import tempfile
 from pathlib import Path
 from urllib.parse import quote
 
+from ckpt.domain import StorageError, StoreReadOnly
 from ckpt.storage.chunks import LocalChunkBackend
-from ckpt.storage.chunks.index_cache import CACHE_ENV
 from ckpt.storage.chunks.layout import INDEX, PACKS
 
 from .store_config import StoreConfig
 
 WAL_SUFFIX = "-wal"
+# As storage/chunks/index_cache.py's CACHE_ENV (importing it would load numpy,
+# ~50 ms of every command, for a name).
+CACHE_ENV = "XDG_CACHE_HOME"
 
 
 def _places(config: StoreConfig) -> list[Path]:
@@ -77,6 +80,29 @@ def reason(config: StoreConfig) -> str | None:
             if not os.access(place, os.W_OK):
                 return f"not writable by this user ({place})"
     return None
+
+
+def check_can_create(directory: Path, what: str) -> None:
+    """Refuse (``StoreReadOnly``) to create ``what`` in ``directory`` on read-only
+    media, before anything is tried: ``init``, ``copy --to-store``. The nearest
+    directory that exists says (the new one does not yet)."""
+    place = directory
+    while not place.exists() and place.parent != place:
+        place = place.parent
+    try:
+        read_only = bool(os.statvfs(place).f_flag & os.ST_RDONLY)
+    except OSError:
+        return  # let the creation itself say what is wrong
+    if read_only:
+        raise StoreReadOnly(f"cannot {what} at {directory}: {place} is on a read-only file system")
+
+
+def make_directory(directory: Path, what: str) -> None:
+    """``mkdir -p``, its failure an error that names the directory (no traceback)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StorageError(f"cannot {what} at {directory}: {e.strerror or e}") from e
 
 
 def immutable_uri(path: Path) -> str:

@@ -29,6 +29,7 @@ from ckpt.domain import (
     InvalidValue,
     StoreCorrupt,
     StoreExists,
+    StoreIOError,
     StoreMismatch,
     StoreNotFound,
     StoreUnavailable,
@@ -131,11 +132,17 @@ def connect(
             app, read_models, config, actor or default_actor(), host or socket.gethostname(),
             clock, key, events_file=events_file,
         )  # fmt: skip
-    except (OperationalError, InterfaceError) as e:
+    except (OperationalError, InterfaceError, PersistenceError, sqlite3.Error) as e:
         _run(cleanup)
-        raise StoreUnavailable(f"cannot reach the event store of {where}: {first_line(e)}") from e
-    except (PersistenceError, sqlite3.Error) as e:
-        _run(cleanup)
+        if "disk I/O error" in str(e):  # SQLITE_IOERR: the medium, not the server or the bytes
+            raise StoreIOError(
+                f"I/O error: cannot read the event log of {where}: {first_line(e)}: "
+                "the store's disk or file system failed"
+            ) from e
+        if isinstance(e, (OperationalError, InterfaceError)):
+            raise StoreUnavailable(
+                f"cannot reach the event store of {where}: {first_line(e)}"
+            ) from e
         raise StoreCorrupt(f"cannot open the event log of {where}: {first_line(e)}") from e
     except BaseException:
         _run(cleanup)
@@ -213,6 +220,7 @@ def init(
         raise InvalidValue("a key was given for a store created without --encrypt")
     if directory is not None:
         check_empty_directory(directory)
+        read_only.check_can_create(directory, "create a store")
     config = StoreConfig(directory, events, chunks)
     backend = config.chunk_backend(create=True) if config.remote else None
     existing = None if backend is None else read_remote_meta(backend, config.describe())
@@ -226,7 +234,7 @@ def init(
         config.encryption = encryption
         config.store_id = existing.get("store_id")
     if directory is not None:
-        directory.mkdir(parents=True, exist_ok=True)
+        read_only.make_directory(directory, "create a store")
     uow = connect(config, actor, host, clock, key, create=True)
     try:
         if existing is not None:

@@ -301,3 +301,18 @@ def test_kernel_eio(tmp_path: Path, fuse_mount: Callable[[Path, str], Path]) -> 
         assert _restore(s, "b", "b1") == images["b"]
         report = s.verify()
         assert list(report.unreadable) == [str(bad.relative_to(chunks))]
+
+
+def test_kernel_eio_in_the_event_log(
+    tmp_path: Path, fuse_mount: Callable[[Path, str], Path]
+) -> None:
+    """A store whose event log the disk cannot read: exit 39 naming the log, for
+    a read command too (not "corrupt", not "unreachable")."""
+    store = tmp_path / "s"
+    with Store.init(store, actor="t") as s:
+        s.register_vm("a", [("D", DiskFormat.VHDX)])
+    mnt = fuse_mount(store, "events.sqlite")
+    code, _, err = _cli(mnt, "vm", "list")
+    assert code == 39, err
+    assert err.startswith(f"ckpt: error: I/O error: cannot read the event log of {mnt}")
+    assert "disk I/O error" in err and err.count("\n") == 1

@@ -281,3 +281,18 @@ def test_a_directory_this_user_cannot_write_takes_the_same_path(tmp_path: Path) 
     finally:
         for p in [store, *store.rglob("*")]:
             p.chmod(p.stat().st_mode | 0o200)
+
+
+def test_a_store_is_not_created_or_copied_onto_read_only_media(
+    ro_store: tuple[Path, dict[str, bytes]],
+) -> None:
+    store, _ = ro_store
+    media = store.parent
+    code, _, err = _cli(media / "new", "init")
+    assert code == 38, err
+    assert err == (
+        f"ckpt: error: cannot create a store at {media / 'new'}: "
+        f"{media} is on a read-only file system\n"
+    )
+    code, _, err = _cli(store, "copy", "--to-store", media / "copy")
+    assert code == 38 and "cannot copy the store" in err, err
