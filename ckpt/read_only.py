@@ -47,10 +47,10 @@ CACHE_ENV = "XDG_CACHE_HOME"
 
 
 def _places(config: StoreConfig) -> list[Path]:
-    """The store's local files and directories that a write command writes."""
+    """The store's local files and directories that a write command writes (not
+    the directory of a store whose backends are servers: only its marker is
+    there, which no command but ``init`` writes)."""
     places: list[Path] = []
-    if config.directory is not None:
-        places.append(config.directory)
     sqlite = config.sqlite_file()
     if sqlite is not None:
         places += [sqlite.parent, sqlite]

@@ -136,6 +136,7 @@ class Store:
     def read_only(self) -> str | None:
         """Why the store cannot be written ("on a read-only file system"), or None:
         read commands work, write commands raise ``StoreReadOnly`` before any work."""
+        self.unit_of_work.check_open()
         return self.unit_of_work.read_only
 
     @property

@@ -139,9 +139,15 @@ class UnitOfWork:
             )
         return self._chunks
 
+    def check_open(self) -> None:
+        """``StoreClosed`` after ``close``."""
+        if self._closed is not None:
+            self._closed.fail()
+
     def writable(self, command: str) -> None:
         """Refuse ``command`` (``"checkpoint create"``) with ``StoreReadOnly``, before
         any work, when the store is on read-only media."""
+        self.check_open()
         if self.read_only is not None:
             raise StoreReadOnly(
                 f"the store at {self.where} is {self.read_only}: {command} needs to write"
