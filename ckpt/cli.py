@@ -571,6 +571,29 @@ def _marker_urls(path: Path | None) -> list[str]:
     return [u for u in (config.events, config.chunks) if u] if config else []
 
 
+# The commands that write to the store: on read-only media they are refused
+# before any work (StoreReadOnly, exit 38); every other command only reads.
+WRITES = {
+    "vm add", "vm set", "vm start", "vm stop", "vm save", "vm remove",
+    "checkpoint create", "checkpoint apply", "checkpoint revert", "checkpoint rename",
+    "checkpoint delete", "sync", "gc", "upgrade", "import disk", "import hyperv",
+    "projections rebuild",
+}  # fmt: skip
+ACTIONS = ("vm_command", "cp_command", "import_command", "projections_command")
+
+
+def _command(args: argparse.Namespace) -> str:
+    """The command as typed: "checkpoint create", "verify --repair"."""
+    words = [args.command, *(getattr(args, a) for a in ACTIONS if getattr(args, a, None))]
+    if args.command == "verify" and getattr(args, "repair", False):
+        words.append("--repair")
+    return " ".join(words)
+
+
+def _writes(args: argparse.Namespace) -> bool:
+    return _command(args) in WRITES or _command(args) == "verify --repair"
+
+
 def run(argv: Sequence[str], out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     parser = build_parser()
     try:
@@ -605,6 +628,8 @@ def run(argv: Sequence[str], out: TextIO = sys.stdout, err: TextIO = sys.stderr)
             path, events=args.events if path else events, chunks=args.chunks if path else chunks,
             actor=args.actor, key=_key(args, create=False),
         ) as store:  # fmt: skip
+            if store.read_only is not None and _writes(args):
+                store.unit_of_work.writable(_command(args))
             args.handler(store, args, out)
         return 0
     except CkptError as e:

@@ -8,8 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from ckpt.domain import FileRole, InvalidValue, NotFound, StoreCorrupt
+from ckpt.domain import FileRole, InvalidValue, NotFound, StoreCorrupt, StoreIOError
 from ckpt.storage.capture import parse_extents
+from ckpt.storage.chunks import VerifyReport
+from ckpt.storage.chunks.verify import AffectedCapture, BadChunk
 from ckpt.storage.log_chain import format_anchor
 from ckpt.storage.sources import StreamSource
 
@@ -234,22 +236,53 @@ def _verify(s: Store, a: argparse.Namespace, out: TextIO) -> None:
         "referenced": report.referenced,
         "checked": report.checked,
         "bad": report.bad,
+        "unreadable": report.unreadable,
         "repair": repaired,
     }
     lines = [
         f"verified {report.checked} of {report.referenced} referenced chunks: "
         + ("OK" if report.ok else f"{len(report.bad)} BAD")
     ]
+    io_errors = set(report.unreadable.values())
+    lines += _unreadable_lines(report)
     for bad in report.bad:
+        if bad["reason"] in io_errors:
+            continue  # listed once per pack above
         lines.append(f"  chunk {bad['chunk'][:16]}: {bad['reason']}")
-        for x in bad["affects"]:
-            users = ", ".join(x["checkpoints"]) or "no live checkpoint (history only)"
-            lines.append(
-                f"    VM {x['vm']}: {x['what']} (event {x['position']}); needed by {users}"
-            )
+        lines += _affects_lines(bad["affects"])
     render.emit(out, a, data, "\n".join(lines))
-    if not report.ok:
-        raise StoreCorrupt(f"verify found {len(report.bad)} damaged chunks (listed above)")
+    if report.ok:
+        return
+    damaged = [b for b in report.bad if b["reason"] not in io_errors]
+    if not damaged:
+        raise StoreIOError(
+            f"verify could not read {len(report.unreadable)} of the store's files "
+            "(I/O errors, listed above); every other pack was checked"
+        )
+    raise StoreCorrupt(f"verify found {len(report.bad)} damaged chunks (listed above)")
+
+
+def _affects_lines(affects: list[AffectedCapture]) -> list[str]:
+    lines = []
+    for x in affects:
+        users = ", ".join(x["checkpoints"]) or "no live checkpoint (history only)"
+        lines.append(f"    VM {x['vm']}: {x['what']} (event {x['position']}); needed by {users}")
+    return lines
+
+
+def _unreadable_lines(report: VerifyReport[list[BadChunk]]) -> list[str]:
+    """One finding per object the medium failed to read, with the captures its
+    chunks are needed by (each once), not one line per chunk of a 16 MiB pack."""
+    lines = []
+    for name, reason in report.unreadable.items():
+        chunks = [b for b in report.bad if b["reason"] == reason]
+        lines.append(f"  unreadable {name}: {reason}; {len(chunks)} referenced chunks in it")
+        seen: dict[tuple[str, int, str], AffectedCapture] = {}
+        for bad in chunks:
+            for x in bad["affects"]:
+                seen.setdefault((x["vm"], x["position"], x["what"]), x)
+        lines += _affects_lines(list(seen.values()))
+    return lines
 
 
 def _gc(s: Store, a: argparse.Namespace, out: TextIO) -> None:

@@ -34,6 +34,8 @@ TABLE: tuple[tuple[type[e.CkptError], int], ...] = (
     (e.PackCorrupt, 26),
     (e.IndexCorrupt, 27),
     (e.OutputFailed, 36),
+    (e.StoreReadOnly, 38),
+    (e.StoreIOError, 39),
     (e.VhdxCorrupt, 30),
     (e.VhdxUnsupported, 31),
     (e.VhdxChainMismatch, 32),

@@ -201,6 +201,8 @@ def export(
         written = _write_folder(uow, vm, cp, folder, folder_name, flatten)
     except OSError as e:  # ENOSPC, EIO...: say where, not a traceback
         raise InvalidValue(f"export into {str(folder)!r} failed: {e.strerror or e}") from None
+    if uow.read_only is not None:
+        return written  # a store on read-only media cannot record it (README: read-only media)
     # exported --at from a VM removed since: a removed VM takes no more events
     with contextlib.suppress(UnknownVM):
         commands.record_export(

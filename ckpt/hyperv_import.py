@@ -131,6 +131,7 @@ def _now_leaf(base: DiskFile) -> DiskFile:
 
 
 def import_folder(uow: UnitOfWork, directory: Path, name: str | None = None) -> ImportReport:
+    uow.writable("import hyperv")
     nodes = scan(directory)
     bases = sorted((n for n in nodes.values() if n.parent is None), key=lambda n: n.path.name)
     vm_name = name or safe_folder_name(directory.resolve().name)

@@ -15,23 +15,21 @@ import itertools
 import sqlite3
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Required, TypedDict
-from uuid import UUID
 
-from ckpt.domain import CkptError, InvalidValue, StoreCorrupt, VirtualMachine
+from ckpt.domain import CkptError, InvalidValue, StoreCorrupt
 from ckpt.storage.chunks import GcReport, VerifyReport
 from ckpt.storage.chunks.store import ChunkStore
-from ckpt.storage.chunks.verify import AffectedCapture, BadChunk
-from ckpt.storage.disk_state import effective_refs
+from ckpt.storage.chunks.verify import BadChunk
 from ckpt.storage.event_store import EVENTS_FILE
 from ckpt.storage.locations import display
-from ckpt.storage.manifest_cache import chain_manifest_ids
 from ckpt.storage.references import Reference, iter_referenced, who_needs
 
 from . import queries
+from .damage import name_users, references
 from .progress_factory import ProgressFactory, bar
+from .read_only import immutable_uri
 from .store_config import CHUNKS_DIR, FORMAT
 from .unit_of_work import UnitOfWork
 
@@ -98,37 +96,15 @@ class StoreStats(TypedDict):
     total: TotalStats
 
 
-def references(uow: UnitOfWork) -> list[Reference]:
-    """Every capture the event log records, read from the log itself."""
-    names: dict[UUID, str] = {}
-    removed: dict[UUID, str] = {}  # a removed VM's captures stay referenced, named as such
-    refs: list[tuple[UUID, Reference]] = []
-    with uow.translated():
-        for position, event in uow.app.read_log():
-            owner = event.originator_id
-            if isinstance(event, VirtualMachine.Registered):
-                names[owner] = event.name
-            elif isinstance(event, VirtualMachine.Removed):
-                removed[owner] = f"{event.name} (removed, id {owner})"
-            vm = names.get(owner, str(owner))
-            if isinstance(event, VirtualMachine.LayerContentRecorded):
-                c = event.capture
-                what = f"disk {c.disk} (layer {c.layer})"
-                refs.append((owner, Reference(position, vm, what, c.manifest)))
-            elif isinstance(event, VirtualMachine.StateContentRecorded):
-                for f in event.files:
-                    what = f"{f.path or f.role.value} of checkpoint {event.checkpoint_id}"
-                    refs.append((owner, Reference(position, vm, what, f.manifest)))
-    return [replace(r, vm=removed[o]) if o in removed else r for o, r in refs]
-
-
-def database_problems(events_file: Path | None) -> list[str]:
+def database_problems(events_file: Path | None, read_only: bool = False) -> list[str]:
     """SQLite's own check of the database file (pages, b-trees, indexes).
-    PostgreSQL checks its own pages (checksums, amcheck): that is the DBA's."""
+    PostgreSQL checks its own pages (checksums, amcheck): that is the DBA's.
+    ``read_only``: the file is on read-only media (opened ``immutable``)."""
     if events_file is None:
         return []
+    name = immutable_uri(events_file) if read_only else str(events_file)
     try:
-        with sqlite3.connect(events_file) as db:
+        with sqlite3.connect(name, uri=read_only) as db:
             rows = db.execute("PRAGMA quick_check").fetchall()
     except sqlite3.DatabaseError as e:
         return [f"{EVENTS_FILE}: {e}"]
@@ -148,7 +124,7 @@ def verify(
     if not 0 < sample <= 1:
         raise InvalidValue(f"--sample must be in (0, 1], not {sample}")
     chunks = uow.chunks
-    problems = database_problems(uow.events_file)
+    problems = database_problems(uow.events_file, uow.read_only is not None)
     if problems:
         more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
         raise StoreCorrupt(f"the store's database is damaged: {'; '.join(problems[:2])}{more}")
@@ -183,9 +159,13 @@ def verify(
         # from, or a chunk no capture needs (gc's), is not reported.
         update = bar(progress, "verify", chunks.stats().chunks)
         report = chunks.verify(None, sample, seed, refresh=False, progress=update)
-        for cid in report.bad:
+        io_errors = set(report.unreadable.values())
+        for cid, reason in report.bad.items():
             if cid in broken_ids or cid not in needed:
                 continue
+            if reason in io_errors:  # the pack's read failed: reading each chunk again
+                bad.append((cid, reason, []))  # would only repeat it (seconds each on a
+                continue  # failing disk)
             try:
                 chunks.get(cid)  # follows a chunk a concurrent gc moved; names the fault
             except CkptError as e:
@@ -194,7 +174,8 @@ def verify(
     if bad:  # who needs each bad chunk: a second pass, only now (never kept per chunk)
         users = who_needs(references(uow), chunks, [cid for cid, _, refs in bad if not refs])
         bad = [(cid, reason, refs or users.get(cid, [])) for cid, reason, refs in bad]
-    return VerifyReport(checked, _name_checkpoints(uow, bad) if bad else [], referenced)
+    named = name_users(uow, bad) if bad else []
+    return VerifyReport(checked, named, referenced, unreadable=dict(report.unreadable))
 
 
 def _batches(ids: Iterator[bytes], size: int) -> Iterator[list[bytes]]:
@@ -211,48 +192,6 @@ def _missing_reason(chunks: ChunkStore, cid: bytes, nth: int) -> str:
         except CkptError as e:
             return str(e)
     return f"chunk {cid.hex()} is missing: no index file names it"
-
-
-def _name_checkpoints(
-    uow: UnitOfWork, bad: list[tuple[bytes, str, list[Reference]]]
-) -> list[BadChunk]:
-    """Each bad chunk with the live checkpoints (and Now) whose bytes need the
-    captures it affects.
-
-    A disk capture is needed by every checkpoint whose chain's state reads its
-    manifest: the chain's last v2 manifest and any v1 diffs after it (merges
-    move manifests to the surviving layer, so this follows them); a state file
-    by its own checkpoint.
-    """
-    users: dict[tuple[str, bytes], list[str]] = {}
-    memo: dict[bytes, bool | None] = {}
-
-    def chain_refs(vm: VirtualMachine, leaf: UUID) -> list[bytes]:
-        return effective_refs(chain_manifest_ids(vm, leaf), uow.chunks.get, memo)
-
-    for vm in queries.vms(uow):
-        for cp in vm.checkpoints.values():
-            for disk, leaf in cp.layers:
-                for ref in chain_refs(vm, leaf):
-                    users.setdefault((vm.name, ref), []).append(f"{cp.name} (disk {disk})")
-            for f in vm.captured_files.get(cp.id, ()):
-                users.setdefault((vm.name, f.manifest), []).append(f"{cp.name} ({f.role.value})")
-        for disk, leaf in vm.running.items():
-            for ref in chain_refs(vm, leaf):
-                users.setdefault((vm.name, ref), []).append(f"Now (disk {disk})")
-
-    def affected(ref: Reference) -> AffectedCapture:
-        return AffectedCapture(
-            vm=ref.vm,
-            what=ref.what,
-            position=ref.position,
-            checkpoints=sorted(set(users.get((ref.vm, ref.manifest), []))),
-        )
-
-    return [
-        BadChunk(chunk=cid.hex(), reason=reason, affects=[affected(r) for r in refs])
-        for cid, reason, refs in bad
-    ]
 
 
 def repair(uow: UnitOfWork) -> RepairReport:

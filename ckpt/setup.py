@@ -14,9 +14,11 @@ from __future__ import annotations
 import getpass
 import os
 import random
+import shutil
 import socket
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -27,15 +29,16 @@ from ckpt.domain import (
     InvalidValue,
     StoreCorrupt,
     StoreExists,
+    StoreIOError,
     StoreMismatch,
     StoreNotFound,
     StoreUnavailable,
     WrongKey,
 )
-from ckpt.storage.durable import make_dirs
 from ckpt.storage.event_store import EVENTS_FILE
 from ckpt.storage.keyring import Keyring
 
+from . import read_only
 from .app import CheckpointApplication
 from .read_model_updates import ReadModels
 from .store_config import (
@@ -117,16 +120,71 @@ def connect(
             "CIPHER_TOPIC": "eventsourcing.cryptography:AESCipher",
             "CIPHER_KEY": Keyring(key).events_key,
         }
+    why = None if create else read_only.reason(config)
+    events_file = config.sqlite_file()
+    cleanup: list[Callable[[], object]] = []
     try:
-        app, read_models = _application(env)
-        return UnitOfWork(
+        if why is not None and events_file is not None:
+            app, read_models, events_file = _open_read_only(env, events_file, cleanup)
+        else:
+            app, read_models = _application(env)
+        uow = UnitOfWork(
             app, read_models, config, actor or default_actor(), host or socket.gethostname(),
-            clock, key, events_file=config.sqlite_file(),
+            clock, key, events_file=events_file,
         )  # fmt: skip
-    except (OperationalError, InterfaceError) as e:
-        raise StoreUnavailable(f"cannot reach the event store of {where}: {first_line(e)}") from e
-    except (PersistenceError, sqlite3.Error) as e:
+    except (OperationalError, InterfaceError, PersistenceError, sqlite3.Error) as e:
+        _run(cleanup)
+        if "disk I/O error" in str(e):  # SQLITE_IOERR: the medium, not the server or the bytes
+            raise StoreIOError(
+                f"I/O error: cannot read the event log of {where}: {first_line(e)}: "
+                "the store's disk or file system failed"
+            ) from e
+        if isinstance(e, (OperationalError, InterfaceError)):
+            raise StoreUnavailable(
+                f"cannot reach the event store of {where}: {first_line(e)}"
+            ) from e
         raise StoreCorrupt(f"cannot open the event log of {where}: {first_line(e)}") from e
+    except BaseException:
+        _run(cleanup)
+        raise
+    uow.on_close += cleanup
+    if why is not None:
+        uow.read_only = why
+        root = read_only.chunk_root(config)
+        if root is not None:
+            uow.chunk_cache, temporary = read_only.cache_dir(config, root)
+            if temporary:
+                cache = uow.chunk_cache
+                uow.on_close.append(lambda: shutil.rmtree(cache, ignore_errors=True))
+    return uow
+
+
+def _run(cleanup: list[Callable[[], object]]) -> None:
+    for done in cleanup:
+        done()
+
+
+def _open_read_only(
+    env: dict[str, str], events_file: Path, cleanup: list[Callable[[], object]]
+) -> tuple[CheckpointApplication, ReadModels, Path]:
+    """The event log of a store on read-only media, opened without writing
+    (ckpt/read_only.py): ``immutable`` when the file holds every transaction
+    and the read models are up to date, else a private copy. Returns the
+    application, its read models and the file they read."""
+    env = env | {"CREATE_TABLE": "no"}  # the tables exist: CREATE would want to write
+    if not read_only.wal_has_data(events_file):
+        app, read_models = _application(
+            env | {"SQLITE_DBNAME": read_only.immutable_uri(events_file)}
+        )
+        recorder = read_models.recorder
+        if app.last_position() <= recorder.position() and recorder.consistent():
+            return app, read_models, events_file
+        app.close()  # the read models lag the log: catch up in a copy
+    copy, directory = read_only.private_copy(events_file)
+    cleanup.append(directory.cleanup)
+    # writable, so the tables are created as on any open (a store of an older layout)
+    app, read_models = _application(env | {"SQLITE_DBNAME": str(copy), "CREATE_TABLE": "yes"})
+    return app, read_models, copy
 
 
 def check_pairing(uow: UnitOfWork, meta: dict[str, Any]) -> None:
@@ -162,6 +220,7 @@ def init(
         raise InvalidValue("a key was given for a store created without --encrypt")
     if directory is not None:
         check_empty_directory(directory)
+        read_only.check_can_create(directory, "create a store")
     config = StoreConfig(directory, events, chunks)
     backend = config.chunk_backend(create=True) if config.remote else None
     existing = None if backend is None else read_remote_meta(backend, config.describe())
@@ -175,7 +234,7 @@ def init(
         config.encryption = encryption
         config.store_id = existing.get("store_id")
     if directory is not None:
-        make_dirs(directory)  # durable in its parent: a power cut must not lose the store
+        read_only.make_directory(directory, "create a store")
     uow = connect(config, actor, host, clock, key, create=True)
     try:
         if existing is not None:

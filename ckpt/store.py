@@ -52,6 +52,7 @@ from . import (
 )
 from .app import CheckpointApplication
 from .copy import CopyReport, copy_store
+from .damage import naming_affected
 from .maintenance import RepairReport, StoreInfo, StoreStats
 from .progress_factory import ProgressFactory
 from .read_model_updates import ReadModels
@@ -131,6 +132,13 @@ class Store:
         return store
 
     # ------------------------------------------------ what the unit of work holds
+    @property
+    def read_only(self) -> str | None:
+        """Why the store cannot be written ("on a read-only file system"), or None:
+        read commands work, write commands raise ``StoreReadOnly`` before any work."""
+        self.unit_of_work.check_open()
+        return self.unit_of_work.read_only
+
     @property
     def chunks(self) -> ChunkStore:
         """The chunk store (``<store>/chunks`` or the chunks URL), opened on first use."""
@@ -215,6 +223,7 @@ class Store:
         """A VM registered in memory, not saved yet (``save_new_vm``): ``import hyperv``
         builds a whole VM this way and records it in one transaction, or not at all.
         Refuses a name a live VM has; a removed VM's name gets the next generation."""
+        self.unit_of_work.writable("vm add")
         m = "register_vm"
         name = check.text(f"{m}: name", name)
         disks = check.disk_specs(f"{m}: disks", disks)
@@ -227,6 +236,7 @@ class Store:
 
     def save_new_vm(self, vm: VirtualMachine) -> VirtualMachine:
         """Save a VM made by ``new_vm`` with all its pending events, atomically."""
+        self.unit_of_work.writable("vm add")
         if not isinstance(vm, VirtualMachine):
             check.fail("save_new_vm: vm", "a VirtualMachine made by new_vm", vm)
         return commands.save_new_vm(self.unit_of_work, vm)
@@ -236,6 +246,7 @@ class Store:
         its events stay in the log, ``--at`` before the removal still shows it and
         restores its content (gc keeps every recorded capture's chunks), and its
         name is free for a new VM (with a new id)."""
+        self.unit_of_work.writable("vm remove")
         check.text("remove_vm: name", name)
         return commands.run(self.unit_of_work, name, commands.on_vm(VirtualMachine.remove))
 
@@ -246,6 +257,7 @@ class Store:
         automatic_checkpoints: bool | None = None,
         config_version: str | None = None,
     ) -> VirtualMachine:
+        self.unit_of_work.writable("vm set")
         m = "set_vm"
         check.text(f"{m}: name", name)
         checkpoint_type = check.optional_choice(
@@ -258,6 +270,7 @@ class Store:
         )
 
     def _power(self, name: str, change: Callable[[VirtualMachine, Origin], None]) -> VirtualMachine:
+        self.unit_of_work.writable(f"vm {change.__name__}")
         check.text(f"{change.__name__}_vm: name", name)
         return commands.run(self.unit_of_work, name, commands.on_vm(change))
 
@@ -296,6 +309,7 @@ class Store:
         last capture (refused for a pipe). An image that looks like a
         VHDX, VHD or qcow2 file is refused unless ``raw`` (``--format raw``).
         """
+        self.unit_of_work.writable("checkpoint create")
         m = "create_checkpoint"
         check.text(f"{m}: vm", vm)
         check.optional_text(f"{m}: name", name)
@@ -328,6 +342,7 @@ class Store:
     ) -> BackupPoint:
         """Record the running disks' content as a backup point (not a checkpoint);
         ``raw`` as for ``create_checkpoint``."""
+        self.unit_of_work.writable("sync")
         check.text("sync: vm", vm)
         disks = check.sources("sync: disks", disks)
         check.optional_text("sync: name", name)
@@ -340,15 +355,18 @@ class Store:
         )
 
     def apply_checkpoint(self, vm: str, checkpoint: str | UUID) -> Checkpoint:
+        self.unit_of_work.writable("checkpoint apply")
         check.text("apply_checkpoint: vm", vm)
         check.ref("apply_checkpoint: checkpoint", checkpoint)
         return commands.apply_checkpoint(self.unit_of_work, vm, checkpoint)
 
     def revert(self, vm: str) -> Checkpoint:
+        self.unit_of_work.writable("checkpoint revert")
         check.text("revert: vm", vm)
         return commands.revert(self.unit_of_work, vm)
 
     def rename_checkpoint(self, vm: str, checkpoint: str | UUID, new_name: str) -> Checkpoint:
+        self.unit_of_work.writable("checkpoint rename")
         check.text("rename_checkpoint: vm", vm)
         check.ref("rename_checkpoint: checkpoint", checkpoint)
         check.text("rename_checkpoint: new_name", new_name)
@@ -358,12 +376,14 @@ class Store:
         self, vm: str, checkpoint: str | UUID, subtree: bool = False
     ) -> list[str]:
         """Delete; return what happened to the layer files, one line each."""
+        self.unit_of_work.writable("checkpoint delete")
         check.text("delete_checkpoint: vm", vm)
         check.ref("delete_checkpoint: checkpoint", checkpoint)
         check.flag("delete_checkpoint: subtree", subtree)
         return commands.delete_checkpoint(self.unit_of_work, vm, checkpoint, subtree)
 
     def record_export(self, vm: str, checkpoint_id: str | None, destination: str) -> None:
+        self.unit_of_work.writable("recording an export")
         check.text("record_export: vm", vm)
         check.text("record_export: destination", destination)
         cid = check.optional_text("record_export: checkpoint_id", checkpoint_id)
@@ -394,11 +414,14 @@ class Store:
         check.at("export: at", at)
         check.flag("export: flatten", flatten)
         check.flag("export: force", force)
-        return hyperv_export.export(self.unit_of_work, vm, checkpoint, target, at, flatten, force)
+        uow = self.unit_of_work
+        with naming_affected(uow):
+            return hyperv_export.export(uow, vm, checkpoint, target, at, flatten, force)
 
     def import_disk(self, vm: str, disk: str, path: str | Path, raw: bool = False) -> DiskCapture:
         """A VHDX/AVHDX chain or a raw image becomes the disk's running content;
         ``raw``: read any file (a .vhdx too) as a raw image, unchecked."""
+        self.unit_of_work.writable("import disk")
         check.text("import_disk: vm", vm)
         check.text("import_disk: disk", disk)
         check.flag("import_disk: raw", raw)
@@ -423,7 +446,8 @@ class Store:
         check.text("restore_disk: disk", disk)
         check.output("restore_disk: out", out)
         check.progress("restore_disk: progress", progress)
-        return restore_ops.restore_disk(self.unit_of_work, vm, point, disk, out, progress, at)
+        with naming_affected(self.unit_of_work):
+            return restore_ops.restore_disk(self.unit_of_work, vm, point, disk, out, progress, at)
 
     def restore_disk_vhdx(
         self, vm: str, point: str, disk: str, out: BinaryIO, at: str | int | None = None
@@ -432,7 +456,8 @@ class Store:
         _check_point("restore_disk_vhdx", vm, point, at)
         check.text("restore_disk_vhdx: disk", disk)
         check.output("restore_disk_vhdx: out", out, seekable=True)
-        return restore_ops.restore_disk_vhdx(self.unit_of_work, vm, point, disk, out, at)
+        with naming_affected(self.unit_of_work):
+            return restore_ops.restore_disk_vhdx(self.unit_of_work, vm, point, disk, out, at)
 
     def restore_memory(
         self,
@@ -445,14 +470,16 @@ class Store:
         _check_point("restore_memory", vm, point, at)
         check.output("restore_memory: out", out)
         check.progress("restore_memory: progress", progress)
-        return restore_ops.restore_memory(self.unit_of_work, vm, point, out, progress, at)
+        with naming_affected(self.unit_of_work):
+            return restore_ops.restore_memory(self.unit_of_work, vm, point, out, progress, at)
 
     def restore_state_files(
         self, vm: str, point: str, directory: str | Path, at: str | int | None = None
     ) -> list[Path]:
         _check_point("restore_state_files", vm, point, at)
         target = check.path("restore_state_files: directory", directory)
-        return restore_ops.restore_state_files(self.unit_of_work, vm, point, target, at)
+        with naming_affected(self.unit_of_work):
+            return restore_ops.restore_state_files(self.unit_of_work, vm, point, target, at)
 
     # ----------------------------------------------------------- maintenance
     def verify(
@@ -464,11 +491,13 @@ class Store:
 
     def repair(self) -> RepairReport:
         """Rebuild the chunk index from the packs and the read models from the log."""
+        self.unit_of_work.writable("verify --repair")
         return maintenance.repair(self.unit_of_work)
 
     def gc(
         self, grace_seconds: float = 3600.0, progress: ProgressFactory | None = None
     ) -> GcReport:
+        self.unit_of_work.writable("gc")
         grace_seconds = check.number("gc: grace_seconds", grace_seconds, 0)
         check.progress("gc: progress", progress)
         return maintenance.gc(self.unit_of_work, grace_seconds, progress)
@@ -477,6 +506,7 @@ class Store:
         """Convert the chunk storage to the current format (version-2 packs of
         grouped frames, decision 0012): resumable, crash-safe as gc is; run it
         again after a kill. A store already converted reports 0 packs."""
+        self.unit_of_work.writable("upgrade")
         check.progress("upgrade: progress", progress)
         return upgrade_ops.upgrade(self.unit_of_work, progress)
 
@@ -501,7 +531,8 @@ class Store:
         check.optional_text("copy_to: chunks", chunks)
         target = check.optional_path("copy_to: directory", directory)
         check.progress("copy_to: progress", progress)
-        return copy_store(self.unit_of_work, events, chunks, target, progress)
+        with naming_affected(self.unit_of_work):
+            return copy_store(self.unit_of_work, events, chunks, target, progress)
 
     def catch_up(self) -> int:
         """Fold events other writers appended into the read models."""
@@ -509,6 +540,7 @@ class Store:
 
     def rebuild_read_models(self) -> tuple[int, float]:
         """Empty the read models and fold the whole log again: (events, seconds)."""
+        self.unit_of_work.writable("projections rebuild")
         with self.unit_of_work.translated():
             return self.read_models.rebuild()
 

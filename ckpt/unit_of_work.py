@@ -44,6 +44,8 @@ from ckpt.domain import (
     StoreClosed,
     StoreConflict,
     StoreCorrupt,
+    StoreIOError,
+    StoreReadOnly,
     StoreUnavailable,
     VirtualMachine,
 )
@@ -120,6 +122,11 @@ class UnitOfWork:
         self.events_file = events_file
         self._closed: _Closed | None = None
         self.on_close: list[Callable[[], object]] = []  # run after the backends are closed
+        # Set by ``setup.connect`` for a store on read-only media (ckpt/read_only.py):
+        # why it cannot be written ("on a read-only file system"), and where the
+        # chunk-index cache lives instead of the chunk directory's ``.cache``.
+        self.read_only: str | None = None
+        self.chunk_cache: Path | None = None
 
     @property
     def chunks(self) -> ChunkStore:
@@ -127,8 +134,24 @@ class UnitOfWork:
         if self._closed is not None:
             self._closed.fail()
         if self._chunks is None:
-            self._chunks = ChunkStore(self.config.chunk_backend(), keyring=self.keyring)
+            self._chunks = ChunkStore(
+                self.config.chunk_backend(), keyring=self.keyring, cache_dir=self.chunk_cache
+            )
         return self._chunks
+
+    def check_open(self) -> None:
+        """``StoreClosed`` after ``close``."""
+        if self._closed is not None:
+            self._closed.fail()
+
+    def writable(self, command: str) -> None:
+        """Refuse ``command`` (``"checkpoint create"``) with ``StoreReadOnly``, before
+        any work, when the store is on read-only media."""
+        self.check_open()
+        if self.read_only is not None:
+            raise StoreReadOnly(
+                f"the store at {self.where} is {self.read_only}: {command} needs to write"
+            )
 
     def close(self) -> None:
         """Release the backends; closing twice is harmless, any other use after it
@@ -155,9 +178,21 @@ class UnitOfWork:
             yield
         except IntegrityError as e:
             raise StoreConflict(f"another writer changed the store first: {e}") from e
-        except sqlite3.OperationalError as e:
-            raise StoreBusy(f"the event log of {self.where} is busy: {e}") from e
-        except (OperationalError, InterfaceError) as e:
+        except (sqlite3.OperationalError, OperationalError, InterfaceError) as e:
+            # SQLite's words for its medium (sqlite3 result codes SQLITE_IOERR,
+            # SQLITE_READONLY), whichever layer wrapped them.
+            text = str(e)
+            if "disk I/O error" in text:
+                raise StoreIOError(
+                    f"I/O error: the event log of {self.where} could not be read or "
+                    f"written: {first_line(e)}: the store's disk or file system failed"
+                ) from e
+            if "readonly database" in text:
+                raise StoreReadOnly(
+                    f"the event log of {self.where} cannot be written: {first_line(e)}"
+                ) from e
+            if isinstance(e, sqlite3.OperationalError):
+                raise StoreBusy(f"the event log of {self.where} is busy: {e}") from e
             if "lock timeout" in str(e) or "canceling statement" in str(e):
                 raise StoreBusy(f"the event log of {self.where} is busy: {first_line(e)}") from e
             raise StoreUnavailable(
@@ -187,6 +222,7 @@ class UnitOfWork:
 
     def save(self, vm: VirtualMachine) -> None:
         """Save the VM's pending events atomically, then fold them into the read models."""
+        self.writable("this command")  # the façade refused it already; a use case called directly
         with self.translated():
             self.app.save(vm)
         self.after_save(vm)

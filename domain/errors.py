@@ -27,6 +27,8 @@ them unchanged. Adapters translate sqlite3 / eventsourcing errors at their edge.
         ├── PackCorrupt              a pack file's header, table or trailer is damaged
         ├── IndexCorrupt             an index file is damaged (`rebuild_index` repairs)
         ├── OutputFailed             a restore's output could not be written (disk full, I/O)
+        ├── StoreReadOnly            the store is on read-only media and the command writes
+        ├── StoreIOError             the store's media failed a read or write (EIO, ...)
         └── VhdxError                a VHDX/AVHDX file could not be read or written
             ├── VhdxCorrupt          a structure is damaged, truncated or inconsistent
             ├── VhdxUnsupported      valid VHDX we refuse (non-empty log, unknown
@@ -148,6 +150,26 @@ class OutputFailed(StorageError):
     """Writing a restore's output failed (no space, quota, file too large, I/O
     error); the message names the file and the system's reason. The partial
     output was removed: the store itself is unharmed."""
+
+
+class StoreReadOnly(StorageError):
+    """The store is on a read-only file system (or in a directory this user may
+    not write) and the command needs to write: refused before any work. Every
+    read command (list, show, tree, log, verify, restore, export, copy from it)
+    still works."""
+
+
+class StoreIOError(StorageError):
+    """The store's media failed an I/O request (EIO, ENXIO, EREMOTEIO, ENOMEDIUM,
+    EUCLEAN: a bad sector, a vanished device, a damaged file system). The message
+    names the object (``name``: a pack, an index file) and the file, and, where
+    a use case could find them, the checkpoints and backup points it affects."""
+
+    def __init__(self, message: str, name: str | None = None, path: str | None = None) -> None:
+        super().__init__(message)
+        self.name = name  # the backend object that failed, if one did
+        self.path = path  # its file, where it has one
+        self.explained = False  # the affected checkpoints are in the message already
 
 
 class VhdxError(StorageError):

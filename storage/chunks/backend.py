@@ -17,6 +17,8 @@ Missing names raise ``ChunkMissing`` naming the object and the backend.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import re
 import secrets
@@ -25,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn, Protocol
 
-from ckpt.domain.errors import ChunkMissing, StorageError
+from ckpt.domain.errors import ChunkMissing, StorageError, StoreIOError, StoreReadOnly
 from ckpt.storage.durable import fsync_dir, make_dirs
 
 _COMPONENT = r"[A-Za-z0-9_-][A-Za-z0-9._-]*"
@@ -150,6 +152,29 @@ class MemoryChunkBackend:
 # Errors that mean "there is no object of that name": the file is absent, the
 # name is a directory, or a directory on the way is a file.
 _ABSENT = (FileNotFoundError, IsADirectoryError, NotADirectoryError)
+# Errors of the medium itself, not of the name: a sector that cannot be read
+# (EIO), a device that went away (ENXIO, ENOMEDIUM), a remote block device's
+# failure (EREMOTEIO), a damaged file system (EUCLEAN: ext4's and XFS's
+# "structure needs cleaning"). Retrying does not help; another copy might.
+MEDIA_ERRNOS = frozenset({errno.EIO, errno.ENXIO, errno.EREMOTEIO, errno.ENOMEDIUM, errno.EUCLEAN})
+
+
+def media_error(error: OSError, what: str, name: str | None, path: Path) -> StorageError | None:
+    """The ckpt error for an ``OSError`` of the store's medium, or None for any
+    other: ``StoreIOError`` (exit 39) naming the object and its file,
+    ``StoreReadOnly`` (exit 38) for a write refused by a read-only mount."""
+    reason = error.strerror or str(error)
+    if error.errno in MEDIA_ERRNOS:
+        where = f"{name!r} ({path})" if name is not None else str(path)
+        return StoreIOError(
+            f"I/O error: cannot {what} {where}: {reason} (errno {error.errno}): "
+            "the store's disk or file system failed",
+            name,
+            str(path),
+        )
+    if error.errno == errno.EROFS:
+        return StoreReadOnly(f"cannot {what} {path}: the store is on a read-only file system")
+    return None
 
 
 class LocalChunkBackend:
@@ -178,6 +203,9 @@ class LocalChunkBackend:
     def _fail(self, verb: str, name: str, error: OSError) -> NoReturn:
         if isinstance(error, _ABSENT):
             raise ChunkMissing(f"no object {name!r} in {self!r}") from error
+        media = media_error(error, verb, name, self._path(name))
+        if media is not None:
+            raise media from error
         raise StorageError(f"cannot {verb} {name!r} in {self!r}: {error}") from error
 
     def put(self, name: str, data: bytes) -> None:
@@ -192,7 +220,11 @@ class LocalChunkBackend:
             os.replace(tmp, path)
             fsync_dir(path.parent)
         except OSError as e:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            media = media_error(e, "write", name, path)
+            if media is not None:
+                raise media from e
             raise StorageError(f"cannot put {name!r} in {self!r}: {e}") from e
 
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:

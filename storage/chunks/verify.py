@@ -21,10 +21,10 @@ import itertools
 import random
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Generic, TypedDict, TypeVar
 
-from ckpt.domain.errors import ChunkCorrupt, ChunkMissing
+from ckpt.domain.errors import ChunkCorrupt, ChunkMissing, StoreIOError
 
 from .backend import ChunkBackend
 from .codec import ChunkCodec
@@ -69,15 +69,19 @@ class VerifyReport(Generic[Bad]):
     reason. Of a ckpt store (``Store.verify``): ``referenced`` chunks are needed
     by the recorded captures and ``bad`` lists each failed one with the
     captures and checkpoints it affects, as ``ckpt verify --json`` prints it.
+    ``unreadable`` maps each object (a pack, an index file) the medium failed
+    to read (``StoreIOError``) to the error: the pack's chunks are in ``bad``
+    too, with that error as their reason; the other packs are still checked.
     """
 
     checked: int
     bad: Bad
     referenced: int = 0
+    unreadable: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        return not self.bad
+        return not self.bad and not self.unreadable
 
 
 def verify_chunks(
@@ -100,14 +104,15 @@ def verify_chunks(
         index.refresh()
     rng = random.Random(seed)
     bad: dict[ChunkId, str] = {}
+    unreadable: dict[str, str] = {}
     if ids is None:
         checked = 0
         for number, pack in _live_packs(index):
-            done = _verify_pack(backend, index, codec, number, pack, sample, rng, bad)
+            done = _verify_pack(backend, index, codec, number, pack, sample, rng, bad, unreadable)
             checked += done
             if progress is not None:
                 progress(done)
-        return VerifyReport(checked, bad)
+        return VerifyReport(checked, bad, unreadable=unreadable)
     checked = 0
     for batch in _batches(iter(ids)):
         if sample < 1.0:
@@ -121,10 +126,10 @@ def verify_chunks(
             else:
                 by_pack[slot[0]].append((cid, Location(packs[slot[0]].name, *slot[1:6])))
         for chunks in by_pack.values():
-            _verify_span(backend, codec, chunks[0][1].pack, chunks, bad)
+            _verify_span(backend, codec, chunks[0][1].pack, chunks, bad, unreadable)
         if progress is not None:
             progress(len(batch))
-    return VerifyReport(checked, bad)
+    return VerifyReport(checked, bad, unreadable=unreadable)
 
 
 def _batches(ids: Iterator[bytes]) -> Iterator[list[ChunkId]]:
@@ -150,6 +155,7 @@ def _verify_pack(
     sample: float,
     rng: random.Random,
     bad: dict[ChunkId, str],
+    unreadable: dict[str, str],
 ) -> int:
     """Check the entries of one pack that the index answers with (the winner
     copies; its index file lists them): one read of the pack. The count checked."""
@@ -158,6 +164,9 @@ def _verify_pack(
         f = decode_index_file(backend.get(name), name)
     except ChunkMissing:
         return 0  # deleted since the index was refreshed: a gc removed the pack
+    except StoreIOError as e:  # a finding, not the end of the walk: the next pack
+        unreadable[name] = str(e)
+        return 0
     ids = [bytes(e.chunk_id) for e in f.entries]
     _, slots = index.locate_many(ids)
     chunks = [
@@ -178,7 +187,7 @@ def _verify_pack(
     if sample < 1.0:
         chunks = [c for c in chunks if rng.random() < sample]
     if chunks:
-        _verify_span(backend, codec, pack.name, chunks, bad)
+        _verify_span(backend, codec, pack.name, chunks, bad, unreadable)
     return len(chunks)
 
 
@@ -191,6 +200,7 @@ def _verify_span(
     pack: str,
     chunks: list[tuple[ChunkId, Location]],
     bad: dict[ChunkId, str],
+    unreadable: dict[str, str],
 ) -> None:
     """Read the span of ``pack`` holding ``chunks`` once and check each frame."""
     start = min(loc.offset for _, loc in chunks)
@@ -200,6 +210,11 @@ def _verify_span(
     except ChunkMissing as e:
         for cid, _ in chunks:
             bad[cid] = f"chunk {cid.hex()}: {e}"
+        return
+    except StoreIOError as e:  # one error for the pack, not one per chunk of it
+        unreadable[pack] = str(e)
+        for cid, _ in chunks:
+            bad[cid] = str(e)
         return
     for piece in _pieces(chunks):
         if not _decode_all(codec, span, start, pack, piece):

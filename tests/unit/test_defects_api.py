@@ -276,6 +276,7 @@ RIGHT: dict[str, Call] = {
     "copy_to": lambda s, t: s.copy_to(None, None, t / "copy"),
     "stats": lambda s, t: s.stats(),
     "chunks": lambda s, t: s.chunks,
+    "read_only": lambda s, t: s.read_only,
     "apply_checkpoint": lambda s, t: s.apply_checkpoint("v", "a"),
     "revert": lambda s, t: s.revert("v"),
     "rename_checkpoint": lambda s, t: s.rename_checkpoint("v", "a", "b"),
