@@ -307,12 +307,13 @@ class PowerModel:
         self,
         point: CrashPoint,
         torn: random.Random | None = None,
-        reorder: random.Random | None = None,
+        reorder: random.Random | frozenset[Key] | None = None,
     ) -> str:
         """Replace root's contents with what the power cut at ``point`` leaves.
         With ``torn``, the file whose sync was next gets a seeded sector-aligned
         part of its unsynced bytes. With ``reorder``, each directory keeps, by a
-        seeded coin, either its durable names or all the names it had at the cut
+        seeded coin (or: those in the given set), all the names it had at the cut,
+        the others their durable names
         (its unsynced creates, renames and removes reached the disk, in some
         directories and not in others: file systems commit directories
         independently); file bytes stay as synced. Returns what was varied."""
@@ -336,10 +337,23 @@ class PowerModel:
                 db.write_bytes(image)
         return "; ".join(notes)
 
+    def unsynced_directories(self, point: CrashPoint) -> list[Key]:
+        """The directories whose names at ``point`` differ from their durable ones."""
+        differ = []
+        for key, now in self._current.get(point.seq, {}).items():
+            versions = self._dirs.get(key)
+            if now != ((versions.before(point.seq) if versions else None) or {}):
+                differ.append(key)
+        return sorted(differ)
+
     def _build(self, key: Key, path: Path, b: _Build) -> None:
         versions = self._dirs.get(key)
         listing: dict[str, Entry] = (versions.before(b.seq) if versions else None) or {}
-        if b.reorder is not None and key in b.now and b.reorder.random() < 0.5:
+        if key in b.now and (
+            key in b.reorder
+            if isinstance(b.reorder, frozenset)
+            else b.reorder is not None and b.reorder.random() < 0.5
+        ):
             if b.now[key] != listing:
                 b.reordered.append(os.path.relpath(path, self.root) + "/")
             listing = b.now[key]
@@ -368,7 +382,7 @@ class _Build:
     seq: int
     torn: Key | None
     tear: bytes | None
-    reorder: random.Random | None
+    reorder: random.Random | frozenset[Key] | None
     now: dict[Key, dict[str, Entry]]
     reordered: list[str] = field(default_factory=list)
 

@@ -35,13 +35,14 @@ import random
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import combinations
 from pathlib import Path
 
 import ckpt
 from ckpt.cli import run
 from ckpt.storage.chunks import lease
 
-from ._model import CrashPoint, PowerModel
+from ._model import CrashPoint, Key, PowerModel
 
 DEFAULT_SEED = 20261201
 SEED = int(os.environ.get("CKPT_POWER_SEED", str(DEFAULT_SEED)))
@@ -87,6 +88,7 @@ class Scenario:
         self.logged: list[tuple[int, str, tuple[int, str] | None]] = []
         self.model: PowerModel | None = None
         self.key_file: Path | None = None  # for an encrypted store: passed to every command
+        self.marks: dict[str, int] = {}  # name -> the first crash point of a step
 
     # ------------------------------------------------------------- recording
     def start(self) -> PowerModel:
@@ -127,6 +129,11 @@ class Scenario:
         assert code == 0, f"{self.where()} log: {err}"
         entries = json.loads(out)
         return (entries[-1]["position"], entries[-1]["link"]) if entries else None
+
+    def mark(self, name: str) -> None:
+        """Name the crash points from here on (``check_points(start=...)``)."""
+        assert self.model is not None
+        self.marks[name] = len(self.model.points)
 
     def open(self, store: str) -> ckpt.Store:
         key = self.key_file.read_bytes() if self.key_file else None
@@ -176,9 +183,19 @@ class Scenario:
         return f"[CKPT_POWER_SEED={SEED} {self.kind}{at}{' ' + torn if torn else ''}]"
 
     # -------------------------------------------------------------- checking
-    def check_points(self, torn_share: float = 0.5, reorder_share: float = 0.3) -> int:
+    def check_points(
+        self,
+        torn_share: float = 0.5,
+        reorder_share: float = 0.3,
+        every_order: int = 0,
+        start: int = 0,
+    ) -> int:
         """Check every crash point; a seeded share of those before a file sync
-        are checked again torn, and a seeded share of all again reordered.
+        are checked again torn, and a seeded share of all again reordered. With
+        ``every_order`` = N, each point whose unsynced directories are at most N
+        is checked in every combination of them as at the cut or durable (the
+        canaries: a catch that does not hang on a coin). ``start``: the first
+        crash point to check (a canary skips what its plant cannot touch).
         Returns how many crash states were checked."""
         assert self.model is not None
         self.model.stop()
@@ -190,26 +207,33 @@ class Scenario:
         lease.pid_running = lambda pid: pid != os.getpid() and real(pid)
         try:
             for index, point in enumerate(self.model.points):
-                states = [""]
+                if index < start:
+                    continue
+                states: list[tuple[str, frozenset[Key] | None]] = [("", None)]
                 if point.torn is not None and self.rng.random() < torn_share:
-                    states.append("torn")
-                if self.rng.random() < reorder_share:
-                    states.append("reordered")
-                for variant in states:
+                    states.append(("torn", None))
+                differ = self.model.unsynced_directories(point)
+                if every_order and 0 < len(differ) <= every_order:
+                    for n in range(1, len(differ) + 1):
+                        states += [("reordered", frozenset(c)) for c in combinations(differ, n)]
+                elif self.rng.random() < reorder_share:
+                    states.append(("reordered", None))
+                for variant, subset in states:
                     checked += 1
-                    self.check(index, variant, carry_on=checked % CARRY_ON == 0)
+                    self.check(index, variant, subset, carry_on=checked % CARRY_ON == 0)
         finally:
             lease.pid_running = real
         return checked
 
-    def check(self, index: int, variant: str, carry_on: bool) -> None:
-        """One crash state: ``variant`` is "", "torn" or "reordered"."""
+    def check(
+        self, index: int, variant: str, subset: frozenset[Key] | None, carry_on: bool
+    ) -> None:
+        """One crash state: ``variant`` is "", "torn" or "reordered" (the
+        directories in ``subset`` as at the cut, or by the seeded coin)."""
         assert self.model is not None
         point = self.model.points[index]
-        rng = self.rng if variant else None
-        varied = self.model.materialize(
-            point, rng if variant == "torn" else None, rng if variant == "reordered" else None
-        )
+        reorder = (subset if subset is not None else self.rng) if variant == "reordered" else None
+        varied = self.model.materialize(point, self.rng if variant == "torn" else None, reorder)
         where = self.where(point, varied)
         CHECKED[self.kind] += 1
         TORN[self.kind] += variant == "torn"
