@@ -34,6 +34,7 @@ TABLE: tuple[tuple[type[e.CkptError], int], ...] = (
     (e.PackCorrupt, 26),
     (e.IndexCorrupt, 27),
     (e.OutputFailed, 36),
+    (e.StoreFull, 37),
     (e.VhdxCorrupt, 30),
     (e.VhdxUnsupported, 31),
     (e.VhdxChainMismatch, 32),

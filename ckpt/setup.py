@@ -34,6 +34,7 @@ from ckpt.domain import (
 )
 from ckpt.storage.event_store import EVENTS_FILE
 from ckpt.storage.keyring import Keyring
+from ckpt.storage.no_space import event_store_full
 
 from .app import CheckpointApplication
 from .read_model_updates import ReadModels
@@ -122,9 +123,15 @@ def connect(
             app, read_models, config, actor or default_actor(), host or socket.gethostname(),
             clock, key, events_file=config.sqlite_file(),
         )  # fmt: skip
-    except (OperationalError, InterfaceError) as e:
-        raise StoreUnavailable(f"cannot reach the event store of {where}: {first_line(e)}") from e
     except (PersistenceError, sqlite3.Error) as e:
+        # no room to open or create the log (its -shm file, its tables) is not damage
+        full = event_store_full(e, where, config.sqlite_file())
+        if full is not None:
+            raise full from e
+        if isinstance(e, (OperationalError, InterfaceError)):
+            raise StoreUnavailable(
+                f"cannot reach the event store of {where}: {first_line(e)}"
+            ) from e
         raise StoreCorrupt(f"cannot open the event log of {where}: {first_line(e)}") from e
 
 

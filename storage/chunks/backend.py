@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import NoReturn, Protocol
 
 from ckpt.domain.errors import ChunkMissing, StorageError
+from ckpt.storage.no_space import is_no_space, os_reason, store_full
 
 _COMPONENT = r"[A-Za-z0-9_-][A-Za-z0-9._-]*"
 _NAME = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
@@ -157,7 +158,9 @@ class LocalChunkBackend:
     ``put`` writes ``.c.<random>.tmp`` next to the target, fsyncs it, renames it
     over the target and fsyncs the directory: rename is atomic on POSIX file
     systems, and the directory fsync makes the rename itself survive a power
-    cut. ``delete`` fsyncs the directory too, because the chunk store relies on
+    cut. A put refused for room (ENOSPC, EDQUOT, EFBIG) removes its temp file and
+    raises ``StoreFull`` with the object's size (storage/no_space.py).
+    ``delete`` fsyncs the directory too, because the chunk store relies on
     the order of deletes (index file before pack) surviving a crash.
     """
 
@@ -191,7 +194,11 @@ class LocalChunkBackend:
             os.replace(tmp, path)
             _fsync_dir(path.parent)
         except OSError as e:
-            tmp.unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)  # a partial temp file would hold the space it got
+            if is_no_space(e):
+                raise store_full(
+                    repr(name), str(self._root), len(data), os_reason(e), self._root
+                ) from e
             raise StorageError(f"cannot put {name!r} in {self!r}: {e}") from e
 
     def _make_dirs(self, directory: Path) -> None:
