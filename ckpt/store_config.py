@@ -35,6 +35,7 @@ from ckpt.storage.locations import (
     parse_postgres,
     sqlite_path,
 )
+from ckpt.storage.no_space import is_no_space, os_reason, store_full
 
 MARKER = "ckpt-store.json"
 META_OBJECT = "ckpt-store.json"  # the meta's copy in a chunk backend given by URL
@@ -159,12 +160,20 @@ class StoreConfig:
         assert self.directory is not None
         marker = self.directory / MARKER
         tmp = marker.with_name(f".{MARKER}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(self.meta()) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, marker)
+        text = json.dumps(self.meta()) + "\n"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, marker)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            if is_no_space(e):
+                needed = len(text.encode())
+                raise store_full(MARKER, str(self.directory), needed, os_reason(e), marker) from e
+            raise
         dir_fd = os.open(self.directory, os.O_RDONLY)
         try:
             os.fsync(dir_fd)  # the rename itself survives a power cut

@@ -240,12 +240,13 @@ class ChunkIndex:
         process's pending files (``drop_unlisted``: only those in ``names``),
         under the cache lock if anything changes; in a temporary cache if the
         cache's device is full (``_spill``)."""
-        try:
-            self._persist_in(self._cache_dir(), names, drop_unlisted)
-        except OSError as e:
-            if not self._spill(e):
-                raise
-            self._persist_in(self._cache_dir(), names, drop_unlisted)
+        for _ in range(2):
+            try:
+                self._persist_in(self._cache_dir(), names, drop_unlisted)
+                return
+            except OSError as e:
+                if not self._spill(e):  # StoreFull when the temporary cache is full too
+                    raise
 
     def _persist_in(self, cache: CacheDir, names: set[bytes], drop_unlisted: bool) -> None:
         old = self._view
