@@ -11,9 +11,11 @@ right one before anything is decrypted.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import random
+import shutil
 import socket
 import sqlite3
 import time
@@ -27,14 +29,16 @@ from ckpt.domain import (
     InvalidValue,
     StoreCorrupt,
     StoreExists,
+    StoreFull,
     StoreMismatch,
     StoreNotFound,
     StoreUnavailable,
     WrongKey,
 )
+from ckpt.storage.chunks import ChunkBackend
 from ckpt.storage.event_store import EVENTS_FILE
 from ckpt.storage.keyring import Keyring
-from ckpt.storage.no_space import event_store_full
+from ckpt.storage.no_space import event_store_full, is_no_space, os_reason, store_full
 
 from .app import CheckpointApplication
 from .read_model_updates import ReadModels
@@ -180,8 +184,32 @@ def init(
         check_key(encryption, key, config.describe())
         config.encryption = encryption
         config.store_id = existing.get("store_id")
+    made = directory is not None and not directory.exists()
+    try:
+        return _create(config, existing, backend, actor, host, clock, key)
+    except StoreFull:
+        if directory is not None and not config.remote:
+            _remove_partial_store(directory, made)  # so `init` can simply be run again
+        raise
+
+
+def _create(
+    config: StoreConfig,
+    existing: dict[str, Any] | None,
+    backend: ChunkBackend | None,
+    actor: str | None,
+    host: str | None,
+    clock: Clock,
+    key: bytes | None,
+) -> tuple[UnitOfWork, bool]:
+    directory = config.directory
     if directory is not None:
-        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            if not is_no_space(e):
+                raise
+            raise store_full("the store directory", str(directory), None, os_reason(e)) from e
     uow = connect(config, actor, host, clock, key, create=True)
     try:
         if existing is not None:
@@ -204,6 +232,19 @@ def init(
         uow.close()
         raise
     return uow, existing is not None
+
+
+def _remove_partial_store(directory: Path, made: bool) -> None:
+    """What an ``init`` that found no room created in ``directory`` (which held
+    no store: ``check_empty_directory``): left there, the next ``init`` would
+    take it for the rest of a killed copy and refuse."""
+    for name in (EVENTS_FILE, f"{EVENTS_FILE}-wal", f"{EVENTS_FILE}-shm", f".{MARKER}.tmp"):
+        with contextlib.suppress(OSError):
+            (directory / name).unlink()
+    shutil.rmtree(directory / CHUNKS_DIR, ignore_errors=True)
+    if made:
+        with contextlib.suppress(OSError):
+            directory.rmdir()  # only if empty
 
 
 def open_store(

@@ -19,7 +19,7 @@ Terms:
 Every message starts "no space left on the store's device: N bytes needed" and
 names the object and the place (directory, database file, backend); the free
 space there (``statvfs``) when it can be read, so a user can see how far off
-the write was. What to do is the same everywhere: free space there (``ckpt gc``
+the write was. What to do is the same everywhere: free space there (``ckpt gc --grace 0``
 reclaims what a failed capture wrote) and run the command again.
 """
 
@@ -40,7 +40,10 @@ SQLITE_PAGE = 4096  # eventsourcing leaves SQLite's default page size
 SQLITE_SHM = 32768  # the first region of a WAL log's -shm file
 PG_DISK_FULL = "53100"
 PG_PAGE = 8192
-HINT = "free space there (`ckpt gc` reclaims what a failed capture wrote) and run the command again"
+HINT = (
+    "free space there (`ckpt gc --grace 0` reclaims at once what a failed capture wrote) "
+    "and run the command again"
+)
 
 
 def is_no_space(error: BaseException) -> bool:

@@ -18,15 +18,15 @@ Terms:
 
 ``refresh`` lists ``index/`` and compares it with the cache's pack table: new
 files are read and appended as one run, deleted ones mark their packs gone
-(no reload).
+(no reload). Memory: a snapshot holds 40 B per pack and 8 B per 512 entries;
+runs are mapped while small, read with ``pread`` when large (``MAP_LIMIT``).
 
 The cache is optional: when its device has no room for a run or a manifest
 (ENOSPC, EDQUOT: a full store device holds ``.cache`` too), the process goes on
 with a throw-away cache in the system's temporary directory, built from the
 index files (O(index files), as a first open), and the store's cache stays as
 it was: a full disk never fails a command that only reads. ``StoreFull`` only
-when that has no room either. Memory: a snapshot holds 40 B per pack and 8 B per 512 entries;
-runs are mapped while small, read with ``pread`` when large (``MAP_LIMIT``).
+when that has no room either (decision 0014).
 """
 
 from __future__ import annotations
