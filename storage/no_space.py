@@ -32,9 +32,8 @@ from pathlib import Path
 from ckpt.domain.errors import StoreFull
 
 NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
-SQLITE_FULL = (
-    13  # primary result code (sqlite3.SQLITE_FULL); extended codes keep it in the low byte
-)
+# SQLite's primary result code (sqlite3.SQLITE_FULL); extended codes keep it in the low byte
+SQLITE_FULL = 13
 SQLITE_IOERR_SHMSIZE = 4874  # SQLITE_IOERR | (19 << 8): the -shm file could not grow
 SQLITE_PAGE = 4096  # eventsourcing leaves SQLite's default page size
 SQLITE_SHM = 32768  # the first region of a WAL log's -shm file
