@@ -34,6 +34,7 @@ TABLE: tuple[tuple[type[e.CkptError], int], ...] = (
     (e.PackCorrupt, 26),
     (e.IndexCorrupt, 27),
     (e.OutputFailed, 36),
+    (e.StoreFull, 37),
     (e.StoreReadOnly, 38),
     (e.StoreIOError, 39),
     (e.VhdxCorrupt, 30),

@@ -38,6 +38,7 @@ from ckpt.domain import StorageError, StoreReadOnly
 from ckpt.storage.chunks import LocalChunkBackend
 from ckpt.storage.chunks.layout import INDEX, PACKS
 from ckpt.storage.durable import make_dirs
+from ckpt.storage.no_space import is_no_space, os_reason, store_full
 
 from .store_config import StoreConfig
 
@@ -105,6 +106,8 @@ def make_directory(directory: Path, what: str) -> None:
     try:
         make_dirs(directory)
     except OSError as e:
+        if is_no_space(e):
+            raise store_full("the store directory", str(directory), None, os_reason(e)) from e
         raise StorageError(f"cannot {what} at {directory}: {e.strerror or e}") from e
 
 

@@ -11,6 +11,7 @@ right one before anything is decrypted.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import random
@@ -29,14 +30,17 @@ from ckpt.domain import (
     InvalidValue,
     StoreCorrupt,
     StoreExists,
+    StoreFull,
     StoreIOError,
     StoreMismatch,
     StoreNotFound,
     StoreUnavailable,
     WrongKey,
 )
+from ckpt.storage.chunks import ChunkBackend
 from ckpt.storage.event_store import EVENTS_FILE
 from ckpt.storage.keyring import Keyring
+from ckpt.storage.no_space import event_store_full
 
 from . import read_only
 from .app import CheckpointApplication
@@ -134,6 +138,10 @@ def connect(
         )  # fmt: skip
     except (OperationalError, InterfaceError, PersistenceError, sqlite3.Error) as e:
         _run(cleanup)
+        # no room to open or create the log (its -shm file, its tables) is not damage
+        full = event_store_full(e, where, config.sqlite_file())
+        if full is not None:
+            raise full from e
         if "disk I/O error" in str(e):  # SQLITE_IOERR: the medium, not the server or the bytes
             raise StoreIOError(
                 f"I/O error: cannot read the event log of {where}: {first_line(e)}: "
@@ -233,6 +241,25 @@ def init(
         check_key(encryption, key, config.describe())
         config.encryption = encryption
         config.store_id = existing.get("store_id")
+    made = directory is not None and not directory.exists()
+    try:
+        return _create(config, existing, backend, actor, host, clock, key)
+    except StoreFull:
+        if directory is not None and not config.remote:
+            _remove_partial_store(directory, made)  # so `init` can simply be run again
+        raise
+
+
+def _create(
+    config: StoreConfig,
+    existing: dict[str, Any] | None,
+    backend: ChunkBackend | None,
+    actor: str | None,
+    host: str | None,
+    clock: Clock,
+    key: bytes | None,
+) -> tuple[UnitOfWork, bool]:
+    directory = config.directory
     if directory is not None:
         read_only.make_directory(directory, "create a store")
     uow = connect(config, actor, host, clock, key, create=True)
@@ -257,6 +284,19 @@ def init(
         uow.close()
         raise
     return uow, existing is not None
+
+
+def _remove_partial_store(directory: Path, made: bool) -> None:
+    """What an ``init`` that found no room created in ``directory`` (which held
+    no store: ``check_empty_directory``): left there, the next ``init`` would
+    take it for the rest of a killed copy and refuse."""
+    for name in (EVENTS_FILE, f"{EVENTS_FILE}-wal", f"{EVENTS_FILE}-shm", f".{MARKER}.tmp"):
+        with contextlib.suppress(OSError):
+            (directory / name).unlink()
+    shutil.rmtree(directory / CHUNKS_DIR, ignore_errors=True)
+    if made:
+        with contextlib.suppress(OSError):
+            directory.rmdir()  # only if empty
 
 
 def open_store(

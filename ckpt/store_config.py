@@ -36,6 +36,7 @@ from ckpt.storage.locations import (
     parse_postgres,
     sqlite_path,
 )
+from ckpt.storage.no_space import is_no_space, os_reason, store_full
 
 MARKER = "ckpt-store.json"
 META_OBJECT = "ckpt-store.json"  # the meta's copy in a chunk backend given by URL
@@ -158,7 +159,16 @@ class StoreConfig:
 
     def write_marker(self) -> None:
         assert self.directory is not None
-        write_file(self.directory / MARKER, (json.dumps(self.meta()) + "\n").encode(), 0o600)
+        text = (json.dumps(self.meta()) + "\n").encode()
+        try:
+            write_file(self.directory / MARKER, text, 0o600)
+        except OSError as e:
+            if is_no_space(e):
+                marker = self.directory / MARKER
+                raise store_full(
+                    MARKER, str(self.directory), len(text), os_reason(e), marker
+                ) from e
+            raise
 
 
 def first_line(error: BaseException) -> str:

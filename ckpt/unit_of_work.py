@@ -52,6 +52,7 @@ from ckpt.domain import (
 from ckpt.storage.chunks import ChunkStore, MemoryChunkBackend
 from ckpt.storage.event_store import sqlite_environment
 from ckpt.storage.keyring import Keyring
+from ckpt.storage.no_space import event_store_full
 
 from .app import CheckpointApplication
 from .read_model_updates import ReadModels
@@ -173,9 +174,18 @@ class UnitOfWork:
 
     @contextmanager
     def translated(self) -> Iterator[None]:
-        """The event store's errors as ckpt's (domain/errors.py)."""
+        """The event store's errors as ckpt's (domain/errors.py). No room for a
+        write (SQLITE_FULL, PostgreSQL's disk_full) is ``StoreFull`` whichever
+        wrapper it arrives in: it was StoreBusy (a read model's sqlite3 error) or
+        StoreUnavailable (eventsourcing's OperationalError) before."""
         try:
-            yield
+            try:
+                yield
+            except (PersistenceError, sqlite3.Error) as e:
+                full = event_store_full(e, self.where, self.events_file)
+                if full is not None:
+                    raise full from e
+                raise
         except IntegrityError as e:
             raise StoreConflict(f"another writer changed the store first: {e}") from e
         except (sqlite3.OperationalError, OperationalError, InterfaceError) as e:

@@ -27,6 +27,7 @@ them unchanged. Adapters translate sqlite3 / eventsourcing errors at their edge.
         ├── PackCorrupt              a pack file's header, table or trailer is damaged
         ├── IndexCorrupt             an index file is damaged (`rebuild_index` repairs)
         ├── OutputFailed             a restore's output could not be written (disk full, I/O)
+        ├── StoreFull                no space (or quota) left where the store writes
         ├── StoreReadOnly            the store is on read-only media and the command writes
         ├── StoreIOError             the store's media failed a read or write (EIO, ...)
         └── VhdxError                a VHDX/AVHDX file could not be read or written
@@ -150,6 +151,14 @@ class OutputFailed(StorageError):
     """Writing a restore's output failed (no space, quota, file too large, I/O
     error); the message names the file and the system's reason. The partial
     output was removed: the store itself is unharmed."""
+
+
+class StoreFull(StorageError):
+    """The store's device, quota or server has no room for a write (ENOSPC,
+    EDQUOT, EFBIG; SQLite's "database or disk is full"; PostgreSQL's disk_full;
+    an S3 quota or size refusal). The message names where and how many bytes
+    the failed write needed. Nothing the command was writing is recorded: its
+    packs are unreferenced (``gc`` reclaims them), its event is not saved."""
 
 
 class StoreReadOnly(StorageError):

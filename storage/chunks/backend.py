@@ -29,6 +29,7 @@ from typing import NoReturn, Protocol
 
 from ckpt.domain.errors import ChunkMissing, StorageError, StoreIOError, StoreReadOnly
 from ckpt.storage.durable import fsync_dir, make_dirs
+from ckpt.storage.no_space import is_no_space, os_reason, store_full
 
 _COMPONENT = r"[A-Za-z0-9_-][A-Za-z0-9._-]*"
 _NAME = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
@@ -183,7 +184,9 @@ class LocalChunkBackend:
     ``put`` writes ``.c.<random>.tmp`` next to the target, fsyncs it, renames it
     over the target and fsyncs the directory: rename is atomic on POSIX file
     systems, and the directory fsync makes the rename itself survive a power
-    cut. ``delete`` fsyncs the directory too, because the chunk store relies on
+    cut. A put refused for room (ENOSPC, EDQUOT, EFBIG) removes its temp file and
+    raises ``StoreFull`` with the object's size (storage/no_space.py).
+    ``delete`` fsyncs the directory too, because the chunk store relies on
     the order of deletes (index file before pack) surviving a crash.
     """
 
@@ -221,7 +224,11 @@ class LocalChunkBackend:
             fsync_dir(path.parent)
         except OSError as e:
             with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
+                tmp.unlink(missing_ok=True)  # a partial temp file would hold the space it got
+            if is_no_space(e):
+                raise store_full(
+                    repr(name), str(self._root), len(data), os_reason(e), self._root
+                ) from e
             media = media_error(e, "write", name, path)
             if media is not None:
                 raise media from e

@@ -20,6 +20,9 @@ Terms:
     orphan    a pack without an index file: a session that failed before its
               flush, or a GC that crashed between the two deletes.
 
+A repack that finds no room (``StoreFull``) is dropped; the wholly dead packs
+and the orphans are still deleted, so a gc on a full device gives space back.
+
 Order of deletes: index file first, then pack. A crash in between leaves an
 orphan pack, which a later run deletes; the reverse order could leave an index
 file pointing at a missing pack.
@@ -39,7 +42,7 @@ from collections.abc import Callable, Iterable, Sequence
 from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, NamedTuple, TypedDict
 
-from ckpt.domain.errors import ChunkCorrupt, ChunkMissing, PackCorrupt
+from ckpt.domain.errors import ChunkCorrupt, ChunkMissing, PackCorrupt, StoreFull
 
 from .backend import ChunkBackend
 from .codec import ChunkCodec
@@ -158,14 +161,23 @@ def _collect(
     young, leased, doomed, repack = plan.young, plan.leased, plan.doomed, plan.repack
 
     writer = new_writer()
-    for p, kept in repack:
-        try:
-            copy_live(codec, writer, backend.get(p.name), p.name, kept)
-        except (ChunkMissing, ChunkCorrupt) as error:
-            problems.append(f"{p.name}: not repacked: {error}")
-            continue
-        doomed.append((p, len(kept)))
-    writer.flush()  # new packs and their index files are durable before any delete
+    dead = list(doomed)  # wholly dead packs: deleting them needs no room
+    try:
+        with writer:  # on an error, no put of it outlives this block
+            for p, kept in repack:
+                try:
+                    copy_live(codec, writer, backend.get(p.name), p.name, kept)
+                except (ChunkMissing, ChunkCorrupt) as error:
+                    problems.append(f"{p.name}: not repacked: {error}")
+                    continue
+                doomed.append((p, len(kept)))
+            writer.flush()  # new packs and their index files are durable before any delete
+    except StoreFull as error:
+        # A full device is when a gc matters most: free what needs no new pack
+        # (dead packs, orphans) and leave the partly live ones for a later run.
+        # Packs this repack made durable are duplicate copies: the next gc's garbage.
+        doomed = dead
+        problems.append(f"partly live packs not repacked: {error}")
     new_packs = writer.flushed_packs
 
     removed = freed = index_files = 0

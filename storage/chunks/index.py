@@ -20,6 +20,13 @@ Terms:
 files are read and appended as one run, deleted ones mark their packs gone
 (no reload). Memory: a snapshot holds 40 B per pack and 8 B per 512 entries;
 runs are mapped while small, read with ``pread`` when large (``MAP_LIMIT``).
+
+The cache is optional: when its device has no room for a run or a manifest
+(ENOSPC, EDQUOT: a full store device holds ``.cache`` too), the process goes on
+with a throw-away cache in the system's temporary directory, built from the
+index files (O(index files), as a first open), and the store's cache stays as
+it was: a full disk never fails a command that only reads. ``StoreFull`` only
+when that has no room either (decision 0014).
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ckpt.domain.errors import IndexCorrupt
+from ckpt.storage.no_space import is_no_space, os_reason, store_full
 
 from .backend import ChunkBackend, parallel_requests
 from .ids import ID_SIZE, ChunkId
@@ -151,6 +159,23 @@ class ChunkIndex:
             self._cache = CacheDir(path)
         return self._cache
 
+    def _spill(self, error: OSError) -> bool:
+        """After ``error`` writing the cache: True if it was for room and the
+        index now uses a fresh temporary cache (write again there); False if it
+        is another error (raise it). ``StoreFull`` if the temporary cache is the
+        one that is full."""
+        if not is_no_space(error):
+            return False
+        cache = self._cache_dir()
+        if self._temp is not None:
+            raise store_full(
+                "the chunk-index cache", str(cache.path), None, os_reason(error), cache.path
+            ) from error
+        self._temp = tempfile.mkdtemp(prefix="ckpt-chunk-index-")
+        atexit.register(shutil.rmtree, self._temp, True)
+        self._cache = CacheDir(Path(self._temp))
+        return True
+
     def persist(self) -> None:
         """Write pending entries (``add``) into the cache now, as one run."""
         with self._lock:
@@ -161,10 +186,12 @@ class ChunkIndex:
         """Write pending entries into the cache (a later process then need not
         read their index files) and remove a temporary cache."""
         with self._lock:
-            if self._temp is None:
-                # the cache is only a cache: the next refresh reads the files
+            view = self._view
+            if self._temp is None and view is not None and view.pending.files:
+                # the cache is only a cache: the next refresh reads the files (no
+                # spill to a temporary cache here: it would be built to be deleted)
                 with contextlib.suppress(OSError):
-                    self.persist()
+                    self._persist_in(self._cache_dir(), self._names_known(), False)
             self._view = None
             if self._temp is not None:
                 shutil.rmtree(self._temp, ignore_errors=True)
@@ -211,8 +238,17 @@ class ChunkIndex:
     def _persist(self, names: set[bytes], drop_unlisted: bool = False) -> None:
         """Bring the cache to ``names`` (the index files there are) plus this
         process's pending files (``drop_unlisted``: only those in ``names``),
-        under the cache lock if anything changes."""
-        cache = self._cache_dir()
+        under the cache lock if anything changes; in a temporary cache if the
+        cache's device is full (``_spill``)."""
+        for _ in range(2):
+            try:
+                self._persist_in(self._cache_dir(), names, drop_unlisted)
+                return
+            except OSError as e:
+                if not self._spill(e):  # StoreFull when the temporary cache is full too
+                    raise
+
+    def _persist_in(self, cache: CacheDir, names: set[bytes], drop_unlisted: bool) -> None:
         old = self._view
         pending = old.pending if old is not None else _Pending()
         if drop_unlisted:
@@ -400,12 +436,17 @@ class ChunkIndex:
                 view = self._view or view
             if view.snap.totals is None:
                 cache = self._cache_dir()
-                with cache.locked():
-                    snap = cache.load()
-                    if snap is None or snap.signature != view.snap.signature:
-                        snap = None
-                    if snap is not None and snap.totals is None:
-                        snap = merge_runs(cache, snap, 0, count_totals=True)
+                try:
+                    with cache.locked():
+                        snap = cache.load()
+                        if snap is None or snap.signature != view.snap.signature:
+                            snap = None
+                        if snap is not None and snap.totals is None:
+                            snap = merge_runs(cache, snap, 0, count_totals=True)
+                except OSError as e:
+                    if not self._spill(e):
+                        raise
+                    snap = None  # built afresh in the temporary cache, totals counted
                 if snap is None:
                     self._view = None
                     self.refresh()  # changed meanwhile: take that state in

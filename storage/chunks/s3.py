@@ -41,7 +41,9 @@ a ``StorageError`` naming the
 verb, the object, the backend and S3's error code and message: a
 ``StoreUnavailable`` when the server cannot be reached, refuses our credentials
 (HTTP 403) or keeps failing (5xx after the retries), so the CLI can tell "S3
-is down or the keys are wrong" from "S3 answered, but not as expected".
+is down or the keys are wrong" from "S3 answered, but not as expected"; a
+``StoreFull`` when S3 has no room for the object (a quota, full drives, a size
+limit: ``_FULL_CODES``), naming the object's size.
 Messages never contain credentials: the repr shows bucket, prefix and endpoint
 only, and the secret key is scrubbed from any error text that comes back.
 
@@ -71,6 +73,7 @@ from ckpt.domain.errors import (
     StoreNotFound,
     StoreUnavailable,
 )
+from ckpt.storage.no_space import store_full
 
 from .backend import MAX_NAME, check_name, check_prefix, check_range
 
@@ -98,6 +101,24 @@ _NO_BUCKET_CODES = frozenset({"404", "NoSuchBucket", "NotFound"})
 # The one region where CreateBucket takes no LocationConstraint (AWS refuses
 # "us-east-1" as one); SeaweedFS and MinIO accept either form.
 _DEFAULT_REGION = "us-east-1"
+# Answers that mean "no room for this object" (StoreFull): Ceph RGW's and
+# S3-compatible servers' quota (QuotaExceeded, HTTP 403 on Ceph), MinIO's full
+# drives (XMinioStorageFull, HTTP 507) and bucket quota, and a size limit below
+# our objects (EntityTooLarge: AWS allows 5 GiB per PUT, our packs are <= 16 MiB,
+# so a server that refuses one has a smaller limit configured; HTTP 413 from a
+# proxy in front of it). HTTP 507 Insufficient Storage whatever the code.
+_FULL_CODES = frozenset(
+    {
+        "QuotaExceeded",
+        "XMinioStorageFull",
+        "XMinioAdminBucketQuotaExceeded",
+        "EntityTooLarge",
+        "InsufficientStorage",
+        "413",
+        "507",
+    }
+)
+_FULL_STATUS = frozenset({413, 507})
 # S3 error messages are one sentence; an HTML error page from a proxy is not.
 _MAX_DETAIL = 300
 
@@ -330,7 +351,9 @@ class S3ChunkBackend:
             return str(error.response.get("Error", {}).get("Code", ""))
         return None
 
-    def _fail(self, verb: str, name: str, error: Exception) -> NoReturn:
+    def _fail(self, verb: str, name: str, error: Exception, needed: int | None = None) -> NoReturn:
+        """Raise ``error`` as ckpt's; ``needed``: the size of the object a put
+        wanted to store (what a ``StoreFull`` message reports)."""
         cls: type[StorageError] = StorageError
         hint = ""
         if isinstance(error, self._client_error):
@@ -349,6 +372,9 @@ class S3ChunkBackend:
                     f"bucket {self._location.bucket!r} does not exist ({self!r}; {detail}); "
                     "`ckpt init` with this --chunks URL creates it for a new store"
                 ) from error
+            if code in _FULL_CODES or status in _FULL_STATUS:
+                # before the 403 below: Ceph answers a full quota with HTTP 403
+                raise store_full(repr(name), repr(self), needed, detail) from error
             if status == 403:
                 cls = StoreUnavailable
                 hint = " (check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and the bucket's policy)"
@@ -416,7 +442,7 @@ class S3ChunkBackend:
         try:
             self._client.put_object(Bucket=self._location.bucket, Key=key, Body=bytes(data))
         except self._errors as e:
-            self._fail("put", name, e)
+            self._fail("put", name, e, len(data))
 
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         key = self._key(name)

@@ -6,6 +6,7 @@ import os
 
 from backends import killed_before_index_files
 
+from ckpt.domain.errors import StoreFull
 from ckpt.storage.chunks import ChunkBackend, ChunkId, ChunkStore, MemoryChunkBackend
 
 from .conftest import FakeClock
@@ -143,3 +144,38 @@ def test_gc_deletes_each_index_file_before_its_pack(clock: FakeClock) -> None:
     for pack in report.deleted_packs + report.repacked_packs:
         index_file = "index/" + pack.split("/")[-1].replace(".pack", ".idx")
         assert backend.deleted.index(index_file) < backend.deleted.index(pack)
+
+
+class _FullForPacks(MemoryChunkBackend):
+    """A memory backend whose device fills up: once ``full``, new packs do not fit."""
+
+    full = False
+
+    def put(self, name: str, data: bytes) -> None:
+        if self.full and name.startswith("packs/"):
+            raise StoreFull(f"no space left on the store's device: {len(data)} bytes needed")
+        super().put(name, data)
+
+
+def test_a_gc_on_a_full_device_still_deletes_dead_packs_and_leaves_repacking_for_later(
+    clock: FakeClock,
+) -> None:
+    backend = _FullForPacks()
+    store = _store(backend, clock)
+    chunks = _fill(store, 9)  # three packs of three
+    ids = list(chunks)
+    keep = {ids[0], ids[1], ids[2], ids[4]}  # pack 1 fully used, pack 2 partly, pack 3 not
+    clock.now += 2 * HOUR
+    backend.full = True
+    report = store.delete_unreferenced(keep, grace_seconds=HOUR, now=clock.now)
+    assert len(report.deleted_packs) == 1 and report.repacked_packs == []  # pack 3 only
+    assert report.new_packs == [] and report.freed_bytes > 3 * 3000
+    assert any("not repacked: no space left" in p for p in report.problems), report.problems
+    assert len(list(backend.list("packs/"))) == len(list(backend.list("index/"))) == 2
+    fresh = ChunkStore(backend)
+    assert fresh.verify().ok
+    assert {c: fresh.get(c) for c in keep} == {c: chunks[c] for c in keep}
+    backend.full = False  # space freed: the next gc repacks pack 2
+    again = fresh.delete_unreferenced(keep, grace_seconds=HOUR, now=clock.now)
+    assert len(again.repacked_packs) == 1 and again.problems == []
+    assert sorted(fresh.ids()) == sorted(keep)

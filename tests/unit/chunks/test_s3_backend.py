@@ -30,8 +30,10 @@ from ckpt.domain.errors import (
     ChunkMissing,
     InvalidValue,
     StorageError,
+    StoreFull,
     StoreUnavailable,
 )
+from ckpt.exit_codes import exit_code
 from ckpt.storage.chunks import ChunkStore, S3ChunkBackend, chunk_id, parse_s3_url
 from ckpt.storage.chunks.s3 import S3Location
 
@@ -266,6 +268,32 @@ def test_server_errors_are_unavailable_other_errors_storage_errors(
     _client_error(stubber, "head_object", "403", 403, "Forbidden")
     with pytest.raises(StoreUnavailable, match=r"cannot stat 'a' .*: HTTP 403: Forbidden"):
         backend.exists("a")  # "not allowed to look" is not "absent"
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [
+        ("QuotaExceeded", 403),  # Ceph RGW's quota: 403, yet not a credentials problem
+        ("XMinioStorageFull", 507),
+        ("XMinioAdminBucketQuotaExceeded", 400),
+        ("EntityTooLarge", 400),
+        ("InsufficientStorage", 507),
+        ("SomethingElse", 507),  # HTTP 507 Insufficient Storage whatever the code
+    ],
+)
+def test_s3_answers_that_mean_no_room_are_store_full_with_the_object_size(
+    stubbed: tuple[S3ChunkBackend, Stubber], code: str, status: int
+) -> None:
+    backend, stubber = stubbed
+    _client_error(stubber, "put_object", code, status, "no room for it", Body=ANY)
+    with pytest.raises(StoreFull) as info:
+        backend.put("a", bytes(1234))
+    message = str(info.value)
+    assert message.startswith("no space left on the store's device: 1234 bytes needed for 'a' ")
+    assert "S3ChunkBackend('s3://bucket/pre'" in message
+    assert f"S3 error {code} (HTTP {status}): no room for it" in message
+    assert "check AWS_ACCESS_KEY_ID" not in message
+    assert exit_code(info.value) == 37
 
 
 ANY_GET = {"Bucket": "bucket", "Key": "pre/a", "Range": ANY}
