@@ -54,7 +54,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         for k, n in sorted(real.items())
     )
     planted = "; ".join(
-        f"{k[len('planted bug: ') :]}: caught at the {n}th"
+        f"{k[len('planted bug: ') :]}: caught after {n} crash states"
         for k, n in sorted(_scenario.CHECKED.items())
         if k.startswith("planted")
     )
