@@ -237,6 +237,7 @@ def _verify(s: Store, a: argparse.Namespace, out: TextIO) -> None:
         "checked": report.checked,
         "bad": report.bad,
         "unreadable": report.unreadable,
+        "stale_index": report.stale_index,
         "repair": repaired,
     }
     lines = [
@@ -245,6 +246,11 @@ def _verify(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     ]
     io_errors = set(report.unreadable.values())
     lines += _unreadable_lines(report)
+    lines += [
+        f"  index file {name} names a pack that is gone: a capture could reference its "
+        "chunks, which no longer exist; ckpt verify --repair removes it"
+        for name in report.stale_index
+    ]
     for bad in report.bad:
         if bad["reason"] in io_errors:
             continue  # listed once per pack above
@@ -254,6 +260,11 @@ def _verify(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     if report.ok:
         return
     damaged = [b for b in report.bad if b["reason"] not in io_errors]
+    if not damaged and report.stale_index and not report.unreadable:
+        raise StoreCorrupt(
+            f"verify found {len(report.stale_index)} index files naming packs that are gone "
+            "(listed above); ckpt verify --repair removes them"
+        )
     if not damaged:
         raise StoreIOError(
             f"verify could not read {len(report.unreadable)} of the store's files "

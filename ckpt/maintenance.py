@@ -175,7 +175,12 @@ def verify(
         users = who_needs(references(uow), chunks, [cid for cid, _, refs in bad if not refs])
         bad = [(cid, reason, refs or users.get(cid, [])) for cid, reason, refs in bad]
     named = name_users(uow, bad) if bad else []
-    return VerifyReport(checked, named, referenced, unreadable=dict(report.unreadable))
+    # An index file whose pack is gone (a file system lost gc's order) is a
+    # finding even when no capture references its chunks yet (decision 0016).
+    stale = chunks.stale_index_files()
+    return VerifyReport(
+        checked, named, referenced, unreadable=dict(report.unreadable), stale_index=stale
+    )
 
 
 def _batches(ids: Iterator[bytes], size: int) -> Iterator[list[bytes]]:

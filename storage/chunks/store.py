@@ -42,6 +42,7 @@ from .format import CURRENT, read_format, write_format
 from .gc import GcReport, delete_unreferenced
 from .ids import ChunkId
 from .index_types import ChunkStats, Location
+from .layout import INDEX, PACKS, pack_id_of_index, pack_id_of_pack, pack_name
 from .lease import GC, WRITE, Lease, LeaseInfo, held, read_leases, wait_for
 from .pack import DEFAULT_PACK_SIZE, GROUPED, MAX_PACK_SIZE, VERSION
 from .repair import RebuildReport, rebuild_index
@@ -387,6 +388,25 @@ class ChunkStore:
         """Damaged index files (each named, with the remedy); also checks the
         local index cache's runs and drops the cache if one is damaged."""
         return self._index.check()
+
+    def stale_index_files(self) -> list[str]:
+        """Index files whose pack is gone. Every writer puts a pack before its
+        index file and gc deletes the index file before its pack, each durably
+        (decision 0016), so none exists unless a file system lost that order.
+        ``verify`` cannot see one through the chunks events reference: a capture
+        deduplicating against its chunks would record references to bytes that
+        no longer exist. Races with writers and gc are ruled out by looking
+        again, pack first: a pack gone before its index file was seen still
+        there was gone while that index file existed."""
+        packs = {pack_id_of_pack(n) for n in self._backend.list(PACKS)}
+        stale = []
+        for name in self._backend.list(INDEX):
+            pack_id = pack_id_of_index(name)
+            if pack_id is None or pack_id in packs:
+                continue
+            if not self._backend.exists(pack_name(pack_id)) and self._backend.exists(name):
+                stale.append(name)
+        return stale
 
     def delete_unreferenced(
         self,

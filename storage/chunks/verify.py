@@ -72,16 +72,19 @@ class VerifyReport(Generic[Bad]):
     ``unreadable`` maps each object (a pack, an index file) the medium failed
     to read (``StoreIOError``) to the error: the pack's chunks are in ``bad``
     too, with that error as their reason; the other packs are still checked.
+    ``stale_index`` names index files whose pack is gone
+    (``ChunkStore.stale_index_files``).
     """
 
     checked: int
     bad: Bad
     referenced: int = 0
     unreadable: dict[str, str] = field(default_factory=dict)
+    stale_index: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.bad and not self.unreadable
+        return not self.bad and not self.unreadable and not self.stale_index
 
 
 def verify_chunks(

@@ -17,12 +17,14 @@ Terms:
                 whose ``init`` (or ``copy``) returned is there; ``verify --json``
                 and ``verify --log --json`` report ok without ``verify --repair``
                 (stricter than the issue asks: a state that needs it fails, saying
-                whether the repair would have made it clean); the audit log holds
-                the last event of the last command that returned, with the same
-                hash link (so every event before it too); every required ledger
-                entry restores byte for byte; and every ``CARRY_ON``-th state
-                also takes a new capture and verifies again (the store is
-                usable, not only readable).
+                whether the repair would have made it clean); no index file names
+                a pack that is gone (verify cannot see one; a later capture would
+                dedup against it and reference bytes that no longer exist); the
+                audit log holds the last event of the last command that
+                returned, with the same hash link (so every event before it
+                too); every required ledger entry restores byte for byte; and
+                every ``CARRY_ON``-th state also takes a new capture and
+                verifies again (the store is usable, not only readable).
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ from pathlib import Path
 import ckpt
 from ckpt.cli import run
 from ckpt.storage.chunks import lease
+from ckpt.storage.chunks.backend import LocalChunkBackend
+from ckpt.storage.chunks.layout import INDEX, PACKS, pack_id_of_index, pack_id_of_pack
 
 from ._model import CrashPoint, Key, PowerModel
 
@@ -261,6 +265,13 @@ class Scenario:
                 else f"still not clean after verify --repair (exit {code}: {err}{out})"
             )
             raise AssertionError(f"{where} {store} does not verify: {problem}; {repaired}")
+        chunks = LocalChunkBackend(self.root / store / "chunks")
+        packs = {pack_id_of_pack(n) for n in chunks.list(PACKS)}
+        stale = [n for n in chunks.list(INDEX) if pack_id_of_index(n) not in packs]
+        # verify checks the chunks events reference; an index file whose pack is
+        # gone is invisible to it until a capture dedups against one of its
+        # chunks and records a reference to bytes that no longer exist.
+        assert not stale, f"{where} {store}: index files name packs that are gone: {stale}"
         returned = [entry for at, each, entry in self.logged if each == store and at <= index]
         if returned and returned[-1] is not None:
             position, link = returned[-1]
