@@ -56,6 +56,7 @@ from ckpt.projections import AuditEntry, ChainEntry, JsonValue, TreeEntry
 from ckpt.storage.chunks import GcReport, UpgradeReport, VerifyReport
 from ckpt.storage.chunks.gc import GcDetails
 from ckpt.storage.chunks.verify import AffectedCapture, BadChunk
+from ckpt.storage.disk_reader import DiskReader
 from ckpt.storage.log_chain import ChainReport
 from ckpt.storage.sources import StreamSource
 
@@ -87,6 +88,7 @@ __all__ = [
     "CopyReport",
     "DiskCapture",
     "DiskFormat",
+    "DiskReader",
     "DomainError",
     "FileCapture",
     "FileRole",

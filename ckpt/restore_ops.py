@@ -18,12 +18,15 @@ from uuid import UUID
 
 from ckpt.domain import (
     BackupPoint,
+    CkptError,
     FileCapture,
     FileRole,
     InvalidValue,
+    NotFound,
     OutputFailed,
     VirtualMachine,
 )
+from ckpt.storage.disk_reader import CACHE_BYTES, DiskReader
 from ckpt.storage.disk_state import State
 from ckpt.storage.manifest_cache import chain_manifest_ids
 from ckpt.storage.manifest_restore import load_state, restore_manifest, restore_state
@@ -56,12 +59,30 @@ def resolve_point(uow: UnitOfWork, vm: str, ref: str, at: str | int | None = Non
     return RestorePoint(v, f"checkpoint {found.name!r}", layers, v.captured_files.get(found.id, ()))
 
 
-def _disk_state(uow: UnitOfWork, vm: str, ref: str, disk: str, at: str | int | None) -> State:
+NOW = "Now"  # the point ``open_disk`` reads as the VM's running state
+
+
+def resolve_view(uow: UnitOfWork, vm: str, ref: str, at: str | int | None = None) -> RestorePoint:
+    """As ``resolve_point``, and ``"Now"``: the running layers' content as last
+    captured (a sync's or a checkpoint's; no state files). "Now" always means
+    the running state: a checkpoint named so is reached by its id."""
+    if ref != NOW:
+        return resolve_point(uow, vm, ref, at)
+    v = queries.vm(uow, vm, at=at)
+    return RestorePoint(v, "Now", dict(v.running), ())
+
+
+def _disk_state(
+    uow: UnitOfWork,
+    point: RestorePoint,
+    disk: str,
+    missing: type[CkptError] = InvalidValue,
+) -> State:
     """A disk's state at a checkpoint or backup point (its chain's last v2
-    manifest, read segment by segment)."""
-    point = resolve_point(uow, vm, ref, at)
+    manifest, read segment by segment). ``missing``: the error for a disk the
+    VM lacks (``open_disk`` raises ``NotFound``; restore kept its exit code)."""
     if disk not in point.layers:
-        raise InvalidValue(
+        raise missing(
             f"VM {point.vm.name!r} has no disk {disk!r} (disks: {', '.join(point.layers)})"
         )
     state = load_state(chain_manifest_ids(point.vm, point.layers[disk]), uow.chunks)
@@ -92,7 +113,7 @@ def restore_disk(
     progress: ProgressFactory | None,
     at: str | int | None = None,
 ) -> int:
-    state = _disk_state(uow, vm, ref, disk, at)
+    state = _disk_state(uow, resolve_point(uow, vm, ref, at), disk)
     with _writing(out):
         return restore_state(state, uow.chunks, out, bar(progress, f"restore {disk}", state.size))
 
@@ -100,7 +121,7 @@ def restore_disk(
 def restore_disk_vhdx(
     uow: UnitOfWork, vm: str, ref: str, disk: str, out: BinaryIO, at: str | int | None = None
 ) -> int:
-    state = _disk_state(uow, vm, ref, disk, at)
+    state = _disk_state(uow, resolve_point(uow, vm, ref, at), disk)
     with _writing(out):
         return write_disk_vhdx(state, uow, out)
 
@@ -162,3 +183,32 @@ def restore_state_files(
     if not written:
         raise InvalidValue(f"no state files were captured for {point.label}")
     return written
+
+
+def open_disk(
+    uow: UnitOfWork,
+    vm: str,
+    ref: str,
+    disk: str,
+    at: str | int | None = None,
+    cache_bytes: int = CACHE_BYTES,
+) -> DiskReader:
+    """A random-access reader over a disk at a point (or Now), as restore finds it."""
+    point = resolve_view(uow, vm, ref, at)
+    state = _disk_state(uow, point, disk, missing=NotFound)
+    return DiskReader(state, uow.chunks.get_views, cache_bytes, f"{disk!r} at {point.label}")
+
+
+def open_memory(
+    uow: UnitOfWork,
+    vm: str,
+    ref: str,
+    at: str | int | None = None,
+    cache_bytes: int = CACHE_BYTES,
+) -> DiskReader:
+    """A random-access reader over the memory image captured at a point."""
+    point = resolve_view(uow, vm, ref, at)
+    f = _file(point, FileRole.MEMORY)
+    state = load_state([f.manifest], uow.chunks)
+    assert state is not None  # one manifest: a state
+    return DiskReader(state, uow.chunks.get_views, cache_bytes, f"memory at {point.label}")

@@ -35,6 +35,7 @@ from ckpt.domain import (
 from ckpt.projections import OPERATIONS, AuditEntry, ChainEntry, TreeEntry
 from ckpt.storage.chunks import ChunkStore, GcReport, UpgradeReport, VerifyReport
 from ckpt.storage.chunks.verify import BadChunk
+from ckpt.storage.disk_reader import DiskReader
 from ckpt.storage.keyring import Keyring
 from ckpt.storage.log_chain import ChainReport
 from ckpt.storage.sources import StreamSource
@@ -448,6 +449,23 @@ class Store:
         check.progress("restore_disk: progress", progress)
         with naming_affected(self.unit_of_work):
             return restore_ops.restore_disk(self.unit_of_work, vm, point, disk, out, progress, at)
+
+    def open_disk(self, vm: str, point: str, disk: str, at: str | int | None = None) -> DiskReader:
+        """A read-only, seekable, thread-safe file over a disk at a checkpoint,
+        backup point or ``"Now"``, reading only the chunks asked for (see
+        ``DiskReader``). ``at`` as in ``restore_disk``. It reads through this
+        store: close it before the store."""
+        _check_point("open_disk", vm, point, at)
+        check.text("open_disk: disk", disk)
+        with naming_affected(self.unit_of_work):
+            return restore_ops.open_disk(self.unit_of_work, vm, point, disk, at)
+
+    def open_memory(self, vm: str, point: str, at: str | int | None = None) -> DiskReader:
+        """As ``open_disk``, over the memory image captured at a point
+        (``block_size``: the memory manifest's)."""
+        _check_point("open_memory", vm, point, at)
+        with naming_affected(self.unit_of_work):
+            return restore_ops.open_memory(self.unit_of_work, vm, point, at)
 
     def restore_disk_vhdx(
         self, vm: str, point: str, disk: str, out: BinaryIO, at: str | int | None = None

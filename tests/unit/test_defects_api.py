@@ -179,6 +179,9 @@ WRONG: list[tuple[str, Call, str]] = [
         "seekable binary stream",
     ),
     ("restore-memory-out", lambda s, t: s.restore_memory("v", "a", "m.bin"), "binary stream"),
+    ("open-disk-disk", lambda s, t: s.open_disk("v", "a", 3), "disk must be"),
+    ("open-disk-at", lambda s, t: s.open_disk("v", "a", "Boot", at=1.5), "at must"),
+    ("open-memory-point", lambda s, t: s.open_memory("v", None), "point must be"),
     (
         "restore-state-dir",
         lambda s, t: s.restore_state_files("v", "a", 5),
@@ -268,6 +271,8 @@ RIGHT: dict[str, Call] = {
     "restore_disk_vhdx": lambda s, t: s.restore_disk_vhdx("v", "a", "Boot", io.BytesIO()),
     "restore_memory": lambda s, t: s.restore_memory("v", "a", io.BytesIO()),
     "restore_state_files": lambda s, t: s.restore_state_files("v", "a", t / "state"),
+    "open_disk": lambda s, t: s.open_disk("v", "a", "Boot").close(),
+    "open_memory": lambda s, t: s.open_memory("v", "a").close(),
     "verify": lambda s, t: s.verify(),
     "repair": lambda s, t: s.repair(),
     "gc": lambda s, t: s.gc(),
