@@ -15,7 +15,7 @@ from ckpt.storage.chunks.verify import AffectedCapture, BadChunk
 from ckpt.storage.log_chain import format_anchor
 from ckpt.storage.sources import StreamSource
 
-from . import api_args, output, render, upgrade_ops
+from . import api_args, mount, output, render, upgrade_ops
 from .maintenance import RepairReport
 from .progress import progress_bars
 from .store import Store
@@ -180,6 +180,15 @@ def _restore(s: Store, a: argparse.Namespace, out: TextIO) -> None:
             {"bytes": size, "output": a.output},
             f"restored {what} of {a.checkpoint!r}: {size} bytes to {a.output}",
         )
+
+
+def _mount(s: Store, a: argparse.Namespace, out: TextIO) -> None:
+    def ready() -> None:
+        out.write(f"mounting the store read-only at {a.directory} (Ctrl-C to unmount)\n")
+        out.flush()
+
+    mount.mount(s.unit_of_work, a.directory, at=a.at, vm=a.vm, ready=ready)
+    out.write(f"unmounted {a.directory}\n")
 
 
 def _repair_text(repaired: RepairReport) -> str:
@@ -408,6 +417,17 @@ def register(sub: Any, cmd: Callable[..., argparse.ArgumentParser]) -> None:
         "--at",
         metavar="POSITION|TIME",
         help="look the checkpoint up as of then (reaches deleted ones)",
+    )
+    q = cmd(
+        sub,
+        "mount",
+        _mount,
+        "show every point's disks, memory and state files as read-only files under DIR (FUSE)",
+    )
+    q.add_argument("directory", metavar="DIR", help="an empty directory")
+    q.add_argument("--vm", metavar="VM", help="only this VM")
+    q.add_argument(
+        "--at", metavar="POSITION|TIME", help="the store as of then (reaches deleted points)"
     )
     q = cmd(
         sub,

@@ -18,6 +18,7 @@ from uuid import UUID
 
 from ckpt.domain import (
     BackupPoint,
+    Checkpoint,
     CkptError,
     FileCapture,
     FileRole,
@@ -36,6 +37,8 @@ from .hyperv_export import write_disk_vhdx
 from .progress_factory import ProgressFactory, bar
 from .unit_of_work import UnitOfWork
 
+NOW = "Now"  # the point ``open_disk`` reads as the VM's running state
+
 
 @dataclass(frozen=True)
 class RestorePoint:
@@ -51,7 +54,12 @@ def resolve_point(uow: UnitOfWork, vm: str, ref: str, at: str | int | None = Non
     """A live checkpoint or backup point, now or as of ``at``. A reference
     matching several points (of either kind) is ambiguous."""
     v = queries.vm(uow, vm, at=at)
-    found = v.find_point(ref)
+    return point_of(uow, v, v.find_point(ref))
+
+
+def point_of(uow: UnitOfWork, v: VirtualMachine, found: Checkpoint | BackupPoint) -> RestorePoint:
+    """One of ``v``'s points, with the disks and files it holds (a backup point's
+    VM as of its event: the running layers it recorded)."""
     if isinstance(found, BackupPoint):
         past = queries.vm(uow, v.id, version=found.version)
         return RestorePoint(past, f"backup point {found.name!r}", dict(past.running), ())
@@ -59,7 +67,9 @@ def resolve_point(uow: UnitOfWork, vm: str, ref: str, at: str | int | None = Non
     return RestorePoint(v, f"checkpoint {found.name!r}", layers, v.captured_files.get(found.id, ()))
 
 
-NOW = "Now"  # the point ``open_disk`` reads as the VM's running state
+def now_of(v: VirtualMachine) -> RestorePoint:
+    """Now: the running layers' content as last captured (no state files)."""
+    return RestorePoint(v, NOW, dict(v.running), ())
 
 
 def resolve_view(uow: UnitOfWork, vm: str, ref: str, at: str | int | None = None) -> RestorePoint:
@@ -68,8 +78,7 @@ def resolve_view(uow: UnitOfWork, vm: str, ref: str, at: str | int | None = None
     the running state: a checkpoint named so is reached by its id."""
     if ref != NOW:
         return resolve_point(uow, vm, ref, at)
-    v = queries.vm(uow, vm, at=at)
-    return RestorePoint(v, "Now", dict(v.running), ())
+    return now_of(queries.vm(uow, vm, at=at))
 
 
 def _disk_state(
