@@ -37,6 +37,7 @@ from .mount_tree import DirNode, FileNode
 from .unit_of_work import UnitOfWork
 
 DEV_FUSE = "/dev/fuse"
+TOLD = 1000  # distinct read errors written to stderr; later ones only fail with EIO
 TIMEOUT = 60.0  # s the kernel may cache names and sizes: the view never changes while mounted
 
 
@@ -51,7 +52,10 @@ def check_directory(directory: str) -> None:
         what = "does not exist" if not path.exists() else "is not a directory"
         raise InvalidValue(f"cannot mount at {directory!r}: it {what}; give an empty directory")
     if os.path.ismount(path):
-        raise InvalidValue(f"cannot mount at {directory!r}: something is mounted there already")
+        raise InvalidValue(
+            f"cannot mount at {directory!r}: something is mounted there already "
+            f"(one a killed `ckpt mount` left behind goes with `fusermount -u {directory}`)"
+        )
     try:
         if any(path.iterdir()):
             raise InvalidValue(f"cannot mount at {directory!r}: it is not empty")
@@ -96,6 +100,7 @@ class CheckpointFS:
         self._handles: dict[int, FileNode] = {}
         self._next = 1
         self._lock = threading.Lock()
+        self._told: set[str] = set()
 
     def _fail(self, code: int) -> OSError:
         err: OSError = self.fuse.FuseOSError(code)
@@ -112,8 +117,13 @@ class CheckpointFS:
         try:
             return work()
         except CkptError as e:
-            self.err.write(f"ckpt: error: reading {path}: {e}\n")
-            self.err.flush()
+            message = f"ckpt: error: reading {path}: {e}\n"
+            with self._lock:  # the kernel retries a failed read: say it once
+                told = message in self._told or len(self._told) >= TOLD
+                self._told.add(message)
+            if not told:
+                self.err.write(message)
+                self.err.flush()
             raise self._fail(errno.EIO) from None
 
     def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:

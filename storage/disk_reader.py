@@ -33,7 +33,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from ckpt.domain.errors import StoreCorrupt
+from ckpt.domain.errors import CkptError, StoreCorrupt
 
 from .chunks.codec import Chunk
 from .disk_state import State
@@ -170,7 +170,15 @@ class DiskReader(io.RawIOBase):
                     have[cid] = found
                 elif index <= last or len(want) < self._limit // 2:
                     want[cid] = None
-        fetched = self._get(list(want))
+        try:
+            fetched = self._get(list(want))
+        except CkptError:
+            # a damaged chunk ahead must not fail a read of good blocks: fetch
+            # only what was asked (its own damage then fails it, naming the chunk)
+            needed = {cid for index, cid in ids if index <= last and cid not in have}
+            if len(needed) == len(want):
+                raise
+            fetched = self._get([cid for cid in want if cid in needed])
         have.update(fetched)
         if fetched:
             with self._lock:

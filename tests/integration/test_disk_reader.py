@@ -20,7 +20,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ckpt import CheckpointType, DiskFormat, DiskReader, NotFound, Store, UnknownCheckpoint
+from ckpt import (
+    CheckpointType,
+    ChunkCorrupt,
+    DiskFormat,
+    DiskReader,
+    NotFound,
+    Store,
+    UnknownCheckpoint,
+)
 from ckpt.domain import FileRole
 from ckpt.restore_ops import open_disk, resolve_point
 from ckpt.storage.chunks.codec import Chunk
@@ -297,3 +305,25 @@ def test_unknown_points_and_disks_are_refused(fx: Fixture) -> None:
         fx.store.open_disk("VM", "a", "E")
     with pytest.raises(NotFound):
         fx.store.open_memory("VM", "nope")
+
+
+def test_a_damaged_chunk_fails_only_the_reads_that_cover_it(fx: Fixture) -> None:
+    reader, _ = _counting(fx, 64 << 20)
+    data = fx.expected["a", None]
+    blocks = [at for at in range(0, SIZE, B) if any(data[at : at + B])]
+    bad_at = blocks[40]  # inside the read-ahead window of a stream from the start
+    bad = dict(reader._ids(bad_at // B, bad_at // B + 1))[bad_at // B]
+    fetch = reader._fetch
+
+    def damaged(ids: Sequence[bytes]) -> Sequence[Chunk]:
+        if bad in ids:
+            raise ChunkCorrupt(f"chunk {bad.hex()}: content does not hash to its id")
+        return fetch(ids)
+
+    reader._fetch = damaged
+    with reader:
+        for at in range(0, bad_at, B):  # sequential: read-ahead reaches the bad block
+            assert reader.pread(at, B) == data[at : at + B]
+        with pytest.raises(ChunkCorrupt):
+            reader.pread(bad_at, B)
+        assert reader.pread(bad_at + B, B) == data[bad_at + B : bad_at + 2 * B]
