@@ -27,6 +27,7 @@ a pool). A segment is loaded under the lock: one small read per 16 MiB of disk.
 
 from __future__ import annotations
 
+import bisect
 import io
 import threading
 from collections import OrderedDict
@@ -73,6 +74,7 @@ class DiskReader(io.RawIOBase):
         self._lock = threading.Lock()
         self._chunks: OrderedDict[bytes, bytes] = OrderedDict()
         self._segments: OrderedDict[int, dict[int, bytes]] = OrderedDict()
+        self._orders: dict[int, list[int]] = {}  # segment -> its entries' offsets, sorted
         self._streams: OrderedDict[int, tuple[int, int]] = OrderedDict()  # read end ->
         # (read-ahead, fetched up to)
         self._pos = 0
@@ -235,9 +237,18 @@ class DiskReader(io.RawIOBase):
             found = self._state.entries(k, ahead=False)
             self._segments[k] = found
             while len(self._segments) > SEGMENTS:
-                self._segments.popitem(last=False)
+                gone, _ = self._segments.popitem(last=False)
+                self._orders.pop(gone, None)
         else:
             self._segments.move_to_end(k)
+        return found
+
+    def _offsets(self, k: int) -> list[int]:
+        """Segment ``k``'s data offsets in order, sorted once per load; lock held."""
+        entries = self._entries(k)
+        found = self._orders.get(k)
+        if found is None:
+            found = self._orders[k] = sorted(entries)
         return found
 
     def _ids(self, first: int, stop: int) -> list[tuple[int, bytes]]:
@@ -259,18 +270,28 @@ class DiskReader(io.RawIOBase):
         return out
 
     # --------------------------------------------------------------- extents
-    def extents(self, offset: int, length: int) -> list[Extent]:
+    def extents(self, offset: int, length: int, limit: int | None = None) -> list[Extent]:
         """Data and hole runs covering [offset, min(offset + length, size)),
-        from the segment entries alone (no chunk is read)."""
+        from the segment entries alone (no chunk is read). With ``limit``, only
+        the first ``limit`` runs: what an NBD client asking for one extent at a
+        time (qemu does) costs is then that run, not the range it names. A
+        segment's offsets are sorted once per load and searched by bisection:
+        sorting them per call made qemu-img's walk of a 1 GiB disk with a hole
+        every 4th block take minutes."""
         self._checkClosed()
         if offset < 0 or length < 0:
             raise ValueError(f"extents of {length} bytes at {offset}: both must be >= 0")
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be >= 1, not {limit}")
         end = min(offset + length, self._size)
         if offset >= end:
             return []
         bs, span = self._block, self._span
         first, stop = offset // bs, (end - 1) // bs + 1
         runs: list[list[int]] = []  # [start block, stop block, is_zero]
+        # A run is whole once the next one begins: stop when limit + 1 have begun
+        # (without a limit, never: there are at most as many runs as blocks).
+        enough = limit + 1 if limit is not None else stop - first + 1
 
         def add(start: int, stop: int, zero: int) -> None:
             if runs and runs[-1][2] == zero and runs[-1][1] == start:
@@ -282,20 +303,26 @@ class DiskReader(io.RawIOBase):
             base = k * span
             lo, hi = max(first, base), min(stop, base + span)
             with self._lock:
-                entries = self._entries(k)
+                offsets = self._offsets(k)
             at = lo
-            for o in sorted(entries):
-                block = base + o
-                if block < lo:
-                    continue
+            i = bisect.bisect_left(offsets, lo - base)
+            while i < len(offsets) and len(runs) < enough:
+                block = base + offsets[i]
                 if block >= hi:
                     break
                 if block > at:
                     add(at, block, 1)
                 add(block, block + 1, 0)
                 at = block + 1
+                i += 1
+            if len(runs) >= enough:
+                break
             if at < hi:
                 add(at, hi, 1)
+            if len(runs) >= enough:
+                break
+        if limit is not None:
+            del runs[limit:]
         return [
             (max(a * bs, offset), min(b * bs, end) - max(a * bs, offset), bool(z))
             for a, b, z in runs

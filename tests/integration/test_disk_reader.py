@@ -179,6 +179,22 @@ def test_extents_cover_the_range_and_agree_with_the_bytes(
         assert at == max(end, offset) if runs else offset >= end
 
 
+@settings(max_examples=30, deadline=None)
+@given(
+    which=st.sampled_from(POINTS),
+    offset=st.integers(0, SIZE),
+    length=st.integers(0, SIZE),
+    limit=st.integers(1, 5),
+)
+def test_a_limit_returns_the_first_runs_whole(
+    fx: Fixture, which: tuple[str, str | None], offset: int, length: int, limit: int
+) -> None:
+    """What an NBD client asking for one extent at a time gets (``REQ_ONE``)."""
+    reader, _ = _open(fx, *which)
+    with reader:
+        assert reader.extents(offset, length, limit) == reader.extents(offset, length)[:limit]
+
+
 def test_extents_of_the_whole_disk_read_no_chunk(fx: Fixture) -> None:
     uow = fx.store.unit_of_work
     point = resolve_point(uow, "VM", "a")
