@@ -53,6 +53,7 @@ class Readers(Protocol):
 @dataclass(frozen=True)
 class Point:
     vm: str
+    vm_label: str  # the VM of the export names: its name, or its id if the name holds a /
     ref: str  # what open_disk takes: the point's id, or "Now"
     label: str  # the POINT of the export names
     disks: tuple[str, ...]
@@ -72,26 +73,25 @@ def points(s: Store, vm: VirtualMachine) -> list[Point]:
         + [b.name for b in vm.backup_points.values()]
     )
     found = []
+    vm_label = str(vm.id) if "/" in vm.name else vm.name
     for cp in vm.checkpoints.values():
         memory = any(f.role is FileRole.MEMORY for f in vm.captured_files.get(cp.id, ()))
         label = _label(cp.name, str(cp.id), names)
         disks = tuple(disk for disk, _ in cp.layers)
-        found.append(Point(vm.name, str(cp.id), label, disks, memory))
+        found.append(Point(vm.name, vm_label, str(cp.id), label, disks, memory))
     for bp in vm.backup_points.values():
         past = s.vm(vm.id, version=bp.version)
         label = _label(bp.name, str(bp.id), names)
-        found.append(Point(vm.name, str(bp.id), label, tuple(past.running), False))
-    found.append(Point(vm.name, NOW, NOW, tuple(vm.running), False))
+        found.append(Point(vm.name, vm_label, str(bp.id), label, tuple(past.running), False))
+    found.append(Point(vm.name, vm_label, NOW, NOW, tuple(vm.running), False))
     return found
 
 
 def one_point(s: Store, vm: str, ref: str, at: str | int | None) -> Point:
     v = s.vm(vm, at=at)
-    if ref.casefold() == NOW.casefold():
-        return Point(v.name, NOW, NOW, tuple(v.running), False)
-    target = v.find_point(ref)
+    want = NOW if ref.casefold() == NOW.casefold() else str(v.find_point(ref).id)
     for point in points(s, v):
-        if point.ref == str(target.id):
+        if point.ref == want:
             return point
     raise NotFound(f"VM {v.name!r} has no point {ref!r}")  # unreachable: find_point found it
 
@@ -115,10 +115,12 @@ def _entries(
 
         return open_
 
-    base = f"{point.vm}/{point.label}"
+    base = f"{point.vm_label}/{point.label}"
     made = [Entry(f"{base}/{d}", f"disk {d} of {base}", opener(f"{base}/{d}", d)) for d in disks]
     if memory:
-        made.append(Entry(f"{base}/memory", f"memory of {base}", opener(f"{base}/memory", None)))
+        # A disk may be named "memory": the image then takes the name it has on restore.
+        name = f"{base}/memory.bin" if "memory" in disks else f"{base}/memory"
+        made.append(Entry(name, f"memory of {base}", opener(name, None)))
     return made
 
 

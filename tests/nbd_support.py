@@ -9,6 +9,7 @@ a free port (or a Unix socket) and closes it afterwards.
 from __future__ import annotations
 
 import random
+import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -71,6 +72,76 @@ def disk_bytes(size: int = 4 * 1024 * 1024, seed: int = 7) -> bytes:
     return bytes(out)
 
 
+def make_certificates(directory: Path) -> None:
+    """qemu's tls-creds-x509 layout in ``directory``: a CA (ca-cert.pem), a server
+    certificate for 127.0.0.1 (server-cert.pem, server-key.pem) and a client one
+    (client-cert.pem, client-key.pem), as ``certtool`` would make them."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def write(stem: str, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> None:
+        (directory / f"{stem}-cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        if stem != "ca":
+            (directory / f"{stem}-key.pem").write_bytes(
+                key.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                )
+            )
+
+    def builder(subject: str, key: ec.EllipticCurvePrivateKey) -> x509.CertificateBuilder:
+        return (
+            x509.CertificateBuilder()
+            .subject_name(name(subject))
+            .issuer_name(name("ckpt test CA"))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+        )
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        builder("ckpt test CA", ca_key)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    write("ca", ca_key, ca)
+    for stem, usage in (
+        ("server", ExtendedKeyUsageOID.SERVER_AUTH),
+        ("client", ExtendedKeyUsageOID.CLIENT_AUTH),
+    ):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (
+            builder(f"ckpt test {stem}", key)
+            .add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+                ),
+                critical=False,
+            )
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .sign(ca_key, hashes.SHA256())
+        )
+        write(stem, key, cert)
+
+
 def catalogue(
     disks: dict[str, bytes], overlay: Path | None = None, default: str | None = None
 ) -> Catalogue:
@@ -85,8 +156,10 @@ def catalogue(
 
 
 @contextmanager
-def serving(cat: Catalogue, socket_path: Path | None = None) -> Iterator[NbdServer]:
-    server = NbdServer(cat, "127.0.0.1", 0, socket_path)
+def serving(
+    cat: Catalogue, socket_path: Path | None = None, tls: ssl.SSLContext | None = None
+) -> Iterator[NbdServer]:
+    server = NbdServer(cat, "127.0.0.1", 0, socket_path, tls)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -130,3 +130,34 @@ def test_serve_errors_are_one_line_with_their_exit_code(store: CLI) -> None:
     store.fails(CODE[InvalidValue], "serve", "--all", "vm")
     store.fails(CODE[InvalidValue], "serve", "vm", "two", "--port", "70000")
     store.fails(CODE[InvalidValue], "serve", "vm", "two", "--tls-cert", "x.pem")
+
+
+@NEEDS
+def test_memory_and_overlay_exports(store: CLI, tmp_path: Path) -> None:
+    memory = disk_bytes(512 * 1024, seed=9)
+    (tmp_path / "mem.bin").write_bytes(memory)
+    store.ok("vm", "start", "vm")
+    store.ok(
+        "checkpoint", "create", "vm", "hot", "--type", "standard",
+        "--disk", f"D={tmp_path / 'two.raw'}", "--memory", str(tmp_path / "mem.bin"),
+    )  # fmt: skip
+    overlay = tmp_path / "overlay"
+    s = Served(store, "vm", "hot", "--overlay", str(overlay))
+    try:
+        assert s.doc["exports"] == ["vm/hot/D", "vm/hot/memory"]
+        assert _convert(s.url + "vm/hot/memory", tmp_path / "m.raw") == memory
+        write = subprocess.run(
+            ["qemu-io", "-f", "raw", s.url + "vm/hot/D", "-c", "write -P 7 0 4096"],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert write.returncode == 0 and "wrote 4096/4096" in write.stdout, write
+    finally:
+        assert s.stop()[0] == 0
+    assert sorted(f.name for f in overlay.iterdir()) == [
+        "vm_hot_D.map", "vm_hot_D.overlay", "vm_hot_memory.map", "vm_hot_memory.overlay"
+    ]  # fmt: skip
+    again = Served(store, "vm", "hot", "--disk", "D")  # no overlay: the store is unchanged
+    try:
+        assert _convert(again.url, tmp_path / "d.raw") == SECOND
+    finally:
+        assert again.stop()[0] == 0

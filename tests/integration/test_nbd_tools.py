@@ -9,9 +9,11 @@ headers after which a good client is still served.
 
 from __future__ import annotations
 
+import argparse
 import random
 import shutil
 import socket
+import ssl
 import struct
 import subprocess
 from collections.abc import Iterator
@@ -20,9 +22,10 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from nbd_support import catalogue, disk_bytes, serving
+from nbd_support import catalogue, disk_bytes, make_certificates, serving
 
 from ckpt import nbd_protocol as p
+from ckpt.cli_serve import tls_context
 from ckpt.nbd_server import NbdServer
 
 TOOLS = ("qemu-img", "qemu-io", "nbdinfo")
@@ -252,3 +255,51 @@ def test_fuzzed_requests_never_bring_the_server_down(
         _go(sock)
         _send_and_drop(sock, struct.pack(">IHHQQI", magic, flags, kind, 9, offset, length) + tail)
     _served(fuzzed)
+
+
+# ----------------------------------------------------------------------- TLS
+def _tls_dir(tmp_path: Path) -> tuple[Path, ssl.SSLContext]:
+    d = tmp_path / "pki"
+    d.mkdir()
+    make_certificates(d)
+    args = argparse.Namespace(tls_cert=None, tls_key=None, tls_ca=None, tls_dir=str(d))
+    context = tls_context(args)
+    assert context is not None
+    return d, context
+
+
+@needs_tools
+def test_tls_clients_with_certificates_read_and_plain_ones_are_refused(tmp_path: Path) -> None:
+    pki, context = _tls_dir(tmp_path)
+    with serving(catalogue({NAME: SMALL}), tls=context) as s:
+        port = s.port
+        out = tmp_path / "out.raw"
+        got = run(
+            "qemu-img", "convert", "-O", "raw",
+            "--object", f"tls-creds-x509,id=tls0,dir={pki},endpoint=client",
+            "--image-opts",
+            f"driver=nbd,host=127.0.0.1,port={port},export={NAME},tls-creds=tls0",
+            str(out),
+        )  # fmt: skip
+        assert got.returncode == 0, got.stderr
+        assert out.read_bytes() == SMALL
+        listed = run("nbdinfo", "--list", f"nbds://127.0.0.1:{port}/?tls-certificates={pki}")
+        assert listed.returncode == 0 and NAME in listed.stdout, listed.stderr
+        plain = run("nbdinfo", "--size", f"nbd://127.0.0.1:{port}/{NAME}")
+        assert plain.returncode != 0
+        assert "TLS" in plain.stderr or "tls" in plain.stderr
+        for cert in ("client-cert.pem", "client-key.pem"):  # no client certificate
+            (pki / cert).unlink()
+        anonymous = run(
+            "nbdinfo", "--size", f"nbds://127.0.0.1:{port}/{NAME}?tls-certificates={pki}"
+        )
+        assert anonymous.returncode != 0
+        _served_tls_still(s)
+
+
+def _served_tls_still(server: NbdServer) -> None:
+    """After refused clients, a plain probe still gets its TLS-required answer."""
+    with _connect(server) as sock:
+        assert _recv(sock, 18) == p.greeting()
+        sock.sendall(struct.pack(">I", 3) + p.OPTION_HEADER.pack(p.IHAVEOPT, p.OPT_LIST, 0))
+        assert p.OPTION_REPLY_HEADER.unpack(_recv(sock, 20))[2] == p.REP_ERR_TLS_REQD
