@@ -248,7 +248,8 @@ def serve(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     }
     shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
     mode = "read-write (copy-on-write overlay)" if overlay is not None else "read-only"
-    text = f"serving {len(names)} exports {mode} on {server.url}: {shown or 'none'}"
+    count = f"{len(names)} export" + ("" if len(names) == 1 else "s")
+    text = f"serving {count} {mode} on {server.url}: {shown or 'none'}"
     try:
         with _sigterm():
             render.emit(out, a, data, text)

@@ -281,8 +281,9 @@ class Connection:
                 chunks.append((start, length, b""))
             else:
                 chunks.append((start, length, self.pread(export, start, length)))
-        if sum(c[1] for c in chunks) != r.length:
-            raise CkptError(f"extents of {export.name!r} do not cover the read")
+        ends = [r.offset] + [start + length for start, length, _ in chunks]
+        if ends[-1] != r.offset + r.length or [c[0] for c in chunks] != ends[:-1]:
+            raise CkptError(f"extents of {export.name!r} do not tile the read")
         if not chunks:
             self.send(p.done_chunk(r.cookie))
         for i, (start, length, data) in enumerate(chunks):

@@ -308,3 +308,22 @@ def test_overlay_names_are_unambiguous_file_names() -> None:
     assert overlay_stem("a_b/c/d") != overlay_stem("a/b_c/d")
     assert "/" not in overlay_stem("../../etc/passwd")
     assert isinstance(OverlayExport, type)
+
+
+def test_an_overlay_export_takes_writes_zeroes_and_trims(tmp_path: Path) -> None:
+    c = Client(catalogue({NAME: DATA}, overlay=tmp_path))
+    c.start()
+    flags = c.go(structured=False, meta=False)
+    assert not flags & p.FLAG_READ_ONLY and flags & p.FLAG_SEND_WRITE_ZEROES
+    c.request(p.CMD_WRITE, 10, 3, flags=p.CMD_FLAG_FUA)
+    c.sock.sendall(b"abc")
+    assert c.simple() == 0
+    c.request(p.CMD_WRITE_ZEROES, 0, 4)
+    assert c.simple() == 0
+    c.request(p.CMD_TRIM, 0, 4096)
+    assert c.simple() == 0
+    c.request(p.CMD_WRITE, len(DATA) - 1, 2)
+    c.sock.sendall(b"zz")
+    assert c.simple() == p.ENOSPC
+    c.request(p.CMD_READ, 0, 16)
+    assert c.simple() == 0 and c.recv(16) == bytes(4) + DATA[4:10] + b"abc" + DATA[13:16]
