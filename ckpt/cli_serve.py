@@ -20,7 +20,6 @@ import argparse
 import ipaddress
 import signal
 import socket
-import ssl
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -28,15 +27,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, Protocol, TextIO, cast
+from typing import TYPE_CHECKING, Any, Protocol, TextIO, cast
 
 from ckpt.domain import FileRole, InvalidValue, NotFound, VirtualMachine
 
 from . import render
 from .nbd_exports import Catalogue, Entry, Export, ReadOnlyExport, Source
-from .nbd_overlay import OverlayExport
-from .nbd_server import NbdServer
 from .store import Store
+
+if TYPE_CHECKING:
+    import ssl
 
 DEFAULT_PORT = 10809  # IANA's NBD port
 NOW = "Now"
@@ -111,7 +111,11 @@ def _entries(
                 reader = readers.open_disk(point.vm, point.ref, disk, at=at)
                 what = f"disk {disk} of VM {point.vm} at {point.label}"
             export: Export = ReadOnlyExport(name, what, reader)
-            return export if overlay is None else OverlayExport(export, overlay)
+            if overlay is None:
+                return export
+            from .nbd_overlay import OverlayExport
+
+            return OverlayExport(export, overlay)
 
         return open_
 
@@ -176,6 +180,8 @@ def tls_context(a: argparse.Namespace) -> ssl.SSLContext | None:
         if ca:
             raise InvalidValue("--tls-ca needs --tls-cert and --tls-key")
         return None
+    import ssl  # here: ~15 ms that no other command needs
+
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
@@ -228,6 +234,8 @@ def serve(s: Store, a: argparse.Namespace, out: TextIO) -> None:
             overlay.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise InvalidValue(f"--overlay {overlay}: {e.strerror}") from None
+    from .nbd_server import NbdServer
+
     exports = catalogue(s, a, overlay)
     if not a.all:  # open now: a point without content fails here, in one line
         for entry in exports.listing():

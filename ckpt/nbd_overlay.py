@@ -23,8 +23,6 @@ import threading
 from pathlib import Path
 from urllib.parse import quote
 
-import numpy as np
-
 from ckpt.domain import InvalidValue
 
 from .nbd_exports import Export
@@ -139,6 +137,8 @@ class OverlayExport:
         return runs
 
     def _split(self, start: int, length: int) -> list[tuple[int, int, bool]]:
+        import numpy as np  # here: importing it costs every ckpt command ~50 ms
+
         first, last = start // BLOCK, (start + length - 1) // BLOCK
         with self._lock:
             raw = bytes(self.bits[first >> 3 : (last >> 3) + 1])
