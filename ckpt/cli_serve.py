@@ -237,10 +237,10 @@ def serve(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     from .nbd_server import NbdServer
 
     exports = catalogue(s, a, overlay)
-    if not a.all:  # open now: a point without content fails here, in one line
-        for entry in exports.listing():
-            exports.acquire(entry.name)  # held until the catalogue closes
     try:
+        if not a.all:  # open now: a point without content fails here, in one line
+            for entry in exports.listing():
+                exports.acquire(entry.name)  # held until the catalogue closes
         server = NbdServer(exports, a.bind, a.port, a.socket, tls)
     except BaseException:
         exports.close()

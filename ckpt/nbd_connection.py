@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
+import sys
 
 from ckpt.domain import CkptError, NotFound
 
@@ -60,6 +61,8 @@ class Connection:
                 self.transmit(export)
         except (Closed, p.ProtocolError, OSError, ssl.SSLError, ValueError):
             pass
+        except Exception as e:  # a bug: one line for the operator, the server goes on
+            sys.stderr.write(f"ckpt: serve: dropped a connection: {type(e).__name__}: {e}\n")
         finally:
             if export is not None:
                 self.catalogue.release(export)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from cli_support import CLI
-from nbd_support import disk_bytes
+from nbd_support import disk_bytes, make_certificates
 
 from ckpt.domain import InvalidValue, NotFound, UnknownCheckpoint
 from ckpt.exit_codes import TABLE
@@ -161,3 +161,21 @@ def test_memory_and_overlay_exports(store: CLI, tmp_path: Path) -> None:
         assert _convert(again.url, tmp_path / "d.raw") == SECOND
     finally:
         assert again.stop()[0] == 0
+
+
+@NEEDS
+def test_another_address_is_served_with_tls_only(store: CLI, tmp_path: Path) -> None:
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    make_certificates(pki)
+    s = Served(store, "vm", "two", "--bind", "0.0.0.0", "--tls-dir", str(pki))
+    try:
+        assert s.doc["tls"] is True and s.url.startswith("nbds://0.0.0.0:")
+        port = s.doc["port"]
+        listed = subprocess.run(
+            ["nbdinfo", "--size", f"nbds://127.0.0.1:{port}/vm/two/D?tls-certificates={pki}"],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert listed.stdout.strip() == str(len(SECOND)), listed.stderr
+    finally:
+        assert s.stop()[0] == 0

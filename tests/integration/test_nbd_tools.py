@@ -164,6 +164,7 @@ def test_unix_socket(tmp_path: Path) -> None:
 # ------------------------------------------------------------------- fuzzing
 def _connect(server: NbdServer) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", server.port or 0), timeout=5)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
 
 
