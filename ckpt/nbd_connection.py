@@ -25,6 +25,12 @@ from .nbd_exports import Catalogue, Export
 PIECE = 1024 * 1024
 
 
+# A client has this long to finish the handshake (the options included): one
+# that connects and says nothing would otherwise hold a thread forever. qemu
+# and libnbd finish in milliseconds; nbdkit allows 60 s too (--timeout).
+HANDSHAKE_SECONDS = 60.0
+
+
 class Closed(Exception):
     """The client closed the connection or asked to end it."""
 
@@ -56,8 +62,10 @@ class Connection:
     def run(self) -> None:
         export: Export | None = None
         try:
+            self.sock.settimeout(HANDSHAKE_SECONDS)
             export = self.handshake()
             if export is not None:
+                self.sock.settimeout(None)  # transmission: a client may idle between requests
                 self.transmit(export)
         except (Closed, p.ProtocolError, OSError, ssl.SSLError, ValueError):
             pass

@@ -327,3 +327,10 @@ def test_an_overlay_export_takes_writes_zeroes_and_trims(tmp_path: Path) -> None
     assert c.simple() == p.ENOSPC
     c.request(p.CMD_READ, 0, 16)
     assert c.simple() == 0 and c.recv(16) == bytes(4) + DATA[4:10] + b"abc" + DATA[13:16]
+
+
+def test_a_client_silent_in_the_handshake_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("ckpt.nbd_connection.HANDSHAKE_SECONDS", 0.2)
+    c = Client(catalogue({NAME: DATA}))
+    c.recv(18)  # the greeting; then nothing
+    assert c.closed()
