@@ -317,7 +317,6 @@ class Connection:
         if r.length == 0:
             self.error(r, p.EINVAL, "block status of zero bytes")
             return
-        runs = [(length, zero) for _, length, zero in export.extents(r.offset, r.length)]
-        if r.flags & p.CMD_FLAG_REQ_ONE:
-            runs = runs[:1]
+        one = bool(r.flags & p.CMD_FLAG_REQ_ONE)
+        runs = [(n, zero) for _, n, zero in export.extents(r.offset, r.length, 1 if one else None)]
         self.send(p.block_status_chunk(r.cookie, runs))

@@ -20,14 +20,18 @@ from ckpt.domain import NotAllowed, NotFound
 
 
 class Source(Protocol):
-    """The random-access reader an export reads: ``DiskReader``'s read side."""
+    """The random-access reader an export reads: ``DiskReader``'s read side.
+    ``extents`` with ``limit`` returns at most the first ``limit`` runs (qemu asks
+    for block status one extent at a time: the rest of the range is not walked)."""
 
     @property
     def size(self) -> int: ...
 
     def pread(self, offset: int, length: int) -> bytes: ...
 
-    def extents(self, offset: int, length: int) -> list[tuple[int, int, bool]]: ...
+    def extents(
+        self, offset: int, length: int, limit: int | None = None
+    ) -> list[tuple[int, int, bool]]: ...
 
     def close(self) -> None: ...
 
@@ -50,7 +54,9 @@ class Export(Protocol):
 
     def pread(self, offset: int, length: int) -> bytes: ...
 
-    def extents(self, offset: int, length: int) -> list[tuple[int, int, bool]]: ...
+    def extents(
+        self, offset: int, length: int, limit: int | None = None
+    ) -> list[tuple[int, int, bool]]: ...
 
     def pwrite(self, offset: int, data: bytes) -> None: ...
 
@@ -86,8 +92,10 @@ class ReadOnlyExport:
     def pread(self, offset: int, length: int) -> bytes:
         return self.source.pread(offset, length)
 
-    def extents(self, offset: int, length: int) -> list[tuple[int, int, bool]]:
-        return self.source.extents(offset, length)
+    def extents(
+        self, offset: int, length: int, limit: int | None = None
+    ) -> list[tuple[int, int, bool]]:
+        return self.source.extents(offset, length, limit)
 
     def pwrite(self, offset: int, data: bytes) -> None:
         raise NotAllowed(f"export {self._name!r} is read-only")

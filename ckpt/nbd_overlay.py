@@ -122,11 +122,13 @@ class OverlayExport:
             run_start, i = end, j
         return bytes(out)
 
-    def extents(self, offset: int, length: int) -> list[tuple[int, int, bool]]:
+    def extents(
+        self, offset: int, length: int, limit: int | None = None
+    ) -> list[tuple[int, int, bool]]:
         """The base's runs, with each zero run split where the overlay holds blocks
         (those are data now); a 4 GiB request spans 1 Mi blocks, so numpy scans them."""
         runs: list[tuple[int, int, bool]] = []
-        for start, run, zero in self.base.extents(offset, length):
+        for start, run, zero in self.base.extents(offset, length, limit):
             pieces = self._split(start, run) if zero else [(start, run, False)]
             for piece in pieces:
                 last = runs[-1] if runs else None
@@ -134,7 +136,7 @@ class OverlayExport:
                     runs[-1] = (last[0], last[1] + piece[1], last[2])
                 else:
                     runs.append(piece)
-        return runs
+        return runs if limit is None else runs[:limit]
 
     def _split(self, start: int, length: int) -> list[tuple[int, int, bool]]:
         import numpy as np  # here: importing it costs every ckpt command ~50 ms

@@ -42,7 +42,9 @@ class BytesSource:
         self.reads += 1
         return self.data[offset : offset + length]
 
-    def extents(self, offset: int, length: int) -> list[tuple[int, int, bool]]:
+    def extents(
+        self, offset: int, length: int, limit: int | None = None
+    ) -> list[tuple[int, int, bool]]:
         end = min(offset + length, self.size)
         runs: list[tuple[int, int, bool]] = []
         pos = offset
@@ -51,6 +53,8 @@ class BytesSource:
             zero = not any(self.data[(pos // BLOCK) * BLOCK : (pos // BLOCK + 1) * BLOCK])
             if runs and runs[-1][2] == zero:
                 runs[-1] = (runs[-1][0], runs[-1][1] + stop - pos, zero)
+            elif limit is not None and len(runs) == limit:
+                break
             else:
                 runs.append((pos, stop - pos, zero))
             pos = stop
