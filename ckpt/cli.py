@@ -21,7 +21,7 @@ from ckpt.projections import disk_chains, tree_entries
 from ckpt.projections import documents as docs
 from ckpt.storage.locations import environ_secrets, scrub
 
-from . import cli_content, render
+from . import cli_content, cli_serve, render
 from .cli_content import content_args
 from .exit_codes import exit_code
 from .hyperv_import import import_folder
@@ -532,6 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
         json_out=True,
     )
     cli_content.register(sub, cmd)
+    cli_serve.register(sub, cmd)
     return p
 
 
