@@ -27,12 +27,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Protocol, TextIO, cast
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ckpt.domain import FileRole, InvalidValue, NotFound, VirtualMachine
 
 from . import render
-from .nbd_exports import Catalogue, Entry, Export, ReadOnlyExport, Source
+from .nbd_exports import Catalogue, Entry, Export, ReadOnlyExport
 from .store import Store
 
 if TYPE_CHECKING:
@@ -40,14 +40,6 @@ if TYPE_CHECKING:
 
 DEFAULT_PORT = 10809  # IANA's NBD port
 NOW = "Now"
-
-
-class Readers(Protocol):
-    """The store's random-access readers (``Store.open_disk``/``open_memory``)."""
-
-    def open_disk(self, vm: str, point: str, disk: str, at: str | int | None = None) -> Source: ...
-
-    def open_memory(self, vm: str, point: str, at: str | int | None = None) -> Source: ...
 
 
 @dataclass(frozen=True)
@@ -100,15 +92,13 @@ def _entries(
     s: Store, point: Point, disks: tuple[str, ...], memory: bool, at: str | int | None,
     overlay: Path | None,
 ) -> list[Entry]:  # fmt: skip
-    readers = cast(Readers, s)
-
     def opener(name: str, disk: str | None) -> Callable[[], Export]:
         def open_() -> Export:
             if disk is None:
-                reader = readers.open_memory(point.vm, point.ref, at=at)
+                reader = s.open_memory(point.vm, point.ref, at=at)
                 what = f"memory of VM {point.vm} at {point.label}"
             else:
-                reader = readers.open_disk(point.vm, point.ref, disk, at=at)
+                reader = s.open_disk(point.vm, point.ref, disk, at=at)
                 what = f"disk {disk} of VM {point.vm} at {point.label}"
             export: Export = ReadOnlyExport(name, what, reader)
             if overlay is None:

@@ -1,9 +1,5 @@
-"""``ckpt serve`` end to end: a real store, the CLI in a subprocess, qemu-img and nbdinfo.
-
-The server runs through ``tests/nbd_fake_serve.py`` (the CLI with a stand-in
-``Store.open_disk`` that restores the point into memory) until the random-access
-reader is merged; what is served is the point's true content either way.
-"""
+"""``ckpt serve`` end to end: a real store, the ``ckpt`` executable in a
+subprocess serving it through ``Store.open_disk``, qemu-img and nbdinfo."""
 
 from __future__ import annotations
 
@@ -21,7 +17,6 @@ from nbd_support import disk_bytes, make_certificates
 from ckpt.domain import InvalidValue, NotFound, UnknownCheckpoint
 from ckpt.exit_codes import TABLE
 
-HERE = Path(__file__).resolve().parent.parent
 NEEDS = pytest.mark.skipif(
     any(__import__("shutil").which(t) is None for t in ("qemu-img", "nbdinfo")),
     reason="qemu-img or nbdinfo missing (apt qemu-utils libnbd-bin; .ci/run)",
@@ -46,7 +41,7 @@ def store(tmp_path: Path) -> CLI:
 class Served:
     def __init__(self, store: CLI, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, str(HERE / "nbd_fake_serve.py"), "--store", str(store.store),
+            [str(Path(sys.executable).with_name("ckpt")), "--store", str(store.store),
              "serve", *args, "--port", "0", "--json"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip

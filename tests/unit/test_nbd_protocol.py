@@ -334,3 +334,18 @@ def test_a_client_silent_in_the_handshake_is_dropped(monkeypatch: pytest.MonkeyP
     c = Client(catalogue({NAME: DATA}))
     c.recv(18)  # the greeting; then nothing
     assert c.closed()
+
+
+def test_block_status_folds_small_holes_into_data() -> None:
+    """A hole under 64 KiB is reported as data (one read instead of a round trip
+    per run); a hole of 64 KiB or more stays a hole."""
+    from ckpt.nbd_connection import SMALL_HOLE, coalesced
+
+    k = 4096
+    extents = [(0, k, False), (k, k, True), (2 * k, k, False), (3 * k, SMALL_HOLE, True)]
+    assert coalesced(extents) == [(3 * k, False), (SMALL_HOLE, True)]
+    assert coalesced([(0, k, True)]) == [(k, False)]
+    assert coalesced([(0, SMALL_HOLE, True), (SMALL_HOLE, k, False)]) == [
+        (SMALL_HOLE, True),
+        (k, False),
+    ]
