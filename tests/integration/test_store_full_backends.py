@@ -17,13 +17,13 @@ import errno
 import io
 import os
 import random
-import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import Backends
+from full_support import real_sqlite_full
 
 import ckpt
 from ckpt.exit_codes import exit_code
@@ -76,25 +76,12 @@ def no_room_for_packs(store: ckpt.Store, monkeypatch: pytest.MonkeyPatch) -> Non
         monkeypatch.setattr(client, "put_object", put_object)
 
 
-def sqlite_full() -> sqlite3.OperationalError:
-    db = sqlite3.connect(":memory:")
-    db.execute("PRAGMA max_page_count = 2")
-    db.execute("CREATE TABLE t (x BLOB)")
-    try:
-        db.execute("INSERT INTO t VALUES (?)", (bytes(100_000),))
-    except sqlite3.OperationalError as e:
-        return e
-    finally:
-        db.close()
-    raise AssertionError("SQLite took 100 KB into two pages")
-
-
 def no_room_for_events(store: ckpt.Store, monkeypatch: pytest.MonkeyPatch) -> None:
     """From now on, inserting events finds the event store's disk full: raised
     inside the recorder's transaction, so eventsourcing wraps the driver's error."""
     recorder: Any = store.unit_of_work.app.recorder
     if store.unit_of_work.events_file is not None:
-        error: Exception = sqlite_full()
+        error: Exception = real_sqlite_full()
     else:
         import psycopg
 

@@ -14,31 +14,17 @@ from __future__ import annotations
 import errno
 import io
 import os
-import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from eventsourcing.persistence import OperationalError
+from full_support import real_sqlite_full
 
 import ckpt
 from ckpt.exit_codes import exit_code
 from ckpt.storage.chunks import ChunkStore, LocalChunkBackend, index_sync
-
-
-def real_sqlite_full() -> sqlite3.OperationalError:
-    """SQLite's own "database or disk is full", from a database capped at 2 pages."""
-    db = sqlite3.connect(":memory:")
-    db.execute("PRAGMA max_page_count = 2")
-    db.execute("CREATE TABLE t (x BLOB)")
-    try:
-        db.execute("INSERT INTO t VALUES (?)", (bytes(100_000),))
-    except sqlite3.OperationalError as e:
-        return e
-    finally:
-        db.close()
-    raise AssertionError("SQLite took 100 KB into two pages")
 
 
 def wrapped(error: Exception) -> OperationalError:
