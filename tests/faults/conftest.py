@@ -2,34 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from . import _harness
-
-
-@pytest.fixture
-def scratch(tmp_path: Path) -> Iterator[Path]:
-    """A directory for disk images and restored files: in /dev/shm when it exists.
-
-    The images are rewritten and the restored files deleted after every kill
-    point; on a disk mounted with ``discard`` each unlink of a 16 MiB file costs
-    ~10 ms, which adds up to seconds. The store itself stays in ``tmp_path``.
-    """
-    shm = Path("/dev/shm")
-    if not (shm.is_dir() and os.access(shm, os.W_OK)):
-        yield tmp_path
-        return
-    path = Path(tempfile.mkdtemp(prefix="ckpt-faults-", dir=shm))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def pytest_report_header() -> str:

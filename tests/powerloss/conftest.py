@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,19 +12,11 @@ from . import _scenario
 
 
 @pytest.fixture
-def scratch(tmp_path: Path) -> Iterator[Path]:
-    """Images and restored bytes, outside the recorded root: in /dev/shm when it exists."""
-    shm = Path("/dev/shm")
-    if not (shm.is_dir() and os.access(shm, os.W_OK)):
-        path = tmp_path / "scratch"
-        path.mkdir()
-        yield path
-        return
-    path = Path(tempfile.mkdtemp(prefix="ckpt-power-", dir=shm))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+def root(tmp_path: Path) -> Path:
+    """The directory the power-loss model records (``scratch`` stays outside it)."""
+    path = tmp_path / "root"
+    path.mkdir()
+    return path
 
 
 _OS_CALLS = {n: getattr(os, n) for n in ("fsync", "fdatasync", "unlink", "remove", "rmdir",
