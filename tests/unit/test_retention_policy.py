@@ -15,8 +15,6 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from ckpt.domain.errors import InvalidValue
 from ckpt.domain.retention import RULES, Candidate, Duration, Policy, Verdict, select
@@ -170,7 +168,7 @@ def test_no_candidates_give_no_verdicts() -> None:
 
 
 def test_a_naive_time_is_refused_naming_the_point() -> None:
-    with pytest.raises(InvalidValue, match="'p1'.*no timezone"):
+    with pytest.raises(InvalidValue, match=r"'p1'.*no timezone"):
         select([Candidate("p1", datetime(2026, 1, 1))], Policy(last=1))
 
 
@@ -222,3 +220,157 @@ def test_a_point_a_week_rule_purged_is_not_revived_by_the_month_rule() -> None:
         (),
         ("monthly 2026-10 1/2",),
     ]
+
+
+# --- Table tests: Proxmox Backup Server -------------------------------------------------
+# github.com/proxmox/proxmox-backup tests/prune.rs (commit 4940514b), the examples PBS's
+# own implementation is held to; "Z" times, as there.
+
+PBS_HOURLY = [f"2019-11-15T{t}" for t in ("09:39:15", "10:49:15", "10:59:15", "11:39:15",
+                                          "11:49:15", "11:59:15")]  # fmt: skip
+PBS_SIMPLE = ["2019-12-02T11:59:15", "2019-12-03T11:59:15", "2019-12-04T11:59:15",
+              "2019-12-04T12:59:15"]  # fmt: skip
+PBS_SIMPLE2 = [f"{d}T11:59:15" for d in ("2018-11-15", "2019-11-15", "2019-11-21", "2019-11-22",
+               "2019-11-29", "2019-12-01", "2019-12-02", "2019-12-03", "2019-12-04")]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("times", "policy", "expected"),
+    [
+        # test_prune_hourly
+        (PBS_HOURLY, "hourly=3", ["11:59:15", "10:59:15", "09:39:15"]),
+        (PBS_HOURLY, "hourly=2", ["11:59:15", "10:59:15"]),
+        # test_prune_simple
+        (PBS_SIMPLE, "last=4", ["04T12", "04T11", "03T11", "02T11"]),
+        (PBS_SIMPLE, "last=3", ["04T12", "04T11", "03T11"]),
+        (PBS_SIMPLE, "last=1", ["04T12"]),
+        (PBS_SIMPLE, "last=2,daily=2", ["04T12", "04T11", "03T11", "02T11"]),
+        (PBS_SIMPLE, "daily=3", ["04T12", "03T11", "02T11"]),
+        (PBS_SIMPLE, "daily=2", ["04T12", "03T11"]),
+        (PBS_SIMPLE, "weekly=5", ["04T12"]),
+        (PBS_SIMPLE, "daily=1,weekly=5", ["04T12"]),
+        (PBS_SIMPLE, "monthly=6", ["04T12"]),
+        (PBS_SIMPLE, "yearly=7", ["04T12"]),
+        (PBS_SIMPLE, "weekly=5,monthly=6,yearly=7", ["04T12"]),
+        # test_prune_simple2
+        (PBS_SIMPLE2, "daily=1", ["2019-12-04"]),
+        (PBS_SIMPLE2, "last=1,daily=1", ["2019-12-04", "2019-12-03"]),
+        (PBS_SIMPLE2, "daily=1,weekly=1", ["2019-12-04", "2019-12-01"]),
+        (PBS_SIMPLE2, "daily=1,weekly=1,monthly=1", ["2019-12-04", "2019-12-01", "2019-11-22"]),
+        (PBS_SIMPLE2, "monthly=1,yearly=1", ["2019-12-04", "2018-11-15"]),
+    ],
+)
+def test_pbs_repository_examples(times: list[str], policy: str, expected: list[str]) -> None:
+    got = kept(select(points(*times), Policy.parse(policy)))
+    assert len(got) == len(expected)
+    assert all(fragment in key for key, fragment in zip(got, expected, strict=True))
+
+
+def test_pbs_documentation_retention_settings_example() -> None:
+    # pbs.proxmox.com/docs/maintenance.html "Retention Settings Example" (docs/maintenance.rst):
+    # daily backups, keep-last 3, daily 13, weekly 8, monthly 11, yearly 9: "at least two
+    # weeks" of dailies, "two full months" of weeklies, "a year" of monthlies, "at least 10
+    # years of coverage". Here: one backup a day at 02:00 from 2014 to Mon 2026-11-30.
+    start = datetime(2014, 1, 1, 2, 0, tzinfo=UTC)
+    days = (datetime(2026, 11, 30, 2, 0, tzinfo=UTC) - start).days + 1
+    cands = [Candidate(f"{t:%Y-%m-%d}", t) for t in (start + timedelta(d) for d in range(days))]
+    verdicts = select(cands, Policy.parse("last=3,daily=13,weekly=8,monthly=11,yearly=9"))
+    assert reasons(verdicts) == {"last": 3, "daily": 13, "weekly": 8, "monthly": 11, "yearly": 9}
+    by_rule: dict[str, list[str]] = {}
+    for v in verdicts:
+        if v.keep:
+            by_rule.setdefault(v.reasons[0].split()[0], []).append(v.key)
+    # 16 days in a row; then the Sundays of the 8 ISO weeks before the week of Nov 15.
+    assert by_rule["last"] + by_rule["daily"] == [f"2026-11-{d:02d}" for d in range(30, 14, -1)]
+    assert by_rule["weekly"] == ["2026-11-08", "2026-11-01", "2026-10-25", "2026-10-18",
+                                 "2026-10-11", "2026-10-04", "2026-09-27", "2026-09-20"]  # fmt: skip
+    # Month ends from August 2026 back to October 2025, then year ends 2024 back to 2016.
+    assert by_rule["monthly"][0] == "2026-08-31" and by_rule["monthly"][-1] == "2025-10-31"
+    assert by_rule["yearly"] == [f"{y}-12-31" for y in range(2024, 2015, -1)]
+
+
+# --- Table tests: restic ----------------------------------------------------------------
+# restic.readthedocs.io "Removing snapshots according to a policy" (doc/060_forget.rst).
+
+
+def test_restic_documentation_keep_daily_5_with_a_missed_day() -> None:
+    # Weekdays for two weeks, a second backup on Fridays, Wednesday Apr 30 missed. (The
+    # doc's "keep" list prints ID 8a603ddf at 23:00, its "snapshots" list at 11:00: the
+    # times are what the example is about, so the keys here are times.) One rule: restic
+    # and PBS agree.
+    cands = points(
+        "2025-04-21T11:00", "2025-04-22T11:00", "2025-04-23T11:00", "2025-04-24T11:00",
+        "2025-04-25T11:00", "2025-04-25T23:00", "2025-04-28T11:00", "2025-04-29T11:00",
+        "2025-05-01T11:00", "2025-05-02T11:00", "2025-05-02T23:00",
+    )  # fmt: skip
+    assert kept(select(cands, Policy(daily=5))) == [
+        "2025-05-02T23:00", "2025-05-01T11:00", "2025-04-29T11:00", "2025-04-28T11:00",
+        "2025-04-25T23:00",
+    ]  # fmt: skip
+
+
+def test_restic_documentation_100_years_of_dailies_differs_by_convention() -> None:
+    # restic's doc: a backup every day for 100 years, --keep-daily 7 --keep-weekly 5
+    # --keep-monthly 12 --keep-yearly 75 keeps 7 daily, 4 weekly ("the 7 dailies already
+    # include 1 weekly"), 12 or 11 monthly and 75 or 74 yearly: restic ORs its rules.
+    # DIFFERENCE: in PBS's order each rule counts only periods no earlier rule covered, so
+    # every count is spent in full: 7 + 5 + 12 + 75 = 99 points.
+    start = datetime(1926, 12, 1, 3, 0, tzinfo=UTC)
+    cands = [Candidate(str(d), start + timedelta(d)) for d in range(100 * 365 + 24)]
+    verdicts = select(cands, Policy(daily=7, weekly=5, monthly=12, yearly=75))
+    assert reasons(verdicts) == {"daily": 7, "weekly": 5, "monthly": 12, "yearly": 75}
+
+
+# restic's golden files: internal/data/snapshot_policy_test.go (TestApplyPolicy, commit
+# a80be147) lists these snapshots (the 5 copies of 2015-10-22 differ there by tags and
+# paths, here by key); testdata/policy_keep_snapshots_N holds what each policy keeps.
+RESTIC_TIMES = ["2014-09-01T10:20:30", "2014-09-02T10:20:30", "2014-09-05T10:20:30", "2014-09-06T10:20:30", "2014-09-08T10:20:30", "2014-09-09T10:20:30", "2014-09-10T10:20:30", "2014-09-11T10:20:30", "2014-09-20T10:20:30", "2014-09-22T10:20:30", "2014-08-08T10:20:30", "2014-08-10T10:20:30", "2014-08-12T10:20:30", "2014-08-13T10:20:30", "2014-08-13T10:20:30.1", "2014-08-15T10:20:30", "2014-08-18T10:20:30", "2014-08-20T10:20:30", "2014-08-21T10:20:30", "2014-08-22T10:20:30", "2014-10-01T10:20:30", "2014-10-02T10:20:30", "2014-10-05T10:20:30", "2014-10-06T10:20:30", "2014-10-08T10:20:30", "2014-10-09T10:20:30", "2014-10-10T10:20:30", "2014-10-11T10:20:30", "2014-10-20T10:20:30", "2014-10-22T10:20:30", "2014-11-08T10:20:30", "2014-11-10T10:20:30", "2014-11-12T10:20:30", "2014-11-13T10:20:30", "2014-11-13T10:20:30.1", "2014-11-15T10:20:30", "2014-11-18T10:20:30", "2014-11-20T10:20:30", "2014-11-21T10:20:30", "2014-11-22T10:20:30", "2015-09-01T10:20:30", "2015-09-02T10:20:30", "2015-09-05T10:20:30", "2015-09-06T10:20:30", "2015-09-08T10:20:30", "2015-09-09T10:20:30", "2015-09-10T10:20:30", "2015-09-11T10:20:30", "2015-09-20T10:20:30", "2015-09-22T10:20:30", "2015-08-08T10:20:30", "2015-08-10T10:20:30", "2015-08-12T10:20:30", "2015-08-13T10:20:30", "2015-08-13T10:20:30.1", "2015-08-15T10:20:30", "2015-08-18T10:20:30", "2015-08-20T10:20:30", "2015-08-21T10:20:30", "2015-08-22T10:20:30", "2015-10-01T10:20:30", "2015-10-02T10:20:30", "2015-10-05T10:20:30", "2015-10-06T10:20:30", "2015-10-08T10:20:30", "2015-10-09T10:20:30", "2015-10-10T10:20:30", "2015-10-11T10:20:30", "2015-10-20T10:20:30", "2015-10-22T10:20:30", "2015-10-22T10:20:30", "2015-10-22T10:20:30", "2015-10-22T10:20:30", "2015-10-22T10:20:30", "2015-11-08T10:20:30", "2015-11-10T10:20:30", "2015-11-12T10:20:30", "2015-11-13T10:20:30", "2015-11-13T10:20:30.1", "2015-11-15T10:20:30", "2015-11-18T10:20:30", "2015-11-20T10:20:30", "2015-11-21T10:20:30", "2015-11-22T10:20:30", "2016-01-01T01:02:03", "2016-01-01T01:03:03", "2016-01-01T07:08:03", "2016-01-03T07:02:03", "2016-01-04T10:23:03", "2016-01-04T11:23:03", "2016-01-04T12:23:03", "2016-01-04T12:24:03", "2016-01-04T12:28:03", "2016-01-04T12:30:03", "2016-01-04T16:23:03", "2016-01-05T09:02:03", "2016-01-06T08:02:03", "2016-01-07T10:02:03", "2016-01-08T20:02:03", "2016-01-09T21:02:03", "2016-01-12T21:02:03", "2016-01-12T21:08:03", "2016-01-18T12:02:03"]
+RESTIC_SNAPSHOTS = [Candidate(f"{i:03d} {t}", at(t)) for i, t in enumerate(RESTIC_TIMES)]
+NEWEST_10 = ["2016-01-18T12:02:03", "2016-01-12T21:08:03", "2016-01-12T21:02:03",
+             "2016-01-09T21:02:03", "2016-01-08T20:02:03", "2016-01-07T10:02:03",
+             "2016-01-06T08:02:03", "2016-01-05T09:02:03", "2016-01-04T16:23:03",
+             "2016-01-04T12:30:03"]  # fmt: skip
+NEWEST_19 = NEWEST_10 + ["2016-01-04T12:28:03", "2016-01-04T12:24:03", "2016-01-04T12:23:03",
+                         "2016-01-04T11:23:03", "2016-01-04T10:23:03", "2016-01-03T07:02:03",
+                         "2016-01-01T07:08:03", "2016-01-01T01:03:03",
+                         "2016-01-01T01:02:03"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("golden", "policy", "expected"),
+    [
+        (1, "last=10", NEWEST_10),
+        (5, "hourly=20", [NEWEST_10[0], NEWEST_10[1], *NEWEST_10[3:],
+                          "2016-01-04T11:23:03", "2016-01-04T10:23:03", "2016-01-03T07:02:03",
+                          "2016-01-01T07:08:03", "2016-01-01T01:03:03", "2015-11-22T10:20:30",
+                          "2015-11-21T10:20:30", "2015-11-20T10:20:30", "2015-11-18T10:20:30",
+                          "2015-11-15T10:20:30", "2015-11-13T10:20:30.1"]),
+        (6, "daily=3", ["2016-01-18T12:02:03", "2016-01-12T21:08:03", "2016-01-09T21:02:03"]),
+        (12, "weekly=4", ["2016-01-18T12:02:03", "2016-01-12T21:08:03", "2016-01-09T21:02:03",
+                          "2016-01-03T07:02:03"]),
+        (14, "monthly=6", ["2016-01-18T12:02:03", "2015-11-22T10:20:30", "2015-10-22T10:20:30",
+                           "2015-09-22T10:20:30", "2015-08-22T10:20:30",
+                           "2014-11-22T10:20:30"]),
+        (25, "within=1m14d", NEWEST_19),
+        (28, "within=2m2h", NEWEST_19 + ["2015-11-22T10:20:30", "2015-11-21T10:20:30",
+                                         "2015-11-20T10:20:30", "2015-11-18T10:20:30"]),
+    ],
+)  # fmt: skip
+def test_restic_golden_files_where_the_conventions_agree(
+    golden: int, policy: str, expected: list[str]
+) -> None:
+    got = kept(select(RESTIC_SNAPSHOTS, Policy.parse(policy)))
+    assert [key.split()[1] for key in got] == expected, f"policy_keep_snapshots_{golden}"
+
+
+def test_restic_golden_file_last_5_daily_5_differs_by_convention() -> None:
+    # policy_keep_snapshots_9: restic keeps 6 (the 5 newest, and Jan 7 as the fifth day,
+    # because its daily rule also counts the 4 days the 5 newest cover). DIFFERENCE: PBS's
+    # daily rule starts after the days keep-last covered (Jan 18, 12, 9, 8) and keeps 5
+    # more: Jan 7, 6, 5, 4, 3 -- 10 points.
+    verdicts = select(RESTIC_SNAPSHOTS, Policy(last=5, daily=5))
+    assert [key.split()[1][:10] for key in kept(verdicts)] == [
+        "2016-01-18", "2016-01-12", "2016-01-12", "2016-01-09", "2016-01-08",
+        "2016-01-07", "2016-01-06", "2016-01-05", "2016-01-04", "2016-01-03",
+    ]  # fmt: skip
+    assert reasons(verdicts) == {"last": 5, "daily": 5}
