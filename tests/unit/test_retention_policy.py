@@ -11,10 +11,13 @@ differ the test asserts our result and says why. Times are fixed, in UTC.
 from __future__ import annotations
 
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
+from random import Random
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ckpt.domain.errors import InvalidValue
 from ckpt.domain.retention import RULES, Candidate, Duration, Policy, Verdict, select
@@ -404,3 +407,103 @@ def test_restic_golden_file_last_5_daily_5_differs_by_convention() -> None:
         "2016-01-07", "2016-01-06", "2016-01-05", "2016-01-04", "2016-01-03",
     ]  # fmt: skip
     assert reasons(verdicts) == {"last": 5, "daily": 5}
+
+
+# --- Properties -------------------------------------------------------------------------
+
+BASE = datetime(2024, 1, 1, tzinfo=UTC)
+PROPERTY = settings(max_examples=250, deadline=None)
+
+
+@st.composite
+def candidate_lists(draw: st.DrawFn) -> list[Candidate]:
+    """Up to 30 points on a grid of one drawn spacing (7 minutes to 40 days), so the
+    points share hours, days, weeks, months or years; equal times happen too."""
+    spacing = draw(st.sampled_from([7, 50, 6 * 60, 25 * 60, 9 * 24 * 60, 40 * 24 * 60]))
+    steps = draw(st.lists(st.integers(0, 120), max_size=30))
+    return [
+        Candidate(f"p{i:02d}", BASE + timedelta(minutes=step * spacing))
+        for i, step in enumerate(steps)
+    ]
+
+
+counts = st.integers(0, 4)
+durations = (
+    st.tuples(st.integers(0, 1), st.integers(0, 3), st.integers(0, 12), st.integers(0, 30))
+    .filter(any)
+    .map(lambda parts: Duration(*parts))
+)
+policies = st.builds(
+    Policy,
+    last=counts, hourly=counts, daily=counts, weekly=counts, monthly=counts, yearly=counts,
+    within=st.none() | durations,
+)  # fmt: skip
+zones = st.sampled_from(
+    [UTC, ZoneInfo("Europe/Berlin"), ZoneInfo("America/St_Johns"), ZoneInfo("Australia/Lord_Howe")]
+)
+
+
+@PROPERTY
+@given(policies)
+def test_policy_text_round_trips(policy: Policy) -> None:
+    assert Policy.parse(str(policy)) == policy
+
+
+@PROPERTY
+@given(candidate_lists(), policies, zones)
+def test_every_point_gets_one_verdict_newest_first_with_reasons_iff_kept(
+    cands: list[Candidate], policy: Policy, tz: tzinfo
+) -> None:
+    verdicts = select(cands, policy, tz)
+    assert sorted(v.key for v in verdicts) == sorted(c.key for c in cands)
+    time_of = dict(cands)
+    assert [(time_of[v.key], v.key) for v in verdicts] == sorted(
+        ((time_of[v.key], v.key) for v in verdicts), key=lambda tk: (-tk[0].timestamp(), tk[1])
+    )
+    assert all(bool(v.reasons) == v.keep for v in verdicts)
+    if verdicts:
+        assert verdicts[0].keep
+
+
+@PROPERTY
+@given(candidate_lists(), policies, zones)
+def test_forget_twice_is_forget_once(cands: list[Candidate], policy: Policy, tz: tzinfo) -> None:
+    first = [v for v in select(cands, policy, tz) if v.keep]
+    kept_keys = {v.key for v in first}
+    # Same points kept, and for the same reasons: a second run decides nothing new.
+    assert select([c for c in cands if c.key in kept_keys], policy, tz) == first
+
+
+@PROPERTY
+@given(candidate_lists(), policies)
+def test_a_rule_with_count_n_keeps_at_most_n_points(cands: list[Candidate], policy: Policy) -> None:
+    by_rule = reasons(select(cands, policy))
+    for rule in RULES:
+        assert by_rule[rule] <= getattr(policy, rule)
+    assert by_rule["newest"] == 0  # a non-empty policy's first rule keeps the newest itself
+
+
+@PROPERTY
+@given(candidate_lists(), st.integers(1, 40))
+def test_keep_last_alone_keeps_exactly_the_n_newest(cands: list[Candidate], n: int) -> None:
+    verdicts = select(cands, Policy(last=n))
+    assert [v.keep for v in verdicts] == [i < n for i in range(len(cands))]
+
+
+@PROPERTY
+@given(candidate_lists(), policies, st.randoms(use_true_random=False))
+def test_the_result_does_not_depend_on_input_order(
+    cands: list[Candidate], policy: Policy, rng: Random
+) -> None:
+    shuffled = list(cands)
+    rng.shuffle(shuffled)
+    before = list(cands)
+    assert select(shuffled, policy) == select(cands, policy)
+    assert cands == before  # the input is not mutated
+
+
+@PROPERTY
+@given(durations)
+def test_duration_text_round_trips_and_before_is_earlier(duration: Duration) -> None:
+    assert Duration.parse(str(duration)) == duration
+    assert duration.before(BASE) < BASE
