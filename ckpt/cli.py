@@ -21,7 +21,7 @@ from ckpt.projections import disk_chains, tree_entries
 from ckpt.projections import documents as docs
 from ckpt.storage.locations import environ_secrets, scrub
 
-from . import cli_content, cli_serve, render
+from . import cli_content, cli_retention, cli_serve, render
 from .cli_content import content_args
 from .exit_codes import exit_code
 from .hyperv_import import import_folder
@@ -69,8 +69,15 @@ def _vm_add(s: Store, a: argparse.Namespace, out: TextIO) -> None:
 
 
 def _vm_set(s: Store, a: argparse.Namespace, out: TextIO) -> None:
-    vm = s.set_vm(a.name, a.checkpoint_type, a.automatic_checkpoints, a.config_version)
-    render.emit(out, a, docs.vm_json(vm), f"VM {render.vm_text(vm)}")
+    settings = (a.checkpoint_type, a.automatic_checkpoints, a.config_version)
+    if a.retention is None or any(x is not None for x in settings):
+        vm = s.set_vm(a.name, *settings)
+    if a.retention is not None:
+        vm = s.set_retention(a.name, a.retention)
+    text = f"VM {render.vm_text(vm)}"
+    if a.retention is not None:
+        text += f"; retention policy: {vm.retention or 'none'}"
+    render.emit(out, a, docs.vm_json(vm), text)
 
 
 def _vm_power(action: str) -> Handler:
@@ -408,6 +415,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--checkpoint-type", type=_ctype)
     q.add_argument("--automatic-checkpoints", type=_onoff, metavar="on|off")
     q.add_argument("--config-version", help="upgrade the configuration version (VM off)")
+    q.add_argument(
+        "--retention",
+        metavar="POLICY",
+        help='store a keep-policy, e.g. "last=3,daily=7,weekly=4,monthly=12" '
+        "(ckpt forget --apply-policies runs it; none removes it)",
+    )
     for action, text in (
         ("start", "start a VM"),
         ("stop", "turn a VM off"),
@@ -533,6 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cli_content.register(sub, cmd)
     cli_serve.register(sub, cmd)
+    cli_retention.register(sub, cmd)
     return p
 
 
@@ -578,7 +592,7 @@ WRITES = {
     "vm add", "vm set", "vm start", "vm stop", "vm save", "vm remove",
     "checkpoint create", "checkpoint apply", "checkpoint revert", "checkpoint rename",
     "checkpoint delete", "sync", "gc", "upgrade", "import disk", "import hyperv",
-    "projections rebuild",
+    "projections rebuild", "forget",
 }  # fmt: skip
 ACTIONS = ("vm_command", "cp_command", "import_command", "projections_command")
 
@@ -588,6 +602,8 @@ def _command(args: argparse.Namespace) -> str:
     words = [args.command, *(getattr(args, a) for a in ACTIONS if getattr(args, a, None))]
     if args.command == "verify" and getattr(args, "repair", False):
         words.append("--repair")
+    if getattr(args, "dry_run", False):  # gc and forget: a dry run only reads
+        words.append("--dry-run")
     return " ".join(words)
 
 

@@ -308,17 +308,20 @@ def _unreadable_lines(report: VerifyReport[list[BadChunk]]) -> list[str]:
 def _gc(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     api_args.number("--grace", a.grace, 0)  # -5, nan and inf were taken (issue 11)
     with progress_bars() as bars:
-        report = s.gc(a.grace, bars)
+        report = s.gc(a.grace, bars, dry_run=a.dry_run)
     d = report.details
     data = {
         "referenced": report.referenced,
         "removed_chunks": report.removed_chunks,
         "freed_bytes": report.freed_bytes,
         **d,
+        "dry_run": report.dry_run,
+        "reclaimed_purges": report.reclaimed_purges,
     }
+    would = "would remove" if report.dry_run else "removed"
     lines = [
-        f"gc: kept {report.referenced} referenced chunks, removed {report.removed_chunks}, "
-        f"freed {report.freed_bytes} bytes",
+        f"gc: kept {report.referenced} referenced chunks, {would} {report.removed_chunks}, "
+        f"{'would free about' if report.dry_run else 'freed'} {report.freed_bytes} bytes",
         f"  packs: {d['deleted_packs']} deleted ({d['orphan_packs']} orphans without an "
         f"index file, {d['orphan_bytes']} bytes), {d['repacked_packs']} repacked into "
         f"{d['new_packs']}; {d['index_files_removed']} index files removed",
@@ -333,6 +336,12 @@ def _gc(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     if d["dead_leases_removed"]:
         lines.append(f"  removed {d['dead_leases_removed']} leases of ended processes")
     lines += [f"  problem: {p}" for p in d["problems"]]
+    if report.reclaimed_purges:
+        verb = "would reclaim" if report.dry_run else "reclaimed"
+        where = ", ".join(map(str, report.reclaimed_purges))
+        lines.append(f"  {verb} the purges at positions {where} (no undo after)")
+    if report.dry_run:
+        lines.append("  dry run: nothing was recorded or deleted")
     render.emit(out, a, data, "\n".join(lines))
 
 
@@ -465,6 +474,11 @@ def register(sub: Any, cmd: Callable[..., argparse.ArgumentParser]) -> None:
         default=3600.0,
         metavar="SECONDS",
         help="keep unreferenced chunks younger than this, >= 0 (default 3600)",
+    )
+    q.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="tell what gc would free (bytes, packs, purges reclaimed); record and delete nothing",
     )
     cmd(
         sub,

@@ -33,6 +33,7 @@ from ckpt.domain import FileRole, InvalidValue, NotFound, VirtualMachine
 
 from . import render
 from .nbd_exports import Catalogue, Entry, Export, ReadOnlyExport
+from .restore_ops import point_of
 from .store import Store
 
 if TYPE_CHECKING:
@@ -66,12 +67,17 @@ def points(s: Store, vm: VirtualMachine) -> list[Point]:
     )
     found = []
     vm_label = str(vm.id) if "/" in vm.name else vm.name
+    purged = s.unit_of_work.app.get_vm(vm.id).purged  # as the log is now, whatever vm's moment
     for cp in vm.checkpoints.values():
+        if cp.id in purged:
+            continue
         memory = any(f.role is FileRole.MEMORY for f in vm.captured_files.get(cp.id, ()))
         label = _label(cp.name, str(cp.id), names)
         disks = tuple(disk for disk, _ in cp.layers)
         found.append(Point(vm.name, vm_label, str(cp.id), label, disks, memory))
     for bp in vm.backup_points.values():
+        if bp.id in purged:
+            continue
         past = s.vm(vm.id, version=bp.version)
         label = _label(bp.name, str(bp.id), names)
         found.append(Point(vm.name, vm_label, str(bp.id), label, tuple(past.running), False))
@@ -81,7 +87,12 @@ def points(s: Store, vm: VirtualMachine) -> list[Point]:
 
 def one_point(s: Store, vm: str, ref: str, at: str | int | None) -> Point:
     v = s.vm(vm, at=at)
-    want = NOW if ref.casefold() == NOW.casefold() else str(v.find_point(ref).id)
+    if ref.casefold() == NOW.casefold():
+        want = NOW
+    else:
+        found = v.find_point(ref)
+        point_of(s.unit_of_work, v, found)  # a purged point: PointPurged, not "no point"
+        want = str(found.id)
     for point in points(s, v):
         if point.ref == want:
             return point

@@ -21,6 +21,7 @@ TABLE: tuple[tuple[type[e.CkptError], int], ...] = (
     (e.NotAllowed, 15),
     (e.AlreadyExists, 16),
     (e.CaptureOutdated, 17),
+    (e.PointPurged, 40),
     (e.DomainError, 19),
     (e.StoreNotFound, 20),
     (e.StoreExists, 21),

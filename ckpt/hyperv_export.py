@@ -44,6 +44,7 @@ from ckpt.storage.manifest_restore import load_state, restore_manifest
 from ckpt.storage.vhdx import write_avhdx, write_vhdx
 
 from . import commands, queries
+from .retention_ops import purged_error
 from .unit_of_work import UnitOfWork
 
 DISKS_DIR = "Virtual Hard Disks"
@@ -189,6 +190,9 @@ def export(
     """Write a Hyper-V folder for a checkpoint (or Now); return the files written."""
     vm = queries.vm(uow, vm_name, at=at)
     cp: Checkpoint | None = None if checkpoint is None else vm.find_checkpoint(checkpoint)
+    refused = None if cp is None else purged_error(uow, vm, cp.id, f"checkpoint {cp.name!r}")
+    if refused is not None:
+        raise refused
     folder_name = export_folder_name(vm.name, vm.id)
     folder = Path(out_dir) / folder_name
     _prepare_folder(Path(out_dir), folder, force)

@@ -27,18 +27,17 @@ from ckpt.storage.locations import display
 from ckpt.storage.references import Reference, iter_referenced, who_needs
 
 from . import queries
-from .damage import name_users, references
+from .damage import name_users
+from .point_history import walk
 from .progress_factory import ProgressFactory, bar
 from .read_only import immutable_uri
+from .retained import ID_BUDGET, kept_references
+from .retention_ops import reclaim_purges
 from .store_config import CHUNKS_DIR, FORMAT
 from .unit_of_work import UnitOfWork
 
 LOOKUP_BATCH = 1 << 16  # referenced ids checked against the index per sorted batch
 MISSING_DETAILED = 64  # missing chunks named in the store's own words; the rest briefly
-# Referenced ids held in memory before the id set spills a sorted run to a temporary
-# file: 256 K x ~75 B (a 32-byte bytes object and its list slot) = ~19 MiB. A set of
-# every referenced id held ~100 B per chunk: 800 MB for a 32 GiB disk of unique blocks.
-ID_BUDGET = 1 << 18
 
 
 class RepairReport(TypedDict, total=False):
@@ -137,8 +136,9 @@ def verify(
     from ckpt.storage.chunks.id_set import IdSet  # numpy: only when content is walked
 
     broken: list[tuple[Reference, str]] = []
+    refs = kept_references(uow, walk(uow))  # less what only reclaimed purges needed
     with IdSet(budget=ID_BUDGET) as needed:
-        for batch in iter_referenced(references(uow), chunks, broken):
+        for batch in iter_referenced(refs, chunks, broken):
             needed.add_many(batch)
         referenced = len(needed)
         bad: list[tuple[bytes, str, list[Reference]]] = [
@@ -172,7 +172,7 @@ def verify(
                 bad.append((cid, str(e), []))
     checked = report.checked
     if bad:  # who needs each bad chunk: a second pass, only now (never kept per chunk)
-        users = who_needs(references(uow), chunks, [cid for cid, _, refs in bad if not refs])
+        users = who_needs(refs, chunks, [cid for cid, _, refs in bad if not refs])
         bad = [(cid, reason, refs or users.get(cid, [])) for cid, reason, refs in bad]
     named = name_users(uow, bad) if bad else []
     # An index file whose pack is gone (a file system lost gc's order) is a
@@ -217,8 +217,15 @@ def repair(uow: UnitOfWork) -> RepairReport:
     return result
 
 
-def gc(uow: UnitOfWork, grace_seconds: float, progress: ProgressFactory | None = None) -> GcReport:
-    """Delete the chunks no recorded capture needs, from packs older than the grace period."""
+def gc(
+    uow: UnitOfWork,
+    grace_seconds: float,
+    progress: ProgressFactory | None = None,
+    dry_run: bool = False,
+) -> GcReport:
+    """Delete the chunks no retained point needs, from packs older than the grace
+    period; first record the purges this frees as reclaimed (no undo after).
+    ``dry_run``: record and delete nothing, report what a gc would free."""
     chunks = uow.chunks
     # The lease first, the log second: a capture that commits before we read the
     # log is in ``needed``; one that commits later held a lease we see (or waits
@@ -227,9 +234,11 @@ def gc(uow: UnitOfWork, grace_seconds: float, progress: ProgressFactory | None =
         # lenient: a manifest that reads but breaks a rule still names its chunks (kept)
         from ckpt.storage.chunks.id_set import IdSet  # numpy: only when content is walked
 
+        histories, gone, positions = reclaim_purges(uow, dry_run)
         broken: list[tuple[Reference, str]] = []
         with IdSet(budget=ID_BUDGET) as needed:
-            for batch in iter_referenced(references(uow), chunks, broken, lenient=True):
+            refs = kept_references(uow, histories, gone)
+            for batch in iter_referenced(refs, chunks, broken, lenient=True):
                 needed.add_many(batch)
             if broken:
                 # A manifest we cannot read hides what it references: deleting anything
@@ -237,12 +246,20 @@ def gc(uow: UnitOfWork, grace_seconds: float, progress: ProgressFactory | None =
                 raise InvalidValue(
                     f"gc refused: {len(broken)} manifests cannot be read; run ckpt verify"
                 )
-            result = chunks.delete_unreferenced(needed, grace_seconds, time.time(), leases)
+            if dry_run:
+                e = chunks.estimate_unreferenced(needed, grace_seconds, time.time(), leases)
+                result = GcReport(
+                    e.deleted_packs, e.repacked_packs, [], e.removed_chunks, e.freed_bytes,
+                    e.young_packs, e.problems, kept_for_leases=e.kept_for_leases, dry_run=True,
+                )  # fmt: skip
+            else:
+                result = chunks.delete_unreferenced(needed, grace_seconds, time.time(), leases)
             referenced = len(needed)
     return result._replace(
         referenced=referenced,
         live_leases=[x.describe() for x in leases.writers],
         dead_leases_removed=len(leases.dead_removed),
+        reclaimed_purges=positions,
     )
 
 

@@ -26,7 +26,14 @@ import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from ckpt.domain import BackupPoint, Checkpoint, FileRole, UnknownVM, VirtualMachine
+from ckpt.domain import (
+    BackupPoint,
+    Checkpoint,
+    FileRole,
+    PointPurged,
+    UnknownVM,
+    VirtualMachine,
+)
 from ckpt.storage.chunks import ChunkStore
 from ckpt.storage.disk_reader import DiskReader
 from ckpt.storage.manifest_cache import chain_manifest_ids
@@ -143,7 +150,11 @@ def _vm_dir(uow: UnitOfWork, v: VirtualMachine, now: float) -> DirNode:
     for p, name in zip(found, names, strict=True):
         if names.count(name) > 1 or name == NOW:
             name = f"{name} [{p.id}]"
-        folder.add(name, _point_dir(point_of(uow, v, p), _stamp(p.created_at, now)))
+        try:
+            point = point_of(uow, v, p)
+        except PointPurged:
+            continue  # purged by retention (ckpt forget): no bytes to show
+        folder.add(name, _point_dir(point, _stamp(p.created_at, now)))
     folder.add(NOW, _point_dir(now_of(v), now))
     return folder
 

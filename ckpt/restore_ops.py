@@ -35,6 +35,7 @@ from ckpt.storage.manifest_restore import load_state, restore_manifest, restore_
 from . import queries
 from .hyperv_export import write_disk_vhdx
 from .progress_factory import ProgressFactory, bar
+from .retention_ops import purged_error
 from .unit_of_work import UnitOfWork
 
 NOW = "Now"  # the point ``open_disk`` reads as the VM's running state
@@ -59,7 +60,12 @@ def resolve_point(uow: UnitOfWork, vm: str, ref: str, at: str | int | None = Non
 
 def point_of(uow: UnitOfWork, v: VirtualMachine, found: Checkpoint | BackupPoint) -> RestorePoint:
     """One of ``v``'s points, with the disks and files it holds (a backup point's
-    VM as of its event: the running layers it recorded)."""
+    VM as of its event: the running layers it recorded). A point whose content
+    was purged (``ckpt forget``, now, whatever ``v``'s moment) is ``PointPurged``."""
+    kind = "backup point" if isinstance(found, BackupPoint) else "checkpoint"
+    refused = purged_error(uow, v, found.id, f"{kind} {found.name!r}")
+    if refused is not None:  # its place in the tree stays, its bytes are gone (or going)
+        raise refused
     if isinstance(found, BackupPoint):
         past = queries.vm(uow, v.id, version=found.version)
         return RestorePoint(past, f"backup point {found.name!r}", dict(past.running), ())

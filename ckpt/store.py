@@ -32,6 +32,7 @@ from ckpt.domain import (
     StateFile,
     VirtualMachine,
 )
+from ckpt.domain.retention import Policy
 from ckpt.projections import OPERATIONS, AuditEntry, ChainEntry, TreeEntry
 from ckpt.storage.chunks import ChunkStore, GcReport, UpgradeReport, VerifyReport
 from ckpt.storage.chunks.verify import BadChunk
@@ -48,6 +49,7 @@ from . import (
     maintenance,
     queries,
     restore_ops,
+    retention_ops,
     setup,
     upgrade_ops,
 )
@@ -57,6 +59,7 @@ from .damage import naming_affected
 from .maintenance import RepairReport, StoreInfo, StoreStats
 from .progress_factory import ProgressFactory
 from .read_model_updates import ReadModels
+from .retention_ops import ForgetPlan
 from .store_config import StoreConfig
 from .unit_of_work import UnitOfWork, utc_now
 
@@ -513,12 +516,68 @@ class Store:
         return maintenance.repair(self.unit_of_work)
 
     def gc(
-        self, grace_seconds: float = 3600.0, progress: ProgressFactory | None = None
+        self,
+        grace_seconds: float = 3600.0,
+        progress: ProgressFactory | None = None,
+        dry_run: bool = False,
     ) -> GcReport:
-        self.unit_of_work.writable("gc")
+        """Delete what no retained point needs (packs older than ``grace_seconds``);
+        purges in force are recorded as reclaimed first (no undo after).
+        ``dry_run``: nothing recorded or deleted; the report's figures are estimates."""
+        check.flag("gc: dry_run", dry_run)
+        if not dry_run:
+            self.unit_of_work.writable("gc")
         grace_seconds = check.number("gc: grace_seconds", grace_seconds, 0)
         check.progress("gc: progress", progress)
-        return maintenance.gc(self.unit_of_work, grace_seconds, progress)
+        return maintenance.gc(self.unit_of_work, grace_seconds, progress, dry_run)
+
+    # ------------------------------------------------------------- retention
+    def forget(
+        self,
+        policy: Policy | str | None = None,
+        vms: Sequence[str] = (),
+        *,
+        apply_policies: bool = False,
+        checkpoints: bool = False,
+        dry_run: bool = False,
+        timezone: str | None = None,
+    ) -> ForgetPlan:
+        """Purge the content of the points ``policy`` does not keep (backup points and
+        checkpoints deleted from the tree; live checkpoints too with ``checkpoints``),
+        per VM (``vms``, default every VM), one ``content-purged`` event per VM.
+        ``policy``: a ``Policy`` or its text ("daily=7,weekly=4"); ``apply_policies``:
+        each VM's stored policy instead. ``timezone``: periods' zone (default UTC)."""
+        m = "forget"
+        if isinstance(policy, str):
+            policy = Policy.parse(policy)
+        elif policy is not None and not isinstance(policy, Policy):
+            check.fail(f"{m}: policy", "a ckpt.Policy, its text or None", policy)
+        if isinstance(vms, str) or not all(isinstance(v, str) for v in vms):
+            check.fail(f"{m}: vms", "a sequence of VM names", vms)
+        for name, value in (("apply_policies", apply_policies), ("checkpoints", checkpoints),
+                            ("dry_run", dry_run)):  # fmt: skip
+            check.flag(f"{m}: {name}", value)
+        check.optional_text(f"{m}: timezone", timezone)
+        return retention_ops.forget(
+            self.unit_of_work, list(vms), policy, apply_policies, checkpoints, dry_run,
+            retention_ops.timezone(timezone),
+        )  # fmt: skip
+
+    def undo_forget(self, position: int) -> list[UUID]:
+        """Withdraw the purge recorded at log ``position`` (``content-purged``): the ids
+        of the points whose content is back. ``PointPurged`` once gc reclaimed it."""
+        if isinstance(position, bool) or not isinstance(position, int) or position < 1:
+            check.fail("undo_forget: position", "a log position (an integer >= 1)", position)
+        return retention_ops.undo(self.unit_of_work, position)[1]
+
+    def set_retention(self, vm: str, policy: Policy | str) -> VirtualMachine:
+        """Store ``policy`` as the VM's own (``forget(apply_policies=True)`` runs it);
+        "none" removes it."""
+        self.unit_of_work.writable("vm set --retention")
+        check.text("set_retention: vm", vm)
+        if not isinstance(policy, (Policy, str)):
+            check.fail("set_retention: policy", "a ckpt.Policy or its text", policy)
+        return retention_ops.set_retention(self.unit_of_work, vm, str(policy))
 
     def upgrade(self, progress: ProgressFactory | None = None) -> UpgradeReport:
         """Convert the chunk storage to the current format (version-2 packs of

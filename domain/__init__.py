@@ -1,6 +1,6 @@
 """ckpt.domain: the pure checkpoint model (no files, databases or clocks)."""
 
-from .captures import BackupPoint, DiskCapture, FileCapture, FileRole
+from .captures import BackupPoint, DiskCapture, FileCapture, FileRole, PurgedPoint, PurgeMark
 from .errors import (
     AlreadyExists,
     AmbiguousName,
@@ -15,6 +15,7 @@ from .errors import (
     NotFound,
     OutputFailed,
     PackCorrupt,
+    PointPurged,
     SourceChanged,
     StorageError,
     StoreBusy,
@@ -36,6 +37,8 @@ from .errors import (
     VhdxUnsupported,
     WrongKey,
 )
+from .purges import ContentPurged, PurgeReclaimed, PurgeWithdrawn
+from .schema import EVENT_CLASSES
 from .values import (
     VALUE_TYPES,
     Checkpoint,
@@ -50,7 +53,7 @@ from .values import (
     StateFileKind,
     VMState,
 )
-from .vm import EVENT_CLASSES, VirtualMachine, vm_id
+from .vm import VirtualMachine, vm_id
 
 __all__ = [
     "EVENT_CLASSES",
@@ -64,6 +67,7 @@ __all__ = [
     "ChunkCorrupt",
     "ChunkMissing",
     "CkptError",
+    "ContentPurged",
     "Disk",
     "DiskCapture",
     "DiskFormat",
@@ -80,6 +84,11 @@ __all__ = [
     "Origin",
     "OutputFailed",
     "PackCorrupt",
+    "PointPurged",
+    "PurgeMark",
+    "PurgeReclaimed",
+    "PurgeWithdrawn",
+    "PurgedPoint",
     "SourceChanged",
     "StateFile",
     "StateFileKind",

@@ -71,3 +71,26 @@ class BackupPoint:
     name: str
     created_at: datetime
     version: int
+
+
+@dataclass(frozen=True)
+class PurgedPoint:
+    """A point whose content a purge gives up (``ckpt forget``): a backup point
+    (``kind`` "backup point") or a checkpoint, live or deleted from the tree."""
+
+    id: UUID
+    kind: str
+    name: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class PurgeMark:
+    """Why ``point``'s content is purged: the VM version of the purge event (what
+    ``PurgeReclaimed`` and ``PurgeWithdrawn`` name), the policy, the actor."""
+
+    point: UUID
+    version: int
+    policy: str
+    actor: str
+    at: datetime

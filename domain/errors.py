@@ -14,7 +14,8 @@ them unchanged. Adapters translate sqlite3 / eventsourcing errors at their edge.
     │   │   └── SourceChanged        an image or file changed while it was captured
     │   ├── NotAllowed               not allowed in the VM's present state
     │   ├── AlreadyExists            a VM with that name is registered
-    │   └── CaptureOutdated          content was compared against a state that has moved on
+    │   ├── CaptureOutdated          content was compared against a state that has moved on
+    │   └── PointPurged              a point's content was purged by retention (`ckpt forget`)
     └── StorageError                 the store itself could not do the work
         ├── StoreNotFound            no store at the given place (run `ckpt init`)
         ├── StoreExists              `ckpt init` on an existing store
@@ -85,6 +86,11 @@ class AlreadyExists(DomainError):
 
 class CaptureOutdated(DomainError):
     """A capture was diffed against layer content another writer has since changed."""
+
+
+class PointPurged(DomainError):
+    """A point's content was purged (``ckpt forget``): its place in the tree and the
+    log stays, its bytes are gone or going (``ckpt forget --undo`` until gc)."""
 
 
 class StorageError(CkptError):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
-from .captures import BackupPoint, DiskCapture, FileCapture, FileRole
+from .captures import BackupPoint, DiskCapture, FileCapture, FileRole, PurgedPoint, PurgeMark
 from .errors import InvalidValue
 
 
@@ -173,5 +173,7 @@ VALUE_TYPES: tuple[type, ...] = (
     DiskCapture,
     FileCapture,
     BackupPoint,
+    PurgedPoint,
+    PurgeMark,
 )
 """Every value type that events or snapshots hold; the transcoder registers these."""

@@ -21,7 +21,7 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 from eventsourcing.domain import Aggregate
 
 from . import layers as layer_rules
-from .captures import BackupPoint, DiskCapture, FileCapture, FileRole
+from .captures import BackupPoint, DiskCapture, FileCapture, FileRole, PurgeMark
 from .errors import (
     CaptureOutdated,
     InvalidValue,
@@ -97,6 +97,16 @@ class VirtualMachine(Aggregate):
     backup_points: dict[UUID, BackupPoint]
     # Set by Removed; a class default so snapshots taken before it existed still load.
     removed: bool = False
+    # Set by the retention events (domain/purges.py); class defaults, as ``removed``:
+    # why each purged point's content is purged; the purge versions gc reclaimed;
+    # the stored policy ("" none). Tuples: a dataclass default must be immutable.
+    purge_marks: tuple[PurgeMark, ...] = ()
+    reclaimed: tuple[int, ...] = ()
+    retention: str = ""
+
+    @property
+    def purged(self) -> dict[UUID, PurgeMark]:
+        return {m.point: m for m in self.purge_marks}
 
     def __init__(self) -> None:
         # State is set by Registered.apply; no constructor arguments, so the
@@ -773,21 +783,3 @@ class VirtualMachine(Aggregate):
         if self.removed:  # every command ends here: a removed VM takes no more events
             raise NotAllowed(f"VM {self.name!r} ({self.id}) was removed")
         self.trigger_event(event, actor=origin.actor, host=origin.host, **facts)
-
-
-EVENT_CLASSES: tuple[type[Aggregate.Event], ...] = (
-    VirtualMachine.Registered,
-    VirtualMachine.SettingsChanged,
-    VirtualMachine.StateChanged,
-    VirtualMachine.CheckpointCreated,
-    VirtualMachine.CheckpointApplied,
-    VirtualMachine.CheckpointReverted,
-    VirtualMachine.CheckpointRenamed,
-    VirtualMachine.CheckpointDeleted,
-    VirtualMachine.CheckpointExported,
-    VirtualMachine.LayerContentRecorded,
-    VirtualMachine.StateContentRecorded,
-    VirtualMachine.BackupPointRecorded,
-    VirtualMachine.Removed,
-)
-"""Every persisted event class: the schema. Change one only with a new class_version."""

@@ -16,6 +16,12 @@ from typing import Any
 from uuid import UUID
 
 from ckpt.domain import LayerMerge, LayerRemoval, VirtualMachine
+from ckpt.domain.purges import (
+    ContentPurged,
+    PurgeReclaimed,
+    PurgeWithdrawn,
+    RetentionPolicySet,
+)
 
 VM = VirtualMachine
 
@@ -36,6 +42,10 @@ OPERATIONS: dict[type[Any], str] = {
     VM.StateContentRecorded: "state-files-captured",
     VM.BackupPointRecorded: "backup-point-recorded",
     VM.Removed: "vm-removed",
+    ContentPurged: "content-purged",
+    PurgeWithdrawn: "purge-withdrawn",
+    PurgeReclaimed: "content-reclaimed",
+    RetentionPolicySet: "retention-policy-set",
 }
 
 
@@ -129,7 +139,28 @@ def _details(event: Any) -> tuple[str | None, dict[str, JsonValue]]:
         return None, {"checkpoints": event.checkpoints}
     if isinstance(event, VM.BackupPointRecorded):
         return event.point.name, {"id": str(event.point.id)}
-    return None, {}
+    return None, _retention_details(event)
+
+
+def _retention_details(event: Any) -> dict[str, JsonValue]:
+    if isinstance(event, ContentPurged):
+        points: list[JsonValue] = [
+            {
+                "id": str(p.id),
+                "kind": p.kind,
+                "name": p.name,
+                "created_at": p.created_at.isoformat(),
+            }
+            for p in event.points
+        ]
+        return {"policy": event.policy, "rule": event.rule, "points": points}
+    if isinstance(event, PurgeWithdrawn):
+        return {"purge_position": event.position, "points": [str(p) for p in event.points]}
+    if isinstance(event, PurgeReclaimed):
+        return {"purge_positions": list(event.positions)}
+    if isinstance(event, RetentionPolicySet):
+        return {"policy": event.policy or "none", "previous": event.previous or "none"}
+    return {}
 
 
 class AuditTrail:

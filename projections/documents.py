@@ -72,6 +72,8 @@ def vm_json(vm: VirtualMachine) -> dict[str, Any]:
         "checkpoints": len(vm.checkpoints),
         "current": _id(vm.current),
         "version": vm.version,
+        "retention": vm.retention or None,
+        "purged_points": len(vm.purged),
     }
 
 

@@ -81,6 +81,8 @@ class GcReport(NamedTuple):
     referenced: int = 0  # chunks the recorded captures need (all kept)
     live_leases: list[str] = []  # noqa: RUF012 - a NamedTuple default, never mutated
     dead_leases_removed: int = 0
+    reclaimed_purges: list[int] = []  # noqa: RUF012 - log positions of the purges reclaimed
+    dry_run: bool = False  # nothing was deleted: the figures are what a gc would do
 
     @property
     def details(self) -> GcDetails:

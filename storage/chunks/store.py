@@ -51,6 +51,7 @@ from .verify import VerifyReport, verify_chunks
 from .writer import ChunkWriter
 
 if TYPE_CHECKING:
+    from .gc_plan import Estimate
     from .id_set import IdSet
     from .index import ChunkIndex
 
@@ -429,6 +430,21 @@ class ChunkStore:
             writers=() if leases is None else leases.writers,
             stop=(lambda: False) if leases is None else leases.waiting,
         )
+
+    def estimate_unreferenced(
+        self,
+        keep: AbstractSet[bytes] | IdSet,
+        grace_seconds: float,
+        now: float,
+        leases: GcLeases | None = None,
+    ) -> Estimate:
+        """What ``delete_unreferenced`` would free with the same arguments (packs
+        without an index file, which it deletes too, are not counted)."""
+        from .gc_plan import estimate, plan_collection
+
+        writers = bool(leases is not None and leases.writers)
+        plan = plan_collection(self._backend, self._index, keep, grace_seconds, now, writers)
+        return estimate(plan)
 
     def upgrade(
         self,

@@ -42,6 +42,13 @@ def _img(tmp: Path) -> Path:
 
 # (case id, call, words the message must hold)
 WRONG: list[tuple[str, Call, str]] = [
+    ("forget-policy", lambda s, t: s.forget(5), "forget: policy must be"),
+    ("forget-policy-text", lambda s, t: s.forget("daily=x"), "'daily=x'"),
+    ("forget-vms", lambda s, t: s.forget("last=1", "web"), "forget: vms must be"),
+    ("forget-dry-run", lambda s, t: s.forget("last=1", dry_run="y"), "dry_run must be"),
+    ("forget-zone", lambda s, t: s.forget("last=1", timezone="Mars/Base"), "unknown time zone"),
+    ("undo-position", lambda s, t: s.undo_forget("3"), "undo_forget: position must be"),
+    ("set-retention", lambda s, t: s.set_retention("v", 5), "set_retention: policy must be"),
     ("init-path", lambda s, t: Store.init(5), "path must be a path"),
     ("init-encrypt", lambda s, t: Store.init(t / "n1", encrypt="yes"), "encrypt must be True"),
     ("init-key-str", lambda s, t: Store.init(t / "n2", encrypt=True, key="ab" * 32), "32 bytes"),
@@ -276,6 +283,9 @@ RIGHT: dict[str, Call] = {
     "verify": lambda s, t: s.verify(),
     "repair": lambda s, t: s.repair(),
     "gc": lambda s, t: s.gc(),
+    "forget": lambda s, t: s.forget("last=1", dry_run=True),
+    "undo_forget": lambda s, t: s.undo_forget(1),
+    "set_retention": lambda s, t: s.set_retention("v", "daily=7"),
     "upgrade": lambda s, t: s.upgrade(),
     "info": lambda s, t: s.info(),
     "copy_to": lambda s, t: s.copy_to(None, None, t / "copy"),
