@@ -6,8 +6,9 @@ The public Python API for embedding. Open a store with ``Store.open(path)``
 queries (``tree``, ``chain``, ``files``, ``log``). Every error is a
 ``CkptError``; see ``ckpt.domain.errors`` for the hierarchy. Every type a
 ``Store`` method takes or returns is exported here: the reports of verify, gc,
-copy and the log's hash chain, and the ``TypedDict`` shapes of the dicts that
-``stats``, ``repair`` and ``info`` return (the JSON ``--json`` prints).
+copy and the log's hash chain, forget's ``Policy`` and ``ForgetPlan``, and the
+``TypedDict`` shapes of the dicts that ``stats``, ``repair`` and ``info``
+return (the JSON ``--json`` prints).
 """
 
 from ckpt.domain import (
@@ -31,6 +32,7 @@ from ckpt.domain import (
     NotFound,
     OutputFailed,
     PackCorrupt,
+    PointPurged,
     SourceChanged,
     StateFile,
     StateFileKind,
@@ -52,6 +54,7 @@ from ckpt.domain import (
     VMState,
     WrongKey,
 )
+from ckpt.domain.retention import Duration, Policy
 from ckpt.projections import AuditEntry, ChainEntry, JsonValue, TreeEntry
 from ckpt.storage.chunks import GcReport, UpgradeReport, VerifyReport
 from ckpt.storage.chunks.gc import GcDetails
@@ -63,6 +66,7 @@ from ckpt.storage.sources import StreamSource
 from .copy import CopyDetails, CopyReport
 from .maintenance import RepairReport, StoreInfo, StoreStats, TotalStats, VMStats
 from .progress_factory import ProgressFactory, ProgressUpdate
+from .retention_ops import ForgetPlan, PointVerdict, VMPlan
 from .store import Store
 from .store_config import StoreConfig
 from .unit_of_work import UnitOfWork
@@ -90,8 +94,10 @@ __all__ = [
     "DiskFormat",
     "DiskReader",
     "DomainError",
+    "Duration",
     "FileCapture",
     "FileRole",
+    "ForgetPlan",
     "GcDetails",
     "GcReport",
     "IndexCorrupt",
@@ -101,6 +107,9 @@ __all__ = [
     "NotFound",
     "OutputFailed",
     "PackCorrupt",
+    "PointPurged",
+    "PointVerdict",
+    "Policy",
     "ProgressFactory",
     "ProgressUpdate",
     "RepairReport",
@@ -130,6 +139,7 @@ __all__ = [
     "UnknownCheckpoint",
     "UnknownVM",
     "UpgradeReport",
+    "VMPlan",
     "VMState",
     "VMStats",
     "VerifyReport",

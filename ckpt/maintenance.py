@@ -230,7 +230,7 @@ def gc(
     # The lease first, the log second: a capture that commits before we read the
     # log is in ``needed``; one that commits later held a lease we see (or waits
     # for ours). See docs/decisions/0006-gc-leases.md.
-    with chunks.gc_lease() as leases:
+    with chunks.peek_leases() if dry_run else chunks.gc_lease() as leases:
         # lenient: a manifest that reads but breaks a rule still names its chunks (kept)
         from ckpt.storage.chunks.id_set import IdSet  # numpy: only when content is walked
 

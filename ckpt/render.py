@@ -111,12 +111,19 @@ def files_text(files: Sequence[StateFile]) -> str:
     return "\n".join(f"{f.path}  [{f.kind.value}{', memory' if f.memory else ''}]" for f in files)
 
 
+def _item(value: object) -> str:
+    """One item of a listed detail: a purged point (a dict) as its kind and name."""
+    if isinstance(value, dict) and "name" in value:
+        return f"{value.get('kind', 'point')} {value['name']!r}"
+    return str(value)
+
+
 def log_text(entries: Sequence[AuditEntry]) -> str:
     lines = []
     for e in entries:
         cp = f" {e.checkpoint!r}" if e.checkpoint else ""
         extra = "; ".join(
-            f"{k}={', '.join(map(str, v)) if isinstance(v, list) else v}"
+            f"{k}={', '.join(map(_item, v)) if isinstance(v, list) else v}"
             for k, v in e.details.items()
             if v not in ([], None) and k != "id"
         )
