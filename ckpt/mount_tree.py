@@ -30,7 +30,6 @@ from ckpt.domain import (
     BackupPoint,
     Checkpoint,
     FileRole,
-    PointPurged,
     UnknownVM,
     VirtualMachine,
 )
@@ -146,15 +145,14 @@ def _point_dir(point: RestorePoint, mtime: float) -> DirNode:
 def _vm_dir(uow: UnitOfWork, v: VirtualMachine, now: float) -> DirNode:
     folder = DirNode(now)
     found: list[Checkpoint | BackupPoint] = [*v.checkpoints.values(), *v.backup_points.values()]
+    purged = uow.app.get_vm(v.id).purged  # as the log is now, whatever v's moment
     names = [escape(p.name) for p in found]
     for p, name in zip(found, names, strict=True):
         if names.count(name) > 1 or name == NOW:
             name = f"{name} [{p.id}]"
-        try:
-            point = point_of(uow, v, p)
-        except PointPurged:
+        if p.id in purged:
             continue  # purged by retention (ckpt forget): no bytes to show
-        folder.add(name, _point_dir(point, _stamp(p.created_at, now)))
+        folder.add(name, _point_dir(point_of(uow, v, p, True), _stamp(p.created_at, now)))
     folder.add(NOW, _point_dir(now_of(v), now))
     return folder
 

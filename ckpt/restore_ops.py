@@ -58,12 +58,15 @@ def resolve_point(uow: UnitOfWork, vm: str, ref: str, at: str | int | None = Non
     return point_of(uow, v, v.find_point(ref))
 
 
-def point_of(uow: UnitOfWork, v: VirtualMachine, found: Checkpoint | BackupPoint) -> RestorePoint:
+def point_of(
+    uow: UnitOfWork, v: VirtualMachine, found: Checkpoint | BackupPoint, checked: bool = False
+) -> RestorePoint:
     """One of ``v``'s points, with the disks and files it holds (a backup point's
     VM as of its event: the running layers it recorded). A point whose content
-    was purged (``ckpt forget``, now, whatever ``v``'s moment) is ``PointPurged``."""
+    was purged (``ckpt forget``, now, whatever ``v``'s moment) is ``PointPurged``;
+    ``checked``: the caller left purged points out already (one VM load, not one a point)."""
     kind = "backup point" if isinstance(found, BackupPoint) else "checkpoint"
-    refused = purged_error(uow, v, found.id, f"{kind} {found.name!r}")
+    refused = None if checked else purged_error(uow, v, found.id, f"{kind} {found.name!r}")
     if refused is not None:  # its place in the tree stays, its bytes are gone (or going)
         raise refused
     if isinstance(found, BackupPoint):
