@@ -27,9 +27,9 @@ CODE = dict(TABLE)
 PURGED = CODE[PointPurged]  # 40
 
 
-def ten_days(tmp_path: Path) -> World:
+def ten_days(scratch: Path) -> World:
     """VM web with backup points day1..day10, one a day at noon UTC."""
-    w = world(tmp_path / "s")
+    w = world(scratch / "s")
     for n in range(1, 11):
         w.sync("web", f"day{n}", day(n))
     return w
@@ -46,8 +46,8 @@ def verified(path: Path) -> bool:
         return fresh.verify().ok
 
 
-def test_dry_run_lists_every_point_with_its_verdict_and_records_nothing(tmp_path: Path) -> None:
-    w = ten_days(tmp_path)
+def test_dry_run_lists_every_point_with_its_verdict_and_records_nothing(scratch: Path) -> None:
+    w = ten_days(scratch)
     c = cli(w)
     before = len(w.store.log())
     plan = c.json("forget", "web", "--keep-last", "2", "--keep-daily", "3", "--dry-run")
@@ -76,8 +76,8 @@ def test_dry_run_lists_every_point_with_its_verdict_and_records_nothing(tmp_path
     assert old["day3"]["action"] == "purge" and old["day10"]["action"] == "keep"
 
 
-def test_forget_json_keys_are_the_documented_ones(tmp_path: Path) -> None:
-    w = ten_days(tmp_path)
+def test_forget_json_keys_are_the_documented_ones(scratch: Path) -> None:
+    w = ten_days(scratch)
     plan = cli(w).json("forget", "--keep-last", "9")
     assert set(plan) == {"dry_run", "frees_bytes", "vms"}
     assert plan["dry_run"] is False and plan["frees_bytes"] is None
@@ -99,9 +99,9 @@ def test_forget_json_keys_are_the_documented_ones(tmp_path: Path) -> None:
 
 
 def test_a_purged_point_is_refused_by_restore_export_serve_and_left_out_of_mount(
-    tmp_path: Path,
+    scratch: Path,
 ) -> None:
-    w = world(tmp_path / "s")
+    w = world(scratch / "s")
     w.checkpoint("web", "cp", day(1))
     at = len(w.store.log())  # the last position where "cp" is in the tree
     w.store.delete_checkpoint("web", "cp")
@@ -114,7 +114,7 @@ def test_a_purged_point_is_refused_by_restore_export_serve_and_left_out_of_mount
         "cp",
         "old",
     ]
-    out = tmp_path / "out"
+    out = scratch / "out"
     out.mkdir()
     said = f"was purged at position {position} by bob under policy last=1"
     for args in (
@@ -143,8 +143,8 @@ def _names(root: object, vm: str) -> list[str]:
     return sorted(folder.children)
 
 
-def test_live_checkpoints_are_kept_unless_checkpoints_is_given(tmp_path: Path) -> None:
-    w = world(tmp_path / "s")
+def test_live_checkpoints_are_kept_unless_checkpoints_is_given(scratch: Path) -> None:
+    w = world(scratch / "s")
     w.checkpoint("web", "a", day(1))
     w.checkpoint("web", "b", day(2))
     w.sync("web", "p", day(3))
@@ -163,8 +163,8 @@ def test_live_checkpoints_are_kept_unless_checkpoints_is_given(tmp_path: Path) -
     }
 
 
-def test_a_deleted_checkpoints_content_is_purgeable(tmp_path: Path) -> None:
-    w = world(tmp_path / "s")
+def test_a_deleted_checkpoints_content_is_purgeable(scratch: Path) -> None:
+    w = world(scratch / "s")
     w.checkpoint("web", "gone", day(1))
     at = len(w.store.log())  # the last position where "gone" is in the tree
     w.store.delete_checkpoint("web", "gone")
@@ -186,9 +186,9 @@ def test_a_deleted_checkpoints_content_is_purgeable(tmp_path: Path) -> None:
 
 
 def test_purging_a_live_checkpoint_with_children_keeps_their_chain_exportable(
-    tmp_path: Path,
+    scratch: Path,
 ) -> None:
-    w = world(tmp_path / "s")
+    w = world(scratch / "s")
     w.checkpoint("web", "a", day(1))
     w.checkpoint("web", "b", day(2))
     w.change(4)
@@ -209,16 +209,16 @@ def test_purging_a_live_checkpoint_with_children_keeps_their_chain_exportable(
     assert log_after == [*log_before, (log_before[-1][0] + 1, "content-reclaimed")]
     assert w.store.verify_log().ok
     assert verified(w.path)
-    c.fails(PURGED, "restore", "web", "a", "--disk", "D", "-o", tmp_path / "a.raw")
+    c.fails(PURGED, "restore", "web", "a", "--disk", "D", "-o", scratch / "a.raw")
     for point in ("b", "Now"):
         assert restored(w.store, "web", point) == w.expected[point]
         files = [
             f
-            for f in w.store.export("web", None if point == "Now" else point, tmp_path / point)
+            for f in w.store.export("web", None if point == "Now" else point, scratch / point)
             if f.suffix in (".vhdx", ".avhdx")
         ]
         assert len(files) >= 2  # a's layer is the base of the chain, exported as its own file
-        fresh = Store.init(tmp_path / f"fresh-{point}")
+        fresh = Store.init(scratch / f"fresh-{point}")
         fresh.register_vm("copy", [("D", DiskFormat.VHDX)])
         fresh.import_disk("copy", "D", files[-1])  # the leaf; its parents are found by name
         fresh.create_checkpoint("copy", "imported")
@@ -226,8 +226,8 @@ def test_purging_a_live_checkpoint_with_children_keeps_their_chain_exportable(
         fresh.close()
 
 
-def test_a_stored_policy_runs_with_apply_policies(tmp_path: Path) -> None:
-    w = ten_days(tmp_path)
+def test_a_stored_policy_runs_with_apply_policies(scratch: Path) -> None:
+    w = ten_days(scratch)
     other = World(w.store, w.clock, w.path, w.image, w.rng)
     w.store.register_vm("db", [("D", DiskFormat.VHDX)])
     for n in range(1, 4):
@@ -247,9 +247,9 @@ def test_a_stored_policy_runs_with_apply_policies(tmp_path: Path) -> None:
     assert w.store.vm("web").retention == ""
 
 
-def test_timezone_moves_the_day_boundaries(tmp_path: Path) -> None:
+def test_timezone_moves_the_day_boundaries(scratch: Path) -> None:
     """03:00 and 04:00 UTC of Nov 2 are still Nov 1 in New York (UTC-5)."""
-    w = world(tmp_path / "s")
+    w = world(scratch / "s")
     for name, hour in (("a", 3), ("b", 4), ("c", 12)):
         w.sync("web", name, day(2, hour))
     c = cli(w)
@@ -264,12 +264,12 @@ def test_timezone_moves_the_day_boundaries(tmp_path: Path) -> None:
 
 
 def test_undo_before_gc_gives_the_content_back_and_after_gc_says_it_is_gone(
-    tmp_path: Path,
+    scratch: Path,
 ) -> None:
-    w = ten_days(tmp_path)
+    w = ten_days(scratch)
     c = cli(w)
     position = c.json("forget", "--keep-last", "5")["vms"][0]["position"]
-    c.fails(PURGED, "restore", "web", "day1", "--disk", "D", "-o", tmp_path / "x")
+    c.fails(PURGED, "restore", "web", "day1", "--disk", "D", "-o", scratch / "x")
     back = c.json("forget", "--undo", str(position))
     assert back["undone"] == position and len(back["points"]) == 5
     for n in range(1, 11):
@@ -279,15 +279,15 @@ def test_undo_before_gc_gives_the_content_back_and_after_gc_says_it_is_gone(
     c.ok("gc", "--grace", "0")
     err = c.fails(PURGED, "forget", "--undo", position)
     assert f"the purge at position {position} cannot be undone" in err and "reclaimed" in err
-    err = c.fails(PURGED, "restore", "web", "day1", "--disk", "D", "-o", tmp_path / "x")
+    err = c.fails(PURGED, "restore", "web", "day1", "--disk", "D", "-o", scratch / "x")
     assert "gc has reclaimed its bytes" in err
     assert verified(w.path)
 
 
 def test_undo_of_a_position_that_is_not_a_purge_or_not_in_the_log_is_refused(
-    tmp_path: Path,
+    scratch: Path,
 ) -> None:
-    w = ten_days(tmp_path)
+    w = ten_days(scratch)
     c = cli(w)
     end = len(w.store.log())
     err = c.fails(CODE[InvalidValue], "forget", "--undo", "1")
@@ -299,8 +299,8 @@ def test_undo_of_a_position_that_is_not_a_purge_or_not_in_the_log_is_refused(
     assert len(w.store.log()) == end
 
 
-def test_gc_dry_run_records_and_deletes_nothing_and_estimates_a_real_gc(tmp_path: Path) -> None:
-    w = ten_days(tmp_path)
+def test_gc_dry_run_records_and_deletes_nothing_and_estimates_a_real_gc(scratch: Path) -> None:
+    w = ten_days(scratch)
     c = cli(w)
     announced = c.json("forget", "--keep-last", "3", "--dry-run")["frees_bytes"]
     c.ok("forget", "--keep-last", "3")
@@ -319,8 +319,8 @@ def test_gc_dry_run_records_and_deletes_nothing_and_estimates_a_real_gc(tmp_path
     assert abs(shrunk - real["freed_bytes"]) <= 0.05 * real["freed_bytes"]
 
 
-def test_the_log_tells_what_was_purged_by_whom_under_which_policy(tmp_path: Path) -> None:
-    w = ten_days(tmp_path)
+def test_the_log_tells_what_was_purged_by_whom_under_which_policy(scratch: Path) -> None:
+    w = ten_days(scratch)
     c = cli(w)
     position = c.json("forget", "web", "--keep-last", "8")["vms"][0]["position"]
     (event,) = c.json("log", "--operation", "content-purged")
@@ -332,8 +332,8 @@ def test_the_log_tells_what_was_purged_by_whom_under_which_policy(tmp_path: Path
     assert str(w.store.vm("web").find_point("day3").id) not in text, event
 
 
-def test_a_removed_vms_content_is_untouched_by_forget(tmp_path: Path) -> None:
-    w = ten_days(tmp_path)
+def test_a_removed_vms_content_is_untouched_by_forget(scratch: Path) -> None:
+    w = ten_days(scratch)
     at = len(w.store.log())
     w.store.remove_vm("web")
     c = cli(w)
@@ -345,8 +345,8 @@ def test_a_removed_vms_content_is_untouched_by_forget(tmp_path: Path) -> None:
     assert verified(w.path)
 
 
-def test_purging_one_vms_point_keeps_bytes_another_vm_shares(tmp_path: Path) -> None:
-    w = world(tmp_path / "s")
+def test_purging_one_vms_point_keeps_bytes_another_vm_shares(scratch: Path) -> None:
+    w = world(scratch / "s")
     w.store.register_vm("twin", [("D", DiskFormat.VHDX)])
     w.sync("web", "p1", day(1))
     w.store.sync("twin", {"D": io.BytesIO(w.expected["p1"])}, name="t1")
