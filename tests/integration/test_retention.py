@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from cli_support import CLI
+from conftest import Backends
 from retention_support import World, day, restored, stored_bytes, world
 
 from ckpt import DiskFormat, Store
@@ -356,3 +357,39 @@ def test_purging_one_vms_point_keeps_bytes_another_vm_shares(scratch: Path) -> N
     assert w.store.verify().ok
     assert restored(w.store, "twin", "t1") == w.expected["p1"]
     assert restored(w.store, "web", "p2") == w.expected["p2"]
+
+
+def test_forget_gc_restore_verify_and_undo_on_every_backend(
+    backends: Backends, scratch: Path
+) -> None:
+    w = world(scratch / "s", size=256 << 10, stretch=16 << 10, **backends())
+    s = w.store
+    w.checkpoint("web", "cp", day(1))
+    at = len(s.log())
+    s.delete_checkpoint("web", "cp")
+    for n in range(2, 7):
+        w.sync("web", f"day{n}", day(n))
+    purged = ["cp", "day2", "day3"]
+    first = s.forget("last=3")
+    assert [p.name for p in first.vms[0].purged] == ["day3", "day2", "cp"]
+    s.undo_forget(first.vms[0].position or 0)
+    for name in purged:
+        assert restored(s, "web", name, at=at if name == "cp" else None) == w.expected[name]
+    before = stored_bytes(s)
+    dry = s.forget("last=3", dry_run=True)
+    plan = s.forget("last=3")
+    position = plan.vms[0].position
+    assert position is not None and dry.frees_bytes
+    report = s.gc(0)
+    assert report.reclaimed_purges == [position]
+    shrunk = before - stored_bytes(s)
+    assert abs(shrunk - dry.frees_bytes) <= 0.05 * dry.frees_bytes + 256, (shrunk, dry)
+    assert s.verify().ok
+    for n in range(4, 7):
+        assert restored(s, "web", f"day{n}") == w.expected[f"day{n}"]
+    for name in purged:
+        with pytest.raises(PointPurged, match=f"at position {position} by alice"):
+            restored(s, "web", name, at=at if name == "cp" else None)
+    with pytest.raises(PointPurged, match="reclaimed"):
+        s.undo_forget(position)
+    s.close()
