@@ -8,6 +8,10 @@ as an unchanged log length.
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
 import threading
 from pathlib import Path
 
@@ -16,7 +20,15 @@ from cli_support import CLI
 from retention_support import World, day, restored, world
 
 from ckpt import DiskFormat
-from ckpt.domain import InvalidValue, NotAllowed, NotFound, PointPurged, StoreConflict, UnknownVM
+from ckpt.domain import (
+    InvalidValue,
+    NotAllowed,
+    NotFound,
+    PointPurged,
+    StoreConflict,
+    StoreReadOnly,
+    UnknownVM,
+)
 from ckpt.exit_codes import TABLE
 
 CODE = dict(TABLE)
@@ -151,3 +163,53 @@ def test_two_forgets_at_once_on_one_vm_purge_each_point_once(w: World) -> None:
     assert purged == {"day1", "day2"}
     with pytest.raises(PointPurged):
         restored(w.store, "web", "day1")
+
+
+def _leases(w: World) -> list[str]:
+    return sorted(w.store.unit_of_work.chunks.backend.list("leases/"))
+
+
+def test_gc_dry_run_writes_no_lease_and_deletes_no_dead_one(w: World) -> None:
+    w.store.forget("last=1", ["web"])
+    dead = w.path / "chunks" / "leases" / f"write-{'0' * 32}.json"
+    dead.parent.mkdir(parents=True, exist_ok=True)
+    body = {"kind": "write", "host": "gone", "machine": "another-host", "pid": 1,
+            "started": 0.0, "renewed": 0.0, "ttl": 300.0}  # fmt: skip
+    dead.write_text(json.dumps(body))  # renewed in 1970: dead, a real gc deletes it
+    before, end = _leases(w), log_length(w)
+    seen: list[list[str]] = []
+    real = w.store.unit_of_work.chunks.estimate_unreferenced
+
+    def estimate(*args: object, **kwargs: object) -> object:
+        seen.append(_leases(w))  # the leases while the dry run holds (or not) its own
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    w.store.unit_of_work.chunks.estimate_unreferenced = estimate  # type: ignore[method-assign]
+    report = w.store.gc(0, dry_run=True)
+    assert report.dry_run and report.dead_leases_removed == 0
+    assert seen == [before] and _leases(w) == before and log_length(w) == end
+
+
+def test_gc_dry_run_works_on_a_read_only_store(w: World, scratch: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = scratch / "media"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)],
+                          capture_output=True)  # fmt: skip
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
+    try:
+        w.store.forget("last=1", ["web"])
+        w.store.close()
+        shutil.copytree(w.path, mnt / "s")
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        c = CLI(mnt / "s")
+        report = c.json("gc", "--grace", "0", "--dry-run")
+        assert report["dry_run"] is True and report["freed_bytes"] > 0
+        assert len(report["reclaimed_purges"]) == 1
+        assert "needs to write" in c.fails(CODE[StoreReadOnly], "gc", "--grace", "0")
+        plan = c.json("forget", "--keep-last", "1", "--dry-run")
+        assert {p["action"] for v in plan["vms"] for p in v["points"]} == {"keep", "purged"}
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
