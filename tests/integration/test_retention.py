@@ -393,3 +393,32 @@ def test_forget_gc_restore_verify_and_undo_on_every_backend(
     with pytest.raises(PointPurged, match="reclaimed"):
         s.undo_forget(position)
     s.close()
+
+
+def test_a_purged_checkpoint_cannot_be_applied_so_now_never_runs_on_reclaimed_bytes(
+    scratch: Path,
+) -> None:
+    """a -> b, Now back under a, then a backup point: with --checkpoints, a and b
+    are purged; b is a leaf, so gc deletes its bytes. Applying b would make Now
+    (and every checkpoint taken after) read chunks gc deleted."""
+    w = world(scratch / "s", size=64 << 10, stretch=4 << 10)
+    w.checkpoint("web", "a", day(1))
+    w.change(8)
+    w.checkpoint("web", "b", day(2))
+    w.store.apply_checkpoint("web", "a")
+    w.image[:] = w.expected["a"]
+    w.sync("web", "p", day(3))
+    c = cli(w)
+    position = c.json("forget", "--keep-last", "1", "--checkpoints")["vms"][0]["position"]
+    end = len(w.store.log())
+    err = c.fails(PURGED, "checkpoint", "apply", "web", "b")
+    assert f"`ckpt forget --undo {position}` gives it back until gc runs" in err
+    assert len(w.store.log()) == end
+    c.ok("gc", "--grace", "0")
+    end = len(w.store.log())
+    err = c.fails(PURGED, "checkpoint", "apply", "web", "b")
+    assert f"purged at position {position} by bob" in err and "gc has reclaimed its bytes" in err
+    assert len(w.store.log()) == end
+    with Store.open(w.path) as fresh:
+        assert fresh.verify().ok
+        assert restored(fresh, "web", "Now") == w.expected["p"]
