@@ -13,13 +13,15 @@ import os
 import shutil
 import subprocess
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cli_support import CLI
 from retention_support import World, day, restored, world
 
-from ckpt import DiskFormat
+from ckpt import DiskFormat, Store, retention_ops
 from ckpt.domain import (
     InvalidValue,
     NotAllowed,
@@ -213,3 +215,59 @@ def test_gc_dry_run_works_on_a_read_only_store(w: World, scratch: Path) -> None:
         assert {p["action"] for v in plan["vms"] for p in v["points"]} == {"keep", "purged"}
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def _after_gcs_first_read(monkeypatch: pytest.MonkeyPatch, meanwhile: Callable[[], object]) -> None:
+    """Run ``meanwhile`` (another process's command) right after gc read the log
+    the first time, before it records or deletes anything."""
+    real = retention_ops.walk
+    calls = [0]
+
+    def walk(*args: Any, **kwargs: Any) -> Any:
+        found = real(*args, **kwargs)
+        calls[0] += 1
+        if calls[0] == 1:
+            meanwhile()
+        return found
+
+    monkeypatch.setattr(retention_ops, "walk", walk)
+
+
+def test_an_undo_between_gcs_read_and_its_record_keeps_the_content(
+    w: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    position = w.store.forget("last=1", ["web"]).vms[0].position
+    assert position is not None
+
+    def undo() -> None:
+        with Store.open(w.path, actor="other") as other:
+            other.undo_forget(position)
+
+    _after_gcs_first_read(monkeypatch, undo)
+    report = w.store.gc(0)
+    assert report.reclaimed_purges == []  # it read the log again: nothing pending
+    assert w.store.log(operation="content-reclaimed") == []
+    monkeypatch.undo()
+    for n in (1, 2, 3):
+        assert restored(w.store, "web", f"day{n}") == w.expected[f"day{n}"]
+    assert w.store.verify().ok
+
+
+def test_a_forget_between_gcs_read_and_its_deletes_loses_nothing_and_can_be_undone(
+    w: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plans: list[int | None] = []
+
+    def forget() -> None:
+        with Store.open(w.path, actor="other") as other:
+            plans.append(other.forget("last=1", ["web"]).vms[0].position)
+
+    _after_gcs_first_read(monkeypatch, forget)
+    report = w.store.gc(0)
+    monkeypatch.undo()
+    (position,) = plans
+    assert position is not None and report.reclaimed_purges == []
+    w.store.undo_forget(position)  # gc did not reclaim it: undo still works
+    for n in (1, 2, 3):
+        assert restored(w.store, "web", f"day{n}") == w.expected[f"day{n}"]
+    assert w.store.verify().ok
