@@ -271,3 +271,23 @@ def test_a_forget_between_gcs_read_and_its_deletes_loses_nothing_and_can_be_undo
     for n in (1, 2, 3):
         assert restored(w.store, "web", f"day{n}") == w.expected[f"day{n}"]
     assert w.store.verify().ok
+
+
+def test_undo_gives_back_only_its_own_purge_and_gc_reclaims_only_the_rest(w: World) -> None:
+    c = CLI(w.path)
+    first = c.json("forget", "web", "--keep-last", "2")["vms"][0]
+    second = c.json("forget", "web", "--keep-last", "1")["vms"][0]
+    assert [p["name"] for p in first["points"] if p["action"] == "purge"] == ["day1"]
+    assert [p["name"] for p in second["points"] if p["action"] == "purge"] == ["day2"]
+    withdrawn = c.json("forget", "--undo", first["position"])
+    assert len(withdrawn["points"]) == 1
+    for position in (len(w.store.log()), 1):  # purge-withdrawn, vm-registered
+        assert "is not a purge" in c.fails(CODE[InvalidValue], "forget", "--undo", position)
+    assert restored(w.store, "web", "day1") == w.expected["day1"]
+    with pytest.raises(PointPurged):
+        restored(w.store, "web", "day2")
+    assert w.store.gc(0).reclaimed_purges == [second["position"]]
+    assert restored(w.store, "web", "day1") == w.expected["day1"]
+    assert restored(w.store, "web", "day3") == w.expected["day3"]
+    assert "is not a purge" in c.fails(CODE[InvalidValue], "forget", "--undo", len(w.store.log()))
+    assert w.store.verify().ok
