@@ -1,8 +1,10 @@
 """Hypothesis properties of retention on a real store (issue 16's "done when").
 
-Terms: a *schedule* is a drawn list of points of one VM, each a backup point
-(``sync``), a live checkpoint or a checkpoint deleted right after it was taken,
-placed 1 to 60 hours apart by the store's fixed clock; a *policy* is drawn
+Terms: a *schedule* is a drawn list of steps on one VM, each a backup point
+(``sync``), a live checkpoint, a checkpoint deleted right after it was taken,
+applying an earlier live checkpoint (a new branch) or deleting one (its disk
+merged into its children), points placed 1 to 60 hours apart by the store's
+fixed clock; a *policy* is drawn
 with small counts so that both keep and purge happen. Images are 64 KiB (16
 blocks of 4 KiB) so an example costs ~0.1 s; few examples each.
 
@@ -32,6 +34,7 @@ from ckpt.domain import PointPurged
 from ckpt.domain.retention import Duration, Policy
 
 SYNC, LIVE, DELETED = "sync", "checkpoint", "deleted"
+APPLY, DELETE_OLDER = "apply", "delete an older checkpoint"
 SIZE, STRETCH = 64 << 10, 4 << 10
 
 FEW = settings(
@@ -41,7 +44,9 @@ FEW = settings(
 )
 
 schedules = st.lists(
-    st.tuples(st.sampled_from([SYNC, SYNC, LIVE, DELETED]), st.integers(1, 60)),
+    st.tuples(
+        st.sampled_from([SYNC, SYNC, LIVE, DELETED, APPLY, DELETE_OLDER, LIVE]), st.integers(1, 60)
+    ),
     min_size=1,
     max_size=8,
 )
@@ -72,6 +77,20 @@ def extend(b: Built, schedule: list[tuple[str, int]], vm: str) -> Built:
     for i, (kind, hours) in enumerate(schedule):
         when += timedelta(hours=hours)
         name = f"{vm}-{i}"
+        live = [c.name for c in b.w.store.checkpoints(vm)]
+        # ``hours`` doubles as the choice of checkpoint: one draw, shrinks together
+        if kind == APPLY:
+            if live:
+                target = live[hours % len(live)]
+                b.w.store.apply_checkpoint(vm, target)
+                b.w.image[:] = b.w.expected[target]
+            continue
+        if kind == DELETE_OLDER:
+            if live:
+                target = live[hours % len(live)]
+                b.at[target] = len(b.w.store.log())
+                b.w.store.delete_checkpoint(vm, target)
+            continue
         if kind == SYNC:
             b.w.sync(vm, name, when)
         else:
@@ -154,8 +173,8 @@ def test_the_newest_point_of_each_vm_is_never_purged_and_a_second_forget_purges_
         ]
         # the content of every VM's newest point is still readable
         for v in plan.vms:
-            newest = max(v.points, key=lambda p: p.created_at)
-            if newest.action == "keep":
+            newest = max(v.points, key=lambda p: p.created_at, default=None)
+            if newest is not None and newest.action == "keep":
                 got = io.BytesIO()
                 s.restore_disk(v.vm, newest.name, "D", got, at=b.at.get(newest.name))
                 assert got.getvalue() == b.w.expected[newest.name]
