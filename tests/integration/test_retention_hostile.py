@@ -217,9 +217,9 @@ def test_gc_dry_run_works_on_a_read_only_store(w: World, scratch: Path) -> None:
         subprocess.run(["umount", str(mnt)], capture_output=True)
 
 
-def _after_gcs_first_read(monkeypatch: pytest.MonkeyPatch, meanwhile: Callable[[], object]) -> None:
-    """Run ``meanwhile`` (another process's command) right after gc read the log
-    the first time, before it records or deletes anything."""
+def _after_first_log_read(monkeypatch: pytest.MonkeyPatch, meanwhile: Callable[[], object]) -> None:
+    """Run ``meanwhile`` (another process's command) right after gc or forget
+    read the log the first time, before it records or deletes anything."""
     real = retention_ops.walk
     calls = [0]
 
@@ -243,7 +243,7 @@ def test_an_undo_between_gcs_read_and_its_record_keeps_the_content(
         with Store.open(w.path, actor="other") as other:
             other.undo_forget(position)
 
-    _after_gcs_first_read(monkeypatch, undo)
+    _after_first_log_read(monkeypatch, undo)
     report = w.store.gc(0)
     assert report.reclaimed_purges == []  # it read the log again: nothing pending
     assert w.store.log(operation="content-reclaimed") == []
@@ -262,7 +262,7 @@ def test_a_forget_between_gcs_read_and_its_deletes_loses_nothing_and_can_be_undo
         with Store.open(w.path, actor="other") as other:
             plans.append(other.forget("last=1", ["web"]).vms[0].position)
 
-    _after_gcs_first_read(monkeypatch, forget)
+    _after_first_log_read(monkeypatch, forget)
     report = w.store.gc(0)
     monkeypatch.undo()
     (position,) = plans
@@ -291,3 +291,21 @@ def test_undo_gives_back_only_its_own_purge_and_gc_reclaims_only_the_rest(w: Wor
     assert restored(w.store, "web", "day3") == w.expected["day3"]
     assert "is not a purge" in c.fails(CODE[InvalidValue], "forget", "--undo", len(w.store.log()))
     assert w.store.verify().ok
+
+
+def test_a_forget_that_loses_the_race_plans_again_and_purges_nothing_twice(
+    w: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other forget commits while this one plans: this one's save finds the
+    VM changed, reads the log again and finds nothing left to purge."""
+    other: list[int | None] = []
+
+    def forget() -> None:
+        with Store.open(w.path, actor="other") as s:
+            other.append(s.forget("last=1", ["web"]).vms[0].position)
+
+    _after_first_log_read(monkeypatch, forget)
+    plan = w.store.forget("last=1", ["web"])
+    assert other[0] is not None and plan.vms[0].position is None
+    assert [p.action for p in plan.vms[0].points] == ["keep", "purged", "purged"]
+    assert len(w.store.log(operation="content-purged")) == 1
