@@ -28,6 +28,7 @@ from ckpt.domain import (
 from ckpt.projections import describe_changes
 
 from . import queries
+from .retention_ops import purged_error
 from .unit_of_work import UnitOfWork
 
 T = TypeVar("T")
@@ -119,6 +120,11 @@ def create_checkpoint(
 def apply_checkpoint(uow: UnitOfWork, vm: str, checkpoint: str | UUID) -> Checkpoint:
     def act(v: VirtualMachine, o: Origin) -> Checkpoint:
         cp = v.find_checkpoint(checkpoint)
+        if cp.id in v.purged:
+            # Now would run on content gc deletes (or has deleted): every later read fails.
+            refused = purged_error(uow, v, cp.id, f"checkpoint {cp.name!r}")
+            assert refused is not None
+            raise refused
         v.apply_checkpoint(o, cp.id)
         return cp
 

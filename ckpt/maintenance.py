@@ -11,6 +11,7 @@ be rebuilt (index files from packs, read models from the log).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import sqlite3
 import time
@@ -230,7 +231,9 @@ def gc(
     # The lease first, the log second: a capture that commits before we read the
     # log is in ``needed``; one that commits later held a lease we see (or waits
     # for ours). See docs/decisions/0006-gc-leases.md.
-    with chunks.peek_leases() if dry_run else chunks.gc_lease() as leases:
+    # A dry run deletes nothing, so it needs no lease (and writes none: read-only media).
+    held = contextlib.nullcontext(chunks.gc_leases_seen()) if dry_run else chunks.gc_lease()
+    with held as leases:
         # lenient: a manifest that reads but breaks a rule still names its chunks (kept)
         from ckpt.storage.chunks.id_set import IdSet  # numpy: only when content is walked
 

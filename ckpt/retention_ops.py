@@ -252,12 +252,13 @@ def _estimate(uow: UnitOfWork, histories: dict[UUID, VMHistory], gone: Gone) -> 
 def undo(uow: UnitOfWork, position: int) -> tuple[VirtualMachine, list[UUID]]:
     """Withdraw the purge recorded at log ``position``: its VM and the points back."""
     uow.writable("forget --undo")
-    with uow.translated():
-        found = next(iter(uow.app.read_log(start=position, stop=position)), None)
+    end = uow.app.last_position()
+    found = None
+    if position <= end:  # beyond it, SQLite cannot even bind a position past 2**63
+        with uow.translated():
+            found = next(iter(uow.app.read_log(start=position, stop=position)), None)
     if found is None or found[0] != position:
-        raise NotFound(
-            f"no event at position {position} (the log ends at {uow.app.last_position()})"
-        )
+        raise NotFound(f"no event at position {position} (the log ends at {end})")
     event = found[1]
     if not isinstance(event, ContentPurged):
         raise InvalidValue(f"the event at position {position} is not a purge (content-purged)")

@@ -206,13 +206,13 @@ class ChunkStore:
 
             yield GcLeases([x for x in live if x.kind == WRITE], dead, waiting)
 
-    @contextlib.contextmanager
-    def peek_leases(self) -> Iterator[GcLeases]:
-        """The live write leases, without taking a lease or deleting dead ones: what
-        a dry run of gc reads (it writes nothing, so it works on read-only media)."""
+    def gc_leases_seen(self) -> GcLeases:
+        """What ``gc_lease`` would find, for a dry run: the live write leases,
+        read only (no lease written, no dead lease deleted), so an estimate runs
+        on read-only media too; a running gc does not stop it."""
         now = self._clock()
         live = [x for x in read_leases(self._backend) if not x.dead(now)]
-        yield GcLeases([x for x in live if x.kind == WRITE], [], lambda: False)
+        return GcLeases([x for x in live if x.kind == WRITE], [], lambda: False)
 
     def refresh(self) -> None:
         """Pick up index files other processes have written (or deleted)."""
