@@ -80,11 +80,11 @@ def plan_text(plan: ForgetPlan) -> str:
         )
         for p in v.points:
             when = p.created_at.strftime("%Y-%m-%d %H:%M:%S")
-            why = "; ".join(p.reasons)
-            lines.append(f"  {p.action:<6} {when}  {p.kind}: {p.name}  [{p.id[:8]}]  {why}")
+            why = f"  {'; '.join(p.reasons)}" if p.reasons else ""
+            lines.append(f"  {p.action:<6} {when}  {p.kind}: {p.name}  [{p.id[:8]}]{why}")
     if not plan.vms:
         lines.append("no VM to forget in (no VM named, or none with a stored policy)")
-    if plan.frees_bytes is not None:
+    if plan.frees_bytes is not None and plan.vms:
         lines.append(f"gc would then free about {plan.frees_bytes:,} bytes")
     elif not plan.dry_run and any(v.purged for v in plan.vms):
         lines.append("the bytes go at the next `ckpt gc`; until then `ckpt forget --undo POSITION`")
@@ -97,8 +97,9 @@ def _forget(s: Store, a: argparse.Namespace, out: TextIO) -> None:
             raise InvalidValue("forget --undo POSITION takes no VM, policy or --dry-run")
         back = s.undo_forget(a.undo)
         data = {"undone": a.undo, "points": [str(p) for p in back]}
-        render.emit(out, a, data, f"withdrew the purge at position {a.undo}: "
-                    f"{len(back)} points have their content back")  # fmt: skip
+        points = "1 point has its" if len(back) == 1 else f"{len(back)} points have their"
+        text = f"withdrew the purge at position {a.undo}: {points} content back"
+        render.emit(out, a, data, text)
         return
     plan = s.forget(
         _policy(a), a.vm, apply_policies=a.apply_policies, checkpoints=a.checkpoints,
