@@ -35,6 +35,7 @@ from eventsourcing.persistence import (
     OperationalError,
     PersistenceError,
 )
+from eventsourcing.utils import TopicError
 
 from ckpt.domain import (
     CaptureOutdated,
@@ -210,6 +211,13 @@ class UnitOfWork:
             ) from e
         except (PersistenceError, MapperDeserialisationError) as e:
             raise StoreCorrupt(f"the event log of {self.where} failed: {e}") from e
+        except TopicError as e:
+            # An event class this release does not have: a newer ckpt wrote it (a
+            # release before retention met ``ckpt.domain.purges:...`` this way).
+            raise StoreCorrupt(
+                f"the event log of {self.where} holds an event this ckpt does not know "
+                f"({first_line(e)}); was it written by a newer ckpt? Upgrade ckpt to read it"
+            ) from e
 
     def retry(
         self, load: Callable[[], VirtualMachine], act: Callable[[VirtualMachine, Origin], T]
