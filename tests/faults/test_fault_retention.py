@@ -1,0 +1,304 @@
+"""Kill points inside ``ckpt forget`` and the ``ckpt gc --grace 0`` that follows it.
+
+A purge is one ``content-purged`` event per VM (``ckpt/retention_ops.py``); gc
+records ``content-reclaimed`` for every pending purge, of every VM, in one
+transaction before it deletes a chunk (``ckpt/maintenance.py``). Killed
+anywhere, neither may lose a retained point's bytes or leave a VM half purged.
+
+Terms (besides the harness's):
+    held        a point whose content must restore: every backup point and
+                checkpoint captured, less those purged by a purge event in the
+                log that was not withdrawn. A checkpoint deleted from the tree
+                is held too and restores with ``at`` (a log position at which
+                it was still in the tree). ``h.ledger`` is the held points
+                that restore without ``at`` (the harness checks those).
+    purged      a point a purge event in the log names (and no withdrawal
+                since): restoring it is exit 40 (``PointPurged``) and the
+                message names the purge's position.
+    plan        what ``forget ... --dry-run --json`` says the same command
+                purges, per VM, taken just before the kill point: after it, each
+                VM has a new purge naming exactly its plan's points, or none.
+    round       grow every VM to a few candidates; kill a ``forget`` (one VM,
+                or every VM, seeded; now and then with ``--checkpoints``);
+                run it again uncut (it must complete the plan, adding nothing
+                where the killed one had done it); kill ``gc --grace 0``; then,
+                for the newest purge, ``forget --undo`` must work iff no
+                ``content-reclaimed`` covers it (when it works, the points
+                restore again); gc run again uncut leaves no garbage.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ckpt
+from ckpt.exit_codes import exit_code
+
+from ._harness import Harness, Image, MiB, Outcome, Point, file_sha256
+
+VMS = ("r1", "r2")
+ROUNDS = 5  # each: a forget kill point and a gc kill point
+REMOTE_ROUNDS = 3  # as REMOTE_GC_KILLS (test_fault_maintenance.py): remote round trips
+CANDIDATES = 4  # points a VM may lose, before each forget
+LATE = 0.8  # a late kill point's earliest delay, as a share of the typical duration
+PURGED_EXIT = 40  # PointPurged (ckpt/exit_codes.py)
+
+
+@dataclass
+class Held:
+    """A point and, for a checkpoint deleted from the tree, where to restore it from."""
+
+    point: Point
+    at: int | None = None
+
+
+class Retention:
+    """The harness, the held and purged points, and the log's view of purges."""
+
+    def __init__(self, h: Harness, scratch: Path) -> None:
+        self.h = h
+        self.scratch = scratch
+        self.held: dict[str, Held] = {}
+        self.purged: dict[str, tuple[Held, int]] = {}  # name -> (point, purge position)
+        self.live: dict[str, list[str]] = {vm: [] for vm in VMS}  # live checkpoints held
+        self.images = {vm: Image(scratch / f"{vm}.raw", 2 * MiB, h.rng) for vm in VMS}
+        self.numbers = itertools.count()
+
+    # ------------------------------------------------------------ the log
+    def log(self) -> list[dict[str, Any]]:
+        entries: list[dict[str, Any]] = self.h.json("log")
+        return entries
+
+    def purges(self) -> dict[int, tuple[str, frozenset[str]]]:
+        """The purges in force: position -> (VM, names), none withdrawn."""
+        found: dict[int, tuple[str, frozenset[str]]] = {}
+        for e in self.log():
+            if e["operation"] == "content-purged":
+                names = frozenset(p["name"] for p in e["details"]["points"])
+                found[e["position"]] = (e["vm"], names)
+            elif e["operation"] == "purge-withdrawn":
+                found.pop(e["details"]["purge_position"], None)
+        return found
+
+    def reclaimed(self) -> set[int]:
+        return {
+            p
+            for e in self.log()
+            if e["operation"] == "content-reclaimed"
+            for p in e["details"]["purge_positions"]
+        }
+
+    def last_position(self) -> int:
+        position: int = self.log()[-1]["position"]
+        return position
+
+    # ------------------------------------------------------------ growing
+    def capture(self, vm: str, backup: bool) -> str:
+        image = self.images[vm]
+        image.mutate(self.h.rng.randrange(16, 96), self.h.rng.randrange(0, 3) * 64 * 1024)
+        name = f"{'b' if backup else 'c'}{next(self.numbers)}"
+        disk = f"D={image.path}"
+        if backup:
+            self.h.ok("sync", vm, "--name", name, "--disk", disk)
+        else:
+            self.h.ok("checkpoint", "create", vm, name, "--disk", disk)
+            self.live[vm].append(name)
+        self.held[name] = Held(Point(vm, name, {"D": image.sha}, backup=backup))
+        return name
+
+    def grow(self) -> None:
+        """Every VM: at least CANDIDATES held points, one live checkpoint, and now
+        and then a checkpoint deleted from the tree (its content stays, at ``at``)."""
+        for vm in VMS:
+            while sum(p.point.vm == vm for p in self.held.values()) < CANDIDATES:
+                self.capture(vm, backup=self.h.rng.random() < 0.7)
+            if not self.live[vm]:
+                self.capture(vm, backup=False)
+            if len(self.live[vm]) > 1 or self.h.rng.random() < 0.4:
+                name = self.h.rng.choice(self.live[vm])
+                at = self.last_position()
+                self.h.ok("checkpoint", "delete", vm, name)
+                self.live[vm].remove(name)
+                self.held[name].at = at
+                self.capture(vm, backup=self.h.rng.random() < 0.5)
+        self.ledger()
+
+    def ledger(self) -> None:
+        self.h.ledger = {n: p.point for n, p in self.held.items() if p.at is None}
+
+    # ------------------------------------------------------------ forget
+    def forget_args(self) -> tuple[str, ...]:
+        vms = [self.h.rng.choice(VMS)] if self.h.rng.random() < 0.5 else []
+        args = ("forget", *vms, "--keep-last", str(self.h.rng.randint(1, 3)))
+        return (*args, "--checkpoints") if self.h.rng.random() < 0.25 else args
+
+    def plan(self, args: tuple[str, ...]) -> dict[str, frozenset[str]]:
+        """Per VM, the points the command would purge (VMs with none left out)."""
+        plan = self.h.json(*args, "--dry-run")
+        assert plan["dry_run"] and all(v["position"] is None for v in plan["vms"])
+        out = {
+            v["vm"]: frozenset(p["name"] for p in v["points"] if p["action"] == "purge")
+            for v in plan["vms"]
+        }
+        return {vm: names for vm, names in out.items() if names}
+
+    def settle_forget(
+        self, plan: dict[str, frozenset[str]], before: dict[int, tuple[str, frozenset[str]]]
+    ) -> dict[str, int]:
+        """The purges the command left: per VM, none or exactly its plan's, and
+        no other purge. Moves the purged points out of ``held``; returns VM ->
+        the new purge's position."""
+        h = self.h
+        after = self.purges()
+        assert set(before) <= set(after), f"{h.where} a purge went: {before} -> {after}"
+        new = {pos: after[pos] for pos in sorted(set(after) - set(before))}
+        by_vm: dict[str, int] = {}
+        for pos, (vm, names) in new.items():
+            assert vm not in by_vm, f"{h.where} VM {vm!r} was purged twice: {new}"
+            assert names == plan.get(vm), (
+                f"{h.where} the purge at {pos} of VM {vm!r} names {sorted(names)}, "
+                f"the plan {sorted(plan.get(vm, ()))}: half purged"
+            )
+            by_vm[vm] = pos
+            for name in names:
+                held = self.held.pop(name)
+                self.purged[name] = (held, pos)
+                if name in self.live[vm]:  # a live checkpoint purged (--checkpoints)
+                    self.live[vm].remove(name)
+        self.ledger()
+        return by_vm
+
+    # ------------------------------------------------------------ checks
+    def check(self) -> None:
+        """The harness's check, ``verify --log``, the deleted checkpoints held
+        (with ``at``), and every purged point refused naming its purge."""
+        h = self.h
+        h.check()
+        report = h.json("verify", "--log")
+        assert report["ok"], f"{h.where} verify --log: {report}"
+        target = self.scratch / "out.raw"
+        with ckpt.Store.open(h.store, actor="fault-check") as store:
+            for name, held in self.held.items():
+                if held.at is None:
+                    continue  # restored by h.check()
+                with target.open("wb") as out:
+                    store.restore_disk(held.point.vm, name, "D", out, at=held.at)
+                assert file_sha256(target) == held.point.disks["D"], (
+                    f"{h.where} deleted checkpoint {name!r} (at {held.at}) restores other bytes"
+                )
+            for name, (held, pos) in self.purged.items():
+                try:
+                    with target.open("wb") as out:
+                        store.restore_disk(held.point.vm, name, "D", out, at=held.at)
+                except ckpt.CkptError as e:
+                    assert exit_code(e) == PURGED_EXIT, f"{h.where} {name!r}: {e}"
+                    assert f"purged at position {pos} " in str(e), f"{h.where} {name!r}: {e}"
+                else:
+                    raise AssertionError(f"{h.where} purged point {name!r} restored")
+        target.unlink(missing_ok=True)
+
+    def garbage_left(self) -> int:
+        h = self.h
+        return int(h.json("stats")["total"]["chunks"]) - int(h.json("verify")["referenced"])
+
+    def undo(self, position: int, reclaimed: bool) -> None:
+        """``forget --undo``: refused (exit 40) once gc reclaimed the purge, else
+        it gives every point of the purge back."""
+        h = self.h
+        code, out, err = h.cli("forget", "--undo", str(position), "--json")
+        if reclaimed:
+            assert code == PURGED_EXIT and "gc has reclaimed its bytes" in err, (
+                f"{h.where} undo of the reclaimed purge at {position} exited {code}: {err}{out}"
+            )
+            return
+        assert code == 0, f"{h.where} undo of the purge at {position} exited {code}: {err}"
+        back = {name for name, (_, pos) in self.purged.items() if pos == position}
+        assert len(json.loads(out)["points"]) == len(back), f"{h.where} undo gave back {out}"
+        for name in back:
+            held, _ = self.purged.pop(name)
+            self.held[name] = held
+            if held.at is None and not held.point.backup:
+                self.live[held.point.vm].append(name)
+        self.ledger()
+
+
+def test_forget_and_gc_killed_anywhere_keep_what_is_held_and_purge_whole(
+    tmp_path: Path, scratch: Path, backends: tuple[str, str, tuple[str, ...]]
+) -> None:
+    _, suffix, options = backends
+    h = Harness(f"retention{suffix}", tmp_path, scratch, options)
+    r = Retention(h, scratch)
+    h.init()
+    for vm in VMS:
+        h.ok("vm", "add", vm, "--disk", "D")
+
+    # Uncut, once each: how long forget and gc take.
+    r.grow()
+    args = ("forget", "--keep-last", "1")
+    plan, before = r.plan(args), r.purges()
+    assert set(plan) == set(VMS), plan
+    typical_forget = h.timed(*args)
+    r.settle_forget(plan, before)
+    typical_gc = h.timed("gc", "--grace", "0")
+    assert r.garbage_left() == 0 and set(r.purges()) <= r.reclaimed()
+    r.check()
+
+    for i in range(REMOTE_ROUNDS if options else ROUNDS):
+        r.grow()
+        args = r.forget_args()
+        plan, before = r.plan(args), r.purges()
+        # Every other forget is killed late: its purges are saved in its last
+        # ~10% (the first ~85% opens the store and reads the log).
+        late = LATE if i % 2 else 0.0
+        outcome = h.kill_point(*args, typical=typical_forget, label="forget", late=late)
+        done = r.settle_forget(plan, before)
+        assert outcome.killed or set(done) == set(plan), f"{h.where} exited 0, purged {done}"
+        h.result(outcome, "done" if set(done) == set(plan) else "some VMs" if done else "none")
+        r.check()
+        # Forget twice = forget once: the same command again purges what the
+        # killed one left of its plan, and nothing on a VM where it was done.
+        h.where += " (run again uncut)"
+        rest = {vm: names for vm, names in plan.items() if vm not in done}
+        assert r.plan(args) == rest, f"{h.where} plans {r.plan(args)}, left {rest}"
+        between = r.purges()
+        # Timed: the next kill point draws its delay from this run, as the log grows.
+        typical_forget = h.timed(*args)
+        done |= r.settle_forget(rest, between)
+        assert set(done) == set(plan), f"{h.where} purged {done}, plan {plan}"
+
+        pending = set(r.purges()) - r.reclaimed()
+        gc = h.kill_point("gc", "--grace", "0", typical=typical_gc, label="gc after forget")
+        reclaimed = r.reclaimed() & pending
+        # One transaction records every pending purge's reclaim, of every VM.
+        assert reclaimed in (set(), pending), f"{h.where} reclaimed {reclaimed} of {pending}"
+        assert gc.killed or reclaimed == pending, f"{h.where} exited 0, reclaimed {reclaimed}"
+        h.result(gc, "reclaimed" if reclaimed else "not reclaimed")
+        r.check()
+        typical_gc = _undo_then_gc(r, gc, max(done.values()) if done else None, bool(reclaimed))
+
+    h.where = f"[{h.kind}: the end]"
+    h.ok("gc", "--grace", "0")
+    assert r.garbage_left() == 0, h.where
+    r.check()
+    h.final_check()
+
+
+def _undo_then_gc(r: Retention, gc: Outcome, position: int | None, reclaimed: bool) -> float:
+    """After the gc kill point: undo the newest purge (refused iff reclaimed, or
+    by a seeded coin not tried), gc again uncut; then an undo is refused.
+    Returns how long that gc took."""
+    h = r.h
+    if position is not None and (reclaimed or h.rng.random() < 0.5):
+        r.undo(position, reclaimed)  # the points it gave back restore in the check below
+    h.where = gc.describe(h.kind) + " (gc run again uncut)"
+    took = h.timed("gc", "--grace", "0")
+    assert r.garbage_left() == 0, f"{h.where} unreferenced chunks survived"
+    assert set(r.purges()) <= r.reclaimed(), f"{h.where} a purge is not reclaimed"
+    if position is not None and position in r.purges():
+        r.undo(position, reclaimed=True)
+    r.check()
+    return took
