@@ -18,8 +18,9 @@ Terms (besides the harness's):
     plan        what ``forget ... --dry-run --json`` says the same command
                 purges, per VM, taken just before the kill point: after it, each
                 VM has a new purge naming exactly its plan's points, or none.
-    round       grow every VM to a few candidates; kill a ``forget`` (one VM,
-                or every VM, seeded; now and then with ``--checkpoints``);
+    round       grow every VM to a few candidates; kill a ``forget`` (one VM
+                or every VM, killed any time or late: ``ROUNDS``; the VM, the
+                ``--keep-last`` and now and then ``--checkpoints`` seeded);
                 run it again uncut (it must complete the plan, adding nothing
                 where the killed one had done it); kill ``gc --grace 0``; then,
                 for the newest purge, ``forget --undo`` must work iff no
@@ -45,7 +46,13 @@ VMS = ("r1", "r2")
 # Per round: does forget name one VM (else every VM: a purge per VM, and the gc
 # after it reclaims several VMs' purges at once), and is it killed late. The
 # remote run takes the first REMOTE_ROUNDS (its round trips cost ~3x).
-ROUNDS = ((False, False), (True, True), (False, True), (True, False), (False, False))
+ROUNDS = (
+    ("every VM", "any time"),
+    ("one VM", "late"),
+    ("every VM", "late"),
+    ("one VM", "any time"),
+    ("every VM", "any time"),
+)
 REMOTE_ROUNDS = 3
 # Points held per VM before each forget: with one live checkpoint among them and
 # --keep-last 1 or 2, every VM a forget names has a purge in its plan.
@@ -257,14 +264,14 @@ def test_forget_and_gc_killed_anywhere_keep_what_is_held_and_purge_whole(
     assert r.garbage_left() == 0 and not r.pending()
     r.check()
 
-    for one_vm, killed_late in ROUNDS[:REMOTE_ROUNDS] if options else ROUNDS:
+    for scope, when in ROUNDS[:REMOTE_ROUNDS] if options else ROUNDS:
         r.grow()
-        args = r.forget_args(one_vm)
+        args = r.forget_args(one_vm=scope == "one VM")
         plan, before = r.plan(args), r.purges()
-        assert len(plan) == (1 if one_vm else len(VMS)), f"{h.where} {args}: plan {plan}"
+        assert len(plan) == (1 if scope == "one VM" else len(VMS)), f"{args}: plan {plan}"
         # A late kill point: forget saves its purges in its last ~10% (the
         # first ~85% opens the store and reads the log).
-        late = LATE if killed_late else 0.0
+        late = LATE if when == "late" else 0.0
         outcome = h.kill_point(*args, typical=typical_forget, label="forget", late=late)
         done = r.settle_forget(plan, before)
         assert outcome.killed or set(done) == set(plan), f"{h.where} exited 0, purged {done}"
