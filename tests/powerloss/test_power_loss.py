@@ -1,7 +1,8 @@
-"""Power cuts anywhere in capture, sync, delete with merge, gc, copy and upgrade:
-every command that returned success is still there, byte for byte, and the
-store verifies clean (see _model.py for what a cut keeps, _scenario.py for the
-checks)."""
+"""Power cuts anywhere in capture, sync, delete with merge, gc, copy, upgrade and
+retention (forget, forget --undo, the gc that reclaims a purge): every command
+that returned success is still there, byte for byte (less what a purge in the
+cut log gave up), and the store verifies clean (see _model.py for what a cut
+keeps, _scenario.py for the checks)."""
 
 from __future__ import annotations
 
