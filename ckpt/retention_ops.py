@@ -219,8 +219,22 @@ def _record(uow: UnitOfWork, h: VMHistory, plan: VMPlan) -> VMPlan:
 
 
 def _last_position(uow: UnitOfWork, vm: VirtualMachine) -> int | None:
-    rows = uow.read_models.recorder.audit(vm_id=str(vm.id), since=None)
-    return next((r.position for r in reversed(rows) if r.version == vm.version), None)
+    return _audit_position(uow, vm, vm.version)
+
+
+def _audit_position(
+    uow: UnitOfWork, vm: VirtualMachine, version: int, operation: str | None = None
+) -> int | None:
+    """The log position of ``vm``'s event at ``version``, from the audit read
+    model; folding the log into it first when it lacks the event (a command
+    killed between its commit and its fold, or whose fold failed, leaves it
+    behind until the next catch-up). None when the read models cannot say."""
+    for attempt in range(2):
+        rows = uow.read_models.recorder.audit(vm_id=str(vm.id), operation=operation)
+        found = next((r.position for r in reversed(rows) if r.version == version), None)
+        if found is not None or attempt or not uow.caught_up():
+            return found
+    return None
 
 
 def _frees(
@@ -334,8 +348,7 @@ def purged_error(uow: UnitOfWork, vm: VirtualMachine, pid: UUID, label: str) -> 
     mark = latest.purged.get(pid)
     if mark is None:
         return None
-    rows = uow.read_models.recorder.audit(vm_id=str(vm.id), operation="content-purged")
-    where = next((r.position for r in rows if r.version == mark.version), None)
+    where = _audit_position(uow, vm, mark.version, "content-purged")
     at = f" at position {where}" if where is not None else ""
     if mark.version in latest.reclaimed or latest.removed:
         tail = "; gc has reclaimed its bytes"

@@ -15,7 +15,11 @@ Terms:
                 from ``go`` to its return).
     kill point  start the command (``_driver.py``), wait a seeded delay in
                 ``[0, typical]`` after its ``go`` line, SIGKILL it (unless it has
-                already exited: then it must have exited 0).
+                already exited: then it must have exited 0). A *late* kill point
+                draws from ``[late * typical, typical]`` instead: for a command
+                whose commit comes at the very end (forget: ~85% of its time
+                is opening the store and reading the log), where few uniform
+                delays land.
     ledger      every checkpoint or backup point whose command returned success,
                 or whose killed command is found to have completed: name -> the
                 SHA-256 of each disk image (and memory image) it captured. Every
@@ -223,12 +227,15 @@ class Harness:
         assert ran, f"{self.where} the driver did not report its time: {text}"
         return float(ran[-1].removeprefix(RAN))
 
-    def kill_point(self, *args: str, typical: float, label: str | None = None) -> Outcome:
-        """Start the command, SIGKILL it after a seeded delay in [0, typical];
-        ``label`` is the command kind it counts under (default: the test's kind)."""
+    def kill_point(
+        self, *args: str, typical: float, label: str | None = None, late: float = 0.0
+    ) -> Outcome:
+        """Start the command, SIGKILL it after a seeded delay in [late * typical,
+        typical]; ``label`` is the command kind it counts under (default: the
+        test's kind)."""
         label = label or self.kind
         self.kills += 1
-        delay = self.delays.uniform(0.0, typical)
+        delay = self.delays.uniform(late * typical, typical)
         proc = self._start(args)
         time.sleep(delay)
         if proc.poll() is None:

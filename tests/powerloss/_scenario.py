@@ -13,6 +13,14 @@ Terms:
                 point on it must restore byte for byte. A checkpoint being deleted
                 stops being required when its delete starts; until the delete has
                 returned it may still be there, and then it must still restore.
+                One restored ``at`` a log position (a checkpoint deleted since,
+                its content kept) stays required.
+    purge       a ``content-purged`` event a ``forget`` recorded (``forgot``
+                notes each: store, VM, the points' names). A crash state's log
+                holds each purge whole or not at all; a ledger entry that a
+                purge in that log names (and no ``purge-withdrawn`` since)
+                must be refused (exit 40, ``PointPurged``), not restored: it
+                stops being required exactly when its purge is durable.
     check       at a crash point: rebuild root as the cut left it. Every store
                 whose ``init`` (or ``copy``) returned is there; ``verify --json``
                 and ``verify --log --json`` report ok without ``verify --repair``
@@ -40,6 +48,7 @@ from pathlib import Path
 
 import ckpt
 from ckpt.cli import run
+from ckpt.exit_codes import exit_code
 from ckpt.storage.chunks import lease
 
 from ._model import CrashPoint, Key, PowerModel
@@ -49,6 +58,7 @@ SEED = int(os.environ.get("CKPT_POWER_SEED", str(DEFAULT_SEED)))
 BLOCK = 4096
 MiB = 1 << 20
 CARRY_ON = 8
+PURGED_EXIT = 40  # PointPurged (ckpt/exit_codes.py)
 
 # For the summary conftest.py prints: crash states checked, per scenario.
 CHECKED: Counter[str] = Counter()
@@ -71,6 +81,7 @@ class Expected:
     images: dict[str, str]  # disk name (or "memory") -> SHA-256
     since: int  # the first crash point at which it must be there
     until: int | None = None  # from here on it may be gone (a delete started)
+    at: int | None = None  # restore as of this log position (a checkpoint deleted since)
 
 
 class Scenario:
@@ -89,6 +100,7 @@ class Scenario:
         self.model: PowerModel | None = None
         self.key_file: Path | None = None  # for an encrypted store: passed to every command
         self.marks: dict[str, int] = {}  # name -> the first crash point of a step
+        self.purges: list[tuple[str, str, frozenset[str]]] = []  # (store, VM, names)
 
     # ------------------------------------------------------------- recording
     def start(self) -> PowerModel:
@@ -129,6 +141,16 @@ class Scenario:
         assert code == 0, f"{self.where()} log: {err}"
         entries = json.loads(out)
         return (entries[-1]["position"], entries[-1]["link"]) if entries else None
+
+    def forgot(self, store: str, out: str) -> dict[str, int]:
+        """Note the purges of a ``forget --json`` that returned; VM -> position."""
+        positions: dict[str, int] = {}
+        for v in json.loads(out)["vms"]:
+            names = frozenset(p["name"] for p in v["points"] if p["action"] == "purge")
+            if names:
+                self.purges.append((store, v["vm"], names))
+                positions[v["vm"]] = v["position"]
+        return positions
 
     def mark(self, name: str) -> None:
         """Name the crash points from here on (``check_points(start=...)``)."""
@@ -280,6 +302,7 @@ class Scenario:
             e for e in self.ledger
             if e.store == store and e.until is not None and e.until <= index
         ]  # fmt: skip
+        purged = self._purged(store, where)
         with self.open(store) as opened:
             present = {
                 (vm.name, cp.name) for vm in opened.vms() for cp in opened.checkpoints(vm.name)
@@ -289,16 +312,44 @@ class Scenario:
                     out = io.BytesIO()
                     try:
                         if what == "memory":
-                            opened.restore_memory(e.vm, e.name, out)
+                            opened.restore_memory(e.vm, e.name, out, at=e.at)
                         else:
-                            opened.restore_disk(e.vm, e.name, what, out)
+                            opened.restore_disk(e.vm, e.name, what, out, at=e.at)
                     except ckpt.CkptError as error:
+                        if (e.vm, e.name) in purged and exit_code(error) == PURGED_EXIT:
+                            assert "purged at position" in str(error), f"{where} {error}"
+                            continue
                         raise AssertionError(
                             f"{where} {e.vm}/{e.name} {what} does not restore: {error}"
                         ) from error
+                    assert (e.vm, e.name) not in purged, (
+                        f"{where} {e.vm}/{e.name} {what} restores though its purge is in the log"
+                    )
                     assert sha256(out.getvalue()) == sha, (
                         f"{where} {e.vm}/{e.name} {what} restores other bytes than it captured"
                     )
+
+    def _purged(self, store: str, where: str) -> set[tuple[str, str]]:
+        """(VM, name) of every point a purge in the crashed store's log names,
+        less those withdrawn since; each purge there must be one ``forgot``
+        noted, whole. Nothing to read when the scenario made no purge."""
+        made = {(vm, names) for each, vm, names in self.purges if each == store}
+        if not made:
+            return set()
+        code, out, err = self.cli(store, "log", "--json")
+        assert code == 0, f"{where} log: {err}"
+        active: dict[int, tuple[str, frozenset[str]]] = {}
+        for entry in json.loads(out):
+            if entry["operation"] == "content-purged":
+                names = frozenset(p["name"] for p in entry["details"]["points"])
+                assert (entry["vm"], names) in made, (
+                    f"{where} {store}: the purge at {entry['position']} names {sorted(names)} "
+                    f"of VM {entry['vm']!r}, no forget's whole purge"
+                )
+                active[entry["position"]] = (entry["vm"], names)
+            elif entry["operation"] == "purge-withdrawn":
+                active.pop(entry["details"]["purge_position"])
+        return {(vm, name) for vm, names in active.values() for name in names}
 
     def _unverified(self, store: str) -> str:
         """What ``verify`` and ``verify --log`` find wrong ("" if both are clean)."""
