@@ -339,7 +339,8 @@ def _gc(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     if report.reclaimed_purges:
         verb = "would reclaim" if report.dry_run else "reclaimed"
         where = ", ".join(map(str, report.reclaimed_purges))
-        lines.append(f"  {verb} the purges at positions {where} (no undo after)")
+        which = "purges at positions" if len(report.reclaimed_purges) > 1 else "purge at position"
+        lines.append(f"  {verb} the {which} {where} (no undo after)")
     if report.dry_run:
         lines.append("  dry run: nothing was recorded or deleted")
     render.emit(out, a, data, "\n".join(lines))

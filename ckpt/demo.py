@@ -132,6 +132,17 @@ def demo(out: io.TextIOBase | None = None) -> int:
         )
         if got != first:
             return 1
+        note("Retention: a backup point, then a keep-policy (dry run first: why each is kept)")
+        if ckpt(f"sync db01 --disk Data={disk} --name Hourly") or ckpt(
+            "forget db01 --keep-last 1 --dry-run"
+        ):
+            return 1
+        note("The purge is an event; the deleted checkpoint's bytes are refused, then reclaimed")
+        if ckpt("forget db01 --keep-last 1"):
+            return 1
+        refused = ckpt(f"restore db01 'Nightly 1' --disk Data -o {restored} --at {position}", True)
+        if refused != 40 or ckpt("gc --grace 0"):
+            return 1
         note("Every referenced chunk present, decompressing and hashing to its id")
         if ckpt("verify") or ckpt("stats"):
             return 1

@@ -166,4 +166,6 @@ def test_demo_runs_every_step() -> None:
     assert ".bin  [bin, memory]" in text and ".avhd " in text
     assert "identical" in text and "DIFFERENT" not in text  # a deleted checkpoint, via --at
     assert "referenced chunks: OK" in text
+    assert "content-purged" in text and "(exit code 40)" in text  # retention, then gc
+    assert "reclaimed the purge at position" in text
     assert "walked the hash chain over" in text and "anchor (keep it elsewhere" in text
