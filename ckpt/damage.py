@@ -63,7 +63,8 @@ def references(uow: UnitOfWork) -> list[Reference]:
 
 def point_users(uow: UnitOfWork) -> dict[tuple[str, bytes], list[str]]:
     """(VM name, manifest id) -> the live checkpoints, backup points and Now
-    whose bytes are read through that manifest.
+    whose bytes are read through that manifest; a purged one (``ckpt forget``)
+    is named "(purged)": until gc, an undo gives its bytes back.
 
     A disk capture is needed by every point whose chain's state reads its
     manifest: the chain's last v2 manifest and any v1 diffs after it (merges
@@ -78,12 +79,14 @@ def point_users(uow: UnitOfWork) -> dict[tuple[str, bytes], list[str]]:
         return effective_refs(chain_manifest_ids(vm, leaf), uow.chunks.get, memo)
 
     for vm in queries.vms(uow):
+        purged = vm.purged  # named as such: its bytes are given up (back only by an undo)
         for cp in vm.checkpoints.values():
+            name = f"{cp.name} (purged)" if cp.id in purged else cp.name
             for disk, leaf in cp.layers:
                 for ref in chain_refs(vm, leaf):
-                    users.setdefault((vm.name, ref), []).append(f"{cp.name} (disk {disk})")
+                    users.setdefault((vm.name, ref), []).append(f"{name} (disk {disk})")
             for f in vm.captured_files.get(cp.id, ()):
-                users.setdefault((vm.name, f.manifest), []).append(f"{cp.name} ({f.role.value})")
+                users.setdefault((vm.name, f.manifest), []).append(f"{name} ({f.role.value})")
         for disk, leaf in vm.running.items():
             for ref in chain_refs(vm, leaf):
                 users.setdefault((vm.name, ref), []).append(f"Now (disk {disk})")
@@ -91,7 +94,8 @@ def point_users(uow: UnitOfWork) -> dict[tuple[str, bytes], list[str]]:
             past = queries.vm(uow, vm.id, version=point.version)
             for disk, leaf in past.running.items():
                 for ref in chain_refs(past, leaf):
-                    label = f"backup point {point.name} (disk {disk})"
+                    tag = " (purged)" if point.id in purged else ""
+                    label = f"backup point {point.name}{tag} (disk {disk})"
                     users.setdefault((vm.name, ref), []).append(label)
     return users
 

@@ -422,3 +422,20 @@ def test_a_purged_checkpoint_cannot_be_applied_so_now_never_runs_on_reclaimed_by
     with Store.open(w.path) as fresh:
         assert fresh.verify().ok
         assert restored(fresh, "web", "Now") == w.expected["p"]
+
+
+def test_verify_names_a_purged_point_as_purged_among_a_chunks_users(scratch: Path) -> None:
+    """Until gc, a purged point's bytes are there (an undo gives them back): a bad
+    chunk of them names it, marked "(purged)", beside the points still kept."""
+    from ckpt.damage import point_users
+    from ckpt.point_history import walk
+
+    w = world(scratch / "s")
+    w.sync("web", "old", day(1))
+    w.sync("web", "new", day(2))
+    w.store.forget("last=1")
+    uow = w.store.unit_of_work
+    old = next(p for p in walk(uow)[w.store.vm("web").id].points if p.name == "old")
+    [manifest] = {layer[-1] for layer in old.chains["D"] if layer}
+    assert point_users(uow)[("web", manifest)] == ["backup point old (purged) (disk D)"]
+    w.store.close()
