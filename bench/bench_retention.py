@@ -30,6 +30,7 @@ import random
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -83,11 +84,29 @@ def du(path: str) -> int:
 def timed(
     cmd: list[str], env: dict[str, str] | None = None, cwd: str | None = None
 ) -> tuple[float, str]:
-    t = time.perf_counter()
-    done = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
-    if done.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed: {done.stderr.strip()}")
-    return time.perf_counter() - t, done.stdout
+    """Run ``cmd``; its seconds and stdout. Its peak RSS (``wait4``'s rusage of
+    this one child, MiB) goes to ``PEAKS`` under the command's first two words."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - t
+        out.seek(0)
+        err.seek(0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            sys.exit(f"{' '.join(cmd)} failed: {err.read().decode().strip()}")
+        key = " ".join(os.path.basename(w) for w in cmd[:1]) + " " + _verb(cmd)
+        PEAKS[key] = usage.ru_maxrss / 1024
+        return seconds, out.read().decode()
+
+
+PEAKS: dict[str, float] = {}
+
+
+def _verb(cmd: list[str]) -> str:
+    words = [w for w in cmd[1:] if not w.startswith("-") and "/" not in w]
+    dry = " --dry-run" if "--dry-run" in cmd else ""
+    return (words[0] if words else "") + dry
 
 
 CAPTURE = """
@@ -228,6 +247,7 @@ def main() -> int:
                 f"{int(r['announced']):,} bytes; gc freed {int(r['freed']):,} "  # type: ignore[call-overload]
                 f"({100 * (int(r['announced']) / max(int(r['freed']), 1) - 1):+.1f}%)"
             )  # type: ignore[call-overload]
+    print("peak RSS (MiB):", ", ".join(f"{k} {v:.0f}" for k, v in PEAKS.items()))
     return 0 if all(r["restores"] for r in rows) else 1
 
 
