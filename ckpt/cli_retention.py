@@ -15,13 +15,11 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from ckpt.domain import InvalidValue
-from ckpt.domain.retention import Duration, Policy
+from ckpt.domain.retention import RULES, Duration, Policy
 
 from . import render
 from .retention_ops import ForgetPlan, VMPlan
 from .store import Store
-
-RULES = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
 
 
 def _count(text: str) -> int:
@@ -150,12 +148,3 @@ def _position(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a log position (1, 2, ...), not {text!r}")
     return int(text)
-
-
-def gc_dry_run_line(freed: int, purges: list[int]) -> str:
-    tail = (
-        f"; it would reclaim the purges at positions {', '.join(map(str, purges))}"
-        if purges
-        else ""
-    )
-    return f"gc --dry-run: nothing was deleted or recorded{tail}"

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from uuid import UUID
 
 from ckpt.domain import CkptError, StoreIOError, VirtualMachine
@@ -30,6 +29,7 @@ from ckpt.storage.manifest_cache import chain_manifest_ids
 from ckpt.storage.references import Reference, manifest_ids
 
 from . import queries
+from .point_history import walk
 from .unit_of_work import UnitOfWork
 
 # Points named in an error message; the rest are counted ("and N more"): an
@@ -38,27 +38,9 @@ NAMED = 10
 
 
 def references(uow: UnitOfWork) -> list[Reference]:
-    """Every capture the event log records, read from the log itself."""
-    names: dict[UUID, str] = {}
-    removed: dict[UUID, str] = {}  # a removed VM's captures stay referenced, named as such
-    refs: list[tuple[UUID, Reference]] = []
-    with uow.translated():
-        for position, event in uow.app.read_log():
-            owner = event.originator_id
-            if isinstance(event, VirtualMachine.Registered):
-                names[owner] = event.name
-            elif isinstance(event, VirtualMachine.Removed):
-                removed[owner] = f"{event.name} (removed, id {owner})"
-            vm = names.get(owner, str(owner))
-            if isinstance(event, VirtualMachine.LayerContentRecorded):
-                c = event.capture
-                what = f"disk {c.disk} (layer {c.layer})"
-                refs.append((owner, Reference(position, vm, what, c.manifest)))
-            elif isinstance(event, VirtualMachine.StateContentRecorded):
-                for f in event.files:
-                    what = f"{f.path or f.role.value} of checkpoint {event.checkpoint_id}"
-                    refs.append((owner, Reference(position, vm, what, f.manifest)))
-    return [replace(r, vm=removed[o]) if o in removed else r for o, r in refs]
+    """Every capture the event log records, read from the log itself (the one
+    walk, ``point_history``: a removed VM's captures named as such)."""
+    return [r for h in walk(uow).values() for r in h.refs]
 
 
 def point_users(uow: UnitOfWork) -> dict[tuple[str, bytes], list[str]]:

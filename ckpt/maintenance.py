@@ -25,14 +25,14 @@ from ckpt.storage.chunks.store import ChunkStore
 from ckpt.storage.chunks.verify import BadChunk
 from ckpt.storage.event_store import EVENTS_FILE
 from ckpt.storage.locations import display
-from ckpt.storage.references import Reference, iter_referenced, who_needs
+from ckpt.storage.references import Reference, who_needs
 
 from . import queries
 from .damage import name_users
 from .point_history import walk
 from .progress_factory import ProgressFactory, bar
 from .read_only import immutable_uri
-from .retained import ID_BUDGET, kept_references
+from .retained import kept_references, referenced_ids
 from .retention_ops import reclaim_purges
 from .store_config import CHUNKS_DIR, FORMAT
 from .unit_of_work import UnitOfWork
@@ -134,13 +134,9 @@ def verify(
     if damaged:
         more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
         raise StoreCorrupt(f"{damaged[0]}{more}; ckpt verify --repair rebuilds them")
-    from ckpt.storage.chunks.id_set import IdSet  # numpy: only when content is walked
-
     broken: list[tuple[Reference, str]] = []
     refs = kept_references(uow, walk(uow))  # less what only reclaimed purges needed
-    with IdSet(budget=ID_BUDGET) as needed:
-        for batch in iter_referenced(refs, chunks, broken):
-            needed.add_many(batch)
+    with referenced_ids(refs, chunks, broken) as needed:
         referenced = len(needed)
         bad: list[tuple[bytes, str, list[Reference]]] = [
             (ref.manifest, reason, [ref]) for ref, reason in broken
@@ -234,15 +230,11 @@ def gc(
     # A dry run deletes nothing, so it needs no lease (and writes none: read-only media).
     held = contextlib.nullcontext(chunks.gc_leases_seen()) if dry_run else chunks.gc_lease()
     with held as leases:
-        # lenient: a manifest that reads but breaks a rule still names its chunks (kept)
-        from ckpt.storage.chunks.id_set import IdSet  # numpy: only when content is walked
-
         histories, gone, positions = reclaim_purges(uow, dry_run)
         broken: list[tuple[Reference, str]] = []
-        with IdSet(budget=ID_BUDGET) as needed:
-            refs = kept_references(uow, histories, gone)
-            for batch in iter_referenced(refs, chunks, broken, lenient=True):
-                needed.add_many(batch)
+        refs = kept_references(uow, histories, gone)
+        # lenient: a manifest that reads but breaks a rule still names its chunks (kept)
+        with referenced_ids(refs, chunks, broken, lenient=True) as needed:
             if broken:
                 # A manifest we cannot read hides what it references: deleting anything
                 # then could delete live data. Refuse, and let verify name the damage.

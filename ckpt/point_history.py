@@ -9,8 +9,8 @@ point are the state of its whole chain (the last v2 manifest, ``disk_state``);
 exporting it as a differencing chain also reads each ancestor layer's state,
 so a point *needs* the state at every layer boundary of its chain.
 
-The walk folds each VM's aggregate as the log goes (the log is read once,
-as ``damage.references`` reads it): cost one decode and apply per event
+The walk folds each VM's aggregate as the log goes (the log is read once;
+``damage.references`` is its references): cost one decode and apply per event
 (~15 us) and a few manifest ids per point in memory (32 B each).
 """
 

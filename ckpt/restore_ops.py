@@ -36,7 +36,9 @@ from ckpt.storage.manifest_restore import load_state, restore_manifest, restore_
 
 from . import queries
 from .hyperv_export import write_disk_vhdx
+from .point_history import walk
 from .progress_factory import ProgressFactory, bar
+from .retained import dropped, reclaimed
 from .retention_ops import purged_error
 from .unit_of_work import UnitOfWork
 
@@ -230,9 +232,6 @@ def _now_purged(
 ) -> PointPurged | None:
     """Now as of ``at`` whose manifest is gone: ``PointPurged`` when only purged
     points kept it (gc reclaimed it); None when that is not why."""
-    from .point_history import walk
-    from .retained import dropped, reclaimed
-
     refs = chain_manifest_ids(point.vm, point.layers[disk])
     gone = dropped(uow, walk(uow), reclaimed).get(point.vm.id, set())
     if refs and refs[-1] in gone:

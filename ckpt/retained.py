@@ -20,14 +20,20 @@ manifest of the chain that no point's state is stays kept, as before retention.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
 from uuid import UUID
 
+from ckpt.storage.chunks.store import ChunkStore
 from ckpt.storage.disk_state import effective_refs
-from ckpt.storage.references import Reference
+from ckpt.storage.references import Reference, iter_referenced
 
 from .point_history import Chain, PointContent, VMHistory
 from .unit_of_work import UnitOfWork
+
+if TYPE_CHECKING:
+    from ckpt.storage.chunks.id_set import IdSet
 
 Gone = Callable[[VMHistory, PointContent], bool]
 # Referenced ids held in memory before the id set spills a sorted run to a temporary
@@ -93,3 +99,21 @@ def kept_references(
     return [
         r for vid, h in histories.items() for r in h.refs if r.manifest not in drop.get(vid, ())
     ]
+
+
+@contextlib.contextmanager
+def referenced_ids(
+    refs: Iterable[Reference],
+    chunks: ChunkStore,
+    broken: list[tuple[Reference, str]],
+    lenient: bool = False,
+) -> Iterator[IdSet]:
+    """Every chunk ``refs`` name, in an ``IdSet`` (spilled past ``ID_BUDGET``):
+    what verify checks, gc keeps and a dry run estimates against. Manifests that
+    cannot be read go to ``broken`` (``iter_referenced``)."""
+    from ckpt.storage.chunks.id_set import IdSet  # numpy: only when content is walked
+
+    with IdSet(budget=ID_BUDGET) as needed:
+        for batch in iter_referenced(refs, chunks, broken, lenient):
+            needed.add_many(batch)
+        yield needed

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from uuid import UUID
@@ -33,12 +33,12 @@ from ckpt.domain import (
 )
 from ckpt.domain import purges as purge_rules
 from ckpt.domain.retention import Candidate, Policy, select
-from ckpt.storage.references import Reference, iter_referenced
+from ckpt.storage.references import Reference
 
 from . import queries
 from .point_history import BACKUP_POINT, CHECKPOINT, PointContent, VMHistory, walk
-from .retained import ID_BUDGET, Gone, kept_references, reclaimed
-from .unit_of_work import RETRIES, UnitOfWork
+from .retained import Gone, kept_references, reclaimed, referenced_ids
+from .unit_of_work import BACKOFF_S, RETRIES, UnitOfWork
 
 DELETED_CHECKPOINT = "deleted checkpoint"
 FORGET_OPTIONS = "forget options"
@@ -110,7 +110,6 @@ def plan_vm(
     rule: str,
     tz: tzinfo,
     checkpoints: bool,
-    positions: Callable[[int], int | None],
 ) -> VMPlan:
     """The verdict on every point of one VM (nothing recorded)."""
     vm = h.vm
@@ -120,7 +119,7 @@ def plan_vm(
     for p in h.points:
         mark = vm.purged.get(p.id)
         if mark is not None:
-            where = positions(mark.version)
+            where = h.positions.get(mark.version)
             at = f"at position {where} " if where is not None else ""
             reason = f"purged {at}by {mark.actor} under policy {mark.policy}"
             fixed.append(
@@ -171,12 +170,10 @@ def forget(
 ) -> ForgetPlan:
     """Plan a purge per VM under ``policy`` (or each VM's stored one) and record it."""
     if apply_policies == (policy is not None and not policy.empty):
+        both = ", not both" if apply_policies else ""
         raise InvalidValue(
-            "forget needs a policy: --keep-last/--keep-hourly/.../--keep-within N, or "
-            "--apply-policies (each VM's stored policy), not both"
-            if apply_policies
-            else "forget needs a policy: --keep-last/--keep-hourly/--keep-daily/--keep-weekly/"
-            "--keep-monthly/--keep-yearly/--keep-within, or --apply-policies"
+            "forget needs a policy: --keep-last/--keep-hourly/--keep-daily/--keep-weekly/"
+            f"--keep-monthly/--keep-yearly/--keep-within, or --apply-policies{both}"
         )
     if not dry_run:
         uow.writable("forget")
@@ -189,7 +186,7 @@ def forget(
             if chosen is None or chosen.empty:
                 continue
             rule = STORED_POLICY if apply_policies else FORGET_OPTIONS
-            plans.append((h, plan_vm(h, chosen, rule, tz, checkpoints, _positions(h))))
+            plans.append((h, plan_vm(h, chosen, rule, tz, checkpoints)))
         if dry_run:
             return ForgetPlan(True, [p for _, p in plans], _frees(uow, histories, plans))
         try:
@@ -197,12 +194,8 @@ def forget(
         except StoreConflict:
             if attempt == RETRIES - 1:
                 raise
-            time.sleep(random.uniform(0, 0.05 * 2 ** (attempt + 1)))
+            time.sleep(random.uniform(0, BACKOFF_S * 2 ** (attempt + 1)))
     raise AssertionError("unreachable")
-
-
-def _positions(h: VMHistory) -> Callable[[int], int | None]:
-    return h.positions.get
 
 
 def _record(uow: UnitOfWork, h: VMHistory, plan: VMPlan) -> VMPlan:
@@ -253,13 +246,9 @@ def _frees(
 
 
 def _estimate(uow: UnitOfWork, histories: dict[UUID, VMHistory], gone: Gone) -> int:
-    from ckpt.storage.chunks.id_set import IdSet
-
     broken: list[tuple[Reference, str]] = []
     refs = kept_references(uow, histories, gone)
-    with IdSet(budget=ID_BUDGET) as needed:
-        for batch in iter_referenced(refs, uow.chunks, broken, lenient=True):
-            needed.add_many(batch)
+    with referenced_ids(refs, uow.chunks, broken, lenient=True) as needed:
         return uow.chunks.estimate_unreferenced(needed, 0, time.time()).freed_bytes
 
 
@@ -323,7 +312,7 @@ def reclaim_purges(uow: UnitOfWork, dry_run: bool) -> tuple[dict[UUID, VMHistory
             except StoreConflict:
                 pass
         if attempt < RETRIES - 1:
-            time.sleep(random.uniform(0, 0.05 * 2 ** (attempt + 1)))
+            time.sleep(random.uniform(0, BACKOFF_S * 2 ** (attempt + 1)))
     raise StoreConflict("gc: VMs with purges kept changing while gc read the log; run it again")
 
 
