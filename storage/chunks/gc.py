@@ -166,7 +166,11 @@ def _collect(
     dead = list(doomed)  # wholly dead packs: deleting them needs no room
     try:
         with writer:  # on an error, no put of it outlives this block
-            for p, kept in repack:
+            for p in repack:
+                kept = plan.live(p)
+                if kept is None:
+                    problems.append(f"{p.name}: index file unreadable, not repacked")
+                    continue
                 try:
                     copy_live(codec, writer, backend.get(p.name), p.name, kept)
                 except (ChunkMissing, ChunkCorrupt) as error:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -95,7 +95,12 @@ class Plan:
     young: int = 0
     leased: int = 0
     doomed: list[tuple[PackInfo, int]] = field(default_factory=list)  # (pack, live chunks)
-    repack: list[tuple[PackInfo, list[PackEntry]]] = field(default_factory=list)
+    repack: list[PackInfo] = field(default_factory=list)
+    # A pack to repack's live entries, read from its index file when it is repacked
+    # (None: unreadable). Not held for every pack at once: after a purge nearly every
+    # pack is partly live, and the lists held ~150 B per live chunk (a gc of an
+    # 8 GiB store peaked at 664 MiB against 310 MiB at 1 GiB).
+    live: Callable[[PackInfo], list[PackEntry] | None] = lambda p: None
 
 
 def plan_collection(
@@ -118,6 +123,7 @@ def plan_collection(
             counts += np.bincount(slots[member, 0], minlength=len(table))[: len(table)]
     present = {n for n in backend.list(PACKS) if pack_id_of_pack(n) is not None}
     plan = Plan(index.packs(), present)
+    plan.live = lambda p: _live_entries(backend, index, keep, p)
     numbers = {p.pack_id: n for n, p in _numbered(table)}
     for p in plan.packs:
         kept = int(counts[numbers[p.pack_id]])
@@ -130,11 +136,7 @@ def plan_collection(
         elif writers:
             plan.leased += 1  # a writer may have deduplicated against its unreferenced chunks
         elif kept:
-            entries = _live_entries(backend, index, keep, p, numbers[p.pack_id])
-            if entries is None:
-                plan.problems.append(f"{p.name}: index file unreadable, not repacked")
-            else:
-                plan.repack.append((p, entries))
+            plan.repack.append(p)
         else:
             plan.doomed.append((p, 0))
     return plan
@@ -153,21 +155,29 @@ def _live_entries(
     index: ChunkIndex,
     keep: AbstractSet[bytes] | IdSet,
     p: PackInfo,
-    number: int,
 ) -> list[PackEntry] | None:
-    """The entries of pack ``p`` (number ``number``) that are live: in ``keep``
-    and the index's winner copy. None if its index file cannot be read."""
+    """The entries of pack ``p`` that are live: in ``keep`` and the index's
+    winner copy. None if its index file cannot be read. The winner is asked of
+    the index as it is now (by pack id, not by a number a repack's new packs
+    may have moved)."""
     try:
         f = decode_index_file(backend.get(index_name(p.pack_id)), index_name(p.pack_id))
     except (ChunkMissing, IndexCorrupt):
         return None
     ids = [bytes(e.chunk_id) for e in f.entries]
     kept = contains_many(keep, ids)
-    _, slots = index.locate_many(ids)
+    packs, slots = index.locate_many(ids)
+    numbers: dict[int, bool] = {}  # slot pack number -> is it ``p``
+
+    def here(n: int) -> bool:
+        if n not in numbers:
+            numbers[n] = packs[n].pack_id == p.pack_id
+        return numbers[n]
+
     return [
         e
         for e, k, s in zip(f.entries, kept, slots, strict=True)
-        if k and s is not None and s[0] == number and s[1] == e.offset
+        if k and s is not None and here(s[0]) and s[1] == e.offset
     ]
 
 
@@ -200,7 +210,13 @@ def estimate(plan: Plan) -> Estimate:
     """The bytes and chunks ``plan`` would free, without touching anything."""
     freed = sum(p.size for p, _ in plan.doomed if p.name in plan.present)
     removed = sum(p.entry_count for p, _ in plan.doomed)
-    for p, entries in plan.repack:
+    repacked: list[str] = []
+    for p in plan.repack:
+        entries = plan.live(p)
+        if entries is None:
+            plan.problems.append(f"{p.name}: index file unreadable, not repacked")
+            continue
+        repacked.append(p.name)
         live = sum(
             e.compressed_length * e.chunk_length / max(e.uncompressed_length, 1) for e in entries
         )
@@ -210,6 +226,6 @@ def estimate(plan: Plan) -> Estimate:
         freed += max(p.size - round(live), 0)
         removed += p.entry_count - len(entries)
     return Estimate(
-        [p.name for p, _ in plan.doomed], [p.name for p, _ in plan.repack], removed, freed,
+        [p.name for p, _ in plan.doomed], repacked, removed, freed,
         plan.young, plan.leased, list(plan.problems),
     )  # fmt: skip
