@@ -38,6 +38,7 @@ TABLE: tuple[tuple[type[e.CkptError], int], ...] = (
     (e.StoreFull, 37),
     (e.StoreReadOnly, 38),
     (e.StoreIOError, 39),
+    (e.ConfigurationError, 41),
     (e.VhdxCorrupt, 30),
     (e.VhdxUnsupported, 31),
     (e.VhdxChainMismatch, 32),

@@ -31,7 +31,8 @@ them unchanged. Adapters translate sqlite3 / eventsourcing errors at their edge.
         ├── StoreFull                no space (or quota) left where the store writes
         ├── StoreReadOnly            the store is on read-only media and the command writes
         ├── StoreIOError             the store's media failed a read or write (EIO, ...)
-        └── VhdxError                a VHDX/AVHDX file could not be read or written
+        ├── ConfigurationError       a Hyper-V configuration file (VMCX, XML) is damaged
+        └── VhdxError                a VHDX/AVHDX or VHD/AVHD file could not be read or written
             ├── VhdxCorrupt          a structure is damaged, truncated or inconsistent
             ├── VhdxUnsupported      valid VHDX we refuse (non-empty log, unknown
             │                        required region or item, unwritable parameters)
@@ -187,9 +188,16 @@ class StoreIOError(StorageError):
         self.explained = False  # the affected checkpoints are in the message already
 
 
+class ConfigurationError(StorageError):
+    """A Hyper-V configuration file (VMCX/VMRS key tree, or a 2012 R2 XML file)
+    is damaged: a bad signature, checksum or offset, a truncated table, a value of
+    the wrong type. The message names the file and the structure or key."""
+
+
 class VhdxError(StorageError):
-    """A VHDX or AVHDX file could not be read or written; the message names the
-    file and the structure (header, region table, metadata item, BAT entry)."""
+    """A VHDX or AVHDX file (and, with the same exit codes, a VHD or AVHD file)
+    could not be read or written; the message names the file and the structure
+    (header, region table, metadata item, BAT entry; footer, dynamic header)."""
 
 
 class VhdxCorrupt(VhdxError):
