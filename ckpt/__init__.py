@@ -64,6 +64,7 @@ from ckpt.storage.log_chain import ChainReport
 from ckpt.storage.sources import StreamSource
 
 from .copy import CopyDetails, CopyReport
+from .hyperv_import import ImportReport
 from .maintenance import RepairReport, StoreInfo, StoreStats, TotalStats, VMStats
 from .progress_factory import ProgressFactory, ProgressUpdate
 from .retention_ops import ForgetPlan, PointVerdict, VMPlan
@@ -100,6 +101,7 @@ __all__ = [
     "ForgetPlan",
     "GcDetails",
     "GcReport",
+    "ImportReport",
     "IndexCorrupt",
     "InvalidValue",
     "JsonValue",

@@ -20,6 +20,7 @@ a gc deletes none of the chunks the capture wrote or reuses.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -40,6 +41,7 @@ from ckpt.domain import (
 )
 from ckpt.storage.chunks.lease import Lease, LeaseInfo
 from ckpt.storage.content_session import Session
+from ckpt.storage.image_formats import VHD, VHDX, container_format
 from ckpt.storage.manifest_cache import ManifestCache
 from ckpt.storage.manifest_capture import (
     capture_disk,
@@ -259,6 +261,13 @@ def sync(
     return _leased(uow, vm, decide, progress)
 
 
+# Extensions that say "this is a raw disk image": the user names it raw. A file
+# with another name and no container signature is refused (issue 17: a VHD read
+# as raw stored its footer and tables as disk bytes, with exit 0).
+RAW_SUFFIXES = (".raw", ".img", ".bin", ".dd", ".iso")
+CHAIN_SUFFIXES = (".vhdx", ".avhdx", ".vhd", ".avhd")
+
+
 def capture_disk_file(
     uow: UnitOfWork,
     vm: VirtualMachine,
@@ -269,15 +278,17 @@ def capture_disk_file(
 ) -> DiskCapture:
     """Capture a disk file as ``disk``'s running content of ``vm``.
 
-    ``.vhdx``/``.avhdx`` files are read through their parent chain (every
-    structure checked; a missing parent or a cycle is refused, naming the
-    file; parents are looked for below ``root``, default the file's folder);
-    anything else is a raw image, and a VHDX/VHD/qcow2 file under another name
-    is refused, unless ``raw`` (which also takes a .vhdx name as raw bytes).
+    A VHDX/AVHDX or VHD/AVHD file (told by its bytes, whatever its name) is read
+    through its parent chain (every structure checked; a missing parent or a
+    cycle is refused, naming the file; parents are looked for below ``root``,
+    default the file's folder). A raw image is taken when the user says it is
+    one: ``raw`` (``--format raw``, which also takes a container's bytes as they
+    are), a raw name (``.raw``, ``.img``, ...) or a block device. A qcow2 file, or
+    a file of no known format under another name, is refused.
     """
     with session(uow) as (writer, cache):
-        if path.suffix.lower() in (".vhdx", ".avhdx") and not raw:
-            _refuse_one_shot(path, f"VHDX of disk {disk!r}")
+        if not raw and _is_chain_file(path, disk):
+            _refuse_one_shot(path, f"disk file of disk {disk!r}")
             vhdx, files, segments = open_vhdx_chain(path, root)
             try:
                 stream = cast(BinaryIO, ChainStream(vhdx))  # a RawIOBase: read, seek, tell
@@ -289,9 +300,42 @@ def capture_disk_file(
         _refuse_one_shot(path, f"image of disk {disk!r}")
         with opened(path, f"image of disk {disk!r}") as src:
             if not raw:
-                hint = "give it a .vhdx name: `ckpt import disk` reads such files as VHDX"
+                hint = "`ckpt import disk` reads VHDX and VHD files"
                 refuse_container(src, hint)
+                if path.suffix.lower() not in RAW_SUFFIXES and not _is_block_device(path):
+                    raise InvalidValue(
+                        f"{str(path)!r}: not a VHDX, VHD or qcow2 file, and its name does not say "
+                        f"it is a raw disk image ({', '.join(RAW_SUFFIXES)}): if it is one, pass "
+                        "--format raw (or rename it); nothing was recorded"
+                    )
             return capture_disk(vm, disk, src, writer, cache)
+
+
+def _is_block_device(path: Path) -> bool:
+    try:
+        return stat.S_ISBLK(path.stat().st_mode)
+    except OSError:
+        return False
+
+
+def _is_chain_file(path: Path, disk: str) -> bool:
+    """A VHDX or VHD file: by its name, or by its bytes (a .dat that is a VHD)."""
+    if path.suffix.lower() in CHAIN_SUFFIXES:
+        return True
+    if is_one_shot_path(path) or _is_block_device(path):
+        return False  # a device is a raw disk; a pipe is refused below
+    try:
+        with path.open("rb") as f:
+            kind = container_format(f, f.seek(0, os.SEEK_END))
+    except OSError:
+        return False  # opened() below says what is wrong
+    return kind in (VHDX, VHD)
+
+
+def capture_state_file(uow: UnitOfWork, role: FileRole, path: Path) -> FileCapture:
+    """A state file (configuration, VMRS, VSV, BIN) captured as one content item."""
+    with session(uow) as (writer, _), opened(path, f"{role.value} file") as src:
+        return capture_file(role, src, writer, None)
 
 
 def _refuse_one_shot(path: Path, what: str) -> None:

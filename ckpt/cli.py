@@ -24,7 +24,6 @@ from ckpt.storage.locations import environ_secrets, scrub
 from . import cli_content, cli_retention, cli_serve, render
 from .cli_content import content_args
 from .exit_codes import exit_code
-from .hyperv_import import import_folder
 from .progress import progress_bars
 from .store import Store
 from .store_config import read_marker
@@ -199,8 +198,18 @@ def _cp_list(s: Store, a: argparse.Namespace, out: TextIO) -> None:
 
 
 def _export(s: Store, a: argparse.Namespace, out: TextIO) -> None:
-    files = s.export(a.vm, a.checkpoint, a.output, at=a.at, flatten=a.flatten, force=a.force)
-    what = f"checkpoint {a.checkpoint!r}" if a.checkpoint else "Now"
+    every = getattr(a, "all_checkpoints", False)
+    files = s.export(
+        a.vm, a.checkpoint, a.output, at=a.at, flatten=a.flatten, force=a.force,
+        all_checkpoints=every,
+    )  # fmt: skip
+    what = (
+        "Now and every checkpoint"
+        if every
+        else f"checkpoint {a.checkpoint!r}"
+        if a.checkpoint
+        else "Now"
+    )
     lines = [f"exported {what} of VM {a.vm!r} as a Hyper-V folder:"] + [f"  {f}" for f in files]
     render.emit(out, a, {"files": [str(f) for f in files]}, "\n".join(lines))
 
@@ -255,13 +264,21 @@ def _export_options(q: argparse.ArgumentParser, checkpoint_required: bool) -> No
         q.add_argument("checkpoint")
     else:
         q.add_argument("checkpoint", nargs="?", help="default: Now (the whole current chain)")
+        q.add_argument(
+            "--all-checkpoints",
+            action="store_true",
+            help="the whole VM (Export-VM): Now and every checkpoint, each with its "
+            "configuration, so `ckpt import hyperv` rebuilds the tree",
+        )
     q.add_argument("-o", "--output", required=True, metavar="DIR")
-    q.add_argument("--flatten", action="store_true", help="one standalone VHDX per disk")
+    q.add_argument(
+        "--flatten", action="store_true", help="one standalone VHDX (VHD for a VHD disk) per disk"
+    )
     q.add_argument(
         "--force",
         action="store_true",
-        help="DIR/<VM> may hold an earlier export: delete its 'Virtual Hard Disks' and "
-        "'Snapshots' folders first (default: refuse a non-empty DIR/<VM>)",
+        help="DIR/<VM> may hold an earlier export: delete its 'Virtual Hard Disks', "
+        "'Snapshots' and 'Virtual Machines' folders first (default: refuse a non-empty DIR/<VM>)",
     )
     q.add_argument("--at", metavar="POSITION|TIME", help=AT_HELP)
 
@@ -285,20 +302,25 @@ def _import_disk(s: Store, a: argparse.Namespace, out: TextIO) -> None:
 
 
 def _import_hyperv(s: Store, a: argparse.Namespace, out: TextIO) -> None:
-    report = import_folder(s.unit_of_work, Path(a.directory), a.name)
+    report = s.import_hyperv(Path(a.directory), a.name)
     data = {
         "vm": report.vm,
         "disks": report.disks,
         "checkpoints": report.checkpoints,
         "files": report.files,
+        "current": report.current,
+        "hyperv_id": report.hyperv_id,
+        "configuration": report.configuration,
+        "config_version": report.version,
+        "notes": report.notes,
     }
-    render.emit(
-        out,
-        a,
-        data,
+    lines = [
         f"imported VM {report.vm!r} from {report.files} disk files: disks "
-        f"{', '.join(report.disks)}; {len(report.checkpoints)} checkpoints",
-    )
+        f"{', '.join(report.disks)}; {len(report.checkpoints)} checkpoints"
+        + (f", current {report.current!r}" if report.current else ""),
+        *(f"  {n}" for n in report.notes),
+    ]
+    render.emit(out, a, data, "\n".join(lines))
 
 
 def _global_options(p: argparse.ArgumentParser, backends: bool = True, **default: Any) -> None:

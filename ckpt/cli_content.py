@@ -141,15 +141,22 @@ def _sync(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     render.emit(out, a, data, f"recorded backup point {point.name!r} ({point.id}) of VM {a.vm!r}")
 
 
+def _format_of(output: str) -> str:
+    suffix = output.lower().rpartition(".")[2]
+    return suffix if suffix in ("vhdx", "vhd") else "raw"
+
+
 def _restore(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     chosen = [x for x in (a.disk, a.memory, a.state_files) if x]
     if len(chosen) != 1:
         raise InvalidValue("restore needs exactly one of --disk DISK, --memory, --state-files")
-    fmt = a.format or ("vhdx" if a.output.lower().endswith(".vhdx") else "raw")
-    if fmt == "vhdx" and not a.disk:
-        raise InvalidValue("--format vhdx is for a disk (--disk DISK)")
-    if fmt == "vhdx" and a.output == "-":
-        raise InvalidValue("a VHDX cannot be streamed to stdout (it is written out of order)")
+    fmt = a.format or _format_of(a.output)
+    if fmt in ("vhdx", "vhd") and not a.disk:
+        raise InvalidValue(f"--format {fmt} is for a disk (--disk DISK)")
+    if fmt in ("vhdx", "vhd") and a.output == "-":
+        raise InvalidValue(
+            f"a {fmt.upper()} cannot be streamed to stdout (it is written out of order)"
+        )
     if a.state_files:
         files = s.restore_state_files(a.vm, a.checkpoint, a.output, at=a.at)
         render.emit(
@@ -160,14 +167,16 @@ def _restore(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     # beside its final name, renamed only when every chunk was read and verified
     # (ckpt/output.py; decision record 0007).
     target = output.resolve(a.output)
-    if fmt == "vhdx" and not target.seekable:
+    if fmt in ("vhdx", "vhd") and not target.seekable:
         raise InvalidValue(
-            f"a VHDX is written out of order: {a.output!r} is a pipe or character device; "
-            "give a file or a block device, or --format raw"
+            f"a {fmt.upper()} is written out of order: {a.output!r} is a pipe or character "
+            "device; give a file or a block device, or --format raw"
         )
     with output.writing(target) as stream, progress_bars() as bars:
         if a.disk and fmt == "vhdx":
             size = s.restore_disk_vhdx(a.vm, a.checkpoint, a.disk, stream, at=a.at)
+        elif a.disk and fmt == "vhd":
+            size = s.restore_disk_vhd(a.vm, a.checkpoint, a.disk, stream, at=a.at)
         elif a.disk:
             size = s.restore_disk(a.vm, a.checkpoint, a.disk, stream, bars, at=a.at)
         else:
@@ -420,8 +429,9 @@ def register(sub: Any, cmd: Callable[..., argparse.ArgumentParser]) -> None:
     q.add_argument("-o", "--output", required=True, metavar="FILE|DIR|-")
     q.add_argument(
         "--format",
-        choices=("raw", "vhdx"),
-        help="disk output format (default: vhdx when FILE ends in .vhdx, else raw)",
+        choices=("raw", "vhdx", "vhd"),
+        help="disk output format (default: vhdx when FILE ends in .vhdx, vhd when it ends in "
+        ".vhd, else raw)",
     )
     q.add_argument(
         "--at",

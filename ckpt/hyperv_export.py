@@ -21,6 +21,7 @@ import hashlib
 import re
 import shutil
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path, PureWindowsPath
 from typing import BinaryIO
@@ -29,7 +30,9 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 from ckpt.domain import (
     AlreadyExists,
     Checkpoint,
+    Disk,
     DiskFormat,
+    FileRole,
     InvalidValue,
     UnknownVM,
     VirtualMachine,
@@ -41,9 +44,17 @@ from ckpt.storage.disk_state import State
 from ckpt.storage.manifest import ZERO_ID
 from ckpt.storage.manifest_cache import chain_manifest_ids
 from ckpt.storage.manifest_restore import load_state, restore_manifest
+from ckpt.storage.vhd import write_avhd, write_vhd
 from ckpt.storage.vhdx import write_avhdx, write_vhdx
 
 from . import commands, queries
+from .export_configs import (
+    VMS_DIR,
+    checkpoint_configuration,
+    vm_configuration,
+    write_checkpoint_configuration,
+    write_vm_configuration,
+)
 from .retention_ops import purged_error
 from .unit_of_work import UnitOfWork
 
@@ -122,9 +133,9 @@ def _prepare_folder(out_dir: Path, folder: Path, force: bool) -> None:
         raise AlreadyExists(
             f"{str(folder)!r} is not empty (an earlier export?): an export does not mix its "
             "files with others; give another -o DIR, or --force to delete its "
-            f"{DISKS_DIR!r} and {SNAPSHOTS_DIR!r} folders first"
+            f"{DISKS_DIR!r}, {SNAPSHOTS_DIR!r} and {VMS_DIR!r} folders first"
         )
-    for sub in (DISKS_DIR, SNAPSHOTS_DIR):
+    for sub in (DISKS_DIR, SNAPSHOTS_DIR, VMS_DIR):
         target = folder / sub
         try:
             if target.is_symlink() or target.is_file():
@@ -186,13 +197,25 @@ def export(
     at: str | int | None = None,
     flatten: bool = False,
     force: bool = False,
+    all_checkpoints: bool = False,
 ) -> list[Path]:
-    """Write a Hyper-V folder for a checkpoint (or Now); return the files written."""
+    """Write a Hyper-V folder for a checkpoint (or Now), or with ``all_checkpoints``
+    for the whole VM (Now and every checkpoint); return the files written."""
     vm = queries.vm(uow, vm_name, at=at)
     cp: Checkpoint | None = None if checkpoint is None else vm.find_checkpoint(checkpoint)
+    if all_checkpoints and (cp is not None or flatten):
+        raise InvalidValue(
+            "--all-checkpoints exports the whole VM (Export-VM): it takes no checkpoint "
+            "and no --flatten"
+        )
     refused = None if cp is None else purged_error(uow, vm, cp.id, f"checkpoint {cp.name!r}")
     if refused is not None:
         raise refused
+    if all_checkpoints:
+        for each in vm.checkpoints.values():
+            refused = purged_error(uow, vm, each.id, f"checkpoint {each.name!r}")
+            if refused is not None:
+                raise refused
     folder_name = export_folder_name(vm.name, vm.id)
     folder = Path(out_dir) / folder_name
     _prepare_folder(Path(out_dir), folder, force)
@@ -202,7 +225,7 @@ def export(
     except OSError as e:
         raise InvalidValue(f"cannot create {str(disks_dir)!r}: {e.strerror}") from None
     try:
-        written = _write_folder(uow, vm, cp, folder, folder_name, flatten)
+        written = _Folder(uow, vm, folder, folder_name).write(cp, flatten, all_checkpoints)
     except OSError as e:  # ENOSPC, EIO...: say where, not a traceback
         raise InvalidValue(f"export into {str(folder)!r} failed: {e.strerror or e}") from None
     if uow.read_only is not None:
@@ -215,69 +238,148 @@ def export(
     return written
 
 
-def _write_folder(
-    uow: UnitOfWork,
-    vm: VirtualMachine,
-    cp: Checkpoint | None,
-    folder: Path,
-    folder_name: str,
-    flatten: bool,
-) -> list[Path]:
-    disks_dir = folder / DISKS_DIR
-    written: list[Path] = []
-    for disk in vm.disks:
-        if disk.format is DiskFormat.VHD:
-            raise InvalidValue(f"disk {disk.name!r} is a VHD; ckpt writes VHDX chains only")
-        leaf = cp.layer(disk.name) if cp else vm.running[disk.name]
+class _Folder:
+    """One export's files: each layer file written once, however many chains
+    (checkpoints) share it, and the configuration and state files."""
+
+    def __init__(self, uow: UnitOfWork, vm: VirtualMachine, folder: Path, folder_name: str):
+        self.uow, self.vm, self.folder, self.folder_name = uow, vm, folder, folder_name
+        self.written: list[Path] = []
+        self.layers: dict[UUID, tuple[UUID, datetime | None, str]] = {}  # id -> guid, time, file
+        self.windows_dir = WINDOWS_ROOT / folder_name / DISKS_DIR
+
+    def write(self, cp: Checkpoint | None, flatten: bool, all_checkpoints: bool) -> list[Path]:
+        vm = self.vm
+        if all_checkpoints:
+            for each in sorted(vm.checkpoints.values(), key=lambda c: c.created_at):
+                paths = [self._chain(d, each.layer(d.name)) for d in vm.disks]
+                states = self._state_files(each, all_files=False)
+                config = checkpoint_configuration(vm, each, paths, states)
+                self.written.append(
+                    write_checkpoint_configuration(self.uow, vm, self.folder, each, config, _create)
+                )
+            paths = [self._chain(d, vm.running[d.name]) for d in vm.disks]
+            config = vm_configuration(vm, paths, vm.current)
+            self.written.append(
+                write_vm_configuration(self.uow, vm, self.folder, config, None, _create)
+            )
+            return self.written
+        paths = []
+        for disk in vm.disks:
+            leaf = cp.layer(disk.name) if cp else vm.running[disk.name]
+            paths.append(self._flat(disk, leaf) if flatten else self._chain(disk, leaf))
+        if cp is not None:
+            self._state_files(cp, all_files=True)
+        config = vm_configuration(vm, paths, None)
+        self.written.append(write_vm_configuration(self.uow, vm, self.folder, config, cp, _create))
+        return self.written
+
+    def _flat(self, disk: Disk, leaf: UUID) -> str:
+        vm, uow = self.vm, self.uow
         size = _disk_size(vm, leaf, uow, disk.name)
-        layers = chain(vm.layers, leaf)
-        if flatten:
-            state = load_state(chain_manifest_ids(vm, leaf), uow.chunks)
-            path = disks_dir / export_file_name(disk.base_file)
-            with _create(path) as out:
-                write_vhdx(out, size, layer_runs(None, state, uow, size, differencing=False))
-            written.append(path)
-            continue
-        parent_guid = None
-        parent_file = ""
+        state = load_state(chain_manifest_ids(vm, leaf), uow.chunks)
+        path = self.folder / DISKS_DIR / export_file_name(disk.base_file)
+        with _create(path) as out:
+            runs = layer_runs(None, state, uow, size, differencing=False)
+            if disk.format is DiskFormat.VHD:
+                write_vhd(out, size, runs, unique_id=uuid5(VM_DISK_IDS, f"{vm.id}/{disk.name}"))
+            else:
+                write_vhdx(out, size, runs)
+        self.written.append(path)
+        return str(self.windows_dir / path.name)
+
+    def _chain(self, disk: Disk, leaf: UUID) -> str:
+        """Write the layer files from the base to ``leaf`` (those not written yet);
+        the Windows path of ``leaf``'s file."""
+        vm, uow = self.vm, self.uow
+        size = _disk_size(vm, leaf, uow, disk.name)
+        parent: tuple[UUID, datetime | None, str] | None = None
         refs: list[bytes] = []  # the chain's manifests down to this layer
         parent_state: State | None = None
-        for layer in layers:
-            path = disks_dir / export_file_name(layer.file)
+        disk_id = uuid5(VM_DISK_IDS, f"{vm.id}/{disk.name}")
+        for layer in chain(vm.layers, leaf):
             refs += vm.contents.get(layer.id, ())
+            done = self.layers.get(layer.id)
+            if done is not None:
+                parent = done
+                parent_state = None  # loaded again below only when a child is written
+                continue
             state = load_state(refs, uow.chunks)
-            runs = layer_runs(parent_state, state, uow, size, parent_guid is not None)
-            parent_state = state
+            if parent is not None and parent_state is None:
+                parent_state = load_state(refs[: len(refs) - len(vm.contents.get(layer.id, ()))], uow.chunks)
+            path = self.folder / DISKS_DIR / export_file_name(layer.file)
+            runs = layer_runs(parent_state, state, uow, size, parent is not None)
             guid = _content_guid(vm, layer.id)
-            disk_id = uuid5(VM_DISK_IDS, f"{vm.id}/{disk.name}")
             with _create(path) as out:
-                if parent_guid is None:
-                    result = write_vhdx(
+                if disk.format is DiskFormat.VHD:
+                    result_id = self._vhd_layer(out, size, runs, guid, parent)
+                elif parent is None:
+                    result_id = write_vhdx(
                         out, size, runs, data_write_guid=guid, virtual_disk_id=disk_id
-                    )
+                    ).data_write_guid
                 else:
-                    result = write_avhdx(
+                    result_id = write_avhdx(
                         out,
                         size,
-                        parent_guid,
-                        f".\\{parent_file}",
-                        str(WINDOWS_ROOT / folder_name / DISKS_DIR / parent_file),
+                        parent[0],
+                        f".\\{parent[2]}",
+                        str(self.windows_dir / parent[2]),
                         runs,
                         data_write_guid=guid,
                         virtual_disk_id=disk_id,
-                    )
-            parent_guid, parent_file = result.data_write_guid, path.name
-            written.append(path)
-    files = vm.captured_files.get(cp.id, ()) if cp else ()
-    for f in files:
-        if not f.path:  # 2016+ memory is inside the VMRS Hyper-V gave us
-            continue
-        path = folder.joinpath(*f.path.split("/"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with _create(path) as out:
-            restore_manifest(f.manifest, uow.chunks, out)
-        written.append(path)
-    return written
+                    ).data_write_guid
+            parent = (result_id, None, path.name)
+            self.layers[layer.id] = parent
+            parent_state = state
+            self.written.append(path)
+        assert parent is not None  # a chain has at least its base
+        return str(self.windows_dir / parent[2])
+
+    def _vhd_layer(
+        self,
+        out: BinaryIO,
+        size: int,
+        runs: Iterator[tuple[int, bytes]],
+        guid: UUID,
+        parent: tuple[UUID, datetime | None, str] | None,
+    ) -> UUID:
+        if parent is None:
+            return write_vhd(out, size, runs, unique_id=guid, timestamp=VHD_TIME).unique_id
+        return write_avhd(
+            out,
+            size,
+            parent[0],
+            f".\\{parent[2]}",
+            str(self.windows_dir / parent[2]),
+            runs,
+            parent_timestamp=VHD_TIME,
+            parent_name=parent[2],
+            unique_id=guid,
+            timestamp=VHD_TIME,
+        ).unique_id
+
+    def _state_files(self, cp: Checkpoint, all_files: bool) -> list[str]:
+        """Write ``cp``'s captured state files under their Hyper-V names (its
+        configuration too when ``all_files``: the other mode writes that one
+        itself); their Windows paths."""
+        out = []
+        for f in self.vm.captured_files.get(cp.id, ()):
+            if not f.path:  # 2016+ memory is inside the VMRS Hyper-V gave us
+                continue
+            if f.role is FileRole.CONFIG and not all_files:
+                continue
+            path = self.folder.joinpath(*f.path.split("/"))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with _create(path) as stream:
+                restore_manifest(f.manifest, self.uow.chunks, stream)
+            self.written.append(path)
+            out.append(str(WINDOWS_ROOT / self.folder_name / PureWindowsPath(*f.path.split("/"))))
+        return out
+
+
+# A VHD footer's time stamp: fixed, so an export is deterministic (decision 0003);
+# seconds since 2000-01-01 UTC, the VHD epoch.
+VHD_TIME = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 VM_DISK_IDS = uuid5(NAMESPACE_URL, "https://ckpt.invalid/virtual-disk")
@@ -301,4 +403,10 @@ def _create(path: Path) -> BinaryIO:
 def write_disk_vhdx(state: State, uow: UnitOfWork, out: BinaryIO) -> int:
     """A whole disk (its state at a point) as one dynamic VHDX."""
     write_vhdx(out, state.size, layer_runs(None, state, uow, state.size, differencing=False))
+    return state.size
+
+
+def write_disk_vhd(state: State, uow: UnitOfWork, out: BinaryIO) -> int:
+    """A whole disk (its state at a point) as one dynamic VHD (at most 2040 GiB)."""
+    write_vhd(out, state.size, layer_runs(None, state, uow, state.size, differencing=False))
     return state.size

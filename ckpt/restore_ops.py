@@ -35,7 +35,7 @@ from ckpt.storage.manifest_cache import chain_manifest_ids
 from ckpt.storage.manifest_restore import load_state, restore_manifest, restore_state
 
 from . import queries
-from .hyperv_export import write_disk_vhdx
+from .hyperv_export import write_disk_vhd, write_disk_vhdx
 from .point_history import walk
 from .progress_factory import ProgressFactory, bar
 from .retained import dropped, reclaimed
@@ -146,6 +146,14 @@ def restore_disk_vhdx(
     state = _disk_state(uow, resolve_point(uow, vm, ref, at), disk)
     with _writing(out):
         return write_disk_vhdx(state, uow, out)
+
+
+def restore_disk_vhd(
+    uow: UnitOfWork, vm: str, ref: str, disk: str, out: BinaryIO, at: str | int | None = None
+) -> int:
+    state = _disk_state(uow, resolve_point(uow, vm, ref, at), disk)
+    with _writing(out):
+        return write_disk_vhd(state, uow, out)
 
 
 def _file(point: RestorePoint, role: FileRole) -> FileCapture:

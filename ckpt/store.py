@@ -46,6 +46,7 @@ from . import (
     capture_ops,
     commands,
     hyperv_export,
+    hyperv_import,
     maintenance,
     queries,
     restore_ops,
@@ -56,6 +57,7 @@ from . import (
 from .app import CheckpointApplication
 from .copy import CopyReport, copy_store
 from .damage import naming_affected
+from .hyperv_import import ImportReport
 from .maintenance import RepairReport, StoreInfo, StoreStats
 from .progress_factory import ProgressFactory
 from .read_model_updates import ReadModels
@@ -406,21 +408,29 @@ class Store:
         at: str | int | None = None,
         flatten: bool = False,
         force: bool = False,
+        all_checkpoints: bool = False,
     ) -> list[Path]:
-        """Export-VMSnapshot: a Hyper-V folder (VHDX + AVHDX chain, or one flattened
-        VHDX, and the captured state files) for a checkpoint, or Now; recorded.
+        """Export-VMSnapshot: a Hyper-V folder (VHDX + AVHDX chain, or VHD + AVHD for a
+        VHD disk, or one flattened file per disk; ``Virtual Machines/<id>`` with the
+        configuration; the captured state files) for a checkpoint, or Now; recorded.
+        ``all_checkpoints`` (Export-VM): Now and every checkpoint, each with its
+        configuration in ``Snapshots/``, so ``import_hyperv`` rebuilds the tree.
 
         ``directory/<VM>`` must be missing or empty; ``force`` first deletes the
-        ``Virtual Hard Disks`` and ``Snapshots`` folders an earlier export wrote there."""
+        ``Virtual Hard Disks``, ``Snapshots`` and ``Virtual Machines`` folders an
+        earlier export wrote there."""
         check.text("export: vm", vm)
         check.optional_text("export: checkpoint", checkpoint)
         target = check.path("export: directory", directory)
         check.at("export: at", at)
         check.flag("export: flatten", flatten)
         check.flag("export: force", force)
+        check.flag("export: all_checkpoints", all_checkpoints)
         uow = self.unit_of_work
         with naming_affected(uow):
-            return hyperv_export.export(uow, vm, checkpoint, target, at, flatten, force)
+            return hyperv_export.export(
+                uow, vm, checkpoint, target, at, flatten, force, all_checkpoints
+            )
 
     def import_disk(self, vm: str, disk: str, path: str | Path, raw: bool = False) -> DiskCapture:
         """A VHDX/AVHDX chain or a raw image becomes the disk's running content;
@@ -431,6 +441,16 @@ class Store:
         check.flag("import_disk: raw", raw)
         source = check.path("import_disk: path", path)
         return capture_ops.import_disk(self.unit_of_work, vm, disk, source, raw)
+
+    def import_hyperv(self, directory: str | Path, name: str | None = None) -> ImportReport:
+        """A Hyper-V VM folder (``ckpt import hyperv``): its VHDX/AVHDX or VHD/AVHD
+        trees and its configuration files (VMCX, or 2012 R2 XML) become a VM with the
+        checkpoints, names, ids, times and current checkpoint Hyper-V Manager shows;
+        where a configuration is missing or damaged the disk files decide, and
+        ``ImportReport.notes`` says so per checkpoint. Nothing is recorded on error."""
+        check.optional_text("import_hyperv: name", name)
+        source = check.path("import_hyperv: directory", directory)
+        return hyperv_import.import_folder(self.unit_of_work, source, name)
 
     # --------------------------------------------------------------- restore
     def restore_disk(
@@ -479,6 +499,17 @@ class Store:
         check.output("restore_disk_vhdx: out", out, seekable=True)
         with naming_affected(self.unit_of_work):
             return restore_ops.restore_disk_vhdx(self.unit_of_work, vm, point, disk, out, at)
+
+    def restore_disk_vhd(
+        self, vm: str, point: str, disk: str, out: BinaryIO, at: str | int | None = None
+    ) -> int:
+        """The disk as one standalone dynamic VHD (out must be a seekable file; VHD
+        holds at most 2040 GiB: a larger disk is refused, ``VhdxUnsupported``)."""
+        _check_point("restore_disk_vhd", vm, point, at)
+        check.text("restore_disk_vhd: disk", disk)
+        check.output("restore_disk_vhd: out", out, seekable=True)
+        with naming_affected(self.unit_of_work):
+            return restore_ops.restore_disk_vhd(self.unit_of_work, vm, point, disk, out, at)
 
     def restore_memory(
         self,

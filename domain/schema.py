@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from eventsourcing.domain import Aggregate
 
+from .imports import HyperVFolderImported
 from .purges import ContentPurged, PurgeReclaimed, PurgeWithdrawn, RetentionPolicySet
 from .vm import VirtualMachine
 
@@ -31,5 +32,6 @@ EVENT_CLASSES: tuple[type[Aggregate.Event], ...] = (
     PurgeWithdrawn,
     PurgeReclaimed,
     RetentionPolicySet,
+    HyperVFolderImported,
 )
 """Every persisted event class: the schema. Change one only with a new class_version."""

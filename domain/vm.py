@@ -103,6 +103,8 @@ class VirtualMachine(Aggregate):
     purge_marks: tuple[PurgeMark, ...] = ()
     reclaimed: tuple[int, ...] = ()
     retention: str = ""
+    # Set by HyperVFolderImported (domain/imports.py): the VM's id in Hyper-V, "" if none.
+    hyperv_id: str = ""
 
     @property
     def purged(self) -> dict[UUID, PurgeMark]:

@@ -16,6 +16,7 @@ from typing import Any
 from uuid import UUID
 
 from ckpt.domain import LayerMerge, LayerRemoval, VirtualMachine
+from ckpt.domain.imports import HyperVFolderImported
 from ckpt.domain.purges import (
     ContentPurged,
     PurgeReclaimed,
@@ -46,6 +47,7 @@ OPERATIONS: dict[type[Any], str] = {
     PurgeWithdrawn: "purge-withdrawn",
     PurgeReclaimed: "content-reclaimed",
     RetentionPolicySet: "retention-policy-set",
+    HyperVFolderImported: "hyperv-folder-imported",
 }
 
 
@@ -160,6 +162,13 @@ def _retention_details(event: Any) -> dict[str, JsonValue]:
         return {"purge_positions": list(event.positions)}
     if isinstance(event, RetentionPolicySet):
         return {"policy": event.policy or "none", "previous": event.previous or "none"}
+    if isinstance(event, HyperVFolderImported):
+        return {
+            "folder": event.folder,
+            "hyperv_id": event.hyperv_id or None,
+            "configuration": event.configuration or None,
+            "notes": list(event.notes),
+        }
     return {}
 
 

@@ -1,11 +1,16 @@
-"""VHDX chains on files: opening a disk file with its parents, read as one raw disk.
+"""Disk chains on files: a VHDX/AVHDX or VHD/AVHD file with its parents, read as one raw disk.
 
-Terms: a *chain* is a VHDX or AVHDX file and its parents, each child naming its
+Terms: a *chain* is a layer file (``disk_layer.LayerFile``) and its parents, each child naming its
 parent by a *locator* (relative path, absolute Windows path, volume path); a
 parent is looked for only inside a *fence* folder (a locator is data from the
 file and may not lead elsewhere). The chain's *segments* are the byte ranges
 some file of it stores data for (the rest reads as zero): a capture reads
 only those.
+
+The format of each file is told by its bytes, not its name (``vhdxfile`` at 0,
+or a VHD footer). Hyper-V never mixes them in one chain: a checkpoint of a VHD
+disk makes an AVHD (VHD format), of a VHDX an AVHDX; a chain that does is
+refused, naming both files, since no Hyper-V host would open it either.
 """
 
 from __future__ import annotations
@@ -16,9 +21,12 @@ from collections.abc import Sequence
 from pathlib import Path, PureWindowsPath
 from typing import BinaryIO
 
-from ckpt.domain.errors import VhdxError
+from ckpt.domain.errors import VhdxChainMismatch, VhdxError, VhdxUnsupported
 
+from .disk_layer import LayerFile
 from .extents import merge
+from .image_formats import VHD, VHDX, container_format
+from .vhd import VhdReader
 from .vhdx import BlockState, VhdxChain, VhdxReader
 
 
@@ -50,6 +58,25 @@ class ChainStream(io.RawIOBase):
         return len(data)
 
 
+def open_layer_file(stream: BinaryIO, name: str) -> LayerFile:
+    """A VHDX/AVHDX or VHD/AVHD reader for ``stream``, by its signature; anything
+    else is refused (``VhdxUnsupported``), naming what it looks like."""
+    size = stream.seek(0, os.SEEK_END)
+    kind = container_format(stream, size)
+    if kind == VHDX:
+        return VhdxReader(stream, name)
+    if kind == VHD:
+        return VhdReader(stream, name)
+    raise VhdxUnsupported(
+        f"{name}: neither a VHDX nor a VHD file"
+        + (f" ({kind})" if kind else " (no vhdxfile signature, no VHD footer)")
+    )
+
+
+def format_of(layer: LayerFile) -> str:
+    return "VHD" if isinstance(layer, VhdReader) else "VHDX"
+
+
 def open_vhdx_chain(
     path: Path, root: Path | None = None
 ) -> tuple[VhdxChain, list[BinaryIO], list[tuple[int, int]]]:
@@ -57,7 +84,7 @@ def open_vhdx_chain(
     path's file name next to it); refuse a missing parent or a cycle, naming the file.
     Return the chain, the open files (the caller closes them) and its data segments."""
     files: list[BinaryIO] = []
-    readers: list[VhdxReader] = []
+    readers: list[LayerFile] = []
     seen: set[Path] = set()
     current = path
     try:
@@ -68,7 +95,14 @@ def open_vhdx_chain(
             seen.add(real)
             opened: BinaryIO = current.open("rb")
             files.append(opened)
-            reader = VhdxReader(opened, str(current))
+            reader = open_layer_file(opened, str(current))
+            if readers and format_of(readers[-1]) != format_of(reader):
+                child = readers[-1]
+                raise VhdxChainMismatch(
+                    f"{child.name} ({format_of(child)}) names {reader.name} ({format_of(reader)}) "
+                    "as its parent: Hyper-V never mixes the formats in one chain (a checkpoint "
+                    "of a VHD makes an AVHD, of a VHDX an AVHDX); convert the whole chain"
+                )
             readers.append(reader)
             if not reader.has_parent:
                 break
@@ -111,7 +145,7 @@ def find_parent(child: Path, locator: dict[str, str], root: Path | None = None) 
     )
 
 
-def _segments(readers: Sequence[VhdxReader]) -> list[tuple[int, int]]:
+def _segments(readers: Sequence[LayerFile]) -> list[tuple[int, int]]:
     """Byte ranges some file of the chain stores data for (the rest reads as zero)."""
     block_sets: set[tuple[int, int]] = set()
     for r in readers:

@@ -71,5 +71,8 @@ class Configuration:
     checkpoint_kind: CheckpointKind | None = None  # checkpoints only
     disks: tuple[ConfiguredDisk, ...] = ()
     state_files: tuple[str, ...] = ()  # Windows paths of VMRS / VSV / BIN named in the file
+    saved_memory: bool | None = (
+        None  # a checkpoint: its runtime state holds memory (None: not said)
+    )
     writer: str | None = None  # "ckpt" when ckpt wrote the file (a marker key), else None
     problems: tuple[str, ...] = field(default=())

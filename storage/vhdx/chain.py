@@ -16,14 +16,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ckpt.domain.errors import VhdxChainMismatch
-
-from .reader import VhdxReader
+from ckpt.storage.disk_layer import LayerFile
 
 
 class VhdxChain:
-    """Checked, read-only view of a chain of readers, leaf first."""
+    """Checked, read-only view of a chain of readers (VHDX or VHD layer files), leaf first."""
 
-    def __init__(self, layers: Sequence[VhdxReader], *, check_linkage: bool = True) -> None:
+    def __init__(self, layers: Sequence[LayerFile], *, check_linkage: bool = True) -> None:
         if not layers:
             raise VhdxChainMismatch("a VHDX chain needs at least a base file")
         self.layers = tuple(layers)
