@@ -220,3 +220,30 @@ def test_chs_follows_the_specification() -> None:
     assert chs(127 * 1024 * MiB) == (65278, 16, 255)  # 266338304 sectors / 255 / 16
     assert chs(2000 * 1024 * MiB) == (65535, 16, 255)  # capped
     assert chs(512) == (0, 4, 17)
+
+
+def test_sector_bitmaps_are_most_significant_bit_first_on_disk() -> None:
+    # The reader and writer share the bitmap code, and qemu and dissect ignore
+    # bitmaps: so the bytes are checked here against the specification.
+    out = io.BytesIO()
+    write_avhd(
+        out, MiB, uuid.uuid4(), ".\\p.vhd", "C:\\p.vhd", [(0, b"a" * 512), (9 * 512, b"b" * 512)],
+        parent_timestamp=datetime(2020, 1, 1, tzinfo=UTC),
+    )  # fmt: skip
+    image = bytearray(out.getvalue())
+    block = struct.unpack_from(">I", image, BAT_OFFSET)[0] * 512
+    assert image[block : block + 3] == b"\x80\x40\x00"  # sectors 0 and 9
+    assert image[block + 512 : block + 1024] == b"a" * 512  # data after a one-sector bitmap
+    image[block] = 0x01  # sector 7 instead of sector 0
+    own = _open(image).read_own(0, MiB)
+    assert [(o, len(d)) for o, d in own] == [(7 * 512, 512), (9 * 512, 512)]
+
+
+def test_a_dynamic_disk_reads_zero_where_its_bitmap_bit_is_clear() -> None:
+    image = _dynamic()
+    block = struct.unpack_from(">I", image, BAT_OFFSET)[0] * 512
+    assert image[block] == 0xFF  # ckpt sets every bit of a stored dynamic block
+    image[block] = 0x7F  # sector 0 "never written"
+    reader = _open(image)
+    assert reader.read(0, 1024) == bytes(512) + b"\x5a" * 512
+    assert reader.block_state(0).name == "FULLY_PRESENT"
