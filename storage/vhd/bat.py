@@ -47,10 +47,10 @@ class Bat:
 
     def entry(self, block: int) -> int | None:
         """The checked file offset of ``block``'s sector bitmap; None if not stored."""
-        (sector,) = _ENTRY.unpack_from(self._raw, block * 4)
+        sector: int = _ENTRY.unpack_from(self._raw, block * 4)[0]
         if sector == UNALLOCATED:
             return None
-        offset = sector * SECTOR
+        offset: int = sector * SECTOR
         length = self._blocks.bitmap_size + self._blocks.span(block)[1]
         if offset < self._first_data or offset + length > self._data_end:
             raise self._src.corrupt(
