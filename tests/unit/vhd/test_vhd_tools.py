@@ -135,6 +135,14 @@ def test_qemu_reads_what_we_write_as_we_do(
 
 
 @needs_qemu
+def test_qemu_opens_the_largest_vhd_at_its_exact_size(tmp_path: Path) -> None:
+    size = 2040 * 1024 * MiB  # the specification's limit; the file itself is ~6 MiB
+    path = tmp_path / "max.vhd"
+    _write("dynamic", size, 2 * MiB, [(size - 512, b"\xee" * 512)], path)
+    assert _qemu_size(path) == size
+
+
+@needs_qemu
 def test_qemu_reads_a_differencing_file_as_its_stored_blocks(tmp_path: Path) -> None:
     size = 6 * MiB + 512
     path = tmp_path / "child.avhd"
