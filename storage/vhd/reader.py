@@ -133,6 +133,16 @@ class VhdReader:
         return self._footer.unique_id
 
     @property
+    def file_write_guid(self) -> UUID:
+        """VHD has one id; it stands for VHDX's three."""
+        return self._footer.unique_id
+
+    @property
+    def leave_block_allocated(self) -> bool:
+        """True for a fixed disk, whose every block is in the file (as VHDX's flag)."""
+        return self._bat is None
+
+    @property
     def timestamp(self) -> datetime:
         return self._footer.time
 

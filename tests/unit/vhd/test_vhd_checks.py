@@ -247,3 +247,15 @@ def test_a_dynamic_disk_reads_zero_where_its_bitmap_bit_is_clear() -> None:
     reader = _open(image)
     assert reader.read(0, 1024) == bytes(512) + b"\x5a" * 512
     assert reader.block_state(0).name == "FULLY_PRESENT"
+
+
+def test_the_reader_answers_what_vhdx_readers_are_asked() -> None:
+    reader = _open(_fixed())
+    assert reader.leave_block_allocated and reader.block_size == 2 * MiB
+    assert reader.logical_sector_size == reader.physical_sector_size == 512
+    assert reader.file_write_guid == reader.unique_id == reader.virtual_disk_id
+    assert reader.parent_timestamp is None and reader.parent_linkages == ()
+    dynamic = _open(_dynamic())
+    assert not dynamic.leave_block_allocated and dynamic.block_count == 2
+    with pytest.raises(IndexError):
+        dynamic.block_state(2)
