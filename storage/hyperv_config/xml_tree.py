@@ -146,8 +146,9 @@ def parse_document(data: bytes, name: str) -> Node:
             f"{name}: not a well-formed XML document: {reason} at line {error.lineno} "
             f"column {error.offset}"
         ) from None
-    except (ValueError, UnicodeError) as error:  # an encoding expat cannot decode
-        raise ConfigurationError(f"{name}: not an XML document: {error}") from None
+    except (ValueError, LookupError) as error:  # an encoding Python cannot give expat
+        reason = " ".join(str(error).split())
+        raise ConfigurationError(f"{name}: not an XML document ckpt can decode: {reason}") from None
     return roots[0]
 
 
