@@ -34,7 +34,6 @@ line to ``problems``.
 from __future__ import annotations
 
 import base64
-import binascii
 import re
 from datetime import UTC, datetime, timedelta
 from typing import BinaryIO
@@ -167,7 +166,7 @@ class _Reader:
             return None
         try:
             return base64.b64decode("".join(node.text.split()), validate=True)
-        except binascii.Error:
+        except ValueError:  # binascii.Error, or a non-ASCII character
             raise ConfigurationError(f"{self.name}: element {path} is not base64") from None
 
     def guid(self, path: str) -> UUID | None:
@@ -217,8 +216,8 @@ class _Reader:
 
 
 def _tree(config: Configuration) -> Node:
-    """The element tree of ``config``, children in the alphabetical order Windows
-    writes. ValueError: a disk location outside ``ide0-1/0-1`` and
+    """The element tree of ``config``, properties in the alphabetical order
+    Windows writes them. ValueError: a disk location outside ``ide0-1/0-1`` and
     ``scsi0-3/0-63`` or given twice, state files other than one ``.vsv`` and one
     ``.bin``, a version not ``major.minor`` (0-255 each), text XML cannot carry."""
     root = Node("configuration")

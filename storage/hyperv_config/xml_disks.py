@@ -40,12 +40,15 @@ StringReader = Callable[[Node, str], str | None]
 
 def read_disks(root: Node, string: StringReader, problems: list[str]) -> tuple[ConfiguredDisk, ...]:
     """Every drive of type VHD with a path, IDE first, in controller order."""
+    sections: dict[str, Node] = {}
+    for child in root.children:  # one pass: a hostile file may have 10^5 sections
+        sections.setdefault(child.tag, child)
     disks: list[ConfiguredDisk] = []
     scsi = 0
-    for bus, tag in _controller_sections(root, string):
-        section = root.child(tag)
+    for bus, tag in _controller_sections(root, sections, string):
+        section = sections.get(tag)
         if section is None:
-            problems.append(f"manifest names device {tag}, the file has no such element")
+            problems.append(f"manifest names device {tag[:40]}, the file has no such element")
             scsi += bus == "scsi"
             continue
         for number, controller in _numbered(section, "controller"):
@@ -59,10 +62,12 @@ def read_disks(root: Node, string: StringReader, problems: list[str]) -> tuple[C
     return tuple(disks)
 
 
-def _controller_sections(root: Node, string: StringReader) -> list[tuple[str, str]]:
+def _controller_sections(
+    root: Node, sections: dict[str, Node], string: StringReader
+) -> list[tuple[str, str]]:
     """(bus, section tag) of each disk controller device: IDE first, then SCSI in
     manifest order, then a section named after a class GUID the manifest left out."""
-    found: dict[str, list[str]] = {"ide": [], "scsi": []}
+    found: dict[str, dict[str, None]] = {"ide": {}, "scsi": {}}  # ordered sets
     manifest = root.child("manifest")
     for vdev in manifest.children if manifest else []:
         if not vdev.tag.startswith("vdev"):
@@ -70,13 +75,14 @@ def _controller_sections(root: Node, string: StringReader) -> list[tuple[str, st
         device = (string(vdev, "device") or "").strip().lower()
         instance = (string(vdev, "instance") or "").strip().lower()
         bus = {str(IDE_CONTROLLER): "ide", str(SCSI_CONTROLLER): "scsi"}.get(device)
-        if bus and instance and f"_{instance}_" not in found[bus]:
-            found[bus].append(f"_{instance}_")
-    for bus, device_class in (("ide", IDE_CONTROLLER), ("scsi", SCSI_CONTROLLER)):
-        tag = f"_{device_class}_"
-        if root.child(tag) is not None and tag not in found[bus]:
-            found[bus].insert(0 if bus == "ide" else len(found[bus]), tag)
-    return [("ide", t) for t in found["ide"]] + [("scsi", t) for t in found["scsi"]]
+        if bus and instance:
+            found[bus].setdefault(f"_{instance}_")
+    ide_class, scsi_class = f"_{IDE_CONTROLLER}_", f"_{SCSI_CONTROLLER}_"
+    ide = [ide_class] if ide_class in sections and ide_class not in found["ide"] else []
+    ide += list(found["ide"])
+    scsi = list(found["scsi"])
+    scsi += [scsi_class] if scsi_class in sections and scsi_class not in found["scsi"] else []
+    return [("ide", t) for t in ide] + [("scsi", t) for t in scsi]
 
 
 def _numbered(node: Node, prefix: str) -> list[tuple[int, Node]]:

@@ -16,8 +16,10 @@ refuses what Hyper-V never writes instead of trusting the XML library's limits:
       (billion laughs) or fetched (external entities); parameter-entity parsing
       is off as well;
     - more than ``MAX_FILE_SIZE`` bytes, nesting deeper than ``MAX_DEPTH``, more
-      than ``MAX_ELEMENTS`` elements: memory stays bounded (a node costs about
-      0.5 KiB, so the element cap bounds the tree near 100 MiB).
+      than ``MAX_ELEMENTS`` elements: memory stays bounded (a node costs a few
+      hundred bytes, so the element cap bounds the tree near 100 MiB), and so
+      does the work of a reader that looks each element up a bounded number of
+      times.
 
 Writing is the reverse: ``render`` produces what Windows writes, UTF-16LE with a
 byte order mark, CRLF line ends and two-space indentation, escaping ``&``, ``<``,
@@ -47,13 +49,24 @@ _ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", "\r": "&#13;", "\n": "\r\n"}
 _TO_ESCAPE = re.compile("[&<>\r\n]")
 
 
-@dataclass
+@dataclass(eq=False, slots=True)
 class Node:
     tag: str
     type: str | None = None
     text: str = ""
     children: list[Node] = field(default_factory=list)
-    path: str = ""
+    parent: Node | None = field(default=None, repr=False)
+
+    @property
+    def path(self) -> str:
+        """The tags from below the root, for messages (computed, not stored: a
+        stored path would copy a long parent tag into each of its children)."""
+        tags = []
+        node: Node | None = self
+        while node is not None and node.parent is not None:
+            tags.append(node.tag if len(node.tag) <= 60 else f"{node.tag[:57]}...")
+            node = node.parent
+        return "/".join(reversed(tags))
 
     def child(self, tag: str) -> Node | None:
         """The first child with this tag, or None."""
@@ -70,8 +83,8 @@ class Node:
         return nodes
 
     def add(self, tag: str, type_: str | None = None, text: str = "") -> Node:
-        """Append a child (writer side) and return it."""
-        node = Node(tag, type_, text, [], f"{self.path}/{tag}" if self.path else tag)
+        """Append a child and return it."""
+        node = Node(tag, type_, text, [], self)
         self.children.append(node)
         return node
 

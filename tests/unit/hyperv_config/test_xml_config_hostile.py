@@ -258,3 +258,33 @@ def test_a_repeated_element_is_read_once_and_reported() -> None:
     assert config.name == "first"
     assert config.problems == ("properties/name: repeated 2 times, the first is read",)
     assert dataclasses.replace(config, name="fuzz <&>", problems=()) == read(_valid("utf-8"))
+
+
+def test_a_manifest_of_many_controllers_reads_in_linear_time() -> None:
+    # 30,000 SCSI controllers (Hyper-V has at most 4) with no sections: every
+    # lookup must be a dict hit, or this takes minutes instead of milliseconds.
+    vdevs = "".join(
+        f'<vdev{i}><device type="string">d422512d-2bf2-4752-809d-7b82b5fcb1b4</device>'
+        f'<instance type="string">{UUID(int=i)}</instance></vdev{i}>'
+        for i in range(30_000)
+    )
+    data = f"<configuration><manifest>{vdevs}</manifest></configuration>".encode()
+    started = time.perf_counter()
+    with _deadline(10 * TIME_LIMIT):
+        config = read(data)
+    assert len([p for p in config.problems if p.startswith("manifest names device")]) == 30_000
+    assert time.perf_counter() - started < 5 * TIME_LIMIT
+
+
+def test_a_long_tag_is_not_copied_into_each_child() -> None:
+    # 1 MB tag, 5,000 children: storing each child's full path would cost 5 GB.
+    tag = "t" * 1_000_000
+    data = f"<configuration><{tag}>{'<a/>' * 5_000}</{tag}></configuration>".encode()
+    tracemalloc.start()
+    try:
+        config = read(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert config.id is None
+    assert peak < 16 * len(data), f"peak {peak} bytes for a {len(data)}-byte file"
