@@ -20,6 +20,9 @@ refuses what Hyper-V never writes instead of trusting the XML library's limits:
       peak and ~1 s for a file at the element cap, ~140 B a node), and so does
       the work of a reader that looks each element up a bounded number of times.
 
+Encodings: UTF-16 with a byte order mark (Windows) and UTF-8 (see
+``parse_document``).
+
 Writing is the reverse: ``render`` produces what Windows writes, UTF-16LE with a
 byte order mark, CRLF line ends and two-space indentation, escaping ``&``, ``<``,
 ``>`` and carriage returns, and refusing characters XML 1.0 cannot carry.
@@ -97,7 +100,13 @@ def parse_document(data: bytes, name: str) -> Node:
     bytes are not a well-formed XML document within the limits above."""
     if not data.strip():
         raise ConfigurationError(f"{name}: empty file, not an XML configuration")
-    parser = expat.ParserCreate()
+    # UTF-16 (what Windows writes) shows by its byte order mark or a NUL in the
+    # first character; anything else is read as UTF-8, whatever its declaration
+    # says: a copy that went through a text tool keeps encoding="UTF-16" while
+    # its bytes became UTF-8 (the Windows file in docs/hyperv_xml.md [1], as
+    # stored in git, is one).
+    utf16 = data[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in data[:2]
+    parser = expat.ParserCreate(None if utf16 else "utf-8")
     parser.buffer_text = True
     parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
     stack: list[Node] = []

@@ -153,6 +153,8 @@ def test_the_same_layout_in_utf8_reads_the_same() -> None:
     utf8 = WINDOWS_VM.replace('encoding="UTF-16"', 'encoding="UTF-8"').encode()
     assert read(utf8) == read(windows_bytes(WINDOWS_VM))
     assert read(b"\xef\xbb\xbf" + utf8) == read(utf8)
+    # as the Windows file is stored in git: UTF-8 bytes, LF, still declaring UTF-16
+    assert read(WINDOWS_VM.encode()) == read(utf8)
 
 
 def test_a_checkpoint_copy_of_the_vm_configuration_reads_as_a_checkpoint_of_that_vm() -> None:

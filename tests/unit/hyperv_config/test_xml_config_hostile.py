@@ -73,10 +73,13 @@ def read(data: bytes) -> Configuration:
 
 @st.composite
 def mutated(draw: st.DrawFn) -> bytes:
-    data = bytearray(_valid(draw(st.sampled_from(["utf-8", "utf-16"]))))
+    encoding = draw(st.sampled_from(["utf-8", "utf-16"]))
+    data = bytearray(_valid(encoding))
     if draw(st.booleans()):  # the declared encoding: whatever codec Python has by that name
         declared = draw(st.sampled_from(["rot13", "zlib", "utf-32", "undefined", "cp037", "bogus"]))
-        data = data.replace(b'encoding="UTF-8"', f'encoding="{declared}"'.encode())
+        codec = "utf-16-le" if encoding == "utf-16" else "ascii"
+        old = f'encoding="{encoding.upper()}"'.encode(codec)
+        data = data.replace(old, f'encoding="{declared}"'.encode(codec))
     for _ in range(draw(st.integers(1, 4))):
         pos = draw(st.integers(0, len(data)))
         action = draw(st.sampled_from(["set", "insert", "delete", "truncate"]))
@@ -243,10 +246,22 @@ def test_what_is_not_a_configuration_document_is_refused(data: bytes, message: s
 @pytest.mark.parametrize(
     "encoding", ["x-unknown", "rot13", "zlib", "utf-32", "utf-7", "cp037", "undefined", "punycode"]
 )
-def test_an_encoding_declaration_we_cannot_decode_is_a_configuration_error(encoding: str) -> None:
-    document = f'<?xml version="1.0" encoding="{encoding}"?><configuration/>\x80'.encode("latin-1")
+def test_a_utf16_file_declaring_an_encoding_we_cannot_decode_is_a_configuration_error(
+    encoding: str,
+) -> None:
+    text = f'<?xml version="1.0" encoding="{encoding}"?><configuration/>'
     with pytest.raises(ConfigurationError, match=r"^hostile\.xml: not a"):
-        read(document)
+        read(b"\xff\xfe" + text.encode("utf-16-le"))
+
+
+def test_a_file_without_a_utf16_bom_is_utf8_whatever_it_declares() -> None:
+    # e.g. a Windows file a text tool re-encoded, keeping encoding="UTF-16"
+    for declared in ("UTF-16", "rot13", "ISO-8859-1"):
+        document = (
+            f'<?xml version="1.0" encoding="{declared}"?><configuration><properties>'
+            '<name type="string">Ünïcødé</name></properties></configuration>'
+        ).encode()
+        assert read(document).name == "Ünïcødé"
 
 
 def test_a_repeated_element_is_read_once_and_reported() -> None:
