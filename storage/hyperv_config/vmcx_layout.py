@@ -25,7 +25,7 @@ Every structure carries a CRC-32 (zlib's polynomial, not VHDX's CRC-32C) over
 itself with its checksum field taken as zero; a key entry's covers its header,
 key and value, not the slack Hyper-V leaves after the value (12 bytes for most
 entries). We verified all four kinds against every structure in the two
-Windows-written fixtures (411 + 114 key entries).
+Windows-written fixtures (409 + 113 key entries).
 
 File header (46 bytes)::
 
