@@ -78,7 +78,7 @@ def _read(data: bytes, vm: VirtualMachine, name: str) -> Configuration | None:
 def _captured(uow: UnitOfWork, vm: VirtualMachine, cp: Checkpoint) -> bytes | None:
     for f in vm.captured_files.get(cp.id, ()):
         if f.role is FileRole.CONFIG:
-                    buf = io.BytesIO()
+            buf = io.BytesIO()
             restore_manifest(f.manifest, uow.chunks, buf)
             return buf.getvalue()
     return None
@@ -102,7 +102,8 @@ def vm_configuration(
 def checkpoint_configuration(
     vm: VirtualMachine, cp: Checkpoint, disk_paths: Sequence[str], state_paths: Sequence[str]
 ) -> Configuration:
-    kind = CheckpointKind.STANDARD if cp.type is CheckpointType.STANDARD else CheckpointKind.PRODUCTION
+    standard = cp.type is CheckpointType.STANDARD
+    kind = CheckpointKind.STANDARD if standard else CheckpointKind.PRODUCTION
     return Configuration(
         kind=FileKind.CHECKPOINT,
         format="vmcx" if uses_vmcx(vm.config_version) else "xml",

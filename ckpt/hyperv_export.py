@@ -306,7 +306,9 @@ class _Folder:
                 continue
             state = load_state(refs, uow.chunks)
             if parent is not None and parent_state is None:
-                parent_state = load_state(refs[: len(refs) - len(vm.contents.get(layer.id, ()))], uow.chunks)
+                parent_state = load_state(
+                    refs[: len(refs) - len(vm.contents.get(layer.id, ()))], uow.chunks
+                )
             path = self.folder / DISKS_DIR / export_file_name(layer.file)
             runs = layer_runs(parent_state, state, uow, size, parent is not None)
             guid = _content_guid(vm, layer.id)

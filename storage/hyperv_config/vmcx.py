@@ -50,6 +50,9 @@ CREATED_KEY = f"{PROPERTIES}/creation_time"
 VM_ID_KEY = f"{ROOT}/settings/global/logical_id"
 USER_TYPE_KEY = f"{ROOT}/global_settings/snapshots/user_type"
 WRITER_KEY = f"{PROPERTIES}/ckpt_writer"
+# Ours: whether a checkpoint's runtime state holds memory (a Hyper-V VMCX says it in
+# no key we have seen; the VMRS itself does, read_vmrs_summary).
+SAVED_MEMORY_KEY = f"{PROPERTIES}/ckpt_saved_memory"
 KIND_KEY = f"{PROPERTIES}/snapshot_type"
 IS_SNAPSHOT_KEY = f"{PROPERTIES}/is_snapshot"
 PARENT_KEYS = (  # the first is the one we write
@@ -95,6 +98,7 @@ def read_vmcx(stream: BinaryIO, name: str = "<stream>") -> Configuration:
             break
     created = _created(tree, problems, required=kind is FileKind.CHECKPOINT)
     writer = tree.get(WRITER_KEY)
+    saved = tree.get(SAVED_MEMORY_KEY)
     return Configuration(
         kind=kind,
         format="vmcx",
@@ -107,6 +111,7 @@ def read_vmcx(stream: BinaryIO, name: str = "<stream>") -> Configuration:
         checkpoint_kind=_checkpoint_kind(tree, problems) if kind is FileKind.CHECKPOINT else None,
         disks=tuple(_disks(tree)),
         state_files=tuple(_state_files(tree)),
+        saved_memory=saved if isinstance(saved, bool) else None,
         writer=writer if isinstance(writer, str) else None,
         problems=tuple(problems),
     )
@@ -298,6 +303,8 @@ def _values(config: Configuration) -> Iterator[tuple[str, Value]]:
     if checkpoint and config.checkpoint_kind is not None:
         yield KIND_KEY, config.checkpoint_kind.value
     yield WRITER_KEY, "ckpt"
+    if config.saved_memory is not None:
+        yield SAVED_MEMORY_KEY, config.saved_memory
     vm_id = config.vm_id if checkpoint else config.id
     if vm_id is not None:
         yield VM_ID_KEY, str(vm_id).upper()

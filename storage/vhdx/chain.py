@@ -14,9 +14,12 @@ A byte of the virtual disk comes from the first layer that defines it (see
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ckpt.domain.errors import VhdxChainMismatch
-from ckpt.storage.disk_layer import LayerFile
+
+if TYPE_CHECKING:  # disk_layer imports this package (BlockState)
+    from ckpt.storage.disk_layer import LayerFile
 
 
 class VhdxChain:

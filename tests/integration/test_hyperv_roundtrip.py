@@ -13,9 +13,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from cli_support import CLI
 
 from ckpt import CheckpointType, DiskFormat, FileRole, Store
-from ckpt.cli import main
+from ckpt.domain.errors import InvalidValue
 
 MiB = 1 << 20
 SIZE = 6 * MiB
@@ -102,7 +103,11 @@ def _shape(store: Store, vm: str) -> dict[str, tuple[str | None, str, str, str]]
 
 
 def _state_files(store: Store, vm: str, name: str, out: Path) -> dict[str, bytes]:
-    files = store.restore_state_files(vm, name, out)
+    try:
+        files = store.restore_state_files(vm, name, out)
+    except InvalidValue as e:  # a 5.0 checkpoint of a VM that was off has none
+        assert "no state files" in str(e)
+        return {}
     return {
         f.suffix.lower().lstrip("."): f.read_bytes()
         for f in files
@@ -140,7 +145,8 @@ def test_branching_history_round_trips_through_a_hyperv_folder(
         want = {k[5:]: v for k, v in expected[name].items() if k.startswith("file:")}
         assert got == want, name
     for disk in ("Sys", "Data"):  # Now: the running layer
-        assert _disk(fresh, "VM", "Now", disk) == expected["Now"][disk]
+        with fresh.open_disk("VM", "Now", disk) as reader:
+            assert reader.read() == expected["Now"][disk]
     assert fresh.vm("VM").checkpoints[fresh.vm("VM").current].has_memory
     log = [e.operation for e in fresh.log("VM")]
     assert "hyperv-folder-imported" in log
@@ -172,9 +178,7 @@ def test_qemu_reads_every_vhd_we_write_as_our_restore(tmp_path: Path) -> None:
     store, expected = _history(tmp_path, "5.0", DiskFormat.VHD)
     for name in ("root", "b", "c"):
         vhd = tmp_path / f"{name}.vhd"
-        assert main(["--store", str(tmp_path / "s5.0"), "restore", "VM", name, "--disk", "Sys",
-                     "-o", str(vhd)]) == 0  # fmt: skip
-        subprocess.run(["qemu-img", "check", "-f", "vpc", str(vhd)], check=True, capture_output=True)
+        CLI(tmp_path / "s5.0").ok("restore", "VM", name, "--disk", "Sys", "-o", vhd)
         raw = tmp_path / f"{name}.raw"
         subprocess.run(["qemu-img", "convert", "-f", "vpc", "-O", "raw", str(vhd), str(raw)],
                        check=True, capture_output=True)  # fmt: skip
