@@ -213,6 +213,9 @@ class Store:
         checkpoint_type: CheckpointType | None = None,
         automatic_checkpoints: bool = False,
     ) -> VirtualMachine:
+        """New-VM: ``config_version`` defaults to 10.0; ``checkpoint_type`` to production,
+        or standard on 5.0, which has no production checkpoints (production-only is
+        refused there: NotAllowed)."""
         vm = self.new_vm(name, disks, config_version, checkpoint_type, automatic_checkpoints)
         return self.save_new_vm(vm)
 

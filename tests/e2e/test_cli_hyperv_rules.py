@@ -123,3 +123,26 @@ def test_a_checkpoint_of_a_paused_vm_saves_memory(cli: CLI) -> None:
     assert made["fallback_reason"] == "the VM is paused, so its guest cannot quiesce"
     assert [f["memory"] for f in cli.json("files", "VM", "cp")] == [False, True]
     assert cli.json("vm", "save", "VM")["state"] == "saved"
+
+
+def test_a_running_5_0_production_vm_captures_memory_and_vsv_like_any_standard_one(
+    cli: CLI, tmp_path: Path
+) -> None:
+    """Before issue 17 this was a "production" checkpoint: --memory was refused."""
+    memory, vsv, xml = tmp_path / "m.bin", tmp_path / "d.vsv", tmp_path / "c.xml"
+    memory.write_bytes(b"RAM!" * 3000)
+    vsv.write_bytes(b"VSV." * 100)
+    xml.write_bytes(b"<configuration/>")
+    cli.ok("vm", "add", "Old", "--config-version", "5.0", "--checkpoint-type", "production")
+    cli.ok("vm", "start", "Old")
+    cli.ok(
+        "checkpoint", "create", "Old", "cp", "--memory", memory, "--device-state", vsv,
+        "--config", xml,
+    )  # fmt: skip
+    cli.ok("restore", "Old", "cp", "--memory", "-o", tmp_path / "out.bin")
+    assert (tmp_path / "out.bin").read_bytes() == memory.read_bytes()
+    cli.ok("restore", "Old", "cp", "--state-files", "-o", tmp_path / "state")
+    guid = cli.json("checkpoint", "list", "Old")[0]["id"].upper()
+    written = tmp_path / "state" / "Snapshots"
+    assert (written / guid / f"{guid}.vsv").read_bytes() == vsv.read_bytes()
+    assert (written / f"{guid}.xml").read_bytes() == xml.read_bytes()
