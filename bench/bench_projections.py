@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ckpt import CheckpointType, DiskFormat, Store
 from ckpt.domain import DiskCapture, Origin, VirtualMachine
+from ckpt.domain.checkpoint_rules import MAX_CHECKPOINTS
 
 SAVE_EVERY = 100  # events per save while generating: one SQLite transaction each
 
@@ -42,7 +43,9 @@ def _grow(vm: VirtualMachine, rng: random.Random, clock: list[datetime], target:
         live = list(vm.checkpoints)
         r = rng.random()
         o = _origin(rng, clock)
-        if r < 0.35 or not live:
+        if len(live) >= MAX_CHECKPOINTS:  # Hyper-V's limit: make room first
+            vm.delete_checkpoint(o, rng.choice(live))
+        elif r < 0.35 or not live:
             vm.create_checkpoint(o)
         elif r < 0.50:
             vm.rename_checkpoint(o, rng.choice(live), f"renamed {vm.version}")
@@ -118,7 +121,11 @@ def main() -> None:
     for _ in range(200):
         name = f"vm{rng.randrange(args.vms):04d}"
         vm = store.vm(name)
-        vm.create_checkpoint(store.unit_of_work.origin())
+        o = store.unit_of_work.origin()
+        if len(vm.checkpoints) < MAX_CHECKPOINTS:
+            vm.create_checkpoint(o)
+        else:  # at Hyper-V's limit: a rename is one command too
+            vm.rename_checkpoint(o, next(iter(vm.checkpoints)), "renamed")
         store.app.save(vm)
         t = time.perf_counter()
         store.read_models.catch_up(known=vm)

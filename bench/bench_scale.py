@@ -13,7 +13,7 @@ a real disk of unique data), takes it into a fresh store (or a copy of a prefill
                  --changed-blocks D=EXTENTS naming that one block; the image is dropped from
                  the page cache first, so `image_read` (fincore) is what the command read of it
     restore      restore VM c3 --disk D -o OUT.raw    (compared byte for byte with the image)
-    restore-1-layer, restore-N-layers   (--deep N, default 100) after N-3 more one-block
+    restore-1-layer, restore-N-layers   (--deep N, default 50) after N-3 more one-block
                  --changed-blocks checkpoints: restore c1 (1 layer) and cN (N layers, compared)
     restore-vhdx restore VM c3 --disk D -o OUT.vhdx
     export       export VM c3 -o DIR
@@ -259,7 +259,7 @@ def bench_ckpt_size(
     blocks: int,
     template: str | None,
     logf: TextIO,
-    deep: int = 100,
+    deep: int = 50,
 ) -> dict[str, Result]:
     """Every command once on a disk of `blocks` blocks; figures per command."""
     store = os.path.join(work, "store")
@@ -554,10 +554,11 @@ def main() -> int:
     ap.add_argument(
         "--deep",
         type=int,
-        default=100,
+        default=50,
         metavar="N",
         help="grow the chain to N checkpoints (one block changed each, --changed-blocks) and "
-        "restore the last against c1, a 1-layer disk (default: %(default)s; 0 skips)",
+        "restore the last against c1, a 1-layer disk (default: %(default)s, at most 50: "
+        "Hyper-V's checkpoints per VM, which ckpt enforces; 0 skips)",
     )
     ap.add_argument("--json", metavar="FILE", help="write every figure to FILE")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
@@ -567,6 +568,8 @@ def main() -> int:
         sizes = parse_sizes(sizes)
     block_counts = [a.blocks] if a.blocks else [max(1, round(g * BLOCKS_PER_GIB)) for g in sizes]
     sizes = [n / BLOCKS_PER_GIB for n in block_counts]
+    if a.deep > 50:
+        ap.error("--deep is at most 50: ckpt refuses a 51st checkpoint of a VM, as Hyper-V does")
     tools = [t.strip() for t in a.tools.split(",") if t.strip()]
     if unknown := set(tools) - {"ckpt", "restic", "borg"}:
         ap.error(f"unknown tools: {','.join(sorted(unknown))}")

@@ -16,7 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from ckpt.domain import CheckpointType, CkptError, DiskFormat, InvalidValue
+from ckpt.domain import CheckpointType, CkptError, DiskFormat, InvalidValue, VMState
+from ckpt.domain.checkpoint_rules import production_fallback, requested_type
 from ckpt.projections import disk_chains, tree_entries
 from ckpt.projections import documents as docs
 from ckpt.storage.locations import environ_secrets, scrub
@@ -83,8 +84,20 @@ def _vm_power(action: str) -> Handler:
     def handle(s: Store, a: argparse.Namespace, out: TextIO) -> None:
         before = s.vm(a.name)
         had = set(before.checkpoints)
-        vm = {"start": s.start_vm, "stop": s.stop_vm, "save": s.save_vm}[action](a.name)
+        if action == "stop":
+            vm = s.stop_vm(a.name, turn_off=a.turn_off)
+        else:
+            act = {
+                "start": s.start_vm, "save": s.save_vm, "pause": s.pause_vm,
+                "resume": s.resume_vm,
+            }[action]  # fmt: skip
+            vm = act(a.name)
         text = f"VM {vm.name!r} is {vm.state.value}"
+        if action == "stop":
+            how = "turned off" if a.turn_off else "shut down"
+            if before.state is VMState.SAVED and not a.turn_off:
+                how = "saved state discarded"
+            text += f" ({how})"
         for cid in set(vm.checkpoints) - had:
             text += f"; automatic checkpoint {vm.checkpoints[cid].name!r} taken"
         for cid in had - set(vm.checkpoints):
@@ -127,18 +140,16 @@ def _cp_create(s: Store, a: argparse.Namespace, out: TextIO) -> None:
             a.vm, a.name, a.type, not a.guest_cannot_quiesce, **content_args(a), progress=bars
         )
     vm = s.vm(a.vm)
-    fell = (
-        " (fell back to standard: the guest could not quiesce)"
-        if (
-            cp.type is CheckpointType.STANDARD
-            and (a.type or vm.checkpoint_type) is CheckpointType.PRODUCTION
-        )
-        else ""
-    )
+    why = None
+    if cp.type is CheckpointType.STANDARD and (
+        requested_type(vm.name, vm.checkpoint_type, a.type) is not CheckpointType.STANDARD
+    ):
+        why = production_fallback(cp.config_version, cp.vm_state, not a.guest_cannot_quiesce)
+    fell = f" (fell back to standard: {why})" if why else ""
     render.emit(
         out,
         a,
-        docs.checkpoint_json(cp, vm.current),
+        docs.checkpoint_json(cp, vm.current) | {"fallback_reason": why},
         f"created {cp.type.value} checkpoint {cp.name!r} ({cp.id}) of VM {vm.name!r}{fell}",
     )
 
@@ -416,8 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument(
         "--checkpoint-type",
         type=_ctype,
-        default=CheckpointType.PRODUCTION,
-        help="standard, production (default), production-only or disabled",
+        help="standard, production (default; standard on 5.0, which has no production "
+        "checkpoints), production-only (6.2+) or disabled",
     )
     q.add_argument(
         "--disk",
@@ -444,11 +455,25 @@ def build_parser() -> argparse.ArgumentParser:
         "(ckpt forget --apply-policies runs it; none removes it)",
     )
     for action, text in (
-        ("start", "start a VM"),
-        ("stop", "turn a VM off"),
-        ("save", "save a running VM's state"),
+        ("start", "start a VM (Start-VM; off or saved)"),
+        (
+            "stop",
+            "shut a running VM down cleanly (removes the automatic checkpoint), or discard "
+            "a saved VM's state (Stop-VM)",
+        ),
+        ("save", "save a running or paused VM's state (Save-VM)"),
+        ("pause", "pause a running VM (Suspend-VM)"),
+        ("resume", "resume a paused VM (Resume-VM)"),
     ):
-        cmd(vm, action, _vm_power(action), text, json_out=True).add_argument("name")
+        q = cmd(vm, action, _vm_power(action), text, json_out=True)
+        q.add_argument("name")
+        if action == "stop":
+            q.add_argument(
+                "--turn-off",
+                action="store_true",
+                help="turn it off hard, like pulling the plug (Stop-VM -TurnOff): any state; "
+                "the automatic checkpoint stays",
+            )
     q = cmd(
         vm,
         "remove",
@@ -468,7 +493,13 @@ def build_parser() -> argparse.ArgumentParser:
     q = cmd(cp, "create", _cp_create, "take a checkpoint (Checkpoint-VM)", json_out=True)
     q.add_argument("vm")
     q.add_argument("name", nargs="?", help="default: '<VM> - (<date time>)'")
-    q.add_argument("--type", type=_ctype, help="override the VM's checkpoint type for this one")
+    q.add_argument(
+        "--type",
+        type=_ctype,
+        help="this checkpoint's type, within the VM's setting (Checkpoint-VM has none): "
+        "standard, production or production-only; refused on a disabled VM, and "
+        "standard refused on a production-only one (production there never falls back)",
+    )
     q.add_argument(
         "--guest-cannot-quiesce",
         action="store_true",
@@ -611,7 +642,7 @@ def _marker_urls(path: Path | None) -> list[str]:
 # The commands that write to the store: on read-only media they are refused
 # before any work (StoreReadOnly, exit 38); every other command only reads.
 WRITES = {
-    "vm add", "vm set", "vm start", "vm stop", "vm save", "vm remove",
+    "vm add", "vm set", "vm start", "vm stop", "vm save", "vm pause", "vm resume", "vm remove",
     "checkpoint create", "checkpoint apply", "checkpoint revert", "checkpoint rename",
     "checkpoint delete", "sync", "gc", "upgrade", "import disk", "import hyperv",
     "projections rebuild", "forget",

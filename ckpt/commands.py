@@ -45,10 +45,11 @@ def new_vm(
     name: str,
     disks: Sequence[tuple[str, DiskFormat]] = (),
     config_version: str | None = None,
-    checkpoint_type: CheckpointType = CheckpointType.PRODUCTION,
+    checkpoint_type: CheckpointType | None = None,
     automatic_checkpoints: bool = False,
 ) -> VirtualMachine:
-    """A VM registered in memory, not saved yet (``save_new_vm``)."""
+    """A VM registered in memory, not saved yet (``save_new_vm``); ``checkpoint_type``
+    None is production, standard on 5.0 (``VirtualMachine.register``)."""
     with uow.translated():
         generation, live = queries.generations(uow, name)
     if live is not None:
@@ -100,6 +101,15 @@ def set_vm(
 ) -> VirtualMachine:
     def change(vm: VirtualMachine, origin: Origin) -> None:
         vm.change_settings(origin, checkpoint_type, automatic_checkpoints, config_version)
+
+    return run(uow, name, on_vm(change))
+
+
+def stop_vm(uow: UnitOfWork, name: str, turn_off: bool) -> VirtualMachine:
+    """Stop-VM: Shut Down, or with ``turn_off`` Turn Off (the automatic checkpoint stays)."""
+
+    def change(vm: VirtualMachine, origin: Origin) -> None:
+        vm.stop(origin, turn_off)
 
     return run(uow, name, on_vm(change))
 

@@ -212,9 +212,12 @@ class Store:
         name: str,
         disks: Sequence[tuple[str, DiskFormat]] = (),
         config_version: str | None = None,
-        checkpoint_type: CheckpointType = CheckpointType.PRODUCTION,
+        checkpoint_type: CheckpointType | None = None,
         automatic_checkpoints: bool = False,
     ) -> VirtualMachine:
+        """New-VM: ``config_version`` defaults to 10.0; ``checkpoint_type`` to production,
+        or standard on 5.0, which has no production checkpoints (production-only is
+        refused there: NotAllowed)."""
         vm = self.new_vm(name, disks, config_version, checkpoint_type, automatic_checkpoints)
         return self.save_new_vm(vm)
 
@@ -223,7 +226,7 @@ class Store:
         name: str,
         disks: Sequence[tuple[str, DiskFormat]] = (),
         config_version: str | None = None,
-        checkpoint_type: CheckpointType = CheckpointType.PRODUCTION,
+        checkpoint_type: CheckpointType | None = None,
         automatic_checkpoints: bool = False,
     ) -> VirtualMachine:
         """A VM registered in memory, not saved yet (``save_new_vm``): ``import hyperv``
@@ -234,7 +237,9 @@ class Store:
         name = check.text(f"{m}: name", name)
         disks = check.disk_specs(f"{m}: disks", disks)
         config_version = check.optional_text(f"{m}: config_version", config_version)
-        checkpoint_type = check.choice(f"{m}: checkpoint_type", checkpoint_type, CheckpointType)
+        checkpoint_type = check.optional_choice(
+            f"{m}: checkpoint_type", checkpoint_type, CheckpointType
+        )
         automatic_checkpoints = check.flag(f"{m}: automatic_checkpoints", automatic_checkpoints)
         return commands.new_vm(
             self.unit_of_work, name, disks, config_version, checkpoint_type, automatic_checkpoints
@@ -281,15 +286,31 @@ class Store:
         return commands.run(self.unit_of_work, name, commands.on_vm(change))
 
     def start_vm(self, name: str) -> VirtualMachine:
-        """Start; takes an automatic checkpoint first when the VM's setting asks for one."""
+        """Start-VM (off or saved); takes an automatic checkpoint first when the VM's
+        setting asks for one. A paused VM is resumed, not started (``resume_vm``)."""
         return self._power(name, VirtualMachine.start)
 
-    def stop_vm(self, name: str) -> VirtualMachine:
-        """Turn off; a clean shutdown removes the automatic checkpoint."""
-        return self._power(name, VirtualMachine.stop)
+    def stop_vm(self, name: str, turn_off: bool = False) -> VirtualMachine:
+        """Stop-VM: Shut Down (clean) a running VM, which removes the automatic
+        checkpoint, or discard a saved VM's state; ``turn_off`` (Stop-VM -TurnOff)
+        turns off a running, paused or saved VM hard and keeps the automatic checkpoint.
+        A paused VM cannot shut down cleanly: resume it, or turn it off."""
+        self.unit_of_work.writable("vm stop")
+        check.text("stop_vm: name", name)
+        turn_off = check.flag("stop_vm: turn_off", turn_off)
+        return commands.stop_vm(self.unit_of_work, name, turn_off)
 
     def save_vm(self, name: str) -> VirtualMachine:
+        """Save-VM: a running or paused VM's memory is saved and the VM stops."""
         return self._power(name, VirtualMachine.save)
+
+    def pause_vm(self, name: str) -> VirtualMachine:
+        """Suspend-VM: a running VM pauses (its guest stops running, memory kept)."""
+        return self._power(name, VirtualMachine.pause)
+
+    def resume_vm(self, name: str) -> VirtualMachine:
+        """Resume-VM: a paused VM runs again."""
+        return self._power(name, VirtualMachine.resume)
 
     def create_checkpoint(
         self,

@@ -1,7 +1,8 @@
 """Value types of the checkpoint model.
 
 Terms:
-- *VM state*: off, running or saved (memory written to disk, VM paused).
+- *VM state*: off, running, saved (memory written to disk, VM stopped) or
+  paused (Suspend-VM: the guest stops running, its memory stays in RAM).
 - *checkpoint type* (Set-VM -CheckpointType): the VM's setting; a checkpoint
   records the *effective* type, standard or production, after any fallback.
 - *layer*: one file of a disk's chain: the base disk (``.vhdx``/``.vhd``) or a
@@ -29,6 +30,9 @@ class VMState(enum.StrEnum):
     OFF = "off"
     RUNNING = "running"
     SAVED = "saved"
+    # New in issue 17: a log that holds it cannot be read by an older release
+    # (its VMState has no "paused"); docs/decisions/0001.
+    PAUSED = "paused"
 
 
 class CheckpointType(enum.StrEnum):
@@ -123,7 +127,7 @@ class Checkpoint:
 
     @property
     def has_memory(self) -> bool:
-        """A standard checkpoint of a running or saved VM holds its memory."""
+        """A standard checkpoint of a running, saved or paused VM holds its memory."""
         return self.type is CheckpointType.STANDARD and self.vm_state is not VMState.OFF
 
     def layer(self, disk: str) -> UUID:

@@ -20,6 +20,7 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate
 
+from . import checkpoint_rules as type_rules
 from . import layers as layer_rules
 from .captures import BackupPoint, DiskCapture, FileCapture, FileRole, PurgeMark
 from .errors import (
@@ -39,7 +40,13 @@ from .naming import (
     disk_name_problem,
     find_named,
 )
-from .state_files import DEFAULT_VERSION, parse_version, state_files, uses_vmcx
+from .state_files import (
+    DEFAULT_VERSION,
+    check_file_role,
+    check_upgrade,
+    parse_version,
+    state_files,
+)
 from .values import (
     Checkpoint,
     CheckpointType,
@@ -163,19 +170,27 @@ class VirtualMachine(Aggregate):
                 vm.config_version = self.config_version
 
     class StateChanged(Event):
+        """A power-state change; ``turned_off`` marks Turn Off (Stop-VM -TurnOff), hard,
+        as opposed to Shut Down (default False: every event before it existed)."""
+
         TOPIC = "ckpt.domain:VirtualMachine.StateChanged"
         previous: VMState
         state: VMState
+        turned_off: bool = False
 
         def apply(self, vm: VirtualMachine) -> None:
             vm.state = self.state
 
     class CheckpointCreated(Event):
+        """``fallback_reason`` says why a production request became standard ("" when
+        it did not, and in every event before it existed)."""
+
         TOPIC = "ckpt.domain:VirtualMachine.CheckpointCreated"
         checkpoint: Checkpoint
         requested_type: CheckpointType
         fell_back: bool
         new_layers: tuple[Layer, ...]
+        fallback_reason: str = ""
 
         def apply(self, vm: VirtualMachine) -> None:
             vm.checkpoints[self.checkpoint.id] = self.checkpoint
@@ -307,15 +322,18 @@ class VirtualMachine(Aggregate):
         name: str,
         disks: Sequence[tuple[str, DiskFormat]] = (),
         config_version: str | None = None,
-        checkpoint_type: CheckpointType = CheckpointType.PRODUCTION,
+        checkpoint_type: CheckpointType | None = None,
         automatic_checkpoints: bool = False,
         generation: int = 0,
     ) -> VirtualMachine:
         """Register a VM; with no disks given it gets one named after the VM.
+        ``checkpoint_type`` defaults to production, standard on 5.0 (no production there).
         ``generation``: how many VMs of this name were removed before (``vm_id``)."""
         check_findable_name(name, "VM")
         version = config_version or DEFAULT_VERSION
         parse_version(version)
+        checkpoint_type = checkpoint_type or type_rules.default_type(version)
+        type_rules.check_setting(name, checkpoint_type, version)
         problem = None if disks else disk_name_problem(name)
         if problem is not None:
             raise InvalidValue(
@@ -366,8 +384,14 @@ class VirtualMachine(Aggregate):
                     f"VM {self.name!r} is {self.state.value}; "
                     "its configuration version can only be changed while it is off"
                 )
+            check_upgrade(self.name, self.checkpoints.values(), config_version)
         else:
             config_version = None
+        type_rules.check_setting(
+            self.name,
+            checkpoint_type or self.checkpoint_type,
+            config_version or self.config_version,
+        )
         if checkpoint_type == self.checkpoint_type:
             checkpoint_type = None
         if automatic_checkpoints == self.automatic_checkpoints:
@@ -386,32 +410,59 @@ class VirtualMachine(Aggregate):
     def start(self, origin: Origin) -> None:
         if self.state is VMState.RUNNING:
             raise NotAllowed(f"VM {self.name!r} is already running")
+        if self.state is VMState.PAUSED:
+            raise NotAllowed(f"VM {self.name!r} is paused; resume it (ckpt vm resume)")
         if (
             self.state is VMState.OFF
             and self.automatic_checkpoints
             and not self.checkpoints
             and self.checkpoint_type is not CheckpointType.DISABLED
         ):
-            self._create_checkpoint(origin, None, self.checkpoint_type, True, automatic=True)
+            self._create_checkpoint(origin, None, None, True, automatic=True)
         self._trigger(origin, self.StateChanged, previous=self.state, state=VMState.RUNNING)
 
-    def stop(self, origin: Origin) -> None:
-        """Turn off: a clean shutdown when running, discarding saved state when saved."""
+    def stop(self, origin: Origin, turn_off: bool = False) -> None:
+        """Stop-VM: Shut Down (clean, through the guest) when running, discarding the
+        saved state when saved; ``turn_off`` (Stop-VM -TurnOff) pulls the plug in any
+        state. Only a clean shutdown removes the automatic checkpoint."""
         if self.state is VMState.OFF:
             raise NotAllowed(f"VM {self.name!r} is already off")
-        clean_shutdown = self.state is VMState.RUNNING
-        self._trigger(origin, self.StateChanged, previous=self.state, state=VMState.OFF)
+        if self.state is VMState.PAUSED and not turn_off:
+            raise NotAllowed(
+                f"VM {self.name!r} is paused: a paused guest cannot shut down cleanly; "
+                "resume it first (ckpt vm resume) or turn it off (ckpt vm stop --turn-off)"
+            )
+        clean_shutdown = self.state is VMState.RUNNING and not turn_off
+        self._trigger(
+            origin, self.StateChanged, previous=self.state, state=VMState.OFF, turned_off=turn_off
+        )
         if clean_shutdown and self.automatic_checkpoint is not None:
             self._delete(
                 origin, self.checkpoints[self.automatic_checkpoint], False, "clean-shutdown"
             )
 
     def save(self, origin: Origin) -> None:
-        if self.state is not VMState.RUNNING:
+        if self.state not in (VMState.RUNNING, VMState.PAUSED):
             raise NotAllowed(
-                f"VM {self.name!r} is {self.state.value}; only a running VM can be saved"
+                f"VM {self.name!r} is {self.state.value}; only a running or paused VM can be saved"
             )
         self._trigger(origin, self.StateChanged, previous=self.state, state=VMState.SAVED)
+
+    def pause(self, origin: Origin) -> None:
+        """Suspend-VM: the guest stops running; its memory stays where it is."""
+        if self.state is not VMState.RUNNING:
+            raise NotAllowed(
+                f"VM {self.name!r} is {self.state.value}; only a running VM can be paused"
+            )
+        self._trigger(origin, self.StateChanged, previous=self.state, state=VMState.PAUSED)
+
+    def resume(self, origin: Origin) -> None:
+        """Resume-VM: a paused VM runs again."""
+        if self.state is not VMState.PAUSED:
+            raise NotAllowed(
+                f"VM {self.name!r} is {self.state.value}; only a paused VM can be resumed"
+            )
+        self._trigger(origin, self.StateChanged, previous=self.state, state=VMState.RUNNING)
 
     # ------------------------------------------------------------ checkpoints
     def create_checkpoint(
@@ -428,17 +479,16 @@ class VirtualMachine(Aggregate):
         ``disks`` record the running layers' content just before they freeze;
         ``files`` the checkpoint's state files and memory (paths are set here).
         """
-        if checkpoint_type is CheckpointType.DISABLED:
-            raise InvalidValue("'disabled' is a VM setting, not a type of checkpoint")
-        requested = checkpoint_type or self.checkpoint_type
-        _, memory = self.plan_checkpoint(requested, guest_can_quiesce)
+        _, memory = self.plan_checkpoint(checkpoint_type, guest_can_quiesce)
         self._check_captures(disks)
         for role in {f.role for f in files}:
             self.check_file_role(role, memory)
         if len({f.role for f in files}) != len(files):
             raise InvalidValue("a state file role is given twice")
         self._record_captures(origin, disks)
-        checkpoint = self._create_checkpoint(origin, name, requested, guest_can_quiesce, False)
+        checkpoint = self._create_checkpoint(
+            origin, name, checkpoint_type, guest_can_quiesce, False
+        )
         if files:
             self._trigger(
                 origin,
@@ -453,13 +503,24 @@ class VirtualMachine(Aggregate):
     ) -> tuple[CheckpointType, bool]:
         """The type a checkpoint would get now, and whether it would hold memory.
 
+        ``requested`` is the override (``--type``), None for the VM's setting.
         Raises as ``create_checkpoint`` would, so a caller can refuse before
         capturing any content.
         """
-        if self.checkpoint_type is CheckpointType.DISABLED:
-            raise NotAllowed(f"checkpoints are disabled for VM {self.name!r}")
-        effective, _ = self._effective_type(requested or self.checkpoint_type, guest_can_quiesce)
+        effective, _, _ = self._decide_type(requested, guest_can_quiesce)
         return effective, effective is CheckpointType.STANDARD and self.state is not VMState.OFF
+
+    def _decide_type(
+        self, override: CheckpointType | None, guest_can_quiesce: bool
+    ) -> tuple[CheckpointType, CheckpointType, str]:
+        """(effective type, requested type, fallback reason); refuses a checkpoint
+        the setting, the configuration version or the 50-per-VM limit forbids."""
+        requested = type_rules.requested_type(self.name, self.checkpoint_type, override)
+        type_rules.check_limit(self.name, len(self.checkpoints))
+        effective, why = type_rules.effective_type(
+            self.name, requested, self.config_version, self.state, guest_can_quiesce
+        )
+        return effective, requested, why
 
     def sync(self, origin: Origin, name: str | None, disks: Sequence[DiskCapture]) -> BackupPoint:
         """Record the running layers' content at a moment that is not a checkpoint."""
@@ -502,32 +563,8 @@ class VirtualMachine(Aggregate):
 
     def check_file_role(self, role: FileRole, memory: bool) -> None:
         """Refuse a state file this VM's checkpoint cannot have (memory: it will hold memory)."""
-        vmcx = uses_vmcx(self.config_version)
-        if role is FileRole.RUNTIME_STATE and not vmcx:
-            raise InvalidValue(
-                f"VM {self.name!r} (configuration {self.config_version}) has no VMRS file; "
-                "give --device-state (VSV) instead"
-            )
-        if role is FileRole.DEVICE_STATE and (vmcx or not memory):
-            raise InvalidValue(
-                "a VSV device-state file exists only for a 5.0 VM's checkpoint with memory"
-                if not vmcx
-                else f"VM {self.name!r} (configuration {self.config_version}) keeps device "
-                "state in the VMRS; give --runtime-state instead"
-            )
-        if role is FileRole.MEMORY and not memory:
-            # plan_checkpoint gives no memory for exactly two reasons; name the one
-            # that applies, with what the user can do about it.
-            if self.state is VMState.OFF:
-                raise InvalidValue(
-                    f"this checkpoint of VM {self.name!r} holds no memory: the VM is off, "
-                    "so there is nothing in memory to save; --memory refused"
-                )
-            raise InvalidValue(
-                f"this checkpoint of VM {self.name!r} would be a production checkpoint: "
-                "production checkpoints hold no memory; take a standard checkpoint "
-                "(--type standard) to save memory; --memory refused"
-            )
+        production_only = self.checkpoint_type is CheckpointType.PRODUCTION_ONLY
+        check_file_role(self.name, self.config_version, self.state, production_only, role, memory)
 
     @staticmethod
     def _role_path(checkpoint: Checkpoint, role: FileRole) -> str:
@@ -546,13 +583,11 @@ class VirtualMachine(Aggregate):
         self,
         origin: Origin,
         name: str | None,
-        requested: CheckpointType,
+        override: CheckpointType | None,
         guest_can_quiesce: bool,
         automatic: bool,
     ) -> Checkpoint:
-        if self.checkpoint_type is CheckpointType.DISABLED:
-            raise NotAllowed(f"checkpoints are disabled for VM {self.name!r}")
-        effective, fell_back = self._effective_type(requested, guest_can_quiesce)
+        effective, requested, why = self._decide_type(override, guest_can_quiesce)
         if name is None:
             name = default_checkpoint_name(self.name, origin.at, automatic)
         check_findable_name(name, "checkpoint")
@@ -580,33 +615,11 @@ class VirtualMachine(Aggregate):
             self.CheckpointCreated,
             checkpoint=checkpoint,
             requested_type=requested,
-            fell_back=fell_back,
+            fell_back=bool(why),
             new_layers=new_layers,
+            fallback_reason=why,
         )
         return checkpoint
-
-    def _effective_type(
-        self, requested: CheckpointType, guest_can_quiesce: bool
-    ) -> tuple[CheckpointType, bool]:
-        """Production needs the guest's VSS/fsfreeze unless the VM is off.
-
-        A saved VM's guest is paused and cannot quiesce, so it is treated like
-        a guest that cannot (our choice; see docs/decisions/0001).
-        """
-        if requested is CheckpointType.STANDARD:
-            return CheckpointType.STANDARD, False
-        quiesced = self.state is VMState.OFF or (
-            self.state is VMState.RUNNING and guest_can_quiesce
-        )
-        if quiesced:
-            return CheckpointType.PRODUCTION, False
-        if requested is CheckpointType.PRODUCTION_ONLY:
-            why = "is saved" if self.state is VMState.SAVED else "cannot quiesce"
-            raise NotAllowed(
-                f"production checkpoint of VM {self.name!r} failed: the guest {why}, "
-                "and the checkpoint type is production-only (no fallback to standard)"
-            )
-        return CheckpointType.STANDARD, True
 
     def apply_checkpoint(self, origin: Origin, checkpoint_id: UUID) -> None:
         """Restore-VMSnapshot: Now restarts from the checkpoint on new layers."""

@@ -94,7 +94,10 @@ def _details(event: Any) -> tuple[str | None, dict[str, JsonValue]]:
         }
         return None, {k: v for k, v in raw.items() if v is not None}
     if isinstance(event, VM.StateChanged):
-        return None, {"from": event.previous.value, "to": event.state.value}
+        state: dict[str, JsonValue] = {"from": event.previous.value, "to": event.state.value}
+        if event.turned_off:
+            state["turned_off"] = True
+        return None, state
     if isinstance(event, VM.CheckpointCreated):
         cp = event.checkpoint
         details: dict[str, JsonValue] = {
@@ -104,6 +107,8 @@ def _details(event: Any) -> tuple[str | None, dict[str, JsonValue]]:
         }
         if event.fell_back:
             details["fell_back_from"] = event.requested_type.value
+            if event.fallback_reason:
+                details["fallback_reason"] = event.fallback_reason
         if cp.automatic:
             details["automatic"] = True
         return cp.name, details

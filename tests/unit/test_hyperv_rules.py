@@ -172,12 +172,18 @@ def test_v5_checkpoint_of_off_vm_has_only_xml() -> None:
     assert files(cp) == [(f"Snapshots/{str(cp.id).upper()}.xml", StateFileKind.XML, False)]
 
 
-def test_v5_production_checkpoint_of_running_vm_has_only_xml() -> None:
-    """5.0: a production checkpoint has no memory state, so no .vsv/.bin."""
+def test_v5_vm_set_to_production_takes_a_standard_checkpoint_with_vsv_and_bin() -> None:
+    """5.0 has no production checkpoints (they need 6.2+): a running 5.0 VM set to
+    production gets a standard one, its memory and device state saved."""
     vm = new_vm(version="5.0", ctype=CheckpointType.PRODUCTION)
     cp = checkpoint_in_state(vm, VMState.RUNNING)
-    assert cp.type is CheckpointType.PRODUCTION
-    assert files(cp) == [(f"Snapshots/{str(cp.id).upper()}.xml", StateFileKind.XML, False)]
+    g = str(cp.id).upper()
+    assert cp.type is CheckpointType.STANDARD
+    assert files(cp) == [
+        (f"Snapshots/{g}.xml", StateFileKind.XML, False),
+        (f"Snapshots/{g}/{g}.vsv", StateFileKind.VSV, False),
+        (f"Snapshots/{g}/{g}.bin", StateFileKind.BIN, True),
+    ]
 
 
 @pytest.mark.parametrize(

@@ -58,6 +58,7 @@ class VMMachine(RuleBasedStateMachine):
         self.now: dict[str, Content] = {d: {} for d in DISKS}
         self.state = VMState.OFF
         self.ctype = CheckpointType.STANDARD
+        self.config = "9.0"
         self.automatic = False
         self.auto_cp: UUID | None = None
         self.next_value = 1
@@ -116,6 +117,7 @@ class VMMachine(RuleBasedStateMachine):
     @initialize(config=st.sampled_from(["5.0", "9.0"]), vhd=st.booleans())
     def register(self, config: str, vhd: bool) -> None:
         fmt = DiskFormat.VHD if vhd else DiskFormat.VHDX
+        self.config = config
         self.vm = VirtualMachine.register(
             self.origin(), "VM", [(d, fmt) for d in DISKS], config, CheckpointType.STANDARD
         )
@@ -147,15 +149,29 @@ class VMMachine(RuleBasedStateMachine):
         """Write one block, then checkpoint: most checkpoints then differ from their parent."""
         self.write(disk, block)
         setting = requested or self.ctype
-        guest_ok = self.state is VMState.OFF or (self.state is VMState.RUNNING and quiesce)
+        if self.ctype is CheckpointType.PRODUCTION_ONLY and requested is not None:
+            # --type within the setting: standard refused, production never falls back
+            setting = CheckpointType.PRODUCTION_ONLY
+        guest_ok = self.config != "5.0" and (
+            self.state is VMState.OFF or (self.state is VMState.RUNNING and quiesce)
+        )
         try:
             cp = self.vm.create_checkpoint(self.origin(), None, requested, quiesce)
         except NotAllowed:
-            assert self.ctype is CheckpointType.DISABLED or (
-                setting is CheckpointType.PRODUCTION_ONLY and not guest_ok
+            assert (
+                self.ctype is CheckpointType.DISABLED
+                or len(self.parents) >= 50
+                or (
+                    self.ctype is CheckpointType.PRODUCTION_ONLY
+                    and requested is CheckpointType.STANDARD
+                )
+                or (setting is CheckpointType.PRODUCTION_ONLY and not guest_ok)
             )
             return
-        assert self.ctype is not CheckpointType.DISABLED
+        assert self.ctype is not CheckpointType.DISABLED and len(self.parents) < 50
+        assert not (
+            self.ctype is CheckpointType.PRODUCTION_ONLY and requested is CheckpointType.STANDARD
+        )
         standard = setting is CheckpointType.STANDARD or not guest_ok
         assert cp.type is (CheckpointType.STANDARD if standard else CheckpointType.PRODUCTION)
         self.absorb()
@@ -199,16 +215,22 @@ class VMMachine(RuleBasedStateMachine):
         self.absorb()
         assert self.vm.checkpoints[target].name == name
 
-    @rule(action=st.sampled_from(["start", "stop", "save"]))
+    @rule(action=st.sampled_from(["start", "stop", "turn-off", "save", "pause", "resume"]))
     def power(self, action: str) -> None:
         allowed = {
-            "start": self.state is not VMState.RUNNING,
-            "stop": self.state is not VMState.OFF,
-            "save": self.state is VMState.RUNNING,
+            "start": self.state in (VMState.OFF, VMState.SAVED),
+            "stop": self.state in (VMState.RUNNING, VMState.SAVED),
+            "turn-off": self.state is not VMState.OFF,
+            "save": self.state in (VMState.RUNNING, VMState.PAUSED),
+            "pause": self.state is VMState.RUNNING,
+            "resume": self.state is VMState.PAUSED,
         }[action]
         before = set(self.vm.checkpoints)
         try:
-            getattr(self.vm, action)(self.origin())
+            if action == "turn-off":
+                self.vm.stop(self.origin(), turn_off=True)
+            else:
+                getattr(self.vm, action)(self.origin())
         except NotAllowed:
             assert not allowed
             return
@@ -226,18 +248,40 @@ class VMMachine(RuleBasedStateMachine):
                 self.model_create(cid, False)
                 self.auto_cp = cid
             self.state = VMState.RUNNING
-        elif action == "stop":
+        elif action == "stop":  # Shut Down: only it removes the automatic checkpoint
             if self.state is VMState.RUNNING and self.auto_cp is not None:
                 self.model_delete(self.auto_cp, False)
             self.state = VMState.OFF
+        elif action == "turn-off":
+            self.state = VMState.OFF
+        elif action == "resume":
+            self.state = VMState.RUNNING
         else:
-            self.state = VMState.SAVED
+            self.state = VMState.SAVED if action == "save" else VMState.PAUSED
 
     @rule(ctype=st.sampled_from(list(CheckpointType)), automatic=st.booleans())
     def settings(self, ctype: CheckpointType, automatic: bool) -> None:
-        self.vm.change_settings(self.origin(), ctype, automatic)
+        try:
+            self.vm.change_settings(self.origin(), ctype, automatic)
+        except NotAllowed:
+            assert ctype is CheckpointType.PRODUCTION_ONLY and self.config == "5.0"
+            return
+        assert not (ctype is CheckpointType.PRODUCTION_ONLY and self.config == "5.0")
         self.absorb()
         self.ctype, self.automatic = ctype, automatic
+
+    @precondition(lambda self: self.config == "5.0")
+    @rule()
+    def upgrade(self) -> None:
+        """Update-VMVersion: off, and no checkpoint with saved state (memory)."""
+        try:
+            self.vm.change_settings(self.origin(), config_version="9.0")
+        except NotAllowed:
+            assert self.state is not VMState.OFF or any(self.memory.values())
+            return
+        assert self.state is VMState.OFF and not any(self.memory.values())
+        self.absorb()
+        self.config = "9.0"
 
     # ------------------------------------------------------------- invariants
     @invariant()
@@ -297,6 +341,8 @@ class VMMachine(RuleBasedStateMachine):
         assert replayed.layers == self.vm.layers
         assert replayed.running == self.vm.running
         assert replayed.current == self.vm.current
+        assert replayed.state == self.vm.state
+        assert replayed.config_version == self.vm.config_version
 
 
 VMMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=40, deadline=None)
