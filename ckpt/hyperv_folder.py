@@ -268,12 +268,14 @@ class _Planner:
                 others = [(p, c) for p, c in cp_configs if c.vm_id not in (None, vm_config.id)]
                 for p, c in others:
                     self.notes.append(
-                        f"{p.relative_to(self.directory)}: a checkpoint of another VM ({c.vm_id}); left out"
+                        f"{p.relative_to(self.directory)}: a checkpoint of another VM "
+                        f"({c.vm_id}); left out"
                     )
                 cp_configs = [(p, c) for p, c in cp_configs if (p, c) not in others]
         else:
             self.notes.append(
-                "no VM configuration (Virtual Machines/*.vmcx or .xml) read: Now is the newest leaf disk file"
+                "no VM configuration (Virtual Machines/*.vmcx or .xml) read: "
+                "Now is the newest leaf disk file"
             )
         checkpoints = self._claimed(cp_configs)
         now = self._now(vm_config)
@@ -351,7 +353,8 @@ class _Planner:
                 now[disk] = max(_leaves(base), key=lambda n: n.mtime)
                 if vm_config is not None:
                     self.notes.append(
-                        f"disk {disk!r}: the VM configuration does not name its file; Now is its newest leaf"
+                        f"disk {disk!r}: the VM configuration does not name its file; "
+                        "Now is its newest leaf"
                     )
         return now
 
@@ -382,7 +385,8 @@ class _Planner:
                     cp.parent = f"file:{anc.path}"
                 else:
                     self.notes.append(
-                        f"checkpoint {cp.name!r}: its parent {cp.parent} is not in the folder; it becomes a root"
+                        f"checkpoint {cp.name!r}: its parent {cp.parent} is not in the folder; "
+                        "it becomes a root"
                     )
                     cp.parent = None
         for n in frozen:
@@ -391,7 +395,8 @@ class _Planner:
             if id(n) in claimed_ancestors and id(n) not in wanted:
                 if len(n.children) > 1:
                     self.notes.append(
-                        f"{n.path.name}: kept as the parent of {len(n.children)} branches (a deleted checkpoint's disk); no checkpoint"
+                        f"{n.path.name}: kept as the parent of {len(n.children)} branches "
+                        "(a deleted checkpoint's disk); no checkpoint"
                     )
                 continue
             why = "no configuration names it" if any_config else "no checkpoint configuration read"
@@ -435,7 +440,10 @@ class _Planner:
                 if len(shapes) == 1:
                     cp.files[disk] = other[positions[id(cp.files[self.disks[0][0]])]]
                 else:
-                    cp.note += f"; disk {disk!r} not paired (its files form another tree): its content stays as its parent's"
+                    cp.note += (
+                        f"; disk {disk!r} not paired (its files form another tree): "
+                        "its content stays as its parent's"
+                    )
 
     def _current(
         self,

@@ -73,7 +73,8 @@ def _version(plan: Plan) -> str:
             return plan.version
         except Exception:
             plan.notes.append(
-                f"configuration version {plan.version} is not one ckpt knows; {DEFAULT_VERSION} used"
+                f"configuration version {plan.version} is not one ckpt knows; "
+                f"{DEFAULT_VERSION} used"
             )
     if plan.configuration == "xml":
         return "5.0"

@@ -22,6 +22,7 @@ from datetime import datetime
 from uuid import UUID
 
 from .captures import FileCapture
+from .checkpoint_rules import check_limit
 from .errors import AlreadyExists, InvalidValue
 from .naming import check_findable_name
 from .state_files import state_files
@@ -72,6 +73,7 @@ def import_checkpoint(
             f"two checkpoints of the folder have the id {cid} "
             f"({vm.checkpoints[cid].name!r} and {imported.name!r})"
         )
+    check_limit(vm.name, len(vm.checkpoints))  # Hyper-V's 50 hold for a folder too
     memory = imported.type is CheckpointType.STANDARD and imported.vm_state is not VMState.OFF
     checkpoint = Checkpoint(
         id=cid,
