@@ -143,6 +143,15 @@ def demo(out: io.TextIOBase | None = None) -> int:
         refused = ckpt(f"restore db01 'Nightly 1' --disk Data -o {restored} --at {position}", True)
         if refused != 40 or ckpt("gc --grace 0"):
             return 1
+        note("A Hyper-V folder: export the whole VM (Export-VM), import it as a copy")
+        folder = root / "export"
+        if ckpt(f"export db01 -o {folder} --all-checkpoints") or ckpt(
+            f"import hyperv {folder / 'db01'} --name db01-copy"
+        ):
+            return 1
+        copied = root / "nightly2-copy.vhd"
+        if ckpt("tree db01-copy") or ckpt(f"restore db01-copy 'Nightly 2' --disk Data -o {copied}"):
+            return 1
         note("Every referenced chunk present, decompressing and hashing to its id")
         if ckpt("verify") or ckpt("stats"):
             return 1

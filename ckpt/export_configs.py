@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path, PureWindowsPath
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import BinaryIO
 from uuid import UUID
 
@@ -56,20 +56,20 @@ def _location(i: int) -> str:
     return f"ide0/{i}" if i < 2 else f"scsi0/{i - 2}"
 
 
-def _suffix(vm: VirtualMachine) -> str:
-    return ".vmcx" if uses_vmcx(vm.config_version) else ".xml"
+def _suffix(version: str) -> str:
+    return ".vmcx" if uses_vmcx(version) else ".xml"
 
 
-def _write(out: BinaryIO, vm: VirtualMachine, config: Configuration) -> None:
-    if uses_vmcx(vm.config_version):
+def _write(out: BinaryIO, config: Configuration) -> None:
+    if config.format == "vmcx":
         write_vmcx(out, config)
     else:
         write_xml_config(out, config)
 
 
-def _read(data: bytes, vm: VirtualMachine, name: str) -> Configuration | None:
+def _read(data: bytes, version: str, name: str) -> Configuration | None:
     with contextlib.suppress(ConfigurationError):
-        if uses_vmcx(vm.config_version):
+        if uses_vmcx(version):
             return read_vmcx(io.BytesIO(data), name)
         return read_xml_config(io.BytesIO(data), name)
     return None
@@ -85,14 +85,16 @@ def _captured(uow: UnitOfWork, vm: VirtualMachine, cp: Checkpoint) -> bytes | No
 
 
 def vm_configuration(
-    vm: VirtualMachine, disk_paths: Sequence[str], current: UUID | None
+    vm: VirtualMachine, disk_paths: Sequence[str], current: UUID | None, version: str
 ) -> Configuration:
+    """The VM's configuration as ckpt writes it; ``version``: the VM's, or the
+    exported checkpoint's (it was taken at that version)."""
     return Configuration(
         kind=FileKind.VM,
-        format="vmcx" if uses_vmcx(vm.config_version) else "xml",
+        format="vmcx" if uses_vmcx(version) else "xml",
         id=hyperv_vm_id(vm),
         name=vm.name,
-        version=vm.config_version,
+        version=version,
         parent=current,
         disks=tuple(ConfiguredDisk(_location(i), p) for i, p in enumerate(disk_paths)),
         writer="ckpt",
@@ -106,7 +108,7 @@ def checkpoint_configuration(
     kind = CheckpointKind.STANDARD if standard else CheckpointKind.PRODUCTION
     return Configuration(
         kind=FileKind.CHECKPOINT,
-        format="vmcx" if uses_vmcx(vm.config_version) else "xml",
+        format="vmcx" if uses_vmcx(cp.config_version) else "xml",
         id=cp.id,
         name=cp.name,
         version=cp.config_version,
@@ -131,14 +133,14 @@ def write_vm_configuration(
 ) -> Path:
     """``Virtual Machines/<id>.vmcx|.xml``: ``captured_from``'s captured
     configuration where it has one, else ``config``."""
-    path = folder / VMS_DIR / f"{str(hyperv_vm_id(vm)).upper()}{_suffix(vm)}"
+    path = folder / VMS_DIR / f"{str(hyperv_vm_id(vm)).upper()}{_suffix(config.version or '')}"
     path.parent.mkdir(parents=True, exist_ok=True)
     data = None if captured_from is None else _captured(uow, vm, captured_from)
     with create(path) as out:
         if data is not None:
             out.write(data)
         else:
-            _write(out, vm, config)
+            _write(out, config)
     return path
 
 
@@ -152,20 +154,16 @@ def write_checkpoint_configuration(
 ) -> Path:
     """``Snapshots/<checkpoint id>.vmcx|.xml``: captured when it describes this
     checkpoint as the log does now, else generated."""
-    path = folder / SNAPSHOTS_DIR / f"{str(cp.id).upper()}{_suffix(vm)}"
+    path = folder / SNAPSHOTS_DIR / f"{str(cp.id).upper()}{_suffix(cp.config_version)}"
     path.parent.mkdir(parents=True, exist_ok=True)
     data = _captured(uow, vm, cp)
     if data is not None:
-        said = _read(data, vm, str(path))
+        said = _read(data, cp.config_version, str(path))
         if said is None or (said.id, said.name, said.parent) != (cp.id, cp.name, cp.parent):
             data = None
     with create(path) as out:
         if data is not None:
             out.write(data)
         else:
-            _write(out, vm, config)
+            _write(out, config)
     return path
-
-
-def windows_paths(root: PureWindowsPath, files: Mapping[str, str]) -> list[str]:
-    return [str(root / name) for name in files.values()]

@@ -259,7 +259,7 @@ class _Folder:
                     write_checkpoint_configuration(self.uow, vm, self.folder, each, config, _create)
                 )
             paths = [self._chain(d, vm.running[d.name]) for d in vm.disks]
-            config = vm_configuration(vm, paths, vm.current)
+            config = vm_configuration(vm, paths, vm.current, vm.config_version)
             self.written.append(
                 write_vm_configuration(self.uow, vm, self.folder, config, None, _create)
             )
@@ -270,7 +270,8 @@ class _Folder:
             paths.append(self._flat(disk, leaf) if flatten else self._chain(disk, leaf))
         if cp is not None:
             self._state_files(cp, all_files=True)
-        config = vm_configuration(vm, paths, None)
+        version = cp.config_version if cp is not None else vm.config_version
+        config = vm_configuration(vm, paths, None, version)
         self.written.append(write_vm_configuration(self.uow, vm, self.folder, config, cp, _create))
         return self.written
 

@@ -32,6 +32,7 @@ from uuid import UUID
 
 from ckpt.domain import CheckpointType, DiskFormat, InvalidValue, NotFound, VMState
 from ckpt.domain.errors import ConfigurationError, VhdxError
+from ckpt.domain.naming import check_findable_name
 from ckpt.storage.hyperv_config import CheckpointKind, Configuration, FileKind
 from ckpt.storage.hyperv_config.vmcx import read_vmcx
 from ckpt.storage.hyperv_config.xml_config import read_xml_config
@@ -280,12 +281,18 @@ class _Planner:
         checkpoints = self._claimed(cp_configs)
         now = self._now(vm_config)
         self._fallbacks(checkpoints, now, bool(cp_configs))
+        self._break_cycles(checkpoints)
         current = self._current(checkpoints, now, vm_config)
         configuration = (
             vm_config.format if vm_config else (cp_configs[0][1].format if cp_configs else "")
         )
         fmt_version = vm_config.version if vm_config else None
         name = self.name or (vm_config.name if vm_config and vm_config.name else None)
+        if name is not None and self.name is None and _name_problem(name, "VM") is not None:
+            self.notes.append(
+                f"the VM configuration's name is not usable: {_name_problem(name, 'VM')}"
+            )
+            name = None
         plan = Plan(
             vm_name=name or "",
             hyperv_id=vm_config.id if vm_config else None,
@@ -310,6 +317,10 @@ class _Planner:
                 self.notes.append(
                     f"{rel}: no checkpoint id or name in it; its disk files decide instead"
                 )
+                continue
+            problem = _name_problem(c.name, "checkpoint")
+            if problem is not None:
+                self.notes.append(f"{rel}: {problem}; its disk files decide instead")
                 continue
             files: dict[str, DiskFile] = {}
             for d in c.disks:
@@ -445,6 +456,29 @@ class _Planner:
                         "its content stays as its parent's"
                     )
 
+    def _break_cycles(self, checkpoints: dict[str, PlannedCheckpoint]) -> None:
+        """Configurations whose parents form a cycle (damaged or hostile files) never
+        reach a root: the earliest of each such group becomes a root, noted."""
+        while True:
+            reached: set[str] = set()
+            frontier = [k for k, cp in checkpoints.items() if cp.parent is None]
+            kids: dict[str, list[str]] = {}
+            for k, cp in checkpoints.items():
+                if cp.parent is not None:
+                    kids.setdefault(cp.parent, []).append(k)
+            while frontier:
+                k = frontier.pop()
+                reached.add(k)
+                frontier.extend(kids.get(k, []))
+            stray = [cp for k, cp in checkpoints.items() if k not in reached]
+            if not stray:
+                return
+            first = min(stray, key=lambda cp: (cp.order, cp.key))
+            self.notes.append(
+                f"checkpoint {first.name!r}: its parents form a cycle; it becomes a root"
+            )
+            first.parent = None
+
     def _current(
         self,
         checkpoints: dict[str, PlannedCheckpoint],
@@ -462,6 +496,14 @@ class _Planner:
         owner = self._owner(checkpoints)
         f = now[self.disks[0][0]]
         return next((owner[id(a)] for a in f.ancestors() if id(a) in owner), None)
+
+
+def _name_problem(name: str, what: str) -> str | None:
+    try:
+        check_findable_name(name, what)
+    except InvalidValue as e:
+        return str(e)
+    return None
 
 
 def _walk(base: DiskFile) -> list[DiskFile]:

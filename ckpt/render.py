@@ -145,4 +145,5 @@ def vm_text(vm: VirtualMachine) -> str:
         f"{vm.name}  state={vm.state.value}  config={vm.config_version}  "
         f"checkpoint-type={vm.checkpoint_type.value}  automatic={automatic}  "
         f"checkpoints={len(vm.checkpoints)}  disks={disks}"
+        + (f"  hyperv-id={vm.hyperv_id}" if vm.hyperv_id else "")
     )

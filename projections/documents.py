@@ -74,6 +74,7 @@ def vm_json(vm: VirtualMachine) -> dict[str, Any]:
         "version": vm.version,
         "retention": vm.retention or None,
         "purged_points": len(vm.purged),
+        "hyperv_id": vm.hyperv_id or None,
     }
 
 
