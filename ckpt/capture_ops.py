@@ -181,7 +181,8 @@ class _Disks:
                         self.consumed.add(disk)
                     if not self.raw:
                         hint = (
-                            f"use `ckpt import disk {vm.name} {disk} {src.where}` (it reads VHDX and VHD files)"
+                            f"use `ckpt import disk {vm.name} {disk} {src.where}` "
+                            "(it reads VHDX and VHD files)"
                         )
                         refuse_container(src, hint)
                     self.captures[disk] = capture_disk(

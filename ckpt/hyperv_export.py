@@ -272,6 +272,7 @@ class _Folder:
             self._state_files(cp, all_files=True)
         version = cp.config_version if cp is not None else vm.config_version
         config = vm_configuration(vm, paths, None, version)
+        # listed last, as written: the base layer stays first
         self.written.append(write_vm_configuration(self.uow, vm, self.folder, config, cp, _create))
         return self.written
 

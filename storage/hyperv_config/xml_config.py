@@ -60,10 +60,11 @@ CREATED, VERSION, LOGICAL_ID = (
     "settings/global/logical_id",
 )
 VSV, BIN = "savedstate/vsvlocation", "savedstate/memlocation"
-PARENT, KIND, MARKER = (
+PARENT, KIND, MARKER, SAVED_MEMORY = (
     "properties/ckpt_parent",
     "properties/ckpt_checkpoint_type",
     "properties/ckpt_writer",
+    "properties/ckpt_saved_memory",  # a checkpoint's memory saved ("True"/"False")
 )
 
 _INTEGER = re.compile(r"[+-]?[0-9]{1,20}")
@@ -125,6 +126,9 @@ class _Reader:
             disks=read_disks(self.root, self.string, self.problems),
             state_files=tuple(
                 p for p in (self.string(self.root, VSV), self.string(self.root, BIN)) if p
+            ),
+            saved_memory={"True": True, "False": False}.get(
+                self.string(self.root, SAVED_MEMORY) or ""
             ),
             writer=self.string(self.root, MARKER) or None,
             problems=tuple(self.problems),
@@ -230,6 +234,8 @@ def _tree(config: Configuration) -> Node:
     if config.parent is not None:
         props.add("ckpt_parent", "string", str(config.parent).upper())
     props.add("ckpt_writer", "string", WRITER)
+    if config.saved_memory is not None:
+        props.add("ckpt_saved_memory", "string", str(config.saved_memory))
     if config.created_at is not None:
         props.add(
             "creation_time", "bytes", base64.b64encode(_filetime(config.created_at)).decode() + "\n"

@@ -147,7 +147,7 @@ def test_the_missing_parent_message_names_each_path_once(
     source: tuple[Store, dict[str, bytes]], tmp_path: Path
 ) -> None:
     store, _ = source
-    files = store.export("VM", "d", tmp_path / "e")
+    files = _disk_files(store.export("VM", "d", tmp_path / "e"))
     lonely = tmp_path / "lonely"
     lonely.mkdir()
     shutil.copy(files[-1], lonely / files[-1].name)
@@ -202,7 +202,7 @@ def test_export_into_a_non_empty_folder_is_refused_and_force_replaces_it(
     on_disk = {str(p) for p in (out / "web").rglob("*") if p.is_file()}
     assert on_disk == set(second["files"]) | {str(keep)}  # no stale AVHDX left beside them
     assert len(second["files"]) == len(first["files"]) + 1
-    _, files, _ = open_vhdx_chain(Path(second["files"][-1]))  # the chain links up
+    _, files, _ = open_vhdx_chain(_disk_files(second["files"])[-1])  # the chain links up
     for f in files:
         f.close()
 
@@ -243,17 +243,22 @@ def test_a_100_character_emoji_name_exports_with_names_a_file_system_takes(
     code, data, err = _export(cli_store, name, "-o", str(out))
     assert code == 0, err
     files = [Path(f) for f in data["files"]]
-    assert len(files) == 3
+    assert len(files) == 4  # Virtual Machines/<id>.vmcx, then the three layer files
     for f in files:
         for part in f.relative_to(out).parts:
             assert len(part.encode()) <= NAME_MAX, part
-    assert len({f.name for f in files}) == 3
-    _, opened, _ = open_vhdx_chain(files[-1])  # parents found by the names written
+    assert len({f.name for f in files}) == 4
+    _, opened, _ = open_vhdx_chain(_disk_files(files)[-1])  # parents found by the names written
     for f in opened:
         f.close()
     assert _cli(tmp_path / "back", "init")[0] == 0  # and the folder imports back
     code, _, err = _cli(tmp_path / "back", "import", "hyperv", str(files[0].parent.parent))
     assert code == 0, err
+
+
+def _disk_files(files: list[Path] | list[str]) -> list[Path]:
+    """An export's layer files, base first (the configuration and state files follow)."""
+    return [Path(f) for f in files if Path(f).suffix in (".vhdx", ".avhdx")]
 
 
 def test_file_names_keep_their_guid_when_cut() -> None:

@@ -220,3 +220,14 @@ def test_an_unknown_disk_location_is_refused() -> None:
     )
     with pytest.raises(ValueError, match="sata0"):
         write_vmcx(io.BytesIO(), config)
+
+
+@pytest.mark.parametrize("saved", [True, False, None])
+def test_whether_a_checkpoint_saved_memory_round_trips(saved: bool | None) -> None:
+    config = Configuration(
+        FileKind.CHECKPOINT, "vmcx", UUID(int=5), "cp", "9.0", vm_id=UUID(int=6),
+        checkpoint_kind=CheckpointKind.STANDARD, saved_memory=saved,
+    )  # fmt: skip
+    out = io.BytesIO()
+    write_vmcx(out, config)
+    assert read_vmcx(io.BytesIO(out.getvalue())).saved_memory is saved

@@ -302,3 +302,14 @@ def test_we_refuse_to_write_what_the_format_cannot_hold(
 def test_the_same_configuration_always_writes_the_same_bytes() -> None:
     config = dataclasses.replace(_named("x"), disks=(ConfiguredDisk("scsi2/5", "C:\\a.vhd"),))
     assert write(config) == write(config)
+
+
+@pytest.mark.parametrize("saved", [True, False, None])
+def test_whether_a_checkpoint_saved_memory_round_trips(saved: bool | None) -> None:
+    config = Configuration(
+        FileKind.CHECKPOINT, "xml", UUID(int=5), "cp", "5.0", vm_id=UUID(int=6),
+        checkpoint_kind=CheckpointKind.STANDARD, saved_memory=saved,
+    )  # fmt: skip
+    out = io.BytesIO()
+    write_xml_config(out, config)
+    assert read_xml_config(io.BytesIO(out.getvalue())).saved_memory is saved
