@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -19,7 +20,11 @@ from hyperv_samples import WINDOWS_VM  # the Windows-written VM file (cut down)
 from ckpt import Store
 from ckpt.storage.vhdx import VhdxReader
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "hyperv"
+FIXTURES = Path(
+    os.environ.get(
+        "CKPT_HYPERV_FIXTURES", Path(__file__).resolve().parents[3] / "shared/fixtures/hyperv"
+    )
+)
 VM_ID = UUID("282874FC-59D6-4F30-BC04-5FDD909C82E0")  # global_id, and the .vmgs file's name
 
 
