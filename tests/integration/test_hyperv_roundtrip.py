@@ -190,3 +190,11 @@ def test_qemu_reads_every_vhd_we_write_as_our_restore(tmp_path: Path) -> None:
     subprocess.run(["qemu-img", "convert", "-f", "vpc", "-O", "raw", str(base), str(raw)],
                    check=True, capture_output=True)  # fmt: skip
     assert raw.read_bytes() == expected["root"]["Sys"]
+    flat = tmp_path / "flat"
+    store.export("VM", "b", flat, flatten=True)  # one standalone .vhd per disk
+    for disk in ("Sys", "Data"):
+        vhd = flat / "VM" / "Virtual Hard Disks" / f"{disk}.vhd"
+        raw = tmp_path / f"flat-{disk}.raw"
+        subprocess.run(["qemu-img", "convert", "-f", "vpc", "-O", "raw", str(vhd), str(raw)],
+                       check=True, capture_output=True)  # fmt: skip
+        assert raw.read_bytes() == expected["b"][disk], disk
