@@ -7,6 +7,7 @@ imported with a note saying what was not trusted."""
 from __future__ import annotations
 
 import io
+import os
 import random
 import shutil
 import subprocess
@@ -186,3 +187,15 @@ def test_a_qcow2_file_is_refused_with_its_format_named(tmp_path: Path) -> None:
     cli.ok("init")
     cli.ok("vm", "add", "v", "--disk", "D")
     assert "qcow2" in cli.fails(14, "import", "disk", "v", "D", q)
+
+
+def test_fifos_and_symlink_loops_in_the_folder_are_passed_over(
+    folder: Path, tmp_path: Path
+) -> None:
+    os.mkfifo(folder / "Snapshots" / "waiting.xml")  # opening it would wait for a writer
+    os.mkfifo(folder / "Virtual Hard Disks" / "waiting.vhdx")
+    (folder / "loop").mkdir()
+    (folder / "loop" / "up").symlink_to("..")  # rglob does not follow it round
+    report = Store.init(tmp_path / "s", actor="t").import_hyperv(folder)
+    assert sorted(report.checkpoints) == ["a", "b", "root"]
+    assert report.files == 4  # the base and three AVHDX files: the FIFO is no disk file
