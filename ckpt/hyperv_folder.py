@@ -448,8 +448,9 @@ class _Planner:
             for cp in checkpoints.values():
                 if disk in cp.files:
                     continue
-                if len(shapes) == 1:
-                    cp.files[disk] = other[positions[id(cp.files[self.disks[0][0]])]]
+                first = cp.files.get(self.disks[0][0])
+                if len(shapes) == 1 and first is not None:
+                    cp.files[disk] = other[positions[id(first)]]
                 else:
                     cp.note += (
                         f"; disk {disk!r} not paired (its files form another tree): "

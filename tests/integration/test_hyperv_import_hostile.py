@@ -199,3 +199,18 @@ def test_fifos_and_symlink_loops_in_the_folder_are_passed_over(
     report = Store.init(tmp_path / "s", actor="t").import_hyperv(folder)
     assert sorted(report.checkpoints) == ["a", "b", "root"]
     assert report.files == 4  # the base and three AVHDX files: the FIFO is no disk file
+
+
+def test_a_configuration_naming_only_one_of_two_disks_imports(tmp_path: Path) -> None:
+    store = Store.init(tmp_path / "src", actor="t")
+    store.register_vm("VM", [("A", DiskFormat.VHDX), ("B", DiskFormat.VHDX)], "9.0")
+    img = tmp_path / "d.img"
+    for i, name in enumerate(("one", "two")):
+        img.write_bytes(bytes([i + 1]) * MiB)
+        store.create_checkpoint("VM", name, disks={"A": img, "B": img})
+    store.export("VM", None, tmp_path / "out", all_checkpoints=True)
+    folder = tmp_path / "out" / "VM"
+    path, config = _config(folder, "one")
+    _rewrite(path, disks=config.disks[1:])  # type: ignore[attr-defined]  # only disk B
+    report = Store.init(tmp_path / "s", actor="t").import_hyperv(folder)
+    assert sorted(report.checkpoints) == ["one", "two"]
