@@ -327,7 +327,8 @@ def _import_hyperv(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     }
     lines = [
         f"imported VM {report.vm!r} from {report.files} disk files: disks "
-        f"{', '.join(report.disks)}; {len(report.checkpoints)} checkpoints"
+        f"{', '.join(report.disks)}; {len(report.checkpoints)} "
+        + ("checkpoint" if len(report.checkpoints) == 1 else "checkpoints")
         + (f", current {report.current!r}" if report.current else ""),
         *(f"  {n}" for n in report.notes),
     ]
