@@ -72,8 +72,9 @@ def test_the_replication_benchmark_copies_then_sends_only_the_change(tmp_path: P
     assert first["first_run"] is True and incr["first_run"] is False
     assert first["bytes"] > 400 * 1024  # the 1 KiB random head of every block, at least
     assert c["grew"] > 0 and c["grew"] <= c["sent"] == incr["bytes"] < first["bytes"]
-    assert incr["events"] > 0 and incr["packs"] > 0
+    assert incr["events"] > 0 and incr["packs"] > 0 and incr["skipped_packs"] == first["packs"]
     assert noop["events"] == noop["packs"] == noop["bytes"] == 0
+    assert noop["skipped_packs"] == first["packs"] + incr["packs"]
     assert noop["position"] == incr["position"] == c["check"]["position"]
     assert c["check"]["identical"] is True
     assert all(c[k]["maxrss_mib"] > 0 for k in ("first", "incremental", "noop"))
