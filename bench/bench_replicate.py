@@ -216,7 +216,66 @@ def bench_ckpt(
     }
     if check:
         res["check"] = check_ckpt(p, r, key, work, changed, logf)
+        res["resume"] = resume_ckpt(p, key, ckpt, work, first, logf)
     return res
+
+
+RESUME_AT = 0.5  # of the first copy's bytes: the kill lands in the middle of the packs
+POLL_S = 0.01
+
+
+def sent_so_far(replica: str, hidden: bool = False) -> int:
+    """Bytes under the replica's packs/ and index/: every file (bytes sent), or with
+    ``hidden`` only the temporary ones (``.name.<random>.tmp``: puts cut short)."""
+    total = 0
+    for d in ("packs", "index"):
+        for dp, _dns, fns in os.walk(os.path.join(replica, "chunks", d)):
+            total += sum(
+                os.lstat(os.path.join(dp, fn)).st_size
+                for fn in fns
+                if not hidden or fn.startswith(".")
+            )
+    return total
+
+
+def resume_ckpt(
+    p: list[str], key: list[str], ckpt: list[str], work: str, first: Result, logf: TextIO
+) -> Result:
+    """A first copy into a second replica, killed (SIGKILL) once ``RESUME_AT`` of the first
+    copy's bytes are in its chunk directory, then run again: the replica verifies, reaches
+    the primary's position, and the second run sends only what the killed one did not leave.
+    ``stranded``: bytes of temporary files the killed run left (puts cut short; nothing
+    removes them); ``resent``: bytes of complete files sent twice, what the killed run left
+    in complete files plus what the second run sent, less what the finished first replica
+    holds (0 when the second run sends only what is missing).
+    """
+    replica = os.path.join(work, "ckpt-replica-2")
+    cmd = [*p, "replicate", "--to-store", replica, "--json"]
+    logf.write(f"$ {shlex.join(cmd)}  (killed at {RESUME_AT:.0%} of the bytes)\n")
+    logf.flush()
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=logf)
+    while proc.poll() is None and sent_so_far(replica) < first["report"]["bytes"] * RESUME_AT:
+        time.sleep(POLL_S)
+    proc.kill()
+    killed_after = time.perf_counter() - t0
+    finished = proc.wait() == 0
+    left, stranded = sent_so_far(replica), sent_so_far(replica, hidden=True)
+    again = run(cmd, logf)
+    rep = json.loads(again.pop("out"))
+    verify = run([*ckpt, "--store", replica, *key, "verify", "--log"], logf)
+    whole = json.loads(run([*p, "info", "--json"], logf)["out"])["position"]
+    if rep["position"] != whole:
+        die(f"the resumed replica is at position {rep['position']}, not {whole}", 1)
+    resent = left - stranded + rep["bytes"] - sent_so_far(os.path.join(work, "ckpt-replica"))
+    log(
+        f"ckpt: a first copy killed after {killed_after:.1f} s left {left:,} B; the next run "
+        f"sent {rep['bytes']:,} B in {again['wall_s']:.1f} s; sent twice: {resent:,} B"
+    )
+    return {"killed_after_s": round(killed_after, 2), "finished_before_kill": finished,
+            "left_bytes": left, "again": again, "report": rep, "resent": resent,
+            "stranded": stranded,
+            "verify_log": figures(verify)}  # fmt: skip
 
 
 def check_ckpt(
@@ -381,6 +440,15 @@ def report(results: dict[str, Result], gib: float, blocks: int, changed: int) ->
             f"{c['replica_dir_grew']:,} B (events included), the primary's "
             f"{c['primary_dir_grew']:,} B"
         )
+        if "resume" in c:
+            z, zr = c["resume"], c["resume"]["report"]
+            print(
+                f"ckpt: a first copy killed (SIGKILL) after {z['killed_after_s']:.2f} s had left "
+                f"{z['left_bytes'] / 1e6:,.1f} MB; the next run sent {zr['bytes'] / 1e6:,.1f} MB "
+                f"({zr['skipped_packs']} packs skipped) in {z['again']['wall_s']:.2f} s; "
+                f"complete files sent twice: {z['resent']:,} B; temporary files left by the "
+                f"kill: {z['stranded']:,} B; the replica verifies (verify --log)"
+            )
     busy = [
         (tool, step, r[step]["foreign_cpu_s"])
         for tool, r in results.items()

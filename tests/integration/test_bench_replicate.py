@@ -5,8 +5,8 @@ rewritten, through the hidden ``--blocks``; every command a subprocess, about 10
 the 1.1x target are the benchmark's to measure, not the tests': at 8 changed blocks a pack's
 header, group table and trailer outweigh the chunks. What is checked: the first run is a copy,
 the incremental one sends at least what the primary newly stored and less than the first copy,
-the run after it sends nothing, the replica's c1 restores to the changed image, and the scratch
-directory is gone.
+the run after it sends nothing, the replica's c1 restores to the changed image, a first copy
+killed (SIGKILL) and run again sends no complete file twice, and the scratch directory is gone.
 """
 
 from __future__ import annotations
@@ -77,4 +77,6 @@ def test_the_replication_benchmark_copies_then_sends_only_the_change(tmp_path: P
     assert noop["skipped_packs"] == first["packs"] + incr["packs"]
     assert noop["position"] == incr["position"] == c["check"]["position"]
     assert c["check"]["identical"] is True
+    # A first copy killed halfway, then run again: it completes and sends no complete file twice.
+    assert c["resume"]["report"]["position"] == incr["position"] and c["resume"]["resent"] == 0
     assert all(c[k]["maxrss_mib"] > 0 for k in ("first", "incremental", "noop"))
