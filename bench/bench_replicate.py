@@ -162,6 +162,62 @@ def size(path: str) -> int:
 
 
 # ----------------------------------------------------------------------------- ckpt
+# ``--history N``: N cheap events (checkpoints created, renamed and deleted, power changes; no
+# content) over VMs of HISTORY_PER_VM events each, written straight through the application
+# before the benchmark's VM is added, so a run's cost in the length of the log shows.
+HISTORY_PER_VM = 1000
+HISTORY = r"""
+import random, sys, uuid
+from datetime import UTC, datetime, timedelta
+from ckpt import CheckpointType, DiskFormat, Store
+from ckpt.domain import Origin, VirtualMachine
+from ckpt.domain.checkpoint_rules import MAX_CHECKPOINTS
+
+path, events, per_vm = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rng, clock = random.Random(1), [datetime(2026, 1, 1, tzinfo=UTC)]
+
+def origin():
+    clock[0] += timedelta(seconds=1)
+    return Origin("bench", "host", clock[0], uuid.UUID(int=rng.getrandbits(128)))
+
+with Store.open(path, actor="bench", host="host") as store:
+    app, k = store.app, 0
+    while app.last_position() < events:
+        vm = VirtualMachine.register(origin(), f"history{k:05d}", [("D", DiskFormat.VHDX)], None,
+                                     CheckpointType.STANDARD)
+        k += 1
+        goal = min(per_vm, events - app.last_position())
+        while vm.version < goal:
+            for _ in range(min(100, goal - vm.version)):
+                live, r = list(vm.checkpoints), rng.random()
+                if len(live) >= MAX_CHECKPOINTS:
+                    vm.delete_checkpoint(origin(), rng.choice(live))
+                elif r < 0.4 or not live:
+                    vm.create_checkpoint(origin())
+                elif r < 0.6:
+                    vm.rename_checkpoint(origin(), rng.choice(live), f"renamed {vm.version}")
+                elif r < 0.8:
+                    vm.delete_checkpoint(origin(), rng.choice(live))
+                elif vm.state.value == "running":
+                    vm.stop(origin())
+                else:
+                    vm.start(origin())
+            app.save(vm)
+        app.save(vm)
+"""
+
+
+def add_history(ckpt: list[str], primary: str, events: int, logf: TextIO) -> Result:
+    """``events`` events of no content in the primary (see HISTORY), with its Python."""
+    python = os.path.join(os.path.dirname(shutil.which(ckpt[0]) or ckpt[0]), "python")
+    if not os.access(python, os.X_OK):
+        python = sys.executable
+    cmd = [python, "-c", HISTORY, primary, str(events), str(HISTORY_PER_VM)]
+    # Not from the repository's root, where `import ckpt` would find the source tree (the
+    # package is installed with a different layout).
+    return figures(run(cmd, logf, cwd=os.path.dirname(primary)))
+
+
 def bench_ckpt(
     ckpt: list[str],
     work: str,
@@ -170,6 +226,7 @@ def bench_ckpt(
     logf: TextIO,
     check: bool,
     encrypted: bool = False,
+    history: int = 0,
 ) -> Result:
     """With ``encrypted``, the primary is an encrypted store (``init --encrypt``): it is
     replicated sealed (the replica is written without the key)."""
@@ -188,6 +245,9 @@ def bench_ckpt(
 
     startup = run([*ckpt, "--help"], logf)  # the floor every command pays: Python's start
     run([*p, "init", *(["--encrypt"] if encrypted else [])], logf)
+    made = add_history(ckpt, primary, history, logf) if history else None
+    if made:
+        log(f"ckpt: {history:,} events of history written in {made['wall_s']:.1f} s")
     run([*p, "vm", "add", VM, "--disk", DISK, "--checkpoint-type", "standard"], logf)
     bench_content.warm([base])
     c0 = run([*p, "checkpoint", "create", VM, "c0", "--disk", f"{DISK}={base}"], logf)
@@ -203,6 +263,7 @@ def bench_ckpt(
     noop = replicate()
     res: Result = {
         "startup": figures(startup),
+        "history": history,
         "capture_base": figures(c0),
         "capture_changed": figures(c1),
         "first": first,
@@ -393,8 +454,8 @@ def report(results: dict[str, Result], gib: float, blocks: int, changed: int) ->
         f"\n{gib:.3g} GiB disk ({blocks:,} blocks of 4 KiB), then {changed:,} blocks rewritten "
         f"({changed * BLOCK / 1e6:,.1f} MB logical); MB = 10^6 bytes\n"
     )
-    head = ["tool", "first s", "first MB", "first RSS MiB", "grew MB", "incr s", "sent MB",
-            "sent/grew", "incr RSS MiB", "no-op s"]  # fmt: skip
+    head = ["tool", "first s", "first MB", "first RSS MiB", "grew MB", "incr s", "incr CPU s",
+            "sent MB", "sent/grew", "incr RSS MiB", "no-op s"]  # fmt: skip
     rows = []
     for tool, r in results.items():
         rows.append([
@@ -404,6 +465,7 @@ def report(results: dict[str, Result], gib: float, blocks: int, changed: int) ->
             f"{r['first']['maxrss_mib']:.0f}",
             f"{r['grew'] / 1e6:,.2f}",
             f"{r['incremental']['wall_s']:.2f}",
+            f"{r['incremental']['cpu_s']:.2f}",
             f"{r['sent'] / 1e6:,.2f}",
             f"{r['sent'] / r['grew']:.3f}" if r["grew"] else "n/a",
             f"{r['incremental']['maxrss_mib']:.0f}",
@@ -424,6 +486,8 @@ def report(results: dict[str, Result], gib: float, blocks: int, changed: int) ->
                 f"{c['incremental']['wall_s'] / r['incremental']['wall_s']:.2f}x the time and "
                 f"{c['sent'] / max(r['sent'], 1):.3f}x the bytes"
             )
+        if c["history"]:
+            print(f"ckpt: the primary's log holds {c['history']:,} events of history besides")
         ratio = c["sent"] / max(c["grew"], 1)
         ok = ratio <= TARGET_RATIO
         print(
@@ -483,6 +547,13 @@ def main() -> int:
     ap.add_argument(
         "--encrypted", action="store_true", help="ckpt's primary encrypted (replicated sealed)"
     )
+    ap.add_argument(
+        "--history",
+        type=int,
+        default=0,
+        metavar="N",
+        help="write N events of no content into ckpt's primary first (the log's length)",
+    )
     ap.add_argument("--check-target", action="store_true", help="exit 3 if the target fails")
     a = ap.parse_args()
     blocks = a.blocks or max(1, round(a.size_gib * GIB / BLOCK))
@@ -520,7 +591,7 @@ def main() -> int:
             for tool in tools:
                 if tool == "ckpt":
                     results[tool] = bench_ckpt(
-                        ckpt, work, base, changed, logf, not a.no_check, a.encrypted
+                        ckpt, work, base, changed, logf, not a.no_check, a.encrypted, a.history
                     )
                 elif tool == "restic":
                     results[tool] = bench_restic(work, base, changed, logf)
@@ -535,6 +606,7 @@ def main() -> int:
                 "changed_blocks": n,
                 "random_bytes": a.random_bytes,
                 "encrypted": a.encrypted,
+                "history": a.history,
                 "target_ratio": TARGET_RATIO,
                 "machine": {
                     "nproc": os.cpu_count(),
