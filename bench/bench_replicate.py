@@ -31,8 +31,9 @@ Every tool then does, each command a process of its own (wall seconds, peak RSS 
             byte for byte with the changed image.
     restic: init A; init B --copy-chunker-params; backup base to A; copy A -> B; backup the
             changed image to A; copy (incremental); copy (no-op); B must list 2 snapshots.
-    borg:   init -e none A; create A::c0; rsync -a --delete A/ B/; create A::c1; rsync
-            (incremental); rsync (no-op); B must list 2 archives.
+    borg:   init -e none A; create A::c0; rsync -a --delete A/ B/ (and, into another B, with
+            --fsync: durable, as ckpt's and restic's copies are); create A::c1; rsync
+            (incremental); rsync (no-op); each B must list 2 archives.
 
 Usage:  python3 bench/bench_replicate.py [--size-gib 4] [--change-pct 1] [--work DIR]
             [--tools ckpt,restic,borg] [--ckpt CMD] [--json FILE] [--keep] [--no-check]
@@ -408,29 +409,36 @@ def bench_restic(work: str, base: str, changed: str, logf: TextIO) -> Result:
 RSYNC_SENT = re.compile(r"Total bytes sent: ([\d,]+)")
 
 
-def bench_borg(work: str, base: str, changed: str, logf: TextIO) -> Result:
+def bench_borg(work: str, base: str, changed: str, logf: TextIO) -> dict[str, Result]:
+    """Two replicas of one borg repository: plain ``rsync -a`` (``borg``), and with
+    ``--fsync`` (``borg-fsync``), durable as ckpt's and restic's copies are."""
     w = os.path.join(work, "borg")
-    a, b = os.path.join(w, "primary"), os.path.join(w, "replica")
+    a = os.path.join(w, "primary")
     env = {**os.environ, "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes",
            "BORG_RELOCATED_REPO_ACCESS_IS_OK": "yes",
            "BORG_BASE_DIR": os.path.join(w, "base")}  # fmt: skip
     # rsync copies changed files whole between local paths (--whole-file is its default
     # there): borg 1.x writes new segment files and rewrites its index and hints.
-    sync = ["rsync", "-a", "--delete", "--stats", a + "/", b + "/"]
+    syncs = {
+        "borg": ["rsync", "-a", "--delete", "--stats", a + "/", os.path.join(w, "replica/")],
+        "borg-fsync": ["rsync", "-a", "--fsync", "--delete", "--stats", a + "/",
+                       os.path.join(w, "replica-fsync/")],
+    }  # fmt: skip
     os.makedirs(w)
     run(["borg", "init", "-e", "none", a], logf, env)
     bench_content.warm([base])
     c0 = run(["borg", "create", f"{a}::c0", "disk.img"], logf, env, cwd=stage(w, base))
-    first = run(sync, logf)
+    first = {k: run(cmd, logf) for k, cmd in syncs.items()}
     a1 = size(a)
     bench_content.warm([changed])
     c1 = run(["borg", "create", f"{a}::c1", "disk.img"], logf, env, cwd=stage(w, changed))
     a2 = size(a)
-    incr = run(sync, logf)
-    noop = run(sync, logf)
-    archives = json.loads(run(["borg", "list", "--json", b], logf, env)["out"])["archives"]
-    if len(archives) != 2:
-        die(f"borg: the rsync'ed replica lists {len(archives)} archives, not 2", 1)
+    incr = {k: run(cmd, logf) for k, cmd in syncs.items()}
+    noop = {k: run(cmd, logf) for k, cmd in syncs.items()}
+    for cmd in syncs.values():
+        listed = json.loads(run(["borg", "list", "--json", cmd[-1]], logf, env)["out"])
+        if len(listed["archives"]) != 2:
+            die(f"borg: {cmd[-1]} lists {len(listed['archives'])} archives, not 2", 1)
 
     def sent(r: Result) -> int:
         m = RSYNC_SENT.search(r["out"])
@@ -438,14 +446,30 @@ def bench_borg(work: str, base: str, changed: str, logf: TextIO) -> Result:
             die(f"rsync printed no 'Total bytes sent': {r['out'][-500:]}")
         return int(m.group(1).replace(",", ""))
 
-    log(f"borg: first rsync {first['wall_s']:.1f} s, incremental {incr['wall_s']:.2f} s")
-    return {"capture_base": figures(c0), "capture_changed": figures(c1), "first": figures(first),
-            "incremental": figures(incr), "noop": figures(noop), "grew": a2 - a1,
-            "sent": sent(incr), "first_sent": sent(first)}  # fmt: skip
+    for k in syncs:
+        log(f"{k}: first rsync {first[k]['wall_s']:.1f} s, incremental {incr[k]['wall_s']:.2f} s")
+    return {
+        k: {
+            "capture_base": figures(c0),
+            "capture_changed": figures(c1),
+            "first": figures(first[k]),
+            "incremental": figures(incr[k]),
+            "noop": figures(noop[k]),
+            "grew": a2 - a1,
+            "sent": sent(incr[k]),
+            "first_sent": sent(first[k]),
+        }
+        for k in syncs
+    }
 
 
 # ----------------------------------------------------------------------------- report
-LABELS = {"ckpt": "ckpt replicate", "restic": "restic copy", "borg": "borg + rsync"}
+LABELS = {
+    "ckpt": "ckpt replicate",
+    "restic": "restic copy",
+    "borg": "borg + rsync",
+    "borg-fsync": "borg + rsync --fsync",
+}
 
 
 def report(results: dict[str, Result], gib: float, blocks: int, changed: int) -> bool:
@@ -560,7 +584,7 @@ def main() -> int:
     if not 16 <= a.random_bytes <= BLOCK - 64:
         ap.error(f"--random-bytes must be in [16, {BLOCK - 64}]")
     tools = [t.strip() for t in a.tools.split(",") if t.strip()]
-    if unknown := set(tools) - set(LABELS):
+    if unknown := set(tools) - {"ckpt", "restic", "borg"}:
         ap.error(f"unknown tools: {','.join(sorted(unknown))}")
     needs = {"restic": ["restic"], "borg": ["borg", "rsync"]}
     for tool in list(tools):
@@ -596,7 +620,7 @@ def main() -> int:
                 elif tool == "restic":
                     results[tool] = bench_restic(work, base, changed, logf)
                 else:
-                    results[tool] = bench_borg(work, base, changed, logf)
+                    results.update(bench_borg(work, base, changed, logf))
         ok = report(results, blocks * BLOCK / GIB, blocks, n)
         if a.json:
             doc = {
