@@ -96,16 +96,27 @@ def write_base(path: str, blocks: int, random_bytes: int) -> None:
             f.write(b"".join(block(i, random_bytes) for i in range(start, end)))
 
 
-def write_changed(base: str, path: str, blocks: int, pct: float, random_bytes: int) -> int:
+RUN_BLOCKS = 256  # --pattern clustered: rewritten in aligned 1 MiB runs
+
+
+def write_changed(
+    base: str, path: str, blocks: int, pct: float, random_bytes: int, clustered: bool = False
+) -> int:
     """A copy of ``base`` with ``pct`` % of its blocks (at least one) rewritten at seeded
-    places with content found nowhere else; returns how many blocks changed."""
+    places with content found nowhere else; returns how many blocks changed. Scattered:
+    single blocks; ``clustered``: whole aligned runs of RUN_BLOCKS blocks."""
     shutil.copyfile(base, path)
     n = max(1, round(blocks * pct / 100))
-    places = sorted(random.Random(SEED).sample(range(blocks), n))
+    rng = random.Random(SEED)
+    if clustered and blocks >= RUN_BLOCKS:
+        runs = rng.sample(range(blocks // RUN_BLOCKS), max(1, n // RUN_BLOCKS))
+        places = sorted(r * RUN_BLOCKS + k for r in runs for k in range(RUN_BLOCKS))
+    else:
+        places = sorted(rng.sample(range(blocks), n))
     with open(path, "r+b", buffering=0) as f:
         for k, i in enumerate(places):
             os.pwrite(f.fileno(), block(blocks + k, random_bytes), i * BLOCK)
-    return n
+    return len(places)
 
 
 def files_equal(a: str, b: str) -> bool:
@@ -472,11 +483,11 @@ LABELS = {
 }
 
 
-def report(results: dict[str, Result], gib: float, blocks: int, changed: int) -> bool:
+def report(results: dict[str, Result], gib: float, blocks: int, changed: int, pattern: str) -> bool:
     """Print the table and the target; True if ckpt's ratio is within it (or ckpt not run)."""
     print(
-        f"\n{gib:.3g} GiB disk ({blocks:,} blocks of 4 KiB), then {changed:,} blocks rewritten "
-        f"({changed * BLOCK / 1e6:,.1f} MB logical); MB = 10^6 bytes\n"
+        f"\n{gib:.3g} GiB disk ({blocks:,} blocks of 4 KiB), then {changed:,} blocks rewritten, "
+        f"{pattern} ({changed * BLOCK / 1e6:,.1f} MB logical); MB = 10^6 bytes\n"
     )
     head = ["tool", "first s", "first MB", "first RSS MiB", "grew MB", "incr s", "incr CPU s",
             "sent MB", "sent/grew", "incr RSS MiB", "no-op s"]  # fmt: skip
@@ -557,6 +568,12 @@ def main() -> int:
     ap.add_argument("--blocks", type=int, help=argparse.SUPPRESS)  # a disk of N blocks (tests)
     ap.add_argument("--change-pct", type=float, default=1.0, help="%% of blocks rewritten")
     ap.add_argument(
+        "--pattern",
+        choices=("scattered", "clustered"),
+        default="scattered",
+        help=f"the change: single blocks, or aligned runs of {RUN_BLOCKS} blocks (1 MiB)",
+    )
+    ap.add_argument(
         "--random-bytes",
         type=int,
         default=1024,
@@ -607,7 +624,9 @@ def main() -> int:
         base, changed = os.path.join(work, "base.img"), os.path.join(work, "changed.img")
         t0 = time.perf_counter()
         write_base(base, blocks, a.random_bytes)
-        n = write_changed(base, changed, blocks, a.change_pct, a.random_bytes)
+        n = write_changed(
+            base, changed, blocks, a.change_pct, a.random_bytes, a.pattern == "clustered"
+        )
         log(
             f"images: {blocks:,} blocks, {n:,} changed, written in {time.perf_counter() - t0:.1f} s"
         )
@@ -621,7 +640,7 @@ def main() -> int:
                     results[tool] = bench_restic(work, base, changed, logf)
                 else:
                     results.update(bench_borg(work, base, changed, logf))
-        ok = report(results, blocks * BLOCK / GIB, blocks, n)
+        ok = report(results, blocks * BLOCK / GIB, blocks, n, a.pattern)
         if a.json:
             doc = {
                 "started": started,
@@ -629,6 +648,7 @@ def main() -> int:
                 "image_bytes": blocks * BLOCK,
                 "changed_blocks": n,
                 "random_bytes": a.random_bytes,
+                "pattern": a.pattern,
                 "encrypted": a.encrypted,
                 "history": a.history,
                 "target_ratio": TARGET_RATIO,

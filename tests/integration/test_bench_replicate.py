@@ -50,6 +50,20 @@ def test_the_changed_image_differs_from_the_base_in_exactly_the_rewritten_blocks
     assert len(set(blocks)) == 1000  # every block unique: the store dedups nothing by chance
 
 
+def test_a_clustered_change_rewrites_whole_aligned_runs_of_256_blocks(tmp_path: Path) -> None:
+    bench = _bench_module()
+    base, changed = tmp_path / "base.img", tmp_path / "changed.img"
+    bench.write_base(str(base), 2048, 64)
+    n = bench.write_changed(str(base), str(changed), 2048, 25.0, 64, clustered=True)
+    a, b = base.read_bytes(), changed.read_bytes()
+    differ = [
+        i for i in range(2048) if a[i * 4096 : (i + 1) * 4096] != b[i * 4096 : (i + 1) * 4096]
+    ]
+    runs = sorted({i // 256 for i in differ})
+    assert n == len(differ) == 512 and len(runs) == 2
+    assert differ == [r * 256 + k for r in runs for k in range(256)]
+
+
 @pytest.mark.slow
 def test_the_replication_benchmark_copies_then_sends_only_the_change(tmp_path: Path) -> None:
     if not CKPT.exists():
