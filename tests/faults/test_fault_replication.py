@@ -1,0 +1,440 @@
+"""Kill points inside ``ckpt replicate`` (issue 18), and a primary gc racing it.
+
+A run sends the packs the replica lacks, then their index files, then the
+events after the replica's position in batches, each batch committed with the
+replica's progress (``ckpt_replica``: position, link). Killed anywhere, the
+replica must verify clean, hold a prefix of the primary's log, restore every
+point whose events arrived, and the next run must send only what is missing.
+
+Terms (besides the harness's):
+    primary     ``h.store``, an embedded store: the one replicated.
+    replica     the target: a directory (``--to-store``), or PostgreSQL + S3
+                (``--to-events``/``--to-chunks``) in a schema and key prefix of
+                its own.
+    measure     a second replica of the same primary that is never killed: each
+                round replicates into it first, uncut, to time a run of the size
+                the round then kills (its typical duration).
+    arrived     the pack and index names on the replica's chunk backend after a
+                kill point, listed from the backend itself (not from anything
+                ckpt reports).
+    prefix      the replica's log (``log --json``: positions and hash links) is
+                the primary's first entries, and ends at the position and link
+                ``info --json`` reports for the replica.
+    entry       a checkpoint or backup point the primary captured, with the
+                primary's last position once its command returned: a replica at
+                that position or later has it, one before it does not.
+    complete    after an uncut run: the replica's log and its pack and index
+                names equal the primary's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import ckpt
+from ckpt.cli import run
+from ckpt.exit_codes import exit_code
+from ckpt.storage.chunks import ChunkBackend
+from ckpt.storage.chunks.layout import INDEX, PACKS
+from ckpt.store_config import StoreConfig
+
+from ._harness import (
+    BLOCK,
+    KILL_POINTS,
+    KILLED,
+    RESULTS,
+    SEED,
+    Harness,
+    Image,
+    MiB,
+    Point,
+    file_sha256,
+)
+
+# Kill points per round after the first run's (a round with two kills a resumed
+# run, not a fresh one). A round on the embedded replica takes ~1.5 s on two
+# shared cores (captures, a measuring run, the kill, the checks, the resume).
+ROUNDS = (1, 1, 2, 1)
+# On PostgreSQL + S3 each command on the replica opens its connections and S3
+# client (~0.3 s): the first run's kill point and one round.
+REMOTE_ROUNDS = (1,)
+GC_ROUNDS = 3
+REPLICA_EXIT = 43  # StoreIsReplica (ckpt/exit_codes.py)
+PURGED_EXIT = 40  # PointPurged
+NOT_THERE_EXIT = 11  # the point is not in the tree (yet)
+
+
+@dataclass
+class Entry:
+    point: Point
+    position: int  # the primary's last position once the command that made it returned
+
+
+@dataclass
+class Replica:
+    """A replicate target and what the test knows about it."""
+
+    h: Harness
+    to: tuple[str, ...]  # replicate's options naming it
+    where: tuple[str, ...]  # the global options that open it
+    config: StoreConfig
+    label: str
+    was_store: bool = False
+    of: str | None = None  # the primary store id it reports, once seen
+    history: list[int] = field(default_factory=list)  # its positions after each check
+
+    # ------------------------------------------------------------ commands
+    def cli(self, *args: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        code = run(["--actor", "fault-check", *self.where, *args], out, err)
+        return code, out.getvalue(), err.getvalue()
+
+    def json(self, *args: str) -> Any:
+        code, out, err = self.cli(*args, "--json")
+        assert code == 0, f"{self.h.where} {self.label}: ckpt {' '.join(args)} exited {code}: {err}"
+        return json.loads(out)
+
+    def replicate(self) -> dict[str, Any]:
+        """An uncut run, in this process."""
+        report: dict[str, Any] = self.h.json("replicate", *self.to)
+        return report
+
+    def backend(self) -> ChunkBackend:
+        return self.config.chunk_backend()
+
+    def names(self) -> tuple[set[str], set[str]]:
+        """(pack names, index names) on its chunk backend; none before it exists."""
+        if self.config.directory is not None and not (self.config.directory / "chunks").is_dir():
+            return set(), set()
+        backend = self.backend()
+        return set(backend.list(PACKS)), set(backend.list(INDEX))
+
+    def open(self) -> ckpt.Store:
+        if self.config.directory is not None:
+            return ckpt.Store.open(self.config.directory, actor="fault-check")
+        return ckpt.Store.open(
+            None, events=self.config.events, chunks=self.config.chunks, actor="fault-check"
+        )
+
+
+def _replicas(h: Harness, tmp_path: Path, remote: bool) -> tuple[Replica, Replica]:
+    """The replica killed and its measuring twin."""
+    made: list[Replica] = []
+    for label in ("replica", "measure"):
+        if remote:
+            from backends import postgres_url, s3_url
+
+            events, chunks = postgres_url(), s3_url()
+            made.append(
+                Replica(h, ("--to-events", events, "--to-chunks", chunks),
+                        ("--events", events, "--chunks", chunks),
+                        StoreConfig(None, events, chunks), label)
+            )  # fmt: skip
+        else:
+            where = tmp_path / label
+            made.append(Replica(h, ("--to-store", str(where)), ("--store", str(where)),
+                                StoreConfig(where), label))  # fmt: skip
+    return made[0], made[1]
+
+
+def _primary_names(h: Harness) -> tuple[set[str], set[str]]:
+    backend = StoreConfig(h.store).chunk_backend()
+    return set(backend.list(PACKS)), set(backend.list(INDEX))
+
+
+def _log(run_json: Any) -> list[tuple[int, str]]:
+    return [(e["position"], e["link"]) for e in run_json]
+
+
+def _restore(r: Replica, entries: list[Entry], scratch: Path) -> dict[str, dict[str, str | int]]:
+    """Every disk of each entry, restored from the replica: SHA-256 or exit code."""
+    target = scratch / "replica-out.raw"
+    got: dict[str, dict[str, str | int]] = {}
+    with r.open() as store:
+        for e in entries:
+            one: dict[str, str | int] = {}
+            for disk in e.point.disks:
+                try:
+                    with target.open("wb") as out:
+                        store.restore_disk(e.point.vm, e.point.name, disk, out)
+                    one[disk] = file_sha256(target)
+                except ckpt.CkptError as err:
+                    one[disk] = exit_code(err)
+                target.unlink(missing_ok=True)
+            got[e.point.name] = one
+    return got
+
+
+def check_replica(
+    r: Replica,
+    entries: list[Entry],
+    scratch: Path,
+    purges: dict[str, int] | None = None,
+    first_run: bool = False,
+) -> int | None:
+    """The replica after a kill point (or a race): a store that verifies clean, a
+    prefix of the primary, every entry it has restores, writes refused. Returns
+    its position (None: a first run killed before the target became a store)."""
+    h, where = r.h, f"{r.h.where} {r.label}"
+    code, out, err = r.cli("info", "--json")
+    if code != 0:
+        assert first_run and not r.was_store, (
+            f"{where} is no longer a store (info exited {code}): {err}"
+        )
+        return None
+    r.was_store = True
+    info = json.loads(out)
+    replica = info.get("replica")
+    assert replica, f"{where} info does not say it is a replica: {info}"
+    if r.of is None:
+        r.of = replica["of"]
+    assert replica["of"] == r.of and replica["promoted_at"] is None, f"{where} info: {replica}"
+    position = int(replica["position"])
+    assert not r.history or position >= r.history[-1], (
+        f"{where} went back from position {r.history[-1]} to {position}"
+    )
+    r.history.append(position)
+
+    report = r.json("verify")
+    assert report["ok"] and not report["bad"], f"{where} verify: {report}"
+    chain = r.json("verify", "--log")
+    assert chain["ok"], f"{where} verify --log: {chain}"
+    mine, primary = _log(r.json("log")), _log(h.json("log"))
+    assert mine == primary[: len(mine)], f"{where} its log is not a prefix of the primary's"
+    assert (mine[-1] if mine else (0, "")) == (position, replica["link"] or ""), (
+        f"{where} its log ends at {mine[-1:]}, info says {position} {replica['link']}"
+    )
+    code, _, err = r.cli("vm", "add", "intruder", "--disk", "D")
+    assert code == REPLICA_EXIT and "replica" in err, f"{where} vm add exited {code}: {err}"
+
+    purges = purges or {}
+    arrived = [e for e in entries if e.position <= position]
+    got = _restore(r, arrived, scratch)
+    for e in arrived:
+        purge = purges.get(e.point.name)
+        if purge is not None and purge <= position:  # its purge arrived: refused
+            want = {d: PURGED_EXIT for d in e.point.disks}
+        else:  # its bytes, even when the primary has purged them since
+            want = dict(e.point.disks)
+        assert got[e.point.name] == want, (
+            f"{where} {e.point.name!r} (primary position {e.position}, purge {purge}) "
+            f"restores {got[e.point.name]}, want {want}"
+        )
+    for vm in {e.point.vm for e in arrived}:
+        tree = {t["name"] for t in r.json("tree", vm)}
+        later = {e.point.name for e in entries if e.position > position and e.point.vm == vm}
+        assert not tree & later, f"{where} has points from after its position: {tree & later}"
+    return position
+
+
+def check_complete(r: Replica, report: dict[str, Any]) -> None:
+    """After an uncut run: the replica's log and chunk names are the primary's."""
+    h, where = r.h, f"{r.h.where} {r.label} after an uncut run"
+    primary = _log(h.json("log"))
+    assert (report["position"], report["link"]) == primary[-1], f"{where}: {report}"
+    assert _log(r.json("log")) == primary, f"{where}: its log differs from the primary's"
+    assert r.names() == _primary_names(h), f"{where}: its packs or index files differ"
+
+
+def _kill_round(
+    h: Harness, r: Replica, m: Replica, kills: int, entries: list[Entry], scratch: Path
+) -> None:
+    """Time a run of this round's size on the measuring twin, kill ``kills`` runs
+    on the replica, check it after each, then resume uncut and check that the
+    resume sent exactly what had not arrived."""
+    first = not r.was_store
+    typical = h.timed("replicate", *m.to)
+    for _ in range(kills):
+        outcome = h.kill_point("replicate", *r.to, typical=typical)
+        position = check_replica(r, entries, scratch, first_run=first)
+        if position is None:
+            h.result(outcome, "no store yet")
+        else:
+            whole = position == int(h.json("info")["position"])
+            h.result(outcome, "complete" if whole else "a prefix")
+
+    packs_there, index_there = r.names()
+    packs, index = _primary_names(h)
+    assert packs_there <= packs and index_there <= index, f"{h.where} names no primary has"
+    before = r.history[-1] if r.history else 0
+    events_after = [p for p, _ in _log(h.json("log")) if p > before]
+    backend = StoreConfig(h.store).chunk_backend()
+    sent = (packs - packs_there) | (index - index_there)
+    report = r.replicate()
+    h.where += " resumed"
+    want = {
+        "first_run": not r.was_store,
+        "events": len(events_after),
+        "packs": len(packs - packs_there),
+        "skipped_packs": len(packs & packs_there),
+        "index_files": len(index - index_there),
+        "bytes": sum(backend.size(n) for n in sent),
+        "removed_packs": 0,
+    }
+    assert {k: report[k] for k in want} == want, f"{h.where}: {report}, want {want}"
+    r.was_store = True
+    check_complete(r, report)
+    check_replica(r, entries, scratch)
+
+
+@pytest.mark.parametrize("remote", [False, True], ids=["to sqlite+local", "to postgresql+s3"])
+def test_replicate_killed_anywhere_leaves_a_prefix_that_resumes(
+    tmp_path: Path, scratch: Path, remote: bool
+) -> None:
+    h = Harness(f"replicate{' to PostgreSQL + S3' if remote else ''}", tmp_path, scratch)
+    r, m = _replicas(h, tmp_path, remote)
+    h.init()
+    h.ok("vm", "add", "rp", "--disk", "Boot", "--disk", "Data")
+    boot = Image(scratch / "boot.raw", 8 * MiB, h.rng)
+    data = Image(scratch / "data.raw", 4 * MiB, h.rng, fill=0.3)
+    entries: list[Entry] = []
+
+    def capture() -> None:
+        boot.mutate(h.rng.randrange(32, 256), h.rng.randrange(0, 3) * MiB)
+        data.mutate(h.rng.randrange(8, 64))
+        name = f"c{len(entries)}"
+        h.ok("checkpoint", "create", "rp", name,
+             "--disk", f"Boot={boot.path}", "--disk", f"Data={data.path}")  # fmt: skip
+        point = Point("rp", name, {"Boot": boot.sha, "Data": data.sha})
+        entries.append(Entry(point, int(h.json("info")["position"])))
+
+    for _ in range(4):  # the first run: four packs and more
+        capture()
+    _kill_round(h, r, m, 1, entries, scratch)
+    for kills in REMOTE_ROUNDS if remote else ROUNDS:
+        for _ in range(h.rng.randrange(2, 4)):
+            capture()
+        if h.rng.random() < 0.5:  # events with no pack: a rename
+            h.ok("checkpoint", "rename", "rp", entries[-1].point.name, f"r{len(entries)}")
+            entries[-1].point.name = f"r{len(entries)}"
+            entries[-1].position = int(h.json("info")["position"])
+        _kill_round(h, r, m, kills, entries, scratch)
+
+    h.where = f"[{h.kind}: a run with nothing to send]"
+    report = r.replicate()
+    assert (report["events"], report["packs"], report["index_files"], report["bytes"]) == (
+        0, 0, 0, 0,
+    ), f"{h.where}: {report}"  # fmt: skip
+
+
+# ------------------------------------------------------------------ gc racing a run
+@dataclass
+class Race:
+    """A replicate and a gc started together; one of them maybe SIGKILLed."""
+
+    killed: str  # "gc", "replicate" or "neither"
+    codes: dict[str, int]
+    errors: dict[str, str]
+
+
+def _race(h: Harness, r: Replica, typical: float) -> Race:
+    """Start ``replicate``, then after a seeded delay ``gc --grace 0``; SIGKILL the
+    seeded one of them (or neither) at a seeded moment; wait for both."""
+    victim = h.delays.choice(("gc", "replicate", "neither"))
+    offset = h.delays.uniform(0, typical / 2)
+    kill_at = h.delays.uniform(0, typical)
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    began = time.monotonic()
+    procs["replicate"] = h._start(("replicate", *r.to))
+    time.sleep(max(0.0, offset - (time.monotonic() - began)))
+    procs["gc"] = h._start(("gc", "--grace", "0"))
+    if victim != "neither":
+        time.sleep(max(0.0, kill_at - (time.monotonic() - began)))
+        with contextlib.suppress(ProcessLookupError):
+            procs[victim].send_signal(signal.SIGKILL)
+    codes, errors = {}, {}
+    for what, proc in procs.items():
+        _, err = proc.communicate(timeout=120)
+        codes[what], errors[what] = proc.returncode, err.decode()
+    h.kills += 1
+    label = f"replicate racing gc ({victim} killed)"
+    KILL_POINTS[label] += 1
+    KILLED[label] += victim != "neither" and codes[victim] == -signal.SIGKILL
+    h.where = (
+        f"[CKPT_FAULT_SEED={SEED} "
+        f"{h.kind} race #{h.kills}: gc started {offset * 1000:.0f} ms after replicate, "
+        f"{victim} SIGKILL at {kill_at * 1000:.0f} ms; exits {codes}]"
+    )
+    for what, code in codes.items():
+        if code != -signal.SIGKILL:
+            assert code == 0, f"{h.where} {what} failed on its own: {errors[what]}"
+    RESULTS[label, ", ".join(f"{w} {'killed' if c < 0 else 'done'}" for w, c in codes.items())] += 1
+    return Race(victim, codes, errors)
+
+
+def _purges(h: Harness) -> dict[str, int]:
+    """Point name -> the position of the purge in force that names it."""
+    purged: dict[str, int] = {}
+    for e in h.json("log"):
+        if e["operation"] == "content-purged":
+            purged.update({p["name"]: e["position"] for p in e["details"]["points"]})
+        elif e["operation"] == "purge-withdrawn":
+            gone = e["details"]["purge_position"]
+            purged = {n: p for n, p in purged.items() if p != gone}
+    return purged
+
+
+def test_gc_racing_replicate_leaves_a_replica_that_completes(tmp_path: Path, scratch: Path) -> None:
+    """A primary gc that repacks and removes packs (after a purge, and over
+    garbage a killed capture left) while a replicate runs, either of them killed
+    now and then: the replica stays clean, a point whose purge has not arrived
+    still restores, and the next run makes it complete."""
+    h = Harness("replicate racing gc", tmp_path, scratch)
+    r, _ = _replicas(h, tmp_path, remote=False)
+    h.init()
+    h.ok("vm", "add", "gr", "--disk", "D")
+    h.ok("vm", "start", "gr")
+    disk = Image(scratch / "d.raw", 6 * MiB, h.rng)
+    entries: list[Entry] = []
+
+    def sync() -> None:
+        """A backup point; now and then garbage in its pack first (a capture that
+        died after its chunks were flushed): gc then repacks, not only removes."""
+        new = disk.mutate(h.rng.randrange(64, 256), h.rng.randrange(0, 2) * MiB)
+        if h.rng.random() < 0.5:
+            with ckpt.Store.open(h.store) as store, store.chunks.writer() as writer:
+                for block in new:
+                    writer.add(block)
+                for _ in range(h.rng.randrange(64, 256)):
+                    writer.add(h.rng.randbytes(BLOCK))
+        name = f"b{len(entries)}"
+        h.ok("sync", "gr", "--disk", f"D={disk.path}", "--name", name)
+        entries.append(Entry(Point("gr", name, {"D": disk.sha}, backup=True), 0))
+        entries[-1].position = int(h.json("info")["position"])
+
+    h.ok("checkpoint", "create", "gr", "base", "--disk", f"D={disk.path}")
+    entries.append(Entry(Point("gr", "base", {"D": disk.sha}), int(h.json("info")["position"])))
+    for _ in range(3):
+        sync()
+    typical = h.timed("replicate", *r.to)  # the first run, uncut
+    r.was_store = True
+    check_complete(r, r.replicate())
+
+    for _ in range(GC_ROUNDS):
+        for _ in range(h.rng.randrange(2, 4)):
+            sync()
+        h.ok("forget", "gr", "--keep-last", str(h.rng.randint(1, 2)))
+        race = _race(h, r, typical)
+        purges = _purges(h)
+        check_replica(r, entries, scratch, purges)
+        report = r.replicate()
+        h.where += " then an uncut run"
+        if race.killed == "gc" and race.codes["gc"] < 0:  # the primary's gc, finished
+            h.ok("gc", "--grace", "0")
+            report = r.replicate()
+        check_complete(r, report)
+        check_replica(r, entries, scratch, purges)
+        report = r.replicate()
+        assert (report["events"], report["packs"], report["removed_packs"]) == (0, 0, 0), (
+            f"{h.where} a second uncut run still had work: {report}"
+        )
