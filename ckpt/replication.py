@@ -44,6 +44,8 @@ what is missing (packs by name, events after the progress).
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -57,6 +59,7 @@ from ckpt.domain.errors import ReplicaDiverged, StoreCorrupt
 from ckpt.storage.chunks import ChunkBackend
 from ckpt.storage.chunks.format import LEGACY, write_format
 from ckpt.storage.chunks.layout import INDEX, PACKS, pack_id_of_index, pack_id_of_pack
+from ckpt.storage.event_store import EVENTS_FILE
 from ckpt.storage.log_chain import GENESIS, link
 from ckpt.storage.replica_record import ReplicaState
 
@@ -188,7 +191,8 @@ def _target_config(
             raise StoreMismatch(f"cannot replicate into {str(to_dir)!r}: it is not a directory")
         if (to_dir / STORE_MARKER).exists():
             return read_marker(to_dir), False
-        check_empty_directory(to_dir)  # a directory holding other things is refused
+        if not _left_by_a_first_run(to_dir):
+            check_empty_directory(to_dir)  # a directory holding other things is refused
         config = StoreConfig(to_dir, to_events, to_chunks)
     else:
         config = StoreConfig(None, to_events, to_chunks)
@@ -198,6 +202,21 @@ def _target_config(
             config.store_id = meta.get("store_id")
             return config, False
     return config, True
+
+
+def _left_by_a_first_run(directory: Path) -> bool:
+    """Whether ``directory`` holds only what a first run killed before its marker
+    leaves: an event log with no event, and no pack (the marker is written before
+    the first pack). Nothing there can be lost, so ``_initialise`` starts again."""
+    events = directory / EVENTS_FILE
+    if not events.is_file() or next(iter(StoreConfig(directory).chunk_backend().list(PACKS)), None):
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{events}?mode=ro", uri=True)) as c:
+            (stored,) = c.execute("SELECT COUNT(*) FROM stored_events").fetchone()
+    except sqlite3.Error:  # killed before its tables were created: no event either
+        return True
+    return not stored
 
 
 def _not_the_primary(source: UnitOfWork, config: StoreConfig) -> None:

@@ -445,3 +445,34 @@ def test_gc_racing_replicate_leaves_a_replica_that_completes(tmp_path: Path, scr
         assert (report["events"], report["packs"], report["removed_packs"]) == (0, 0, 0), (
             f"{h.where} a second uncut run still had work: {report}"
         )
+
+
+def test_a_first_run_killed_before_its_marker_is_resumed(
+    tmp_path: Path, scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The seeded kill point #1 found it: a first run into a directory killed after
+    the replica's event log was created and before its marker was written (~0.4 s
+    of a 0.5 s first run on two shared cores) left a directory every later run
+    refused ("holds events.sqlite but no ckpt-store.json"). The next run must make
+    it the replica instead: it holds no event and no pack."""
+    h = Harness("replicate killed before its marker", tmp_path, scratch)
+    r, _ = _replicas(h, tmp_path, remote=False)
+    h.init()
+    h.ok("vm", "add", "m", "--disk", "D")
+    disk = Image(scratch / "d.raw", 1 * MiB, h.rng)
+    h.ok("checkpoint", "create", "m", "c", "--disk", f"D={disk.path}")
+
+    def killed(self: StoreConfig) -> None:
+        raise KeyboardInterrupt  # the kill, where the marker would be written
+
+    with monkeypatch.context() as patched:
+        patched.setattr(StoreConfig, "write_marker", killed)
+        code = run(["--store", str(h.store), "replicate", *r.to], io.StringIO(), io.StringIO())
+        assert code != 0, "the run was not cut"
+    assert not (tmp_path / "replica" / "ckpt-store.json").exists()
+    assert (tmp_path / "replica" / "events.sqlite").exists()
+    report = r.replicate()
+    assert report["first_run"] and report["packs"] >= 1, report
+    check_complete(r, report)
+    entry = Entry(Point("m", "c", {"D": disk.sha}), int(h.json("info")["position"]))
+    assert check_replica(r, [entry], scratch, every=True) == entry.position
