@@ -12,8 +12,8 @@ Terms (besides the harness's):
                 (``--to-events``/``--to-chunks``) in a schema and key prefix of
                 its own.
     measure     a second replica of the same primary that is never killed: each
-                round replicates into it first, uncut, to time a run of the size
-                the round then kills (its typical duration).
+                round replicates into it first, uncut and in this process, to time
+                a run of the size the round then kills (its typical duration).
     arrived     the pack and index names on the replica's chunk backend after a
                 kill point, listed from the backend itself (not from anything
                 ckpt reports).
@@ -32,8 +32,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,8 +50,10 @@ from ckpt.storage.chunks import ChunkBackend
 from ckpt.storage.chunks.layout import INDEX, PACKS
 from ckpt.store_config import StoreConfig
 
+from ._driver import HOLD
 from ._harness import (
     BLOCK,
+    DRIVER,
     KILL_POINTS,
     KILLED,
     RESULTS,
@@ -259,7 +263,11 @@ def _kill_round(
     on the replica, check it after each, then resume uncut and check that the
     resume sent exactly what had not arrived."""
     first = not r.was_store
-    typical = h.timed("replicate", *m.to)
+    # Timed in this process, as the driver times a command (from "go": imports
+    # done): a subprocess would add ~1 s of start-up a round on two shared cores.
+    began = time.perf_counter()
+    m.replicate()
+    typical = time.perf_counter() - began
     for _ in range(kills):
         outcome = h.kill_point("replicate", *r.to, typical=typical)
         position = check_replica(r, entries, scratch, first_run=first)
@@ -344,17 +352,39 @@ class Race:
     errors: dict[str, str]
 
 
+def _held(h: Harness, args: tuple[str, ...]) -> subprocess.Popen[bytes]:
+    """The driver with its imports done, waiting for a line on stdin to run."""
+    proc = subprocess.Popen(
+        [sys.executable, str(DRIVER), "--store", str(h.store), "--actor", "fault", *args],
+        cwd=h.work,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, HOLD: "1"},
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line == b"go\n", f"{h.where} the driver did not start: {line!r}"
+    return proc
+
+
 def _race(h: Harness, r: Replica, typical: float) -> Race:
-    """Start ``replicate``, then after a seeded delay ``gc --grace 0``; SIGKILL the
-    seeded one of them (or neither) at a seeded moment; wait for both."""
+    """Start ``replicate`` and ``gc --grace 0`` a seeded offset apart (gc up to
+    ``typical`` earlier, so that its deletes can fall in the copy of the packs,
+    or up to ``typical / 2`` later); SIGKILL the seeded one of them (or neither)
+    at a seeded moment after the first started; wait for both."""
     victim = h.delays.choice(("gc", "replicate", "neither"))
-    offset = h.delays.uniform(0, typical / 2)
+    offset = h.delays.uniform(-typical, typical / 2)  # replicate's start minus gc's
     kill_at = h.delays.uniform(0, typical)
-    procs: dict[str, subprocess.Popen[bytes]] = {}
+    procs = {"replicate": _held(h, ("replicate", *r.to)), "gc": _held(h, ("gc", "--grace", "0"))}
+    order = ["gc", "replicate"] if offset < 0 else ["replicate", "gc"]
     began = time.monotonic()
-    procs["replicate"] = h._start(("replicate", *r.to))
-    time.sleep(max(0.0, offset - (time.monotonic() - began)))
-    procs["gc"] = h._start(("gc", "--grace", "0"))
+    for i, what in enumerate(order):
+        time.sleep(max(0.0, i * abs(offset) - (time.monotonic() - began)))
+        stdin = procs[what].stdin
+        assert stdin is not None
+        stdin.write(b"run\n")
+        stdin.flush()
     if victim != "neither":
         time.sleep(max(0.0, kill_at - (time.monotonic() - began)))
         with contextlib.suppress(ProcessLookupError):
@@ -368,9 +398,9 @@ def _race(h: Harness, r: Replica, typical: float) -> Race:
     KILL_POINTS[label] += 1
     KILLED[label] += victim != "neither" and codes[victim] == -signal.SIGKILL
     h.where = (
-        f"[CKPT_FAULT_SEED={SEED} "
-        f"{h.kind} race #{h.kills}: gc started {offset * 1000:.0f} ms after replicate, "
-        f"{victim} SIGKILL at {kill_at * 1000:.0f} ms; exits {codes}]"
+        f"[CKPT_FAULT_SEED={SEED} {h.kind} race #{h.kills}: replicate started "
+        f"{offset * 1000:+.0f} ms after gc, {victim} SIGKILL at {kill_at * 1000:.0f} ms; "
+        f"exits {codes}]"
     )
     for what, code in codes.items():
         if code != -signal.SIGKILL:
@@ -435,6 +465,7 @@ def test_gc_racing_replicate_leaves_a_replica_that_completes(tmp_path: Path, scr
         purges = _purges(h)
         check_replica(r, entries, scratch, purges, every=True)
         report = r.replicate()
+        print(f"{h.where} the uncut run after it: {report}")  # shown with a failure
         h.where += " then an uncut run"
         if race.killed == "gc" and race.codes["gc"] < 0:  # the primary's gc, finished
             h.ok("gc", "--grace", "0")
