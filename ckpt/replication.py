@@ -21,7 +21,10 @@ A run, in the order that keeps a replica whole whenever it is killed:
 2. **Packs** the replica lacks, each made durable (``put``) before its index file,
    both before any event that needs them. A pack the primary's gc removes while
    it is copied is skipped; the primary is listed again, so the pack its chunks
-   moved to is copied too.
+   moved to is copied too. A gc that reclaimed a purge after the cut may have
+   deleted chunks events up to the cut reference: when the primary's log holds a
+   ``content-reclaimed`` past the cut, the cut moves to its last position and the
+   packs are listed again (so the replica never holds a point without its bytes).
 3. **Events** after the replica's position, as stored (same bytes at the same
    positions), in batches; each batch commits with the progress it reaches, in
    one transaction, so the progress always matches the log. Before a batch
@@ -56,6 +59,7 @@ from uuid import uuid4
 
 from ckpt.domain import ChunkMissing, StoreConflict, StoreMismatch
 from ckpt.domain.errors import ReplicaDiverged, StoreCorrupt
+from ckpt.domain.purges import PurgeReclaimed
 from ckpt.storage.chunks import ChunkBackend
 from ckpt.storage.chunks.format import LEGACY, write_format
 from ckpt.storage.chunks.layout import INDEX, PACKS, pack_id_of_index, pack_id_of_pack
@@ -136,6 +140,24 @@ def replicate(
         cut = source.app.last_position()
         _check_prefix(source, target, state, cut, where)
         packs, index_files, size, skipped = _send_packs(source, backend, progress)
+        for _ in range(ROUNDS):
+            later = source.app.last_position()
+            if not _reclaimed(source, cut, later):
+                break
+            # A gc reclaimed a purge after the cut: it may have deleted chunks that
+            # events up to the cut need (the replica would hold points without their
+            # bytes, or purged ones not reclaimed). Send up to its content-reclaimed
+            # too, with the packs listed after reading it.
+            cut = later
+            with source.translated():
+                source.read_models.catch_up()  # the recorded links up to the new cut
+            more = _send_packs(source, backend, progress)
+            packs, index_files, size = packs + more[0], index_files + more[1], size + more[2]
+        else:
+            raise StoreConflict(
+                f"the primary's gc reclaimed purges through {ROUNDS} rounds of this run: "
+                "nothing was appended; run `ckpt replicate` again"
+            )
         events, position, last = _send_events(source, target, state, cut, progress, primary_id)
         removed = _remove_packs(source, backend, before)
         if source.keyring is None:
@@ -363,6 +385,15 @@ def _send_packs(
         f"the primary's packs kept moving (a gc running through {ROUNDS} listings): "
         "nothing was appended; run `ckpt replicate` again"
     )
+
+
+def _reclaimed(source: UnitOfWork, after: int, upto: int) -> bool:
+    """Whether the primary recorded a ``content-reclaimed`` in (after, upto]: the
+    only event after which its gc deletes chunks that earlier events reference
+    (docs/design.md; the topic is stored in the clear, also when encrypted)."""
+    if upto <= after:
+        return False
+    return any(n.topic == PurgeReclaimed.TOPIC for n in source.app.read_rows(after + 1, upto))
 
 
 def _remove_packs(source: UnitOfWork, backend: ChunkBackend, before: set[str]) -> int:

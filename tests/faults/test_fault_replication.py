@@ -421,6 +421,38 @@ def _purges(h: Harness) -> dict[str, int]:
     return purged
 
 
+class Purging:
+    """A running VM with backup points, some of which a ``forget`` purges: the
+    primary's gc then removes and repacks packs."""
+
+    def __init__(self, h: Harness, scratch: Path) -> None:
+        self.h = h
+        h.init()
+        h.ok("vm", "add", "gr", "--disk", "D")
+        h.ok("vm", "start", "gr")
+        self.disk = Image(scratch / "d.raw", 6 * MiB, h.rng)
+        h.ok("checkpoint", "create", "gr", "base", "--disk", f"D={self.disk.path}")
+        point = Point("gr", "base", {"D": self.disk.sha})
+        self.entries = [Entry(point, int(h.json("info")["position"]))]
+
+    def sync(self, garbage: float = 0.5) -> None:
+        """A backup point; with probability ``garbage`` garbage in its pack first
+        (a capture that died after its chunks were flushed): gc then repacks it,
+        not only removes packs."""
+        h, disk = self.h, self.disk
+        new = disk.mutate(h.rng.randrange(64, 256), h.rng.randrange(0, 2) * MiB)
+        if h.rng.random() < garbage:
+            with ckpt.Store.open(h.store) as store, store.chunks.writer() as writer:
+                for block in new:
+                    writer.add(block)
+                for _ in range(h.rng.randrange(64, 256)):
+                    writer.add(h.rng.randbytes(BLOCK))
+        name = f"b{len(self.entries)}"
+        h.ok("sync", "gr", "--disk", f"D={disk.path}", "--name", name)
+        point = Point("gr", name, {"D": disk.sha}, backup=True)
+        self.entries.append(Entry(point, int(h.json("info")["position"])))
+
+
 def test_gc_racing_replicate_leaves_a_replica_that_completes(tmp_path: Path, scratch: Path) -> None:
     """A primary gc that repacks and removes packs (after a purge, and over
     garbage a killed capture left) while a replicate runs, either of them killed
@@ -428,38 +460,17 @@ def test_gc_racing_replicate_leaves_a_replica_that_completes(tmp_path: Path, scr
     still restores, and the next run makes it complete."""
     h = Harness("replicate racing gc", tmp_path, scratch)
     r, _ = _replicas(h, tmp_path, remote=False)
-    h.init()
-    h.ok("vm", "add", "gr", "--disk", "D")
-    h.ok("vm", "start", "gr")
-    disk = Image(scratch / "d.raw", 6 * MiB, h.rng)
-    entries: list[Entry] = []
-
-    def sync() -> None:
-        """A backup point; now and then garbage in its pack first (a capture that
-        died after its chunks were flushed): gc then repacks, not only removes."""
-        new = disk.mutate(h.rng.randrange(64, 256), h.rng.randrange(0, 2) * MiB)
-        if h.rng.random() < 0.5:
-            with ckpt.Store.open(h.store) as store, store.chunks.writer() as writer:
-                for block in new:
-                    writer.add(block)
-                for _ in range(h.rng.randrange(64, 256)):
-                    writer.add(h.rng.randbytes(BLOCK))
-        name = f"b{len(entries)}"
-        h.ok("sync", "gr", "--disk", f"D={disk.path}", "--name", name)
-        entries.append(Entry(Point("gr", name, {"D": disk.sha}, backup=True), 0))
-        entries[-1].position = int(h.json("info")["position"])
-
-    h.ok("checkpoint", "create", "gr", "base", "--disk", f"D={disk.path}")
-    entries.append(Entry(Point("gr", "base", {"D": disk.sha}), int(h.json("info")["position"])))
+    p = Purging(h, scratch)
     for _ in range(3):
-        sync()
+        p.sync()
     typical = h.timed("replicate", *r.to)  # the first run, uncut
     r.was_store = True
     check_complete(r, r.replicate())
 
+    entries = p.entries
     for _ in range(GC_ROUNDS):
         for _ in range(h.rng.randrange(2, 4)):
-            sync()
+            p.sync()
         h.ok("forget", "gr", "--keep-last", str(h.rng.randint(1, 2)))
         race = _race(h, r, typical)
         purges = _purges(h)
@@ -507,3 +518,51 @@ def test_a_first_run_killed_before_its_marker_is_resumed(
     check_complete(r, report)
     entry = Entry(Point("m", "c", {"D": disk.sha}), int(h.json("info")["position"]))
     assert check_replica(r, [entry], scratch, every=True) == entry.position
+
+
+@pytest.mark.parametrize("purge", ["before the run", "after its cut"])
+def test_packs_a_gc_moves_during_the_copy_are_fetched_where_they_went(
+    tmp_path: Path, scratch: Path, purge: str
+) -> None:
+    """The race made certain: a gc of the primary runs inside the run's first
+    fetch of a pack (after it read its cut and listed the packs), removing and
+    repacking packs the replica lacks as it reclaims a purge recorded before the
+    run, or after its cut (a ``forget`` in the same fetch). The replica must
+    verify clean and every point it has restore (one purged after its position:
+    with its bytes); the next run completes it."""
+    h = Harness(f"replicate while gc moves packs (purge {purge})", tmp_path, scratch)
+    r, _ = _replicas(h, tmp_path, remote=False)
+    p = Purging(h, scratch)
+    p.sync()
+    r.replicate()
+    r.was_store = True
+    for _ in range(4):
+        p.sync(garbage=1.0)
+    forget = ["--store", str(h.store), "forget", "gr", "--keep-last", "1"]
+    gc = ["--store", str(h.store), "gc", "--grace", "0"]
+    if purge == "before the run":
+        h.ok(*forget[2:])
+    lacked = _primary_names(h)[0] - r.names()[0]
+    moved: list[set[str]] = []
+    with ckpt.Store.open(h.store, actor="fault-check") as store:
+        backend = store.chunks.backend
+        real = backend.get
+
+        def get(name: str) -> bytes:
+            if not moved and name.startswith(PACKS):
+                listed = set(backend.list(PACKS))
+                if purge == "after its cut":
+                    assert run(forget, io.StringIO(), io.StringIO()) == 0, "forget failed"
+                assert run(gc, io.StringIO(), io.StringIO()) == 0, "the primary's gc failed"
+                moved.append(listed - set(backend.list(PACKS)))
+            return real(name)
+
+        backend.get = get  # type: ignore[method-assign]
+        report = store.replicate(to_dir=r.config.directory).as_dict()
+    assert moved and moved[0] & lacked, f"the gc moved no pack the run lacked: {moved}"
+    h.where = f"[{h.kind}: the run during which gc moved {len(moved[0])} packs: {report}]"
+    purges = _purges(h)
+    assert check_replica(r, p.entries, scratch, purges, every=True) == report["position"]
+    report = r.replicate()
+    check_complete(r, report)
+    assert check_replica(r, p.entries, scratch, purges, every=True) == report["position"]
