@@ -345,14 +345,23 @@ def _send_packs(
     source: UnitOfWork, backend: ChunkBackend, progress: ProgressFactory | None
 ) -> tuple[int, int, int, int]:
     """Every pack the replica lacks, then its index file (also an index file a
-    killed run did not get to); listed again while the primary's gc moves packs."""
+    killed run did not get to); listed again while the primary's gc moves packs.
+
+    A pack copied whose index file is gone by the time the index files are
+    listed was being repacked: gc writes the new pack before it deletes the old
+    one's index, so listing the packs again finds where its chunks went. (A
+    pack that never had an index, the orphan of a killed capture, stays without
+    one: the listing after it finds nothing new.)"""
     src = source.chunks.backend
     have = {pack_id_of_pack(n) for n in backend.list(PACKS)} - {None}
     have_index = {pack_id_of_index(n) for n in backend.list(INDEX)} - {None}
     skipped = len(have)
     packs = index_files = size = 0
+    unindexed: set[bytes | None] = set()
     for _ in range(ROUNDS):
         names = [n for n in src.list(PACKS) if pack_id_of_pack(n) not in have]
+        if unindexed and not names:  # listed again only for packs left without an index
+            return packs, index_files, size, skipped
         bar = None if progress is None or not names else progress("replicate packs", len(names))
         vanished = 0
         for name in names:
@@ -379,7 +388,8 @@ def _send_packs(
             have_index.add(pack)
             index_files += 1
             size += len(data)
-        if not vanished:
+        unindexed = {pack_id_of_pack(n) for n in names} & have - have_index
+        if not vanished and not unindexed:
             return packs, index_files, size, skipped
     raise StoreConflict(
         f"the primary's packs kept moving (a gc running through {ROUNDS} listings): "

@@ -37,6 +37,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -520,17 +521,25 @@ def test_a_first_run_killed_before_its_marker_is_resumed(
     assert check_replica(r, [entry], scratch, every=True) == entry.position
 
 
-@pytest.mark.parametrize("purge", ["before the run", "after its cut"])
+@pytest.mark.parametrize(
+    ("purge", "moment"),
+    [
+        ("before the run", "its first fetch of a pack"),
+        ("after its cut", "its first fetch of a pack"),
+        ("none", "its listing of index files"),
+    ],
+)
 def test_packs_a_gc_moves_during_the_copy_are_fetched_where_they_went(
-    tmp_path: Path, scratch: Path, purge: str
+    tmp_path: Path, scratch: Path, purge: str, moment: str
 ) -> None:
-    """The race made certain: a gc of the primary runs inside the run's first
-    fetch of a pack (after it read its cut and listed the packs), removing and
-    repacking packs the replica lacks as it reclaims a purge recorded before the
-    run, or after its cut (a ``forget`` in the same fetch). The replica must
-    verify clean and every point it has restore (one purged after its position:
-    with its bytes); the next run completes it."""
-    h = Harness(f"replicate while gc moves packs (purge {purge})", tmp_path, scratch)
+    """The race made certain: a gc of the primary runs inside the run (in its
+    first fetch of a pack, after it read its cut and listed the packs; or when it
+    lists the index files, after it copied the packs), removing and repacking
+    packs the replica lacked: garbage a killed capture left, and the chunks of a
+    purge recorded before the run or after its cut (a ``forget`` at the same
+    moment). The replica must verify clean and every point it has restore (one
+    purged after its position: with its bytes); the next run completes it."""
+    h = Harness(f"replicate while gc moves packs (purge {purge}, in {moment})", tmp_path, scratch)
     r, _ = _replicas(h, tmp_path, remote=False)
     p = Purging(h, scratch)
     p.sync()
@@ -546,18 +555,28 @@ def test_packs_a_gc_moves_during_the_copy_are_fetched_where_they_went(
     moved: list[set[str]] = []
     with ckpt.Store.open(h.store, actor="fault-check") as store:
         backend = store.chunks.backend
-        real = backend.get
+
+        def gc_now() -> None:
+            listed = set(real_list(PACKS))
+            if purge == "after its cut":
+                assert run(forget, io.StringIO(), io.StringIO()) == 0, "forget failed"
+            assert run(gc, io.StringIO(), io.StringIO()) == 0, "the primary's gc failed"
+            moved.append(listed - set(real_list(PACKS)))
+
+        real_get, real_list = backend.get, backend.list
 
         def get(name: str) -> bytes:
-            if not moved and name.startswith(PACKS):
-                listed = set(backend.list(PACKS))
-                if purge == "after its cut":
-                    assert run(forget, io.StringIO(), io.StringIO()) == 0, "forget failed"
-                assert run(gc, io.StringIO(), io.StringIO()) == 0, "the primary's gc failed"
-                moved.append(listed - set(backend.list(PACKS)))
-            return real(name)
+            if not moved and moment == "its first fetch of a pack" and name.startswith(PACKS):
+                gc_now()
+            return real_get(name)
+
+        def list_(prefix: str) -> Iterator[str]:
+            if not moved and moment == "its listing of index files" and prefix == INDEX:
+                gc_now()
+            return real_list(prefix)
 
         backend.get = get  # type: ignore[method-assign]
+        backend.list = list_  # type: ignore[method-assign]
         report = store.replicate(to_dir=r.config.directory).as_dict()
     assert moved and moved[0] & lacked, f"the gc moved no pack the run lacked: {moved}"
     h.where = f"[{h.kind}: the run during which gc moved {len(moved[0])} packs: {report}]"
