@@ -139,6 +139,7 @@ def replicate(
             source.read_models.catch_up()  # the links the primary recorded, up to the cut
         cut = source.app.last_position()
         _check_prefix(source, target, state, cut, where)
+        had = set(backend.list(PACKS))  # before this run copies any: see _remove_packs
         packs, index_files, size, skipped = _send_packs(source, backend, progress)
         for _ in range(ROUNDS):
             later = source.app.last_position()
@@ -159,7 +160,7 @@ def replicate(
                 "nothing was appended; run `ckpt replicate` again"
             )
         events, position, last = _send_events(source, target, state, cut, progress, primary_id)
-        removed = _remove_packs(source, backend, before)
+        removed = _remove_packs(source, backend, before, had)
         if source.keyring is None:
             with target.translated():
                 target.read_models.catch_up()
@@ -406,10 +407,15 @@ def _reclaimed(source: UnitOfWork, after: int, upto: int) -> bool:
     return any(n.topic == PurgeReclaimed.TOPIC for n in source.app.read_rows(after + 1, upto))
 
 
-def _remove_packs(source: UnitOfWork, backend: ChunkBackend, before: set[str]) -> int:
+def _remove_packs(
+    source: UnitOfWork, backend: ChunkBackend, before: set[str], had: set[str]
+) -> int:
     """Packs the primary had removed before the cut was read (and so before the
-    events that made them unneeded, which this run replicated)."""
-    gone = [n for n in backend.list(PACKS) if n not in before]
+    events that made them unneeded, which this run replicated). Only packs the
+    replica ``had`` before this run: one this run copied was on the primary after
+    ``before`` was listed, and a gc that repacked it since may have moved its
+    chunks (which the events sent reference) to a pack this run did not copy."""
+    gone = [n for n in sorted(had) if n not in before]
     if not gone:
         return 0
     still = set(source.chunks.backend.list(PACKS))

@@ -585,3 +585,47 @@ def test_packs_a_gc_moves_during_the_copy_are_fetched_where_they_went(
     report = r.replicate()
     check_complete(r, report)
     assert check_replica(r, p.entries, scratch, purges, every=True) == report["position"]
+
+
+def test_a_pack_copied_in_this_run_is_not_removed_when_gc_repacks_it(
+    tmp_path: Path, scratch: Path
+) -> None:
+    """A pack written after the run listed the primary's packs the first time
+    (``before``, for the removal rule) and before it read its cut, copied by the
+    run, then repacked by a gc while the run reads the events to send (after its
+    last listing of packs): it must stay on the replica, whose events reference
+    its chunks (the run did not copy the pack they moved to)."""
+    h = Harness("replicate: a pack of this run repacked", tmp_path, scratch)
+    r, _ = _replicas(h, tmp_path, remote=False)
+    p = Purging(h, scratch)
+    p.sync()
+    r.replicate()
+    r.was_store = True
+    p.sync(garbage=1.0)  # a pack the replica lacks, so that the run removes nothing else
+    done: list[str] = []
+    with ckpt.Store.open(h.store, actor="fault-check") as store:
+        backend, app = store.chunks.backend, store.unit_of_work.app
+        real_list, real_rows = backend.list, app.read_rows
+
+        def list_(prefix: str) -> Iterator[str]:
+            names = list(real_list(prefix))
+            if prefix == PACKS and not done:  # the first listing: ``before``
+                done.append("synced")
+                p.sync(garbage=1.0)  # its pack holds garbage: gc repacks it
+            return iter(names)
+
+        def read_rows(start: int = 1, stop: int | None = None) -> Iterator[Any]:
+            if start > 1 and done == ["synced"]:  # the events to send (not the prefix check)
+                done.append("gc")
+                gc = ["--store", str(h.store), "gc", "--grace", "0"]
+                assert run(gc, io.StringIO(), io.StringIO()) == 0, "the primary's gc failed"
+            return real_rows(start, stop)
+
+        backend.list = list_  # type: ignore[method-assign]
+        app.read_rows = read_rows  # type: ignore[method-assign]
+        report = store.replicate(to_dir=r.config.directory).as_dict()
+    assert done == ["synced", "gc"], f"the run did not read as this test expects: {done}"
+    h.where = f"[{h.kind}: {report}]"
+    assert report["position"] == p.entries[-1].position, "the sync was not before the cut"
+    assert check_replica(r, p.entries, scratch, every=True) == report["position"]
+    check_complete(r, r.replicate())
