@@ -12,8 +12,8 @@ Terms (besides the harness's):
                 (``--to-events``/``--to-chunks``) in a schema and key prefix of
                 its own.
     measure     a second replica of the same primary that is never killed: each
-                round replicates into it first, uncut and in this process, to time
-                a run of the size the round then kills (its typical duration).
+                round replicates into it first, uncut, to time a run of the size
+                the round then kills (its typical duration).
     arrived     the pack and index names on the replica's chunk backend after a
                 kill point, listed from the backend itself (not from anything
                 ckpt reports).
@@ -39,16 +39,20 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import pytest
 
 import ckpt
 from ckpt.cli import run
+from ckpt.domain import Origin
 from ckpt.exit_codes import exit_code
-from ckpt.storage.chunks import ChunkBackend
+from ckpt.storage.chunks import ChunkBackend, LocalChunkBackend
 from ckpt.storage.chunks.layout import INDEX, PACKS
+from ckpt.storage.replica_record import ReplicaRecord
 from ckpt.store_config import StoreConfig
 
 from ._driver import HOLD
@@ -264,19 +268,21 @@ def _kill_round(
     on the replica, check it after each, then resume uncut and check that the
     resume sent exactly what had not arrived."""
     first = not r.was_store
-    # Timed in this process, as the driver times a command (from "go": imports
-    # done): a subprocess would add ~1 s of start-up a round on two shared cores.
-    began = time.perf_counter()
-    m.replicate()
-    typical = time.perf_counter() - began
+    typical = h.timed("replicate", *m.to)
     for _ in range(kills):
+        packs_before = len(r.names()[0])
+        at = r.history[-1] if r.history else 0
         outcome = h.kill_point("replicate", *r.to, typical=typical)
         position = check_replica(r, entries, scratch, first_run=first)
         if position is None:
             h.result(outcome, "no store yet")
+        elif position == int(h.json("info")["position"]):
+            h.result(outcome, "complete")
+        elif position > at:
+            h.result(outcome, "some events")
         else:
-            whole = position == int(h.json("info")["position"])
-            h.result(outcome, "complete" if whole else "a prefix")
+            more = len(r.names()[0]) > packs_before
+            h.result(outcome, "packs, no event" if more else "nothing sent")
 
     packs_there, index_there = r.names()
     packs, index = _primary_names(h)
@@ -311,12 +317,12 @@ def test_replicate_killed_anywhere_leaves_a_prefix_that_resumes(
     r, m = _replicas(h, tmp_path, remote)
     h.init()
     h.ok("vm", "add", "rp", "--disk", "Boot", "--disk", "Data")
-    boot = Image(scratch / "boot.raw", 4 * MiB, h.rng)
+    boot = Image(scratch / "boot.raw", 8 * MiB, h.rng)
     data = Image(scratch / "data.raw", 2 * MiB, h.rng, fill=0.3)
     entries: list[Entry] = []
 
     def capture() -> None:
-        boot.mutate(h.rng.randrange(32, 256), h.rng.randrange(0, 2) * MiB)
+        boot.mutate(h.rng.randrange(32, 256), h.rng.randrange(1, 4) * MiB)
         data.mutate(h.rng.randrange(8, 64))
         name = f"c{len(entries)}"
         h.ok("checkpoint", "create", "rp", name,
@@ -629,3 +635,99 @@ def test_a_pack_copied_in_this_run_is_not_removed_when_gc_repacks_it(
     assert report["position"] == p.entries[-1].position, "the sync was not before the cut"
     assert check_replica(r, p.entries, scratch, every=True) == report["position"]
     check_complete(r, r.replicate())
+
+
+class Cut(BaseException):
+    """The kill, raised in this process at a write of the run (no handler in ckpt
+    catches a BaseException that is not KeyboardInterrupt or SystemExit)."""
+
+
+BULK_EVENTS = 1100  # renames: more than one batch of events (BATCH: 1,000 a transaction)
+
+
+def test_replicate_cut_at_each_write_in_turn_leaves_a_prefix_that_resumes(
+    tmp_path: Path, scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every write of a run, in turn, as its last: the seeded kill points land
+    where the time goes (opening the stores, the copy), these at each write
+    point. One run holds every kind: pack puts, index puts, two batches of
+    events with their progress, removals of packs the primary's gc removed.
+    Run i is cut at its second write (after one more write than run i - 1 made,
+    so the runs walk through the writes in order); after each cut the replica is
+    checked; the last run is uncut and the replica complete."""
+    h = Harness("replicate cut at each write", tmp_path, scratch)
+    r, _ = _replicas(h, tmp_path, remote=False)
+    p = Purging(h, scratch)
+    for _ in range(2):
+        p.sync(garbage=1.0)
+    r.replicate()
+    r.was_store = True
+    h.ok("forget", "gr", "--keep-last", "1")
+    h.ok("gc", "--grace", "0")  # the run removes the packs gc removed or repacked
+    for _ in range(2):
+        p.sync()
+    h.ok("vm", "add", "bulk")
+    h.ok("checkpoint", "create", "bulk", "renamed")
+    with ckpt.Store.open(h.store, actor="bulk") as store:  # as test_fault_maintenance.py
+        vm = store.vm("bulk")
+        (cp,) = vm.checkpoints.values()
+        for i in range(BULK_EVENTS):
+            origin = Origin("bulk", "fault-test", datetime.now(UTC), uuid4())
+            vm.rename_checkpoint(origin, cp.id, f"renamed-{i}")
+        store.app.save(vm)
+
+    writes: list[str] = []
+    root = str(r.config.directory)
+
+    def cut_at_second(what: str) -> None:
+        writes.append(what)
+        if len(writes) == 2:
+            raise Cut
+
+    put, delete = LocalChunkBackend.put, LocalChunkBackend.delete
+    progress = ReplicaRecord.set_replica_progress
+
+    def put_(self: LocalChunkBackend, name: str, data: bytes) -> None:
+        if str(self.root).startswith(root):
+            cut_at_second(f"put {name.split('/')[0]}")
+        put(self, name, data)
+
+    def delete_(self: LocalChunkBackend, name: str) -> None:
+        if str(self.root).startswith(root):
+            cut_at_second(f"delete {name.split('/')[0]}")
+        delete(self, name)
+
+    def progress_(self: ReplicaRecord, c: Any, primary_id: str, position: int, link: bytes) -> None:
+        cut_at_second(f"events to {position}")  # in the batch's transaction: cut, rolled back
+        progress(self, c, primary_id, position, link)
+
+    cuts: list[str] = []
+    purges = _purges(h)
+    for _ in range(40):  # ~20 writes: the bound only stops a run that never ends
+        writes.clear()
+        with monkeypatch.context() as patched:
+            patched.setattr(LocalChunkBackend, "put", put_)
+            patched.setattr(LocalChunkBackend, "delete", delete_)
+            patched.setattr(ReplicaRecord, "set_replica_progress", progress_)
+            with ckpt.Store.open(h.store, actor="fault-check") as store:
+                try:
+                    store.replicate(to_dir=r.config.directory)
+                except Cut:
+                    pass
+                else:
+                    break
+        cuts.append(writes[0])
+        h.where = (
+            f"[{h.kind}: run {len(cuts)} cut after its write {writes[0]!r}, before {writes[1]!r}]"
+        )
+        check_replica(r, p.entries, scratch, purges, every=len(cuts) % 4 == 0)
+    kinds = {
+        c.split(" ")[0] + (" " + c.split(" ")[1] if c.startswith(("put", "delete")) else "")
+        for c in cuts
+    }
+    assert kinds >= {"put packs", "put index", "events", "delete packs", "delete index"}, cuts
+    assert sum(c.startswith("events") for c in cuts) >= 2, cuts
+    h.where = f"[{h.kind}: the uncut run after {len(cuts)} cut ones]"
+    print(f"{h.where} cut after: {cuts}")  # shown with a failure
+    check_complete(r, r.replicate())
+    assert check_replica(r, p.entries, scratch, purges, every=True) is not None
