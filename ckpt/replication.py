@@ -127,6 +127,7 @@ def replicate(
         if first:
             _initialise(source, target, config, backend, primary_id)
         state = _check_replica(target, primary_id, where)
+        had = set(backend.list(PACKS))  # the replica's packs from earlier runs
         before = set(source.chunks.backend.list(PACKS))  # what the primary had before the cut
         with source.translated():
             source.read_models.catch_up()  # the links the primary recorded, up to the cut
@@ -134,7 +135,7 @@ def replicate(
         _check_prefix(source, target, state, cut, where)
         packs, index_files, size, skipped = _send_packs(source, backend, progress)
         events, position, last = _send_events(source, target, state, cut, progress, primary_id)
-        removed = _remove_packs(source, backend, before)
+        removed = _remove_packs(source, backend, had - before)
         if source.keyring is None:
             with target.translated():
                 target.read_models.catch_up()
@@ -346,16 +347,17 @@ def _send_packs(
     )
 
 
-def _remove_packs(source: UnitOfWork, backend: ChunkBackend, before: set[str]) -> int:
-    """Packs the primary had removed before the cut was read (and so before the
-    events that made them unneeded, which this run replicated)."""
-    gone = [n for n in backend.list(PACKS) if n not in before]
+def _remove_packs(source: UnitOfWork, backend: ChunkBackend, gone: set[str]) -> int:
+    """Packs an earlier run sent that the primary had removed before this run
+    read the cut (so the events that made them unneeded came in this run). A pack
+    sent in this run is never removed in it: a second gc of the primary may have
+    repacked it into a pack this run did not list."""
     if not gone:
         return 0
     still = set(source.chunks.backend.list(PACKS))
     indexes = {pack_id_of_index(n): n for n in backend.list(INDEX)}
     removed = 0
-    for name in gone:
+    for name in sorted(gone):
         if name in still:  # written by the primary after ``before`` was listed
             continue
         index = indexes.get(pack_id_of_pack(name))
