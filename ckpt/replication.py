@@ -134,12 +134,12 @@ def replicate(
         if first:
             _initialise(source, target, config, backend, primary_id)
         state = _check_replica(target, primary_id, where)
+        had = set(backend.list(PACKS))  # the replica's packs from earlier runs
         before = set(source.chunks.backend.list(PACKS))  # what the primary had before the cut
         with source.translated():
             source.read_models.catch_up()  # the links the primary recorded, up to the cut
         cut = source.app.last_position()
         _check_prefix(source, target, state, cut, where)
-        had = set(backend.list(PACKS))  # before this run copies any: see _remove_packs
         packs, index_files, size, skipped = _send_packs(source, backend, progress)
         for _ in range(ROUNDS):
             later = source.app.last_position()
@@ -160,7 +160,7 @@ def replicate(
                 "nothing was appended; run `ckpt replicate` again"
             )
         events, position, last = _send_events(source, target, state, cut, progress, primary_id)
-        removed = _remove_packs(source, backend, before, had)
+        removed = _remove_packs(source, backend, had - before)
         if source.keyring is None:
             with target.translated():
                 target.read_models.catch_up()
@@ -407,21 +407,17 @@ def _reclaimed(source: UnitOfWork, after: int, upto: int) -> bool:
     return any(n.topic == PurgeReclaimed.TOPIC for n in source.app.read_rows(after + 1, upto))
 
 
-def _remove_packs(
-    source: UnitOfWork, backend: ChunkBackend, before: set[str], had: set[str]
-) -> int:
-    """Packs the primary had removed before the cut was read (and so before the
-    events that made them unneeded, which this run replicated). Only packs the
-    replica ``had`` before this run: one this run copied was on the primary after
-    ``before`` was listed, and a gc that repacked it since may have moved its
-    chunks (which the events sent reference) to a pack this run did not copy."""
-    gone = [n for n in sorted(had) if n not in before]
+def _remove_packs(source: UnitOfWork, backend: ChunkBackend, gone: set[str]) -> int:
+    """Packs an earlier run sent that the primary had removed before this run
+    read the cut (so the events that made them unneeded came in this run). A pack
+    sent in this run is never removed in it: a second gc of the primary may have
+    repacked it into a pack this run did not list."""
     if not gone:
         return 0
     still = set(source.chunks.backend.list(PACKS))
     indexes = {pack_id_of_index(n): n for n in backend.list(INDEX)}
     removed = 0
-    for name in gone:
+    for name in sorted(gone):
         if name in still:  # written by the primary after ``before`` was listed
             continue
         index = indexes.get(pack_id_of_pack(name))
