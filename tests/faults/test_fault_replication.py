@@ -52,6 +52,7 @@ from ckpt.domain import Origin
 from ckpt.exit_codes import exit_code
 from ckpt.storage.chunks import ChunkBackend, LocalChunkBackend
 from ckpt.storage.chunks.layout import INDEX, PACKS
+from ckpt.storage.keyring import parse_key_file
 from ckpt.storage.replica_record import ReplicaRecord
 from ckpt.store_config import StoreConfig
 
@@ -81,7 +82,7 @@ REMOTE_ROUNDS = (1,)
 GC_ROUNDS = 2  # a race and its checks: ~4 s
 REPLICA_EXIT = 43  # StoreIsReplica (ckpt/exit_codes.py)
 PURGED_EXIT = 40  # PointPurged
-NOT_THERE_EXIT = 11  # the point is not in the tree (yet)
+KEY_FILE = "CKPT_KEY_FILE"
 
 
 @dataclass
@@ -131,10 +132,17 @@ class Replica:
 
     def open(self) -> ckpt.Store:
         if self.config.directory is not None:
-            return ckpt.Store.open(self.config.directory, actor="fault-check")
+            return ckpt.Store.open(self.config.directory, actor="fault-check", key=_key())
         return ckpt.Store.open(
             None, events=self.config.events, chunks=self.config.chunks, actor="fault-check"
         )
+
+
+def _key() -> bytes | None:
+    """The key the commands in this process use: ``$CKPT_KEY_FILE``, which a test
+    of an encrypted primary (a sealed replica) sets."""
+    file = os.environ.get(KEY_FILE)
+    return parse_key_file(Path(file).read_bytes(), file) if file else None
 
 
 def _replicas(h: Harness, tmp_path: Path, remote: bool) -> tuple[Replica, Replica]:
@@ -450,7 +458,8 @@ class Purging:
         h, disk = self.h, self.disk
         new = disk.mutate(h.rng.randrange(64, 256), h.rng.randrange(0, 2) * MiB)
         if h.rng.random() < garbage:
-            with ckpt.Store.open(h.store) as store, store.chunks.writer() as writer:
+            opened = ckpt.Store.open(h.store, key=_key())
+            with opened as store, store.chunks.writer() as writer:
                 for block in new:
                     writer.add(block)
                 for _ in range(h.rng.randrange(64, 256)):
@@ -646,8 +655,9 @@ class Cut(BaseException):
 BULK_EVENTS = 1100  # renames: more than one batch of events (BATCH: 1,000 a transaction)
 
 
+@pytest.mark.parametrize("sealed", [False, True], ids=["plain", "sealed"])
 def test_replicate_cut_at_each_write_in_turn_leaves_a_prefix_that_resumes(
-    tmp_path: Path, scratch: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, scratch: Path, monkeypatch: pytest.MonkeyPatch, sealed: bool
 ) -> None:
     """Every write of a run, in turn, as its last: the seeded kill points land
     where the time goes (opening the stores, the copy), these at each write
@@ -655,8 +665,16 @@ def test_replicate_cut_at_each_write_in_turn_leaves_a_prefix_that_resumes(
     events with their progress, removals of packs the primary's gc removed.
     Run i is cut at its second write (after one more write than run i - 1 made,
     so the runs walk through the writes in order); after each cut the replica is
-    checked; the last run is uncut and the replica complete."""
-    h = Harness("replicate cut at each write", tmp_path, scratch)
+    checked; the last run is uncut and the replica complete. Sealed: the primary
+    is encrypted, the runs reach the replica without the key (it stores the
+    ciphertext), the checks open it with the key."""
+    options: tuple[str, ...] = ()
+    if sealed:
+        monkeypatch.setenv(KEY_FILE, str(tmp_path / "key"))  # init writes a new key there
+        options = ("--encrypt",)
+    h = Harness(
+        f"replicate cut at each write{' (sealed)' if sealed else ''}", tmp_path, scratch, options
+    )
     r, _ = _replicas(h, tmp_path, remote=False)
     p = Purging(h, scratch)
     for _ in range(2):
@@ -668,7 +686,7 @@ def test_replicate_cut_at_each_write_in_turn_leaves_a_prefix_that_resumes(
     p.sync()
     h.ok("vm", "add", "bulk")
     h.ok("checkpoint", "create", "bulk", "renamed")
-    with ckpt.Store.open(h.store, actor="bulk") as store:  # as test_fault_maintenance.py
+    with ckpt.Store.open(h.store, actor="bulk", key=_key()) as store:  # as test_fault_maintenance
         vm = store.vm("bulk")
         (cp,) = vm.checkpoints.values()
         for i in range(BULK_EVENTS):
@@ -709,7 +727,7 @@ def test_replicate_cut_at_each_write_in_turn_leaves_a_prefix_that_resumes(
             patched.setattr(LocalChunkBackend, "put", put_)
             patched.setattr(LocalChunkBackend, "delete", delete_)
             patched.setattr(ReplicaRecord, "set_replica_progress", progress_)
-            with ckpt.Store.open(h.store, actor="fault-check") as store:
+            with ckpt.Store.open(h.store, actor="fault-check", key=_key()) as store:
                 try:
                     store.replicate(to_dir=r.config.directory)
                 except Cut:
@@ -731,3 +749,9 @@ def test_replicate_cut_at_each_write_in_turn_leaves_a_prefix_that_resumes(
     print(f"{h.where} cut after: {cuts}")  # shown with a failure
     check_complete(r, r.replicate())
     assert check_replica(r, p.entries, scratch, purges, every=True) is not None
+    if sealed:  # the primary's ciphertext as it is; reading it needs the key
+        name = sorted(_primary_names(h)[0])[-1]
+        assert r.backend().get(name) == StoreConfig(h.store).chunk_backend().get(name)
+        monkeypatch.delenv(KEY_FILE)
+        code, _, err = r.cli("restore", "gr", "base", "--disk", "D", "-o", str(scratch / "x"))
+        assert code != 0 and "key" in err, f"{h.where} restore without the key: {code} {err}"
