@@ -6,6 +6,18 @@ replica's progress (``ckpt_replica``: position, link). Killed anywhere, the
 replica must verify clean, hold a prefix of the primary's log, restore every
 point whose events arrived, and the next run must send only what is missing.
 
+Four kinds of test:
+    kill points  SIGKILL at a seeded delay (the harness's), rounds of captures
+                 in between; on the embedded replica and on PostgreSQL + S3.
+    cut walk     every write of a run in turn as its last (an exception raised
+                 in this process at the write after it): the kill points land
+                 where the time goes, these at every write; plain and sealed.
+    race         ``gc --grace 0`` after a purge, started a seeded offset from a
+                 replicate, one of them SIGKILLed now and then.
+    gc inside    the race made certain: the primary's gc run inside the run at
+                 a chosen moment (the first fetch of a pack, the listing of the
+                 index files, the reading of the events to send).
+
 Terms (besides the harness's):
     primary     ``h.store``, an embedded store: the one replicated.
     replica     the target: a directory (``--to-store``), or PostgreSQL + S3
@@ -134,7 +146,11 @@ class Replica:
         if self.config.directory is not None:
             return ckpt.Store.open(self.config.directory, actor="fault-check", key=_key())
         return ckpt.Store.open(
-            None, events=self.config.events, chunks=self.config.chunks, actor="fault-check"
+            None,
+            events=self.config.events,
+            chunks=self.config.chunks,
+            actor="fault-check",
+            key=_key(),
         )
 
 
