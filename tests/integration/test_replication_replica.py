@@ -1,0 +1,211 @@
+"""A replica is read-only until promoted, receives an encrypted primary sealed, and
+``replicate`` refuses targets that are no replica, whatever they are instead.
+
+Terms (tests/replication_support.py): *primary*, *target*, *point*. A
+*write* is a command that records an event or changes the chunk storage
+(including ``verify --repair``, which rewrites index files, and ``upgrade``);
+``projections rebuild`` and the dry runs of ``gc`` and ``forget`` change
+neither and are reads here.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from replication_support import Primary, Target, assert_replica_of, files, primary, restores
+
+from ckpt import Store, StoreIsReplica  # type: ignore[attr-defined]
+
+IS_REPLICA = 43  # ckpt.StoreIsReplica
+MISMATCH = 35  # ckpt.StoreMismatch
+WRONG_KEY = 28  # ckpt.WrongKey: an encrypted store opened without its key
+SECRET_VM = "payroll-Zq7x"  # a name no ciphertext holds by chance
+
+
+def _raw_holds(directory: Path, needle: bytes) -> bool:
+    """Whether any file under ``directory`` holds ``needle`` as stored (the
+    SQLite file, its WAL, packs, index files)."""
+    return any(needle in f.read_bytes() for f in directory.rglob("*") if f.is_file())
+
+
+def _replicated(
+    tmp_path: Path, scratch: Path, init: tuple[str, ...] = ()
+) -> tuple[Primary, Target]:
+    p = primary(tmp_path / "primary", scratch, init=init)
+    p.cli.ok("vm", "add", SECRET_VM)
+    p.checkpoint("c1")
+    p.sync("b1")
+    target = Target.store(tmp_path / "replica")
+    p.replicate(target)
+    return p, target
+
+
+def test_a_replica_refuses_every_write_and_answers_every_read_until_promoted(
+    tmp_path: Path, scratch: Path
+) -> None:
+    p, target = _replicated(tmp_path, scratch)
+    replica = target.cli()
+    # The control of the sealed test below: unencrypted, both are there as stored.
+    assert _raw_holds(tmp_path / "replica", bytes(p.image[4096:4160]))
+    assert _raw_holds(tmp_path / "replica", SECRET_VM.encode())
+    log, chunk_files, position = p.log(), files(target.backend()), p.position()
+    image = p.change()
+    hyperv = scratch / "hyperv"
+    hyperv.mkdir()
+    writes: list[tuple[str | Path, ...]] = [
+        ("checkpoint", "create", "web", "x", "--disk", f"D={image}"),
+        ("checkpoint", "apply", "web", "c1"),
+        ("checkpoint", "revert", "web"),
+        ("checkpoint", "rename", "web", "c1", "y"),
+        ("checkpoint", "delete", "web", "c1"),
+        ("sync", "web", "--disk", f"D={image}"),
+        ("vm", "add", "db"),
+        ("vm", "set", "web", "--checkpoint-type", "production"),
+        ("vm", "set", "web", "--retention", "last=3"),
+        ("vm", "start", "web"),
+        ("vm", "remove", SECRET_VM),
+        ("import", "disk", "web", "D", image),
+        ("gc", "--grace", "0"),
+        ("forget", "web", "--keep-last", "1"),
+        ("verify", "--repair"),
+        ("upgrade",),
+    ]
+    said = f"the store at {tmp_path / 'replica'} is a replica of {p.store_id()} up to position "
+    for args in writes:
+        err = replica.fails(IS_REPLICA, *args)
+        assert said + f"{position}: " in err and "needs to write" in err, (args, err)
+        assert "`ckpt replica promote` makes it a primary" in err
+    with Store.open(tmp_path / "replica") as store, pytest.raises(StoreIsReplica):
+        store.register_vm("api")
+
+    out = scratch / "out"
+    reads: list[tuple[str | Path, ...]] = [
+        ("tree", "web"), ("chain", "web"), ("files", "web", "c1"), ("vm", "list"),
+        ("vm", "show", "web"), ("checkpoint", "list", "web"), ("stats",), ("info",),
+        ("export", "web", "c1", "-o", out), ("forget", "web", "--keep-last", "1", "--dry-run"),
+        ("gc", "--dry-run"), ("projections", "rebuild"),
+    ]  # fmt: skip
+    for args in reads:
+        replica.ok(*args)
+    assert any(out.rglob("*.avhdx")) or any(out.rglob("*.vhdx"))
+    assert replica.json("log") == log and files(target.backend()) == chunk_files
+    assert_replica_of(p, replica, scratch)  # verify, verify --log, log, restore, info
+
+    promoted = replica.json("replica", "promote")
+    assert promoted["replica_of"] == p.store_id() and promoted["store_id"] != p.store_id()
+    assert (promoted["position"], promoted["link"]) == (position, log[-1]["link"])
+    assert promoted["promoted_at"]
+    info = replica.json("info")["replica"]
+    assert info is None or info["promoted_at"] == promoted["promoted_at"], info
+    replica.ok("checkpoint", "create", "web", "after failover", "--disk", f"D={image}")
+    replica.ok("vm", "add", "db")
+    # The old primary carries on; it may not write into the new one.
+    p.checkpoint("c2")
+    own = replica.json("log")
+    assert own[-1]["position"] > position
+    p.cli.fails(MISMATCH, "replicate", *target.to)
+    assert replica.json("log") == own and replica.json("verify", "--log")["ok"]
+
+
+def test_an_encrypted_primary_replicates_sealed_and_restores_only_with_its_key(
+    tmp_path: Path, scratch: Path
+) -> None:
+    p, target = _replicated(tmp_path, scratch, init=("--encrypt",))
+    where = tmp_path / "replica"
+    assert not _raw_holds(where, bytes(p.image[4096:4160]))
+    assert not _raw_holds(where, SECRET_VM.encode())
+    # Received without the key: no read model was built (they need the plaintext).
+    with sqlite3.connect(where / "events.sqlite") as db:
+        assert db.execute("SELECT count(*) FROM ckpt_vms").fetchone() == (0,)
+    db.close()
+    keyless, keyed = target.cli(), target.cli("--key-file", tmp_path / "key")
+    err = keyless.fails(WRONG_KEY, "restore", "web", "c1", "--disk", "D", "-o", scratch / "x")
+    assert not (scratch / "x").exists(), err
+    assert restores(keyed, p.expected, scratch) == p.expected
+    assert keyed.json("verify")["ok"]
+
+    # The next run, keyless on the replica's side again, sends only the new point.
+    p.checkpoint("c2")
+    second = p.replicate(target)
+    assert (second["events"], second["packs"], second["first_run"]) == (2, 1, False)
+    assert not _raw_holds(where, bytes(p.image[4096:4160]))
+    assert restores(keyed, p.expected, scratch) == p.expected
+    assert keyed.json("log") == p.log()
+
+
+def _untouched(path: Path) -> dict[str, bytes]:
+    return {str(f): f.read_bytes() for f in sorted(path.rglob("*")) if f.is_file()}
+
+
+def test_replicate_refuses_the_primary_itself_a_file_and_a_foreign_directory(
+    tmp_path: Path, scratch: Path
+) -> None:
+    p = primary(tmp_path / "primary", scratch)
+    p.checkpoint("c1")
+    before = _untouched(p.path)
+    err = p.cli.fails(MISMATCH, "replicate", "--to-store", p.path)
+    assert str(p.path) in err
+    assert _untouched(p.path) == before
+    file = tmp_path / "a file"
+    file.write_bytes(b"not a store")
+    foreign = tmp_path / "documents"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    for where in (file, foreign):
+        code, _, err = p.cli("replicate", "--to-store", where)
+        assert code not in (0, 1) and err.startswith("ckpt: ") and err.count("\n") == 1, err
+        assert str(where) in err
+    assert file.read_bytes() == b"not a store"
+    assert [f.name for f in foreign.iterdir()] == ["notes.txt"]
+    err = p.cli.fails(14, "replicate", "--to-events", f"sqlite://{tmp_path / 'r.sqlite'}")
+    assert "--to-chunks" in err and not (tmp_path / "r.sqlite").exists()
+    assert _untouched(p.path) == before
+
+
+class _CtrlC:
+    """A progress factory that raises KeyboardInterrupt (what SIGINT raises)
+    at its ``after``-th update: the run stops between two units of work."""
+
+    def __init__(self, after: int) -> None:
+        self.left = after
+
+    def __call__(self, label: str, total: int) -> object:
+        def update(n: int) -> None:
+            self.left -= 1
+            if self.left == 0:
+                raise KeyboardInterrupt
+
+        return update
+
+
+def test_a_run_interrupted_anywhere_leaves_a_clean_prefix_and_the_next_run_completes_it(
+    tmp_path: Path, scratch: Path
+) -> None:
+    p = primary(tmp_path / "primary", scratch)
+    p.checkpoint("c1")
+    target = Target.store(tmp_path / "replica")
+    p.replicate(target)
+    replica = target.cli()
+    for n in range(2, 5):
+        p.checkpoint(f"c{n}")  # three packs and six events to send
+    log, pending = p.log(), files(p.backend())
+    runs = 0
+    while True:  # interrupted at the 1st, 2nd, ... unit of work until a run completes
+        runs += 1
+        missing = {f for f in pending - files(target.backend()) if f.endswith(".pack")}
+        have = len(replica.json("log"))
+        with Store.open(p.path) as store:
+            try:
+                report = store.replicate(to_dir=tmp_path / "replica", progress=_CtrlC(runs))  # type: ignore[attr-defined]
+            except KeyboardInterrupt:
+                got = replica.json("log")
+                assert got == log[: len(got)]
+                assert files(target.backend()) <= pending
+                assert replica.json("verify")["ok"] and replica.json("verify", "--log")["ok"]
+                continue
+        break
+    assert runs >= 3  # at least a pack and the events were units of their own
+    assert report.packs == len(missing) and report.events == len(log) - have
+    assert_replica_of(p, replica, scratch)
