@@ -33,6 +33,7 @@ from ckpt.domain import (
     OutputFailed,
     PackCorrupt,
     PointPurged,
+    ReplicaDiverged,
     SourceChanged,
     StateFile,
     StateFileKind,
@@ -44,6 +45,7 @@ from ckpt.domain import (
     StoreExists,
     StoreFull,
     StoreIOError,
+    StoreIsReplica,
     StoreMismatch,
     StoreNotFound,
     StoreReadOnly,
@@ -67,6 +69,7 @@ from .copy import CopyDetails, CopyReport
 from .hyperv_import import ImportReport
 from .maintenance import RepairReport, StoreInfo, StoreStats, TotalStats, VMStats
 from .progress_factory import ProgressFactory, ProgressUpdate
+from .replication import ReplicateDetails, ReplicateReport
 from .retention_ops import ForgetPlan, PointVerdict, VMPlan
 from .store import Store
 from .store_config import StoreConfig
@@ -115,6 +118,9 @@ __all__ = [
     "ProgressFactory",
     "ProgressUpdate",
     "RepairReport",
+    "ReplicaDiverged",
+    "ReplicateDetails",
+    "ReplicateReport",
     "SourceChanged",
     "StateFile",
     "StateFileKind",
@@ -129,6 +135,7 @@ __all__ = [
     "StoreFull",
     "StoreIOError",
     "StoreInfo",
+    "StoreIsReplica",
     "StoreMismatch",
     "StoreNotFound",
     "StoreReadOnly",

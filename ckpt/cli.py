@@ -22,7 +22,7 @@ from ckpt.projections import disk_chains, tree_entries
 from ckpt.projections import documents as docs
 from ckpt.storage.locations import environ_secrets, scrub
 
-from . import cli_content, cli_retention, cli_serve, render
+from . import cli_content, cli_replication, cli_retention, cli_serve, render
 from .cli_content import content_args
 from .exit_codes import exit_code
 from .progress import progress_bars
@@ -252,7 +252,17 @@ def _log(s: Store, a: argparse.Namespace, out: TextIO) -> None:
 
 def _info(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     data = s.info()
-    lines = [f"{key}: {value}" for key, value in data.items() if value is not None]
+    lines = [
+        f"{key}: {value}" for key, value in data.items() if value is not None and key != "replica"
+    ]
+    replica = data.get("replica")
+    if replica:
+        state = "was a replica" if replica["promoted_at"] else "replica"
+        lines.append(
+            f"{state} of {replica['of']} up to position {replica['position']}, link "
+            f"{replica['link'] or '-'}"
+            + (f"; promoted at {replica['promoted_at']}" if replica["promoted_at"] else "")
+        )
     render.emit(out, a, data, "\n".join(lines))
 
 
@@ -601,6 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_content.register(sub, cmd)
     cli_serve.register(sub, cmd)
     cli_retention.register(sub, cmd)
+    cli_replication.register(sub, cmd)
     return p
 
 

@@ -39,6 +39,8 @@ TABLE: tuple[tuple[type[e.CkptError], int], ...] = (
     (e.StoreReadOnly, 38),
     (e.StoreIOError, 39),
     (e.ConfigurationError, 41),
+    (e.ReplicaDiverged, 42),
+    (e.StoreIsReplica, 43),
     (e.VhdxCorrupt, 30),
     (e.VhdxUnsupported, 31),
     (e.VhdxChainMismatch, 32),

@@ -66,6 +66,14 @@ class StoreInfo(TypedDict):
     position: int
     vms: int | None
     chunk_format: int  # 1: one zstd frame per chunk; 2: grouped (``ckpt upgrade``)
+    replica: ReplicaInfo | None  # a replica's primary and progress (``ckpt replicate``)
+
+
+class ReplicaInfo(TypedDict):
+    of: str
+    position: int
+    link: str
+    promoted_at: str | None
 
 
 class VMStats(TypedDict):
@@ -330,4 +338,17 @@ def info(uow: UnitOfWork) -> StoreInfo:
         position=uow.app.last_position(),
         vms=len(uow.read_models.recorder.vms()) if uow.caught_up() else None,
         chunk_format=uow.chunks.format,
+        replica=_replica_info(uow),
+    )
+
+
+def _replica_info(uow: UnitOfWork) -> ReplicaInfo | None:
+    state = uow.replica()
+    if state is None:
+        return None
+    return ReplicaInfo(
+        of=state.primary_id,
+        position=state.position,
+        link=state.link.hex() if state.position else "",
+        promoted_at=state.promoted_at,
     )

@@ -49,6 +49,7 @@ from . import (
     hyperv_import,
     maintenance,
     queries,
+    replication,
     restore_ops,
     retention_ops,
     setup,
@@ -61,6 +62,7 @@ from .hyperv_import import ImportReport
 from .maintenance import RepairReport, StoreInfo, StoreStats
 from .progress_factory import ProgressFactory
 from .read_model_updates import ReadModels
+from .replication import ReplicateReport
 from .retention_ops import ForgetPlan
 from .store_config import StoreConfig
 from .unit_of_work import UnitOfWork, utc_now
@@ -662,6 +664,30 @@ class Store:
         check.progress("copy_to: progress", progress)
         with naming_affected(self.unit_of_work):
             return copy_store(self.unit_of_work, events, chunks, target, progress)
+
+    def replicate(
+        self,
+        to_events: str | None = None,
+        to_chunks: str | None = None,
+        to_dir: str | Path | None = None,
+        progress: ProgressFactory | None = None,
+    ) -> ReplicateReport:
+        """Bring a replica of this store up to date (ckpt/replication.py): the first
+        run into an empty target makes it one; later runs send only the packs it
+        lacks and the events after its position, checked by the hash chain
+        (``ReplicaDiverged`` when its log is not a prefix of this one)."""
+        check.optional_text("replicate: to_events", to_events)
+        check.optional_text("replicate: to_chunks", to_chunks)
+        target = check.optional_path("replicate: to_dir", to_dir)
+        check.progress("replicate: progress", progress)
+        if target is None and not (to_events and to_chunks):
+            raise InvalidValue("replicate: give to_dir, or to_events and to_chunks")
+        with naming_affected(self.unit_of_work):
+            return replication.replicate(self.unit_of_work, to_events, to_chunks, target, progress)
+
+    def promote_replica(self) -> dict[str, Any]:
+        """``ckpt replica promote``: this replica becomes a primary (failover)."""
+        return replication.promote(self.unit_of_work)
 
     def catch_up(self) -> int:
         """Fold events other writers appended into the read models."""

@@ -46,6 +46,7 @@ from ckpt.domain import (
     StoreConflict,
     StoreCorrupt,
     StoreIOError,
+    StoreIsReplica,
     StoreReadOnly,
     StoreUnavailable,
     VirtualMachine,
@@ -54,6 +55,7 @@ from ckpt.storage.chunks import ChunkStore, MemoryChunkBackend
 from ckpt.storage.event_store import sqlite_environment
 from ckpt.storage.keyring import Keyring
 from ckpt.storage.no_space import event_store_full
+from ckpt.storage.replica_record import ReplicaState
 
 from .app import CheckpointApplication
 from .read_model_updates import ReadModels
@@ -154,6 +156,18 @@ class UnitOfWork:
             raise StoreReadOnly(
                 f"the store at {self.where} is {self.read_only}: {command} needs to write"
             )
+        replica = self.replica()
+        if replica is not None and replica.follows:
+            raise StoreIsReplica(
+                f"the store at {self.where} is a replica of {replica.primary_id} up to position "
+                f"{replica.position}: {command} needs to write; it takes events only from its "
+                "primary (`ckpt replicate`) until `ckpt replica promote` makes it a primary"
+            )
+
+    def replica(self) -> ReplicaState | None:
+        """How far this store follows its primary, if it is (or was) a replica."""
+        with self.translated():
+            return self.read_models.recorder.replica()
 
     def close(self) -> None:
         """Release the backends; closing twice is harmless, any other use after it

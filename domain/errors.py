@@ -32,6 +32,8 @@ them unchanged. Adapters translate sqlite3 / eventsourcing errors at their edge.
         ├── StoreReadOnly            the store is on read-only media and the command writes
         ├── StoreIOError             the store's media failed a read or write (EIO, ...)
         ├── ConfigurationError       a Hyper-V configuration file (VMCX, XML) is damaged
+        ├── ReplicaDiverged          a replica's log is not a prefix of its primary's
+        ├── StoreIsReplica           a command that writes, on a replica (`replica promote` first)
         └── VhdxError                a VHDX/AVHDX or VHD/AVHD file could not be read or written
             ├── VhdxCorrupt          a structure is damaged, truncated or inconsistent
             ├── VhdxUnsupported      valid VHDX we refuse (non-empty log, unknown
@@ -186,6 +188,18 @@ class StoreIOError(StorageError):
         self.name = name  # the backend object that failed, if one did
         self.path = path  # its file, where it has one
         self.explained = False  # the affected checkpoints are in the message already
+
+
+class ReplicaDiverged(StorageError):
+    """A replica's log is not a prefix of its primary's: the replica's last hash
+    link differs from the primary's link at that position (recomputed from the
+    primary's stored events), or the replica holds events the primary lacks.
+    Nothing was appended; the message names the first position that differs."""
+
+
+class StoreIsReplica(StorageError):
+    """A command that writes was given a replica (``ckpt replicate``'s target):
+    it takes events only from its primary until ``ckpt replica promote``."""
 
 
 class ConfigurationError(StorageError):

@@ -37,6 +37,8 @@ from eventsourcing.sqlite import SQLiteTrackingRecorder
 
 from ckpt.domain.read_model_rows import Batch
 from ckpt.storage.keyring import Keyring
+from ckpt.storage.replica_record import CREATE as REPLICA_TABLE
+from ckpt.storage.replica_record import ReplicaRecord
 
 READ_MODELS = "ckpt-read-models"
 
@@ -120,10 +122,12 @@ def create_statements(types: dict[str, str]) -> list[str]:
         # chunk storage's meta object names the same id; an open compares them).
         # One row (one = 1): two hosts creating the store at once agree on the first id.
         "CREATE TABLE IF NOT EXISTS ckpt_store (one INTEGER PRIMARY KEY, id TEXT NOT NULL)",
+        # Not a read model: how far a replica follows its primary (storage/replica_record.py).
+        REPLICA_TABLE,
     ]
 
 
-class ReadModelsSQL:
+class ReadModelsSQL(ReplicaRecord):
     """The read models over any SQL database the event store uses: every verb is
     written once, in SQL both SQLite (3.24+) and PostgreSQL accept; an adapter
     supplies ``transaction``, ``lock``, ``columns`` and where the events and the
