@@ -122,7 +122,7 @@ def test_an_event_changed_on_the_primary_after_it_was_replicated_stops_the_next_
     chunk_files = files(target.backend())
     for _ in range(2):  # and the next run does not take it either
         err = p.cli.fails(DIVERGED, "replicate", *target.to)
-        assert f"position {last}" in err, err
+        assert f"differ at position {at} " in err and f"link at {last} " in err, err
         _unchanged(replica, log, chunk_files, target)
 
 
@@ -130,24 +130,30 @@ def test_an_event_the_primary_never_had_on_the_replica_stops_the_next_run(
     tmp_path: Path, scratch: Path
 ) -> None:
     p, target = _embedded_pair(tmp_path, scratch)
-    replica = target.cli()
     last = p.position()
     # The replica's last event again, one version on, at the next position: a
-    # writer that went round the read-only guard.
-    with sqlite3.connect(tmp_path / "replica" / "events.sqlite") as db:
+    # writer that went round the read-only guard. (Its read models would choke on
+    # the duplicate checkpoint: the replica is looked at through SQLite only.)
+    events = tmp_path / "replica" / "events.sqlite"
+    with sqlite3.connect(events) as db:
         db.execute(
             "INSERT INTO stored_events (rowid, originator_id, originator_version, topic, state) "
             "SELECT rowid + 1, originator_id, originator_version + 1, topic, state "
             "FROM stored_events ORDER BY rowid DESC LIMIT 1"
         )
+        rows = db.execute("SELECT rowid, state FROM stored_events ORDER BY rowid").fetchall()
     db.close()
-    log = replica.json("log")
-    assert log[-1]["position"] == last + 1
+    assert rows[-1][0] == last + 1
     p.checkpoint("c3")  # the primary's own event at that position
     chunk_files = files(target.backend())
     err = p.cli.fails(DIVERGED, "replicate", *target.to)
-    assert f"position {last + 1}" in err, err
-    assert replica.json("log") == log and files(target.backend()) == chunk_files
+    assert f"up to position {last + 1}" in err and f"only up to {last}" in err, err
+    with sqlite3.connect(events) as db:
+        assert (
+            db.execute("SELECT rowid, state FROM stored_events ORDER BY rowid").fetchall() == rows
+        )
+    db.close()
+    assert files(target.backend()) == chunk_files
 
 
 def test_a_store_is_not_replicated_into_another_primarys_replica_nor_into_a_store(

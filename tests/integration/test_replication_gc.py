@@ -85,10 +85,17 @@ def test_follow_picks_up_a_new_checkpoint_within_seconds_and_ends_cleanly_on_sig
         sys.executable, "-m", "ckpt", "--store", str(p.path), "--actor", "t",
         "replicate", *target.to, "--follow", "--interval", "0.2", "--json",
     ]  # fmt: skip
-    follower = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Run outside the work tree: there ``ckpt`` would be the bare source folder.
+    follower = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path
+    )
     try:
         lines = _lines(follower.stdout)
-        first = json.loads(lines.get(timeout=30))  # the interpreter's start, then a copy
+        try:
+            first = json.loads(lines.get(timeout=30))  # the interpreter's start, then a copy
+        except queue.Empty:
+            follower.kill()
+            raise AssertionError(follower.communicate()[1]) from None
         assert first["first_run"] is True and first["position"] == p.position()
         p.checkpoint("c2")
         wanted, began = p.position(), time.monotonic()
