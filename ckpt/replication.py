@@ -189,7 +189,8 @@ def _target_config(
             raise StoreMismatch(f"cannot replicate into {str(to_dir)!r}: it is not a directory")
         if (to_dir / STORE_MARKER).exists():
             return read_marker(to_dir), False
-        check_empty_directory(to_dir)  # a directory holding other things is refused
+        check_empty_directory(to_dir)  # the rest of a store without its marker: exit 21
+        _check_no_other_files(to_dir)
         config = StoreConfig(to_dir, to_events, to_chunks)
     else:
         config = StoreConfig(None, to_events, to_chunks)
@@ -199,6 +200,20 @@ def _target_config(
             config.store_id = meta.get("store_id")
             return config, False
     return config, True
+
+
+def _check_no_other_files(directory: Path) -> None:
+    """The first run needs an empty target: a replica made beside other files
+    (``--to-store ~/Documents`` by mistake) would mix with them."""
+    try:
+        other = directory.is_dir() and next(directory.iterdir(), None) is not None
+    except OSError as e:
+        raise StoreMismatch(f"cannot replicate into {str(directory)!r}: {e.strerror}") from None
+    if other:
+        raise StoreMismatch(
+            f"cannot replicate into {str(directory)!r}: it holds other files and no store; "
+            "give a new or empty directory"
+        )
 
 
 def _not_the_primary(source: UnitOfWork, config: StoreConfig) -> None:
