@@ -11,12 +11,17 @@ files.
 from __future__ import annotations
 
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
+from uuid import uuid4
 
+import pytest
 from backends import postgres_url, s3_url
 from conftest import Backends
 from replication_support import At, Primary, Target, assert_replica_of, files, packs, primary
 
+from ckpt import AlreadyExists, CheckpointType, Store
+from ckpt.domain import Origin, VirtualMachine
 from ckpt.storage import ZstdCompressor
 
 DIVERGED = 42  # ckpt.ReplicaDiverged
@@ -58,7 +63,7 @@ def test_a_replica_on_the_other_backends_gets_only_what_is_new_on_each_run(
     if target.events and target.events.startswith("postgresql"):
         password = target.events.split("@")[0].split(":")[-1]
         assert "***" in first["target"] and password not in str(first)
-    assert_replica_of(p, replica, scratch)
+    assert_replica_of(p, replica, scratch, restore=False)  # every point restores below
 
     # New content: a changed disk, a sync, a delete that merges, a rename.
     stored, old_packs, position = p.stored_bytes(), packs(p.backend()), log[-1]["position"]
@@ -100,6 +105,21 @@ def _unchanged(replica: At, log: object, chunk_files: set[str], target: Target) 
     assert replica.json("verify", "--log")["ok"]
 
 
+def _forge(events: Path, position: int, old: bytes, new: bytes) -> None:
+    """Re-encode the stored event at ``position`` with ``old`` replaced by ``new``:
+    it still decodes, but its bytes (so every link from it on) are not the ones
+    the hash chain recorded."""
+    codec = ZstdCompressor()
+    with sqlite3.connect(events) as db:
+        query = "SELECT state FROM stored_events WHERE rowid = ?"
+        (state,) = db.execute(query, (position,)).fetchone()
+        plain = codec.decompress(state)
+        assert plain.count(old) == 1
+        forged = codec.compress(plain.replace(old, new))
+        db.execute("UPDATE stored_events SET state = ? WHERE rowid = ?", (forged, position))
+    db.close()
+
+
 def test_an_event_changed_on_the_primary_after_it_was_replicated_stops_the_next_run(
     tmp_path: Path, scratch: Path
 ) -> None:
@@ -107,23 +127,28 @@ def test_an_event_changed_on_the_primary_after_it_was_replicated_stops_the_next_
     replica = target.cli()
     log = p.log()
     last = log[-1]["position"]
-    # c1's creation, re-encoded with another name: it still decodes, but its
-    # bytes (and so every link from it on) are not the ones replicated.
     at = next(e["position"] for e in log if e["operation"] == "checkpoint-created")
-    codec = ZstdCompressor()
-    with sqlite3.connect(p.path / "events.sqlite") as db:
-        (state,) = db.execute("SELECT state FROM stored_events WHERE rowid = ?", (at,)).fetchone()
-        plain = codec.decompress(state)
-        assert plain.count(b"\xa2c1") == 1  # msgpack's 2-byte string "c1"
-        forged = codec.compress(plain.replace(b"\xa2c1", b"\xa2cX"))
-        db.execute("UPDATE stored_events SET state = ? WHERE rowid = ?", (forged, at))
-    db.close()
+    _forge(p.path / "events.sqlite", at, b"\xa2c1", b"\xa2cX")  # msgpack's string "c1"
     p.checkpoint("c3")  # something to send
     chunk_files = files(target.backend())
     for _ in range(2):  # and the next run does not take it either
         err = p.cli.fails(DIVERGED, "replicate", *target.to)
         assert f"differ at position {at} " in err and f"link at {last} " in err, err
         _unchanged(replica, log, chunk_files, target)
+
+
+def test_an_event_changed_on_the_primary_before_it_was_ever_replicated_is_not_sent(
+    tmp_path: Path, scratch: Path
+) -> None:
+    p, target = _embedded_pair(tmp_path, scratch)
+    replica = target.cli()
+    log = p.log()
+    p.checkpoint("c3")
+    at = p.position()  # c3's creation, after the replica's position
+    _forge(p.path / "events.sqlite", at, b"\xa2c3", b"\xa2cY")
+    err = p.cli.fails(DIVERGED, "replicate", *target.to)
+    assert f"at or before position {at} was changed" in err, err
+    assert replica.json("log") == log and replica.json("verify", "--log")["ok"]
 
 
 def test_an_event_the_primary_never_had_on_the_replica_stops_the_next_run(
@@ -172,3 +197,30 @@ def test_a_store_is_not_replicated_into_another_primarys_replica_nor_into_a_stor
     other_log = other.log()
     p.cli.fails(MISMATCH, "replicate", "--to-store", other.path)
     assert other.log() == other_log and files(other.backend()) == other_files
+
+
+def test_a_postgresql_log_with_gaps_replicates_at_its_own_positions(tmp_path: Path) -> None:
+    """A failed insert leaves a gap in PostgreSQL's positions, which the hash chain
+    covers: the replica keeps the gaps, before and after its position."""
+
+    def lose_a_race(store: Store) -> None:
+        # A second host registering the same name at once: its insert is refused by
+        # the database after it took a position, which stays unused.
+        late = VirtualMachine.register(Origin("t", "h", datetime.now(UTC), uuid4()), "WEB")
+        with pytest.raises(AlreadyExists):
+            store.save_new_vm(late)
+
+    with Store.init(tmp_path / "pg", events=postgres_url()) as store:
+        store.register_vm("web", checkpoint_type=CheckpointType.STANDARD)
+        lose_a_race(store)
+        store.create_checkpoint("web", "one")
+        first = store.replicate(to_dir=tmp_path / "replica")
+        assert (first.events, first.position) == (2, 3)
+        lose_a_race(store)
+        store.create_checkpoint("web", "two")
+        second = store.replicate(to_dir=tmp_path / "replica")
+        assert (second.events, second.position) == (1, 5)
+        assert second.link == store.verify_log().last_link.hex()
+    with Store.open(tmp_path / "replica") as replica:
+        assert [e.position for e in replica.log()] == [1, 3, 5]
+        assert replica.verify_log().ok

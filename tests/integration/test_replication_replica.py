@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from replication_support import Primary, Target, assert_replica_of, files, primary, restores
 
-from ckpt import Store, StoreIsReplica  # type: ignore[attr-defined]
+from ckpt import Store, StoreIsReplica
 
 IS_REPLICA = 43  # ckpt.StoreIsReplica
 MISMATCH = 35  # ckpt.StoreMismatch
@@ -100,8 +100,13 @@ def test_a_replica_refuses_every_write_and_answers_every_read_until_promoted(
     assert promoted["replica_of"] == p.store_id() and promoted["store_id"] != p.store_id()
     assert (promoted["position"], promoted["link"]) == (position, log[-1]["link"])
     assert promoted["promoted_at"]
-    info = replica.json("info")["replica"]
-    assert info is None or info["promoted_at"] == promoted["promoted_at"], info
+    assert replica.json("info")["replica"] == {
+        "of": p.store_id(),
+        "position": position,
+        "link": log[-1]["link"],
+        "promoted_at": promoted["promoted_at"],
+    }
+    assert replica.json("replica", "promote") == promoted  # again: the first time stays
     replica.ok("checkpoint", "create", "web", "after failover", "--disk", f"D={image}")
     replica.ok("vm", "add", "db")
     # The old primary carries on; it may not write into the new one.
@@ -200,7 +205,7 @@ def test_a_run_interrupted_anywhere_leaves_a_clean_prefix_and_the_next_run_compl
         have = len(replica.json("log"))
         with Store.open(p.path) as store:
             try:
-                report = store.replicate(to_dir=tmp_path / "replica", progress=_CtrlC(runs))  # type: ignore[attr-defined]
+                report = store.replicate(to_dir=tmp_path / "replica", progress=_CtrlC(runs))
             except KeyboardInterrupt:
                 got = replica.json("log")
                 assert got == log[: len(got)]
