@@ -166,6 +166,12 @@ def test_replicate_refuses_the_primary_itself_a_file_and_a_foreign_directory(
         assert str(where) in err
     assert file.read_bytes() == b"not a store"
     assert [f.name for f in foreign.iterdir()] == ["notes.txt"]
+    # An interval time.sleep cannot take (OverflowError past ~9.2e9 s) is a usage error.
+    code, _, err = p.cli(
+        "replicate", "--to-store", tmp_path / "r", "--follow", "--interval", "1e300"
+    )
+    assert code == 2 and "--interval" in err and "Traceback" not in err, err
+    assert not (tmp_path / "r").exists()
     err = p.cli.fails(14, "replicate", "--to-events", f"sqlite://{tmp_path / 'r.sqlite'}")
     assert "--to-chunks" in err and not (tmp_path / "r.sqlite").exists()
     assert _untouched(p.path) == before
