@@ -15,7 +15,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from replication_support import Primary, Target, assert_replica_of, files, primary, restores
+from replication_support import At, Primary, Target, assert_replica_of, files, primary, restores
 
 from ckpt import Store, StoreIsReplica
 
@@ -156,6 +156,18 @@ def test_replicate_refuses_the_primary_itself_a_file_and_a_foreign_directory(
     err = p.cli.fails(MISMATCH, "replicate", "--to-store", p.path)
     assert str(p.path) in err
     assert _untouched(p.path) == before
+    # The same store named by its files' URLs: a new (empty) store became a replica
+    # of itself that way, refusing every write.
+    new = At(["--store", tmp_path / "new"])
+    new.ok("init")
+    for events, chunks in (("new/events.sqlite", "new/chunks"), ("x.sqlite", "new/chunks")):
+        err = new.fails(
+            MISMATCH, "replicate", "--to-events", f"sqlite://{tmp_path / events}",
+            "--to-chunks", f"file://{tmp_path / chunks}",
+        )  # fmt: skip
+        assert "this store itself" in err, err
+    new.ok("vm", "add", "web")
+    assert new.json("info")["replica"] is None and not (tmp_path / "x.sqlite").exists()
     file = tmp_path / "a file"
     file.write_bytes(b"not a store")
     foreign = tmp_path / "documents"
