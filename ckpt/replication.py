@@ -57,14 +57,15 @@ from ckpt.domain.errors import ReplicaDiverged, StoreCorrupt
 from ckpt.storage.chunks import ChunkBackend
 from ckpt.storage.chunks.format import LEGACY, write_format
 from ckpt.storage.chunks.layout import INDEX, PACKS, pack_id_of_index, pack_id_of_pack
+from ckpt.storage.locations import file_path, kind_of_chunks
 from ckpt.storage.log_chain import GENESIS, link
 from ckpt.storage.replica_record import ReplicaState
 
 from . import read_only
 from .progress_factory import ProgressFactory
 from .setup import check_empty_directory, connect
+from .store_config import CHUNKS_DIR, StoreConfig, read_marker, read_remote_meta, write_remote_meta
 from .store_config import MARKER as STORE_MARKER
-from .store_config import StoreConfig, read_marker, read_remote_meta, write_remote_meta
 from .unit_of_work import UnitOfWork
 
 BATCH = 1000  # events per transaction on the replica (and per progress update)
@@ -217,15 +218,27 @@ def _check_no_other_files(directory: Path) -> None:
 
 
 def _not_the_primary(source: UnitOfWork, config: StoreConfig) -> None:
-    mine, theirs = source.config, config
-    same_dir = (
-        mine.directory is not None
-        and theirs.directory is not None
-        and mine.directory.resolve() == theirs.directory.resolve()
-    )
-    same_urls = mine.remote and (mine.events, mine.chunks) == (theirs.events, theirs.chunks)
-    if same_dir or same_urls:
-        raise StoreMismatch(f"{theirs.describe()} is this store itself: replicate to another")
+    """Refuse a target that shares the primary's event store or chunk storage,
+    however it is named (``--to-store`` the primary's directory, or its own files
+    by URL: a new, empty store became a replica of itself that way)."""
+    mine, theirs = _backends(source.config), _backends(config)
+    if mine[0] == theirs[0] or mine[1] == theirs[1]:
+        raise StoreMismatch(f"{config.describe()} is this store itself: replicate to another")
+
+
+def _backends(config: StoreConfig) -> tuple[str, str]:
+    """(events, chunks) of a configuration: resolved paths for SQLite and local
+    chunks, the URLs otherwise."""
+    sqlite = config.sqlite_file()
+    events = str(sqlite.resolve()) if sqlite is not None else str(config.events)
+    if config.chunks is None:
+        assert config.directory is not None
+        chunks = str((config.directory / CHUNKS_DIR).resolve())
+    elif kind_of_chunks(config.chunks) == "file":
+        chunks = str(file_path(config.chunks).resolve())
+    else:
+        chunks = config.chunks
+    return events, chunks
 
 
 def _initialise(
