@@ -1,5 +1,5 @@
-"""What the primary's gc did between two runs reaches the replica, and ``--follow``
-keeps a replica up to date until SIGTERM.
+"""What the primary's gc or upgrade did between two runs reaches the replica, and
+``--follow`` keeps a replica up to date until SIGTERM.
 
 Terms (tests/replication_support.py): *primary*, *target*, *point*. A
 *purge* is ``forget`` giving a point's content up; ``gc --grace 0`` then
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-from replication_support import Target, assert_replica_of, packs, primary
+from replication_support import At, Target, assert_replica_of, packs, primary
 
 PURGED = 40  # ckpt.PointPurged
 
@@ -60,6 +61,35 @@ def test_packs_the_primarys_gc_removed_or_repacked_go_from_the_replica_too(
     for name in purged:
         err = replica.fails(PURGED, "restore", "web", name, "--disk", "D", "-o", scratch / "x")
         assert "was purged at position" in err
+
+
+def test_a_primary_upgraded_to_grouped_packs_makes_its_replica_grouped_too(
+    tmp_path: Path, scratch: Path
+) -> None:
+    """``ckpt upgrade`` rewrites every version-1 pack as a version-2 one and records
+    format 2 (``chunks/FORMAT``); the replica gets the packs, drops the old ones and
+    records the format too (it stayed at format 1 holding version-2 packs, and
+    would have written version-1 packs once promoted)."""
+    fixture = Path(__file__).parent.parent / "fixtures" / "store-v1"
+    shutil.copytree(fixture, tmp_path / "primary")
+    p, replica = At(["--store", tmp_path / "primary"]), At(["--store", tmp_path / "replica"])
+    target = Target.store(tmp_path / "replica")
+    p.json("replicate", *target.to)
+    assert replica.json("info")["chunk_format"] == 1
+    p.ok("upgrade")
+    old = packs(target.backend())
+    report = p.json("replicate", *target.to)
+    upgraded = packs(Target.store(tmp_path / "primary").backend())
+    assert report["removed_packs"] == len(old) and report["packs"] == len(upgraded)
+    assert packs(target.backend()) == upgraded and not old & upgraded
+    assert replica.json("info")["chunk_format"] == 2
+    assert replica.json("verify")["ok"] and replica.json("log") == p.json("log")
+    for name in ("base", "third", "branch"):
+        for side, where in ((p, "a"), (replica, "b")):
+            side.ok("restore", "fx", name, "--disk", "Sys", "-o", scratch / where)
+        assert (scratch / "a").read_bytes() == (scratch / "b").read_bytes()
+        (scratch / "a").unlink()
+        (scratch / "b").unlink()
 
 
 def _lines(stream: object) -> queue.Queue[str]:
