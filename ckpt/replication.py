@@ -55,7 +55,7 @@ from uuid import uuid4
 from ckpt.domain import ChunkMissing, StoreConflict, StoreMismatch
 from ckpt.domain.errors import ReplicaDiverged, StoreCorrupt
 from ckpt.storage.chunks import ChunkBackend
-from ckpt.storage.chunks.format import LEGACY, write_format
+from ckpt.storage.chunks.format import LEGACY, read_format, write_format
 from ckpt.storage.chunks.layout import INDEX, PACKS, pack_id_of_index, pack_id_of_pack
 from ckpt.storage.locations import file_path, kind_of_chunks
 from ckpt.storage.log_chain import GENESIS, link
@@ -134,6 +134,7 @@ def replicate(
             source.read_models.catch_up()  # the links the primary recorded, up to the cut
         cut = source.app.last_position()
         _check_prefix(source, target, state, cut, where)
+        _follow_format(source, backend)
         packs, index_files, size, skipped = _send_packs(source, backend, progress)
         events, position, last = _send_events(source, target, state, cut, progress, primary_id)
         removed = _remove_packs(source, backend, had - before)
@@ -329,6 +330,17 @@ def _first_difference(source: UnitOfWork, target: UnitOfWork, upto: int) -> int:
 
 
 # ---------------------------------------------------------------------- packs
+def _follow_format(source: UnitOfWork, backend: ChunkBackend) -> None:
+    """The primary's chunk format, recorded before its packs of that format arrive,
+    as ``ckpt upgrade`` does: a primary upgraded since the first run (read now,
+    not from the open store: a ``--follow`` outlives an upgrade by another process)
+    would otherwise leave a replica of format 1 holding version-2 packs, which
+    writes version-1 packs once promoted."""
+    primary = read_format(source.chunks.backend)
+    if primary > read_format(backend):
+        write_format(backend, primary)
+
+
 def _send_packs(
     source: UnitOfWork, backend: ChunkBackend, progress: ProgressFactory | None
 ) -> tuple[int, int, int, int]:
