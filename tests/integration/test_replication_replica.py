@@ -235,3 +235,32 @@ def test_a_run_interrupted_anywhere_leaves_a_clean_prefix_and_the_next_run_compl
     assert runs >= 3  # at least a pack and the events were units of their own
     assert report.packs == len(missing) and report.events == len(log) - have
     assert_replica_of(p, replica, scratch)
+
+
+def _interrupt(*args: object, **kwargs: object) -> None:
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize(
+    "kill_point",
+    ["ckpt.replication._initialise", "ckpt.store_config.StoreConfig.write_marker"],
+    ids=["after-the-event-log-was-created", "before-the-marker"],
+)
+def test_a_first_run_interrupted_before_the_replica_was_marked_is_taken_up_by_the_next(
+    tmp_path: Path, scratch: Path, monkeypatch: pytest.MonkeyPatch, kill_point: str
+) -> None:
+    """A first run creates the replica's event log, then records the replica (id,
+    progress, format), then writes the marker; Ctrl-C in between left a directory
+    every later run refused ("the rest of a store"): the next run starts it again."""
+    p = primary(tmp_path / "primary", scratch)
+    p.checkpoint("c1")
+    target = Target.store(tmp_path / "replica")
+    with monkeypatch.context() as m:
+        m.setattr(kill_point, _interrupt)
+        with Store.open(p.path) as store, pytest.raises(KeyboardInterrupt):
+            store.replicate(to_dir=tmp_path / "replica")
+    assert (tmp_path / "replica" / "events.sqlite").exists()
+    assert not (tmp_path / "replica" / "ckpt-store.json").exists()
+    report = p.replicate(target)
+    assert report["first_run"] is True and report["events"] == p.position()
+    assert_replica_of(p, target.cli(), scratch)
