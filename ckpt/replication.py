@@ -44,6 +44,8 @@ what is missing (packs by name, events after the progress).
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -57,13 +59,14 @@ from ckpt.domain.errors import ReplicaDiverged, StoreCorrupt
 from ckpt.storage.chunks import ChunkBackend
 from ckpt.storage.chunks.format import LEGACY, read_format, write_format
 from ckpt.storage.chunks.layout import INDEX, PACKS, pack_id_of_index, pack_id_of_pack
+from ckpt.storage.event_store import EVENTS_FILE
 from ckpt.storage.locations import file_path, kind_of_chunks
 from ckpt.storage.log_chain import GENESIS, link
 from ckpt.storage.replica_record import ReplicaState
 
 from . import read_only
 from .progress_factory import ProgressFactory
-from .setup import check_empty_directory, connect
+from .setup import connect
 from .store_config import CHUNKS_DIR, StoreConfig, read_marker, read_remote_meta, write_remote_meta
 from .store_config import MARKER as STORE_MARKER
 from .unit_of_work import UnitOfWork
@@ -191,8 +194,7 @@ def _target_config(
             raise StoreMismatch(f"cannot replicate into {str(to_dir)!r}: it is not a directory")
         if (to_dir / STORE_MARKER).exists():
             return read_marker(to_dir), False
-        check_empty_directory(to_dir)  # the rest of a store without its marker: exit 21
-        _check_no_other_files(to_dir)
+        _check_empty_target(to_dir)
         config = StoreConfig(to_dir, to_events, to_chunks)
     else:
         config = StoreConfig(None, to_events, to_chunks)
@@ -204,11 +206,16 @@ def _target_config(
     return config, True
 
 
-def _check_no_other_files(directory: Path) -> None:
-    """The first run needs an empty target: a replica made beside other files
-    (``--to-store ~/Documents`` by mistake) would mix with them."""
+def _check_empty_target(directory: Path) -> None:
+    """The first run needs an empty directory, or what a first run interrupted before
+    the marker leaves (an event log without events, chunk storage without packs),
+    which it starts again. Refused: other files (``--to-store ~/Documents`` by
+    mistake: the replica would mix with them) and the rest of a killed ``copy``
+    (events or packs: a store's data). Looked at without writing anything."""
     try:
-        other = directory.is_dir() and next(directory.iterdir(), None) is not None
+        names = [p.name for p in directory.iterdir()] if directory.is_dir() else []
+        other = [n for n in names if n != CHUNKS_DIR and not n.startswith(EVENTS_FILE)]
+        data = _holds_packs(directory / CHUNKS_DIR) or _holds_events(directory / EVENTS_FILE)
     except OSError as e:
         raise StoreMismatch(f"cannot replicate into {str(directory)!r}: {e.strerror}") from None
     if other:
@@ -216,6 +223,30 @@ def _check_no_other_files(directory: Path) -> None:
             f"cannot replicate into {str(directory)!r}: it holds other files and no store; "
             "give a new or empty directory"
         )
+    if data:
+        raise StoreMismatch(
+            f"cannot replicate into {str(directory)!r}: it holds events or packs but no "
+            f"{STORE_MARKER} (the rest of a killed copy?); empty it or use another directory"
+        )
+
+
+def _holds_packs(chunks: Path) -> bool:
+    packs = chunks / PACKS.rstrip("/")
+    return packs.is_dir() and any(p.is_file() for p in packs.rglob("*"))
+
+
+def _holds_events(events: Path) -> bool:
+    if not events.exists():
+        return False
+    try:
+        with contextlib.closing(
+            sqlite3.connect(events.resolve().as_uri() + "?mode=ro", uri=True)
+        ) as db:
+            return db.execute("SELECT 1 FROM stored_events LIMIT 1").fetchone() is not None
+    except sqlite3.OperationalError as e:
+        return "no such table" not in str(e)  # a log never written to is empty
+    except sqlite3.Error:
+        return True  # not a database we know: someone's data
 
 
 def _not_the_primary(source: UnitOfWork, config: StoreConfig) -> None:
