@@ -63,7 +63,7 @@ def test_a_replica_on_the_other_backends_gets_only_what_is_new_on_each_run(
     if target.events and target.events.startswith("postgresql"):
         password = target.events.split("@")[0].split(":")[-1]
         assert "***" in first["target"] and password not in str(first)
-    assert_replica_of(p, replica, scratch, restore=False)  # every point restores below
+    assert replica.json("log") == log  # the rest is checked after the second run
 
     # New content: a changed disk, a sync, a delete that merges, a rename.
     stored, old_packs, position = p.stored_bytes(), packs(p.backend()), log[-1]["position"]

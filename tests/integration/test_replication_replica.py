@@ -11,6 +11,7 @@ where the store can take it, as on read-only media) are reads.
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -176,6 +177,13 @@ def test_replicate_refuses_the_primary_itself_a_file_and_a_foreign_directory(
     for where in (file, foreign):
         err = p.cli.fails(MISMATCH, "replicate", "--to-store", where)
         assert str(where) in err
+    # The rest of a killed copy (events and packs, no marker) holds data: refused too.
+    rest = tmp_path / "rest"
+    shutil.copytree(p.path, rest)
+    (rest / "ckpt-store.json").unlink()
+    kept = _untouched(rest)
+    code, _, err = p.cli("replicate", "--to-store", rest)
+    assert code in (MISMATCH, 21) and str(rest) in err and _untouched(rest) == kept, err
     assert file.read_bytes() == b"not a store"
     assert [f.name for f in foreign.iterdir()] == ["notes.txt"]
     # An interval time.sleep cannot take (OverflowError past ~9.2e9 s) is a usage error.
