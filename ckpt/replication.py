@@ -61,17 +61,18 @@ from ckpt.domain import ChunkMissing, StoreConflict, StoreMismatch
 from ckpt.domain.errors import ReplicaDiverged, StoreCorrupt
 from ckpt.domain.purges import PurgeReclaimed
 from ckpt.storage.chunks import ChunkBackend
-from ckpt.storage.chunks.format import LEGACY, write_format
+from ckpt.storage.chunks.format import LEGACY, read_format, write_format
 from ckpt.storage.chunks.layout import INDEX, PACKS, pack_id_of_index, pack_id_of_pack
 from ckpt.storage.event_store import EVENTS_FILE
+from ckpt.storage.locations import file_path, kind_of_chunks
 from ckpt.storage.log_chain import GENESIS, link
 from ckpt.storage.replica_record import ReplicaState
 
 from . import read_only
 from .progress_factory import ProgressFactory
-from .setup import check_empty_directory, connect
+from .setup import connect
+from .store_config import CHUNKS_DIR, StoreConfig, read_marker, read_remote_meta, write_remote_meta
 from .store_config import MARKER as STORE_MARKER
-from .store_config import StoreConfig, read_marker, read_remote_meta, write_remote_meta
 from .unit_of_work import UnitOfWork
 
 BATCH = 1000  # events per transaction on the replica (and per progress update)
@@ -140,6 +141,7 @@ def replicate(
             source.read_models.catch_up()  # the links the primary recorded, up to the cut
         cut = source.app.last_position()
         _check_prefix(source, target, state, cut, where)
+        _follow_format(source, backend)
         packs, index_files, size, skipped = _send_packs(source, backend, progress)
         for _ in range(ROUNDS):
             later = source.app.last_position()
@@ -214,8 +216,7 @@ def _target_config(
             raise StoreMismatch(f"cannot replicate into {str(to_dir)!r}: it is not a directory")
         if (to_dir / STORE_MARKER).exists():
             return read_marker(to_dir), False
-        if not _left_by_a_first_run(to_dir):
-            check_empty_directory(to_dir)  # a directory holding other things is refused
+        _check_empty_target(to_dir)
         config = StoreConfig(to_dir, to_events, to_chunks)
     else:
         config = StoreConfig(None, to_events, to_chunks)
@@ -227,31 +228,71 @@ def _target_config(
     return config, True
 
 
-def _left_by_a_first_run(directory: Path) -> bool:
-    """Whether ``directory`` holds only what a first run killed before its marker
-    leaves: an event log with no event, and no pack (the marker is written before
-    the first pack). Nothing there can be lost, so ``_initialise`` starts again."""
-    events = directory / EVENTS_FILE
-    if not events.is_file() or next(iter(StoreConfig(directory).chunk_backend().list(PACKS)), None):
+def _check_empty_target(directory: Path) -> None:
+    """The first run needs an empty directory, or what a first run interrupted before
+    the marker leaves (an event log without events, chunk storage without packs),
+    which it starts again. Refused: other files (``--to-store ~/Documents`` by
+    mistake: the replica would mix with them) and the rest of a killed ``copy``
+    (events or packs: a store's data). Looked at without writing anything."""
+    try:
+        names = [p.name for p in directory.iterdir()] if directory.is_dir() else []
+        other = [n for n in names if n != CHUNKS_DIR and not n.startswith(EVENTS_FILE)]
+        data = _holds_packs(directory / CHUNKS_DIR) or _holds_events(directory / EVENTS_FILE)
+    except OSError as e:
+        raise StoreMismatch(f"cannot replicate into {str(directory)!r}: {e.strerror}") from None
+    if other:
+        raise StoreMismatch(
+            f"cannot replicate into {str(directory)!r}: it holds other files and no store; "
+            "give a new or empty directory"
+        )
+    if data:
+        raise StoreMismatch(
+            f"cannot replicate into {str(directory)!r}: it holds events or packs but no "
+            f"{STORE_MARKER} (the rest of a killed copy?); empty it or use another directory"
+        )
+
+
+def _holds_packs(chunks: Path) -> bool:
+    packs = chunks / PACKS.rstrip("/")
+    return packs.is_dir() and any(p.is_file() for p in packs.rglob("*"))
+
+
+def _holds_events(events: Path) -> bool:
+    if not events.exists():
         return False
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{events}?mode=ro", uri=True)) as c:
-            (stored,) = c.execute("SELECT COUNT(*) FROM stored_events").fetchone()
-    except sqlite3.Error:  # killed before its tables were created: no event either
-        return True
-    return not stored
+        with contextlib.closing(
+            sqlite3.connect(events.resolve().as_uri() + "?mode=ro", uri=True)
+        ) as db:
+            return db.execute("SELECT 1 FROM stored_events LIMIT 1").fetchone() is not None
+    except sqlite3.OperationalError as e:
+        return "no such table" not in str(e)  # a log never written to is empty
+    except sqlite3.Error:
+        return True  # not a database we know: someone's data
 
 
 def _not_the_primary(source: UnitOfWork, config: StoreConfig) -> None:
-    mine, theirs = source.config, config
-    same_dir = (
-        mine.directory is not None
-        and theirs.directory is not None
-        and mine.directory.resolve() == theirs.directory.resolve()
-    )
-    same_urls = mine.remote and (mine.events, mine.chunks) == (theirs.events, theirs.chunks)
-    if same_dir or same_urls:
-        raise StoreMismatch(f"{theirs.describe()} is this store itself: replicate to another")
+    """Refuse a target that shares the primary's event store or chunk storage,
+    however it is named (``--to-store`` the primary's directory, or its own files
+    by URL: a new, empty store became a replica of itself that way)."""
+    mine, theirs = _backends(source.config), _backends(config)
+    if mine[0] == theirs[0] or mine[1] == theirs[1]:
+        raise StoreMismatch(f"{config.describe()} is this store itself: replicate to another")
+
+
+def _backends(config: StoreConfig) -> tuple[str, str]:
+    """(events, chunks) of a configuration: resolved paths for SQLite and local
+    chunks, the URLs otherwise."""
+    sqlite = config.sqlite_file()
+    events = str(sqlite.resolve()) if sqlite is not None else str(config.events)
+    if config.chunks is None:
+        assert config.directory is not None
+        chunks = str((config.directory / CHUNKS_DIR).resolve())
+    elif kind_of_chunks(config.chunks) == "file":
+        chunks = str(file_path(config.chunks).resolve())
+    else:
+        chunks = config.chunks
+    return events, chunks
 
 
 def _initialise(
@@ -342,6 +383,17 @@ def _first_difference(source: UnitOfWork, target: UnitOfWork, upto: int) -> int:
 
 
 # ---------------------------------------------------------------------- packs
+def _follow_format(source: UnitOfWork, backend: ChunkBackend) -> None:
+    """The primary's chunk format, recorded before its packs of that format arrive,
+    as ``ckpt upgrade`` does: a primary upgraded since the first run (read now,
+    not from the open store: a ``--follow`` outlives an upgrade by another process)
+    would otherwise leave a replica of format 1 holding version-2 packs, which
+    writes version-1 packs once promoted."""
+    primary = read_format(source.chunks.backend)
+    if primary > read_format(backend):
+        write_format(backend, primary)
+
+
 def _send_packs(
     source: UnitOfWork, backend: ChunkBackend, progress: ProgressFactory | None
 ) -> tuple[int, int, int, int]:
