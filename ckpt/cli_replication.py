@@ -26,6 +26,10 @@ from .replication import ReplicateReport
 from .store import Store
 
 DEFAULT_INTERVAL = 10.0
+# The longest --interval: a week. time.sleep refuses ~9.2e9 s and more (OverflowError,
+# EINVAL), which came out as a traceback after the first run; a follower that waits
+# longer than a week is better a scheduled `ckpt replicate`.
+MAX_INTERVAL = 7 * 24 * 3600.0
 
 
 class _Stop(Exception):
@@ -108,8 +112,10 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(
             f"expected seconds (e.g. 10 or 0.5), not {text!r}"
         ) from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected seconds, 0 or more, not {text!r}")
+    if not 0 <= value <= MAX_INTERVAL:  # also NaN and infinity
+        raise argparse.ArgumentTypeError(
+            f"expected seconds from 0 to {MAX_INTERVAL:g} (a week), not {text!r}"
+        )
     return value
 
 

@@ -230,6 +230,9 @@ def export(
         raise InvalidValue(f"export into {str(folder)!r} failed: {e.strerror or e}") from None
     if uow.read_only is not None:
         return written  # a store on read-only media cannot record it (README: read-only media)
+    replica = uow.replica()
+    if replica is not None and replica.follows:
+        return written  # a replica takes events only from its primary: export is a read there
     # exported --at from a VM removed since: a removed VM takes no more events
     with contextlib.suppress(UnknownVM):
         commands.record_export(

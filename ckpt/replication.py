@@ -21,7 +21,10 @@ A run, in the order that keeps a replica whole whenever it is killed:
 2. **Packs** the replica lacks, each made durable (``put``) before its index file,
    both before any event that needs them. A pack the primary's gc removes while
    it is copied is skipped; the primary is listed again, so the pack its chunks
-   moved to is copied too.
+   moved to is copied too. A gc that reclaimed a purge after the cut may have
+   deleted chunks events up to the cut reference: when the primary's log holds a
+   ``content-reclaimed`` past the cut, the cut moves to its last position and the
+   packs are listed again (so the replica never holds a point without its bytes).
 3. **Events** after the replica's position, as stored (same bytes at the same
    positions), in batches; each batch commits with the progress it reaches, in
    one transaction, so the progress always matches the log. Before a batch
@@ -44,6 +47,8 @@ what is missing (packs by name, events after the progress).
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -54,17 +59,20 @@ from uuid import uuid4
 
 from ckpt.domain import ChunkMissing, StoreConflict, StoreMismatch
 from ckpt.domain.errors import ReplicaDiverged, StoreCorrupt
+from ckpt.domain.purges import PurgeReclaimed
 from ckpt.storage.chunks import ChunkBackend
-from ckpt.storage.chunks.format import LEGACY, write_format
+from ckpt.storage.chunks.format import LEGACY, read_format, write_format
 from ckpt.storage.chunks.layout import INDEX, PACKS, pack_id_of_index, pack_id_of_pack
+from ckpt.storage.event_store import EVENTS_FILE
+from ckpt.storage.locations import file_path, kind_of_chunks
 from ckpt.storage.log_chain import GENESIS, link
 from ckpt.storage.replica_record import ReplicaState
 
 from . import read_only
 from .progress_factory import ProgressFactory
-from .setup import check_empty_directory, connect
+from .setup import connect
+from .store_config import CHUNKS_DIR, StoreConfig, read_marker, read_remote_meta, write_remote_meta
 from .store_config import MARKER as STORE_MARKER
-from .store_config import StoreConfig, read_marker, read_remote_meta, write_remote_meta
 from .unit_of_work import UnitOfWork
 
 BATCH = 1000  # events per transaction on the replica (and per progress update)
@@ -127,14 +135,34 @@ def replicate(
         if first:
             _initialise(source, target, config, backend, primary_id)
         state = _check_replica(target, primary_id, where)
+        had = set(backend.list(PACKS))  # the replica's packs from earlier runs
         before = set(source.chunks.backend.list(PACKS))  # what the primary had before the cut
         with source.translated():
             source.read_models.catch_up()  # the links the primary recorded, up to the cut
         cut = source.app.last_position()
         _check_prefix(source, target, state, cut, where)
+        _follow_format(source, backend)
         packs, index_files, size, skipped = _send_packs(source, backend, progress)
+        for _ in range(ROUNDS):
+            later = source.app.last_position()
+            if not _reclaimed(source, cut, later):
+                break
+            # A gc reclaimed a purge after the cut: it may have deleted chunks that
+            # events up to the cut need (the replica would hold points without their
+            # bytes, or purged ones not reclaimed). Send up to its content-reclaimed
+            # too, with the packs listed after reading it.
+            cut = later
+            with source.translated():
+                source.read_models.catch_up()  # the recorded links up to the new cut
+            more = _send_packs(source, backend, progress)
+            packs, index_files, size = packs + more[0], index_files + more[1], size + more[2]
+        else:
+            raise StoreConflict(
+                f"the primary's gc reclaimed purges through {ROUNDS} rounds of this run: "
+                "nothing was appended; run `ckpt replicate` again"
+            )
         events, position, last = _send_events(source, target, state, cut, progress, primary_id)
-        removed = _remove_packs(source, backend, before)
+        removed = _remove_packs(source, backend, had - before)
         if source.keyring is None:
             with target.translated():
                 _build_read_models(target)
@@ -201,7 +229,7 @@ def _target_config(
             raise StoreMismatch(f"cannot replicate into {str(to_dir)!r}: it is not a directory")
         if (to_dir / STORE_MARKER).exists():
             return read_marker(to_dir), False
-        check_empty_directory(to_dir)  # a directory holding other things is refused
+        _check_empty_target(to_dir)
         config = StoreConfig(to_dir, to_events, to_chunks)
     else:
         config = StoreConfig(None, to_events, to_chunks)
@@ -213,16 +241,71 @@ def _target_config(
     return config, True
 
 
+def _check_empty_target(directory: Path) -> None:
+    """The first run needs an empty directory, or what a first run interrupted before
+    the marker leaves (an event log without events, chunk storage without packs),
+    which it starts again. Refused: other files (``--to-store ~/Documents`` by
+    mistake: the replica would mix with them) and the rest of a killed ``copy``
+    (events or packs: a store's data). Looked at without writing anything."""
+    try:
+        names = [p.name for p in directory.iterdir()] if directory.is_dir() else []
+        other = [n for n in names if n != CHUNKS_DIR and not n.startswith(EVENTS_FILE)]
+        data = _holds_packs(directory / CHUNKS_DIR) or _holds_events(directory / EVENTS_FILE)
+    except OSError as e:
+        raise StoreMismatch(f"cannot replicate into {str(directory)!r}: {e.strerror}") from None
+    if other:
+        raise StoreMismatch(
+            f"cannot replicate into {str(directory)!r}: it holds other files and no store; "
+            "give a new or empty directory"
+        )
+    if data:
+        raise StoreMismatch(
+            f"cannot replicate into {str(directory)!r}: it holds events or packs but no "
+            f"{STORE_MARKER} (the rest of a killed copy?); empty it or use another directory"
+        )
+
+
+def _holds_packs(chunks: Path) -> bool:
+    packs = chunks / PACKS.rstrip("/")
+    return packs.is_dir() and any(p.is_file() for p in packs.rglob("*"))
+
+
+def _holds_events(events: Path) -> bool:
+    if not events.exists():
+        return False
+    try:
+        with contextlib.closing(
+            sqlite3.connect(events.resolve().as_uri() + "?mode=ro", uri=True)
+        ) as db:
+            return db.execute("SELECT 1 FROM stored_events LIMIT 1").fetchone() is not None
+    except sqlite3.OperationalError as e:
+        return "no such table" not in str(e)  # a log never written to is empty
+    except sqlite3.Error:
+        return True  # not a database we know: someone's data
+
+
 def _not_the_primary(source: UnitOfWork, config: StoreConfig) -> None:
-    mine, theirs = source.config, config
-    same_dir = (
-        mine.directory is not None
-        and theirs.directory is not None
-        and mine.directory.resolve() == theirs.directory.resolve()
-    )
-    same_urls = mine.remote and (mine.events, mine.chunks) == (theirs.events, theirs.chunks)
-    if same_dir or same_urls:
-        raise StoreMismatch(f"{theirs.describe()} is this store itself: replicate to another")
+    """Refuse a target that shares the primary's event store or chunk storage,
+    however it is named (``--to-store`` the primary's directory, or its own files
+    by URL: a new, empty store became a replica of itself that way)."""
+    mine, theirs = _backends(source.config), _backends(config)
+    if mine[0] == theirs[0] or mine[1] == theirs[1]:
+        raise StoreMismatch(f"{config.describe()} is this store itself: replicate to another")
+
+
+def _backends(config: StoreConfig) -> tuple[str, str]:
+    """(events, chunks) of a configuration: resolved paths for SQLite and local
+    chunks, the URLs otherwise."""
+    sqlite = config.sqlite_file()
+    events = str(sqlite.resolve()) if sqlite is not None else str(config.events)
+    if config.chunks is None:
+        assert config.directory is not None
+        chunks = str((config.directory / CHUNKS_DIR).resolve())
+    elif kind_of_chunks(config.chunks) == "file":
+        chunks = str(file_path(config.chunks).resolve())
+    else:
+        chunks = config.chunks
+    return events, chunks
 
 
 def _initialise(
@@ -313,18 +396,38 @@ def _first_difference(source: UnitOfWork, target: UnitOfWork, upto: int) -> int:
 
 
 # ---------------------------------------------------------------------- packs
+def _follow_format(source: UnitOfWork, backend: ChunkBackend) -> None:
+    """The primary's chunk format, recorded before its packs of that format arrive,
+    as ``ckpt upgrade`` does: a primary upgraded since the first run (read now,
+    not from the open store: a ``--follow`` outlives an upgrade by another process)
+    would otherwise leave a replica of format 1 holding version-2 packs, which
+    writes version-1 packs once promoted."""
+    primary = read_format(source.chunks.backend)
+    if primary > read_format(backend):
+        write_format(backend, primary)
+
+
 def _send_packs(
     source: UnitOfWork, backend: ChunkBackend, progress: ProgressFactory | None
 ) -> tuple[int, int, int, int]:
     """Every pack the replica lacks, then its index file (also an index file a
-    killed run did not get to); listed again while the primary's gc moves packs."""
+    killed run did not get to); listed again while the primary's gc moves packs.
+
+    A pack copied whose index file is gone by the time the index files are
+    listed was being repacked: gc writes the new pack before it deletes the old
+    one's index, so listing the packs again finds where its chunks went. (A
+    pack that never had an index, the orphan of a killed capture, stays without
+    one: the listing after it finds nothing new.)"""
     src = source.chunks.backend
     have = {pack_id_of_pack(n) for n in backend.list(PACKS)} - {None}
     have_index = {pack_id_of_index(n) for n in backend.list(INDEX)} - {None}
     skipped = len(have)
     packs = index_files = size = 0
+    unindexed: set[bytes | None] = set()
     for _ in range(ROUNDS):
         names = [n for n in src.list(PACKS) if pack_id_of_pack(n) not in have]
+        if unindexed and not names:  # listed again only for packs left without an index
+            return packs, index_files, size, skipped
         bar = None if progress is None or not names else progress("replicate packs", len(names))
         vanished = 0
         for name in names:
@@ -351,7 +454,8 @@ def _send_packs(
             have_index.add(pack)
             index_files += 1
             size += len(data)
-        if not vanished:
+        unindexed = {pack_id_of_pack(n) for n in names} & have - have_index
+        if not vanished and not unindexed:
             return packs, index_files, size, skipped
     raise StoreConflict(
         f"the primary's packs kept moving (a gc running through {ROUNDS} listings): "
@@ -359,16 +463,26 @@ def _send_packs(
     )
 
 
-def _remove_packs(source: UnitOfWork, backend: ChunkBackend, before: set[str]) -> int:
-    """Packs the primary had removed before the cut was read (and so before the
-    events that made them unneeded, which this run replicated)."""
-    gone = [n for n in backend.list(PACKS) if n not in before]
+def _reclaimed(source: UnitOfWork, after: int, upto: int) -> bool:
+    """Whether the primary recorded a ``content-reclaimed`` in (after, upto]: the
+    only event after which its gc deletes chunks that earlier events reference
+    (docs/design.md; the topic is stored in the clear, also when encrypted)."""
+    if upto <= after:
+        return False
+    return any(n.topic == PurgeReclaimed.TOPIC for n in source.app.read_rows(after + 1, upto))
+
+
+def _remove_packs(source: UnitOfWork, backend: ChunkBackend, gone: set[str]) -> int:
+    """Packs an earlier run sent that the primary had removed before this run
+    read the cut (so the events that made them unneeded came in this run). A pack
+    sent in this run is never removed in it: a second gc of the primary may have
+    repacked it into a pack this run did not list."""
     if not gone:
         return 0
     still = set(source.chunks.backend.list(PACKS))
     indexes = {pack_id_of_index(n): n for n in backend.list(INDEX)}
     removed = 0
-    for name in gone:
+    for name in sorted(gone):
         if name in still:  # written by the primary after ``before`` was listed
             continue
         index = indexes.get(pack_id_of_pack(name))

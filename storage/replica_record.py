@@ -18,15 +18,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any, NamedTuple
-
-if TYPE_CHECKING:
-    from .read_model_tables import Cursor
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 CREATE = (
     "CREATE TABLE IF NOT EXISTS ckpt_replica (one INTEGER PRIMARY KEY, primary_id TEXT NOT NULL, "
     "position {bigint} NOT NULL, link {blob} NOT NULL, promoted_at TEXT)"
 )
+
+
+class Cursor(Protocol):
+    """What these verbs use of a DB-API cursor: declared here, not imported from
+    ``read_model_tables`` (which mixes this class in: a cycle, even under
+    ``TYPE_CHECKING``; tests/unit/test_layering.py)."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ...) -> Any: ...
 
 
 class ReplicaState(NamedTuple):
