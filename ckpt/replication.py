@@ -534,9 +534,16 @@ def _send_events(
                 f"recorded link is {expected.hex()[:16]}...): not replicated; run "
                 "`ckpt verify --log`"
             )
-        with target.translated(), recorder.transaction(commit=True) as c:
-            recorder.insert_stored_rows(c, batch)
-            recorder.set_replica_progress(c, primary_id, position, previous)
+        try:
+            with target.translated(), recorder.transaction(commit=True) as c:
+                recorder.insert_stored_rows(c, batch)
+                recorder.set_replica_progress(c, primary_id, position, previous)
+        except StoreConflict as e:  # the positions were taken meanwhile: a second run
+            raise StoreConflict(
+                f"another run replicates into the replica at the same time (position "
+                f"{batch[0][0]} was taken meanwhile): this run stopped without appending this "
+                "batch; the replica stays a prefix of this store; run again when the other ends"
+            ) from e
         sent += len(batch)
         if bar:
             bar(batch[-1][0] - batch[0][0] + 1)
