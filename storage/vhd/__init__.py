@@ -18,7 +18,7 @@ Modules, from the bottom up:
     bat             BAT entries
     bitmap          sector bitmaps (most significant bit first) <-> runs
     reader          VhdReader, is_vhd
-    blocks          cutting input runs into blocks (writer side)
+    (ckpt.storage.run_blocks: cutting input runs into blocks, shared with VHDX)
     writer          write_vhd, write_avhd, write_fixed_vhd
 """
 

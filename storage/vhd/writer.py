@@ -35,9 +35,9 @@ from typing import BinaryIO
 from uuid import UUID
 
 from ckpt.domain.errors import VhdxUnsupported
+from ckpt.storage.run_blocks import PendingBlock, gather_blocks
 
 from .bitmap import pack_runs
-from .blocks import PendingBlock, gather_blocks
 from .dynamic_header import NAME_SIZE, DynamicHeader, LocatorEntry
 from .footer import Footer
 from .geometry import Blocks, chs, is_valid_block_size
@@ -159,7 +159,7 @@ def write_fixed_vhd(
         out.truncate(0)
     pos = 0
     out.seek(0)
-    for block in gather_blocks(runs, blocks):
+    for block in gather_blocks(runs, blocks.virtual_size, blocks.block_size, SECTOR, False):
         start = block.index * blocks.block_size
         _skip(out, pos, start, sparse)
         out.seek(start)
@@ -259,7 +259,7 @@ def _write_sparse(
     for start in range(0, bat_length, len(_ZEROS)):  # every entry "not stored"
         out.write(b"\xff" * min(len(_ZEROS), bat_length - start))
     differencing = footer.disk_type == DISK_DIFFERENCING
-    for block in gather_blocks(runs, blocks):
+    for block in gather_blocks(runs, blocks.virtual_size, blocks.block_size, SECTOR, False):
         if not differencing and block.data.count(0) == len(block.data):
             continue  # an unstored block of a dynamic disk reads as zero
         bitmap = _bitmap(block, blocks, differencing)

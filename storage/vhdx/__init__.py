@@ -19,7 +19,7 @@ Modules, from the bottom up:
     bitmap          sector bitmaps <-> runs of sectors
     reader          VhdxReader, OwnBlock
     chain           VhdxChain: reading leaf-first chains
-    blocks          cutting input runs into blocks (writer side)
+    (ckpt.storage.run_blocks: cutting input runs into blocks, shared with VHD)
     writer          write_vhdx, write_avhdx
 """
 

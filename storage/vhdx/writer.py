@@ -35,10 +35,10 @@ from typing import BinaryIO
 from uuid import UUID
 
 from ckpt.domain.errors import VhdxUnsupported
+from ckpt.storage.run_blocks import PendingBlock, gather_blocks
 
 from .bat import BITMAP_PRESENT, BlockState, encode_entry
 from .bitmap import pack_runs
-from .blocks import PendingBlock, gather_blocks
 from .geometry import Geometry, ceil_div
 from .header import Header, encode_file_identifier
 from .layout import (
@@ -176,7 +176,7 @@ def _write(
     _write_fixed_part(out, params, g, bat_length, file_write_guid, data_write_guid, creator)
 
     chunks = _ChunkWriter(out, g, _BAT_OFFSET + bat_length)
-    for block in gather_blocks(runs, g):
+    for block in gather_blocks(runs, g.virtual_size, g.block_size, g.logical_sector_size, True):
         chunks.add(block)
     chunks.finish()
     end = chunks.next_free
