@@ -134,14 +134,8 @@ def write_vm_configuration(
     """``Virtual Machines/<id>.vmcx|.xml``: ``captured_from``'s captured
     configuration where it has one, else ``config``."""
     path = folder / VMS_DIR / f"{str(hyperv_vm_id(vm)).upper()}{_suffix(config.version or '')}"
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = None if captured_from is None else _captured(uow, vm, captured_from)
-    with create(path) as out:
-        if data is not None:
-            out.write(data)
-        else:
-            _write(out, config)
-    return path
+    return _write_file(path, data, config, create)
 
 
 def write_checkpoint_configuration(
@@ -155,15 +149,22 @@ def write_checkpoint_configuration(
     """``Snapshots/<checkpoint id>.vmcx|.xml``: captured when it describes this
     checkpoint as the log does now, else generated."""
     path = folder / SNAPSHOTS_DIR / f"{str(cp.id).upper()}{_suffix(cp.config_version)}"
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = _captured(uow, vm, cp)
     if data is not None:
         said = _read(data, cp.config_version, str(path))
         if said is None or (said.id, said.name, said.parent) != (cp.id, cp.name, cp.parent):
             data = None
+    return _write_file(path, data, config, create)
+
+
+def _write_file(
+    path: Path, captured: bytes | None, config: Configuration, create: Callable[[Path], BinaryIO]
+) -> Path:
+    """The captured bytes as they are, else ``config`` in its format."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     with create(path) as out:
-        if data is not None:
-            out.write(data)
+        if captured is not None:
+            out.write(captured)
         else:
             _write(out, config)
     return path

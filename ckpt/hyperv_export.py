@@ -248,7 +248,7 @@ class _Folder:
     def __init__(self, uow: UnitOfWork, vm: VirtualMachine, folder: Path, folder_name: str):
         self.uow, self.vm, self.folder, self.folder_name = uow, vm, folder, folder_name
         self.written: list[Path] = []
-        self.layers: dict[UUID, tuple[UUID, datetime | None, str]] = {}  # id -> guid, time, file
+        self.layers: dict[UUID, tuple[UUID, str]] = {}  # layer id -> (its file's id, file name)
         self.windows_dir = WINDOWS_ROOT / folder_name / DISKS_DIR
 
     def write(self, cp: Checkpoint | None, flatten: bool, all_checkpoints: bool) -> list[Path]:
@@ -298,7 +298,7 @@ class _Folder:
         the Windows path of ``leaf``'s file."""
         vm, uow = self.vm, self.uow
         size = _disk_size(vm, leaf, uow, disk.name)
-        parent: tuple[UUID, datetime | None, str] | None = None
+        parent: tuple[UUID, str] | None = None
         refs: list[bytes] = []  # the chain's manifests down to this layer
         parent_state: State | None = None
         disk_id = uuid5(VM_DISK_IDS, f"{vm.id}/{disk.name}")
@@ -329,18 +329,18 @@ class _Folder:
                         out,
                         size,
                         parent[0],
-                        f".\\{parent[2]}",
-                        str(self.windows_dir / parent[2]),
+                        f".\\{parent[1]}",
+                        str(self.windows_dir / parent[1]),
                         runs,
                         data_write_guid=guid,
                         virtual_disk_id=disk_id,
                     ).data_write_guid
-            parent = (result_id, None, path.name)
+            parent = (result_id, path.name)
             self.layers[layer.id] = parent
             parent_state = state
             self.written.append(path)
         assert parent is not None  # a chain has at least its base
-        return str(self.windows_dir / parent[2])
+        return str(self.windows_dir / parent[1])
 
     def _vhd_layer(
         self,
@@ -348,7 +348,7 @@ class _Folder:
         size: int,
         runs: Iterator[tuple[int, bytes]],
         guid: UUID,
-        parent: tuple[UUID, datetime | None, str] | None,
+        parent: tuple[UUID, str] | None,
     ) -> UUID:
         if parent is None:
             return write_vhd(out, size, runs, unique_id=guid, timestamp=VHD_TIME).unique_id
@@ -356,11 +356,11 @@ class _Folder:
             out,
             size,
             parent[0],
-            f".\\{parent[2]}",
-            str(self.windows_dir / parent[2]),
+            f".\\{parent[1]}",
+            str(self.windows_dir / parent[1]),
             runs,
             parent_timestamp=VHD_TIME,
-            parent_name=parent[2],
+            parent_name=parent[1],
             unique_id=guid,
             timestamp=VHD_TIME,
         ).unique_id

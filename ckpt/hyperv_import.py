@@ -27,7 +27,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ckpt.domain import Checkpoint, CheckpointType, FileCapture, FileRole, VirtualMachine
+from ckpt.domain import (
+    Checkpoint,
+    CheckpointType,
+    FileCapture,
+    FileRole,
+    InvalidValue,
+    VirtualMachine,
+)
 from ckpt.domain.imports import (
     ImportedCheckpoint,
     attach_state_files,
@@ -71,7 +78,7 @@ def _version(plan: Plan) -> str:
         try:
             parse_version(plan.version)
             return plan.version
-        except Exception:
+        except InvalidValue:
             plan.notes.append(
                 f"configuration version {plan.version} is not one ckpt knows; "
                 f"{DEFAULT_VERSION} used"
@@ -200,7 +207,7 @@ class _Replay:
             role = _ROLES[role_name]
             try:
                 self.vm.check_file_role(role, made.has_memory)
-            except Exception as e:  # a file this version's checkpoint cannot have
+            except InvalidValue as e:  # a file this version's checkpoint cannot have
                 self.notes.append(f"{path.name}: not attached ({e})")
                 continue
             out.append(capture_state_file(self.uow, role, path))
