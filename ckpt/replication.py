@@ -243,13 +243,15 @@ def _target_config(
 
 def _check_empty_target(directory: Path) -> None:
     """The first run needs an empty directory, or what a first run interrupted before
-    the marker leaves (an event log without events, chunk storage without packs),
-    which it starts again. Refused: other files (``--to-store ~/Documents`` by
+    the marker leaves (an event log without events, chunk storage without packs,
+    the marker's temporary file when the kill came while it was written), which it
+    starts again. Refused: other files (``--to-store ~/Documents`` by
     mistake: the replica would mix with them) and the rest of a killed ``copy``
     (events or packs: a store's data). Looked at without writing anything."""
     try:
         names = [p.name for p in directory.iterdir()] if directory.is_dir() else []
-        other = [n for n in names if n != CHUNKS_DIR and not n.startswith(EVENTS_FILE)]
+        ours = (CHUNKS_DIR, f".{STORE_MARKER}.tmp")  # write_file's temporary name
+        other = [n for n in names if n not in ours and not n.startswith(EVENTS_FILE)]
         data = _holds_packs(directory / CHUNKS_DIR) or _holds_events(directory / EVENTS_FILE)
     except OSError as e:
         raise StoreMismatch(f"cannot replicate into {str(directory)!r}: {e.strerror}") from None

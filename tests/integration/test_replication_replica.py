@@ -250,16 +250,27 @@ def _interrupt(*args: object, **kwargs: object) -> None:
 
 
 @pytest.mark.parametrize(
-    "kill_point",
-    ["ckpt.replication._initialise", "ckpt.store_config.StoreConfig.write_marker"],
-    ids=["after-the-event-log-was-created", "before-the-marker"],
+    ("kill_point", "half_written_marker"),
+    [
+        ("ckpt.replication._initialise", False),
+        ("ckpt.store_config.StoreConfig.write_marker", False),
+        ("ckpt.store_config.StoreConfig.write_marker", True),
+    ],
+    ids=["after-the-event-log-was-created", "before-the-marker", "while-writing-the-marker"],
 )
 def test_a_first_run_interrupted_before_the_replica_was_marked_is_taken_up_by_the_next(
-    tmp_path: Path, scratch: Path, monkeypatch: pytest.MonkeyPatch, kill_point: str
+    tmp_path: Path,
+    scratch: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    kill_point: str,
+    half_written_marker: bool,
 ) -> None:
     """A first run creates the replica's event log, then records the replica (id,
     progress, format), then writes the marker; Ctrl-C in between left a directory
-    every later run refused ("the rest of a store"): the next run starts it again."""
+    every later run refused ("the rest of a store"): the next run starts it again.
+    A SIGKILL while the marker is written leaves its temporary file (the marker is
+    written to ``.ckpt-store.json.tmp``, then renamed): the fault suite's kill
+    point #1 found the next run refusing it as "other files"."""
     p = primary(tmp_path / "primary", scratch)
     p.checkpoint("c1")
     target = Target.store(tmp_path / "replica")
@@ -269,6 +280,8 @@ def test_a_first_run_interrupted_before_the_replica_was_marked_is_taken_up_by_th
             store.replicate(to_dir=tmp_path / "replica")
     assert (tmp_path / "replica" / "events.sqlite").exists()
     assert not (tmp_path / "replica" / "ckpt-store.json").exists()
+    if half_written_marker:  # what the kill leaves: the rename never happened
+        (tmp_path / "replica" / ".ckpt-store.json.tmp").write_bytes(b'{"format": ')
     report = p.replicate(target)
     assert report["first_run"] is True and report["events"] == p.position()
     assert_replica_of(p, target.cli(), scratch)
