@@ -22,7 +22,7 @@ from ckpt.projections import disk_chains, tree_entries
 from ckpt.projections import documents as docs
 from ckpt.storage.locations import environ_secrets, scrub
 
-from . import cli_content, cli_replication, cli_retention, cli_serve, render
+from . import cli_content, cli_follow, cli_replication, cli_retention, cli_serve, render
 from .cli_content import content_args
 from .exit_codes import exit_code
 from .progress import progress_bars
@@ -244,6 +244,11 @@ def _files(s: Store, a: argparse.Namespace, out: TextIO) -> None:
 
 
 def _log(s: Store, a: argparse.Namespace, out: TextIO) -> None:
+    if a.follow:
+        cli_follow.follow_log(s, a, out)
+        return
+    if a.interval is not None:
+        raise InvalidValue("--interval is for --follow")
     if a.at is not None and a.until is not None:
         raise InvalidValue("give --at or --until, not both (they mean the same)")
     entries = s.log(a.vm, a.operation, a.by, a.since, a.until if a.at is None else a.at)
@@ -591,6 +596,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--since", metavar="POSITION|TIME", help="from this position or time on")
     q.add_argument("--until", metavar="POSITION|TIME", help="up to this position or time")
     q.add_argument("--at", metavar="POSITION|TIME", help="the log as it stood then (= --until)")
+    cli_follow.add_options(q)
     cmd(
         sub,
         "info",

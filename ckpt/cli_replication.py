@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from types import FrameType
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from ckpt.domain import InvalidValue
@@ -23,6 +19,7 @@ from ckpt.domain import InvalidValue
 from . import render
 from .progress import progress_bars
 from .replication import ReplicateReport
+from .stop_signal import Stopped, sigterm_stops
 from .store import Store
 
 DEFAULT_INTERVAL = 10.0
@@ -32,10 +29,6 @@ DEFAULT_INTERVAL = 10.0
 MAX_INTERVAL = 7 * 24 * 3600.0
 
 
-class _Stop(Exception):
-    """SIGTERM or Ctrl-C between two runs of --follow."""
-
-
 def _text(r: ReplicateReport) -> str:
     what = "made a replica:" if r.first_run else "replicated"
     return (
@@ -43,22 +36,6 @@ def _text(r: ReplicateReport) -> str:
         f"packs already there, {r.removed_packs} removed) to {r.target} in {r.seconds:.1f} s; "
         f"it is at position {r.position}, link {r.link[:16] or '-'}..."
     )
-
-
-@contextmanager
-def _sigterm() -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handle(signum: int, frame: FrameType | None) -> None:
-        raise _Stop
-
-    previous = signal.signal(signal.SIGTERM, handle)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _replicate(s: Store, a: argparse.Namespace, out: TextIO) -> None:
@@ -84,13 +61,13 @@ def _replicate(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     if not a.follow:
         once()
         return
-    with _sigterm():
+    with sigterm_stops():
         try:
             while True:
                 once()
                 time.sleep(interval)
                 s.catch_up()  # what other writers appended meanwhile
-        except (_Stop, KeyboardInterrupt):
+        except (Stopped, KeyboardInterrupt):
             return  # between runs, or a run interrupted: the replica stays a prefix
 
 

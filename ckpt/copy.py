@@ -221,5 +221,5 @@ def _last_link(store: UnitOfWork, position: int) -> str:
     if position == 0:
         return ""
     store.read_models.catch_up()
-    link = store.read_models.recorder.links(position).get(position)
+    link = store.read_models.recorder.links(position, position).get(position)
     return link.hex() if link else ""

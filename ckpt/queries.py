@@ -36,6 +36,7 @@ from ckpt.projections import (
     tree_entries,
 )
 from ckpt.storage.log_chain import ChainReport, parse_anchor, walk
+from ckpt.storage.read_model_tables import AuditRow
 
 from .unit_of_work import UnitOfWork
 
@@ -211,12 +212,17 @@ def log(
     or ISO times, inclusive (a time means the last position at or before it)."""
     if operation not in (None, *OPERATIONS.values()):
         raise InvalidValue(unknown_operation(str(operation)))
-    only = None if name is None else _log_vm_id(uow, name)
+    only = None if name is None else log_vm_id(uow, name)
     uow.catch_up()
-    low = None if since is None else _since(uow, since)
+    low = None if since is None else first_position_since(uow, since)
     recorder = uow.read_models.recorder
-    rows = recorder.audit(only, operation, actor, low, position(uow, until))
-    links = recorder.links(rows[0].position if rows else 0)
+    return audit_entries(uow, recorder.audit(only, operation, actor, low, position(uow, until)))
+
+
+def audit_entries(uow: UnitOfWork, rows: Sequence[AuditRow]) -> list[AuditEntry]:
+    """Audit rows as ``AuditEntry``s, each with its hash-chain link."""
+    recorder = uow.read_models.recorder
+    links = recorder.links(rows[0].position, rows[-1].position) if rows else {}
     return [
         AuditEntry(
             position=r.position,
@@ -234,7 +240,7 @@ def log(
     ]
 
 
-def _log_vm_id(uow: UnitOfWork, ref: str) -> str:
+def log_vm_id(uow: UnitOfWork, ref: str) -> str:
     """The id whose history ``log VM`` shows: the live VM of that name or id, else
     the last removed one (its history stays in the log)."""
     try:
@@ -249,7 +255,7 @@ def _log_vm_id(uow: UnitOfWork, ref: str) -> str:
         raise
 
 
-def _since(uow: UnitOfWork, since: str | int) -> int:
+def first_position_since(uow: UnitOfWork, since: str | int) -> int:
     """A position, or for a time the first position at or after it."""
     text = str(since).strip()
     if text.isdigit():

@@ -14,7 +14,7 @@ A store directory holds ``ckpt-store.json`` (format marker) and
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -55,6 +55,7 @@ from . import (
     setup,
     upgrade_ops,
 )
+from . import follow as follow_log
 from .app import CheckpointApplication
 from .copy import CopyReport, copy_store
 from .damage import naming_affected
@@ -760,6 +761,40 @@ class Store:
         if check.optional_text("log: operation", operation) not in (None, *OPERATIONS.values()):
             raise InvalidValue(queries.unknown_operation(str(operation)))
         return queries.log(self.unit_of_work, vm, operation, actor, since, until)
+
+    def follow(
+        self,
+        after: int | None = None,
+        vm: str | None = None,
+        operation: str | None = None,
+        actor: str | None = None,
+        interval: float = follow_log.INTERVAL,
+        idle: float | None = None,
+    ) -> Iterator[AuditEntry]:
+        """Audit entries after log position ``after`` (None: only events committed
+        from now on; 0: the whole log first), as this or any other process commits
+        them, each with its hash-chain link; filtered as ``log``. Polls every
+        ``interval`` seconds (a new event shows within about one interval); ends
+        when nothing new came for ``idle`` seconds (None: never; break out of the
+        loop to stop)."""
+        if after is not None and (isinstance(after, bool) or not isinstance(after, int)):
+            raise InvalidValue(f"follow: after must be a log position (an int), not {after!r}")
+        if after is not None and after < 0:
+            raise InvalidValue(f"follow: after must be 0 or more, not {after}")
+        check.optional_text("follow: vm", vm)
+        check.optional_text("follow: actor", actor)
+        check.optional_text("follow: operation", operation)
+        for name, value in (("interval", interval), ("idle", idle)):
+            if value is None and name == "idle":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise InvalidValue(f"follow: {name} must be seconds, not {value!r}")
+            if not 0 < value <= follow_log.MAX_WAIT:  # also NaN
+                raise InvalidValue(
+                    f"follow: {name} must be more than 0 and at most {follow_log.MAX_WAIT:g} s"
+                )
+        self.unit_of_work.check_open()
+        return follow_log.follow(self.unit_of_work, vm, operation, actor, after, interval, idle)
 
     def verify_log(self, anchor: str | None = None) -> ChainReport:
         """Walk the hash chain over every stored event: name the first position where

@@ -363,9 +363,13 @@ class ReadModelsSQL(ReplicaRecord):
         rows = self._rows("SELECT MAX(position) FROM ckpt_audit WHERE time <= ?", (time,))
         return rows[0][0] or 0
 
-    def links(self, since: int = 0) -> dict[int, bytes]:
-        rows = self._rows("SELECT position, link FROM ckpt_links WHERE position >= ?", (since,))
-        return {r[0]: bytes(r[1]) for r in rows}
+    def links(self, since: int = 0, until: int | None = None) -> dict[int, bytes]:
+        """The hash-chain links at positions ``since`` to ``until`` (inclusive)."""
+        sql, params = "SELECT position, link FROM ckpt_links WHERE position >= ?", [since]
+        if until is not None:
+            sql += " AND position <= ?"
+            params.append(until)
+        return {r[0]: bytes(r[1]) for r in self._rows(sql, params)}
 
     def first_position_from(self, time: float) -> int:
         """The first position whose event time is at or after ``time`` (past the end: none)."""
