@@ -35,7 +35,9 @@ def line(e: AuditEntry) -> str:
 def follow_log(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     if a.at is not None or a.until is not None:
         raise InvalidValue("--follow shows the log as it grows: not with --at or --until")
-    after = 0 if a.since is None else queries.first_position_since(s.unit_of_work, a.since) - 1
+    after = (
+        0 if a.since is None else max(0, queries.first_position_since(s.unit_of_work, a.since) - 1)
+    )
     interval = INTERVAL if a.interval is None else a.interval
     with sigterm_stops():
         try:
