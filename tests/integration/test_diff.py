@@ -17,7 +17,7 @@ from __future__ import annotations
 import io
 import random
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -398,3 +398,24 @@ def test_diff_reads_manifests_only_never_a_chunk_of_data(two_disks: CLI) -> None
                 assert state is not None
                 data.update(cid for _, cid in state.present())
         assert data and not data & set(asked)
+
+
+def test_every_backend_gives_the_same_diff(
+    tmp_path: Path, scratch: Path, backends: Callable[[], dict[str, str]]
+) -> None:
+    """PostgreSQL's log (the deletion found by topic) and S3's manifests."""
+    rng = random.Random(3)
+    one = bytearray(rng.randbytes(64 * B))
+    two = bytearray(one)
+    two[5 * B : 7 * B] = bytes(2 * B)
+    two[20 * B : 21 * B] = rng.randbytes(B)
+    with Store.init(tmp_path / "s", actor="t", **backends()) as store:  # type: ignore[arg-type]
+        store.register_vm("VM", [("D", DiskFormat.VHDX)])
+        store.create_checkpoint("VM", "c1", disks={"D": _image(scratch / "1", bytes(one))})
+        gone = store.create_checkpoint("VM", "c2", disks={"D": _image(scratch / "2", bytes(two))})
+        before = store.log()[-1].position
+        store.delete_checkpoint("VM", "c2")
+        for b, at in ((str(gone.id), None), ("c2", before), ("Now", None)):
+            (d,) = store.diff("VM", "c1", b, at=at).disks
+            assert d.extents == [Extent(5 * B, 2 * B), Extent(20 * B, B)], b
+            assert d.zeroed == [Extent(5 * B, 2 * B)]
