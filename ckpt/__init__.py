@@ -64,8 +64,10 @@ from ckpt.storage.chunks.verify import AffectedCapture, BadChunk
 from ckpt.storage.disk_reader import DiskReader
 from ckpt.storage.log_chain import ChainReport
 from ckpt.storage.sources import StreamSource
+from ckpt.storage.state_diff import Extent
 
 from .copy import CopyDetails, CopyReport
+from .diff_ops import DiffPoint, DiskDiff, FileDiff, PointDiff
 from .hyperv_import import ImportReport
 from .maintenance import RepairReport, StoreInfo, StoreStats, TotalStats, VMStats
 from .progress_factory import ProgressFactory, ProgressUpdate
@@ -94,12 +96,16 @@ __all__ = [
     "CkptError",
     "CopyDetails",
     "CopyReport",
+    "DiffPoint",
     "DiskCapture",
+    "DiskDiff",
     "DiskFormat",
     "DiskReader",
     "DomainError",
     "Duration",
+    "Extent",
     "FileCapture",
+    "FileDiff",
     "FileRole",
     "ForgetPlan",
     "GcDetails",
@@ -112,6 +118,7 @@ __all__ = [
     "NotFound",
     "OutputFailed",
     "PackCorrupt",
+    "PointDiff",
     "PointPurged",
     "PointVerdict",
     "Policy",

@@ -45,6 +45,7 @@ from . import api_args as check
 from . import (
     capture_ops,
     commands,
+    diff_ops,
     hyperv_export,
     hyperv_import,
     maintenance,
@@ -59,6 +60,7 @@ from . import follow as follow_log
 from .app import CheckpointApplication
 from .copy import CopyReport, copy_store
 from .damage import naming_affected
+from .diff_ops import PointDiff
 from .hyperv_import import ImportReport
 from .maintenance import RepairReport, StoreInfo, StoreStats
 from .progress_factory import ProgressFactory
@@ -506,6 +508,19 @@ class Store:
         check.text("open_disk: disk", disk)
         with naming_affected(self.unit_of_work):
             return restore_ops.open_disk(self.unit_of_work, vm, point, disk, at)
+
+    def diff(
+        self, vm: str, a: str, b: str, disk: str | None = None, at: str | int | None = None
+    ) -> PointDiff:
+        """What point ``b`` holds that point ``a`` does not (checkpoints, backup
+        points, ``"Now"``; ``at`` as in ``restore_disk``; a deleted checkpoint
+        also by its id): per disk the changed extents and zeroed ones, per state
+        file changed or not. Read from manifests only, never chunk data."""
+        _check_point("diff", vm, a, at)
+        check.text("diff: b", b)
+        check.optional_text("diff: disk", disk)
+        with naming_affected(self.unit_of_work):
+            return diff_ops.diff(self.unit_of_work, vm, a, b, disk, at)
 
     def open_memory(self, vm: str, point: str, at: str | int | None = None) -> DiskReader:
         """As ``open_disk``, over the memory image captured at a point

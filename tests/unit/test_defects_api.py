@@ -201,6 +201,9 @@ WRONG: list[tuple[str, Call, str]] = [
     ("open-disk-disk", lambda s, t: s.open_disk("v", "a", 3), "disk must be"),
     ("open-disk-at", lambda s, t: s.open_disk("v", "a", "Boot", at=1.5), "at must"),
     ("open-memory-point", lambda s, t: s.open_memory("v", None), "point must be"),
+    ("diff-b", lambda s, t: s.diff("v", "a", 3), "diff: b must be a str"),
+    ("diff-disk", lambda s, t: s.diff("v", "a", "Now", disk=3), "diff: disk must be"),
+    ("diff-at", lambda s, t: s.diff("v", "a", "Now", at=1.5), "diff: at must"),
     (
         "restore-state-dir",
         lambda s, t: s.restore_state_files("v", "a", 5),
@@ -298,6 +301,7 @@ RIGHT: dict[str, Call] = {
     "restore_state_files": lambda s, t: s.restore_state_files("v", "a", t / "state"),
     "open_disk": lambda s, t: s.open_disk("v", "a", "Boot").close(),
     "open_memory": lambda s, t: s.open_memory("v", "a").close(),
+    "diff": lambda s, t: s.diff("v", "a", "Now"),
     "verify": lambda s, t: s.verify(),
     "repair": lambda s, t: s.repair(),
     "gc": lambda s, t: s.gc(),
