@@ -201,6 +201,9 @@ WRONG: list[tuple[str, Call, str]] = [
     ("open-disk-disk", lambda s, t: s.open_disk("v", "a", 3), "disk must be"),
     ("open-disk-at", lambda s, t: s.open_disk("v", "a", "Boot", at=1.5), "at must"),
     ("open-memory-point", lambda s, t: s.open_memory("v", None), "point must be"),
+    ("follow-after", lambda s, t: s.follow(after="3"), "follow: after must be a log position"),
+    ("follow-vm", lambda s, t: s.follow(vm=3), "follow: vm must be"),
+    ("follow-idle", lambda s, t: s.follow(idle=float("inf")), "follow: idle must be"),
     ("diff-b", lambda s, t: s.diff("v", "a", 3), "diff: b must be a str"),
     ("diff-disk", lambda s, t: s.diff("v", "a", "Now", disk=3), "diff: disk must be"),
     ("diff-at", lambda s, t: s.diff("v", "a", "Now", at=1.5), "diff: at must"),
@@ -331,6 +334,7 @@ RIGHT: dict[str, Call] = {
     "chain": lambda s, t: s.chain("v"),
     "files": lambda s, t: s.files("v", "a"),
     "log": lambda s, t: s.log(),
+    "follow": lambda s, t: s.follow(),
     "verify_log": lambda s, t: s.verify_log(),
 }
 

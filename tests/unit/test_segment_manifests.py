@@ -49,6 +49,41 @@ def test_a_segment_round_trips(entries: dict[int, bytes]) -> None:
     assert sorted(segments.segment_ids(data, "s")) == sorted(entries.values())
 
 
+@given(
+    st.dictionaries(st.integers(0, SPAN - 1), cids, max_size=40),
+    st.data(),
+)
+@settings(max_examples=60)
+def test_changed_entries_of_two_segments_with_the_same_offsets_are_a_dict_comparison(
+    old: dict[int, bytes], data: st.DataObject
+) -> None:
+    """The numpy comparison of two segments' id columns (diff's fast path) equals
+    comparing their decoded entries; other offsets: None (the caller compares entries)."""
+    new = {o: data.draw(st.sampled_from([cid, b"\7" * 32])) for o, cid in old.items()}
+    got = segments.changed_entries(
+        segments.encode_segment(old), segments.encode_segment(new), SPAN, "s"
+    )
+    assert got == sorted((o, c) for o, c in new.items() if old[o] != c)
+    more = {**old, SPAN - 1: b"\x09" * 32} if SPAN - 1 not in old else {}
+    other = segments.encode_segment(more)
+    assert segments.changed_entries(segments.encode_segment(old), other, SPAN, "s") is None
+
+
+def test_changed_entries_refuses_a_damaged_segment() -> None:
+    a = segments.encode_segment({1: b"\1" * 32, 2: b"\2" * 32})
+    b = segments.encode_segment({1: b"\1" * 32, 2: b"\3" * 32})
+    assert segments.changed_entries(a, b, SPAN, "s") == [(2, b"\3" * 32)]
+    with pytest.raises(StoreCorrupt, match="need"):
+        segments.changed_entries(a, b[:-1], SPAN, "s")
+    with pytest.raises(StoreCorrupt, match="not ascending"):
+        segments.changed_entries(a, b, 2, "s")
+    zero = segments.encode_segment({1: b"\1" * 32, 2: ZERO_ID})
+    with pytest.raises(StoreCorrupt, match="zero id"):
+        segments.changed_entries(a, zero, SPAN, "s")
+    with pytest.raises(StoreCorrupt, match="magic"):
+        segments.changed_entries(b"XXXX" + a[4:], b, SPAN, "s")
+
+
 def test_a_damaged_segment_or_root_is_refused() -> None:
     data = segments.encode_segment({1: b"\1" * 32, 2: b"\2" * 32})
     with pytest.raises(StoreCorrupt, match="need"):
