@@ -22,7 +22,7 @@ from ckpt.projections import disk_chains, tree_entries
 from ckpt.projections import documents as docs
 from ckpt.storage.locations import environ_secrets, scrub
 
-from . import cli_content, cli_replication, cli_retention, cli_serve, render
+from . import cli_content, cli_replication, cli_report, cli_retention, cli_serve, render
 from .cli_content import content_args
 from .exit_codes import exit_code
 from .progress import progress_bars
@@ -612,6 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_serve.register(sub, cmd)
     cli_retention.register(sub, cmd)
     cli_replication.register(sub, cmd)
+    cli_report.register(sub, cmd)
     return p
 
 
