@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from cli_support import CLI
+from conftest import Backends
 from report_support import HOSTILE, VMS, build
 
 from ckpt import (
@@ -274,3 +275,31 @@ def test_stdout_and_the_api_give_the_same_page(tmp_path: Path) -> None:
     written = CLI(path).json("report", "-o", tmp_path / "r.html")
     assert set(written) == {"output", "vms", "events", "bytes"}
     assert json.dumps(written["vms"]) == '["db"]' and os.listdir(tmp_path).count("r.html") == 1
+
+
+def test_a_replica_keeps_no_verify_record_and_its_verify_still_succeeds(tmp_path: Path) -> None:
+    path, replica = tmp_path / "s", tmp_path / "replica"
+    small(path).close()
+    CLI(path).ok("verify", "--log")
+    CLI(path).ok("replicate", "--to-store", replica)
+    assert page_of(path, tmp=tmp_path)[1].count("never verified") == 1  # chunks
+    CLI(replica).ok("verify")
+    CLI(replica).ok("verify", "--log")
+    # the primary's record is not replicated, and the replica refuses writes
+    assert page_of(replica, tmp=tmp_path)[1].count("never verified") == 2
+
+
+def test_the_verify_record_on_every_backend(tmp_path: Path, backends: Backends) -> None:
+    with Store.init(tmp_path / "s", actor="alice", **backends()) as s:
+        s.register_vm("db", [("D", DiskFormat.VHDX)])
+        s.create_checkpoint("db", "one", disks={"D": io.BytesIO(b"x" * 8192)})
+        out = io.StringIO()
+        s.report(out)
+        assert out.getvalue().count("never verified") == 2
+        assert s.verify().ok
+        chain = s.verify_log()
+        out = io.StringIO()
+        s.report(out)
+    html = out.getvalue()
+    assert "never verified" not in html
+    assert f"{chain.last_position}:{chain.last_link.hex()}" in html
