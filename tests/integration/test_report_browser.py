@@ -51,6 +51,8 @@ def opened(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Opened]:
     with Store.open(store) as s:
         log = s.log()
     html = tmp / "report.html"
+    CLI(store).ok("verify")  # so the page shows both checks' status
+    CLI(store).ok("verify", "--log")
     CLI(store).ok("report", "-o", html)
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM)
@@ -90,6 +92,8 @@ def test_loads_quickly_without_errors_or_dialogs(opened: Opened) -> None:
     assert 0 < ms < LOAD_LIMIT_MS
     assert [m for m in opened.console if m[0] in ("error", "warning")] == []
     assert opened.errors == [] and opened.dialogs == []
+    for check in ("#verify-chunks", "#verify-log"):
+        assert "ok" in opened.page.text_content(check).split()
     # the CSP let the inline script run: it filled the count
     assert (
         opened.page.text_content("#shown") == f"{len(opened.log)} of {len(opened.log)} events shown"
