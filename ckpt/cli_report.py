@@ -1,9 +1,9 @@
 """``ckpt report [VM...] -o FILE [--at POSITION|TIME]``: the HTML report (ckpt/report/).
 
-The page is built whole in memory first, then written to a temporary file in
-the target's directory and renamed over ``FILE``: a reader never sees half a
-page, and an error (an unknown VM, no such directory, no space) leaves nothing
-behind. ``-o -`` writes the page to standard output (and nothing else).
+The page is written as it is rendered to a temporary file in the target's
+directory, then renamed over ``FILE``: a reader never sees half a page, and an
+error (an unknown VM, no such directory, no space) leaves nothing behind.
+``-o -`` writes the page to standard output (and nothing else).
 ``--json`` keys: ``output`` (the file), ``vms`` (names, in page order),
 ``events`` (rows of the audit table = timeline marks), ``bytes`` (the file's size).
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import os
 import tempfile
 from collections.abc import Callable
@@ -57,10 +56,7 @@ def _report(s: Store, a: argparse.Namespace, out: TextIO) -> None:
         raise InvalidValue(f"report: cannot write {a.output!r}: no directory {str(folder)!r}")
     if target.is_dir():
         raise InvalidValue(f"report: cannot write {a.output!r}: it is a directory")
-    page = io.StringIO()
-    summary = s.report(page, vms, a.at)  # built whole first: an error leaves no file
-    _write_atomically(target, page.getvalue())
-    summary = ReportSummary(str(target), summary.vms, summary.events, summary.bytes)
+    summary = _write_atomically(target, lambda f: s.report(f, vms, a.at))
     text = (
         f"wrote {target}: {summary.events} events of {len(summary.vms)} VMs "
         f"({', '.join(summary.vms) or 'none'}), {summary.bytes:,} bytes"
@@ -68,7 +64,9 @@ def _report(s: Store, a: argparse.Namespace, out: TextIO) -> None:
     render.emit(out, a, asdict(summary), text)
 
 
-def _write_atomically(target: Path, page: str) -> None:
+def _write_atomically(target: Path, write: Callable[[TextIO], ReportSummary]) -> ReportSummary:
+    """``write`` into a temporary file beside ``target``, then rename it over
+    ``target``; on any error the temporary file goes and the error stands."""
     try:
         fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     except OSError as e:
@@ -77,12 +75,15 @@ def _write_atomically(target: Path, page: str) -> None:
         ) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(page)
+            summary = write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(temp, 0o644)  # mkstemp makes 0600; a report is for reading
         os.replace(temp, target)
-    except OSError as e:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(temp)
-        raise OutputFailed(f"report: cannot write {str(target)!r}: {e.strerror or e}") from None
+        if isinstance(e, OSError):
+            raise OutputFailed(f"report: cannot write {str(target)!r}: {e.strerror or e}") from None
+        raise
+    return ReportSummary(str(target), summary.vms, summary.events, summary.bytes)

@@ -35,16 +35,20 @@ def write_report(
     output: str = "-",
 ) -> ReportSummary:
     """Render the page for ``vms`` (None: every VM with history) as of ``at`` and
-    write it to ``out`` in one call (it is built whole first: an error writes nothing)."""
+    write it to ``out`` piece by piece. Bad input (an unknown VM, a bad ``at``)
+    raises before the first write; a later error can leave part of a page in
+    ``out`` (``ckpt report`` writes to a temporary file and removes it then)."""
     from .data import gather
     from .render import render
 
     data = gather(uow, vms, at)
-    page = render(data)
-    out.write(page)
+    size = 0
+    for piece in render(data):
+        out.write(piece)
+        size += len(piece.encode())
     return ReportSummary(
         output=output,
         vms=[h.name for h in data.histories],
         events=sum(len(h.events) for h in data.histories),
-        bytes=len(page.encode()),
+        bytes=size,
     )
