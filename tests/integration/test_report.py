@@ -10,12 +10,14 @@ the tests that verify or remove use small stores of their own.
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import io
 import json
 import os
 import sqlite3
 from collections import Counter
+from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -34,6 +36,7 @@ from ckpt import (
     UnknownVM,
 )
 from ckpt.exit_codes import TABLE
+from ckpt.report import render as report_render
 
 CODE = dict(TABLE)
 
@@ -303,3 +306,22 @@ def test_the_verify_record_on_every_backend(tmp_path: Path, backends: Backends) 
     html = out.getvalue()
     assert "never verified" not in html
     assert f"{chain.last_position}:{chain.last_link.hex()}" in html
+
+
+def test_a_write_failing_midway_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "s"
+    small(path).close()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "r.html").write_text("the report before")
+
+    def full(data: object) -> Iterator[str]:
+        yield "<!DOCTYPE html>"
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(report_render, "render", full)
+    err = CLI(path).fails(CODE[OutputFailed], "report", "-o", out / "r.html")
+    assert "No space left on device" in err and "r.html" in err
+    assert os.listdir(out) == ["r.html"] and (out / "r.html").read_text() == "the report before"
