@@ -41,7 +41,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "merge": ("deleted, layers merged", "M-5,-5L5,5M5,-5L-5,5M-7,0a7,7 0 1,0 14,0a7,7 0 1,0 -14,0"),
     "backup": ("backup point (sync)", "M-5,-5h10v10h-10Z"),
     "capture": ("content captured", "M-3,0a3,3 0 1,0 6,0a3,3 0 1,0 -6,0"),
-    "purge": ("retention: purge, undo, gc reclaim, policy", "M-3,-6h6l3,6l-3,6h-6l-3,-6Z"),
+    "purge": ("retention: purge, undo, reclaim", "M-3,-6h6l3,6l-3,6h-6l-3,-6Z"),
     "import": ("Hyper-V import", "M-2,-6h4v4h4v4h-4v4h-4v-4h-4v-4h4Z"),
     "vm": ("VM added, changed or removed", "M-6,-4h12v8h-12Z"),
 }
