@@ -72,6 +72,7 @@ from .hyperv_import import ImportReport
 from .maintenance import RepairReport, StoreInfo, StoreStats, TotalStats, VMStats
 from .progress_factory import ProgressFactory, ProgressUpdate
 from .replication import ReplicateDetails, ReplicateReport
+from .report import ReportSummary
 from .retention_ops import ForgetPlan, PointVerdict, VMPlan
 from .store import Store
 from .store_config import StoreConfig
@@ -128,6 +129,7 @@ __all__ = [
     "ReplicaDiverged",
     "ReplicateDetails",
     "ReplicateReport",
+    "ReportSummary",
     "SourceChanged",
     "StateFile",
     "StateFileKind",

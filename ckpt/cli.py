@@ -27,6 +27,7 @@ from . import (
     cli_diff,
     cli_follow,
     cli_replication,
+    cli_report,
     cli_retention,
     cli_serve,
     render,
@@ -627,6 +628,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_retention.register(sub, cmd)
     cli_replication.register(sub, cmd)
     cli_diff.register(sub, cmd)
+    cli_report.register(sub, cmd)
     return p
 
 

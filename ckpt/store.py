@@ -14,10 +14,11 @@ A store directory holds ``ckpt-store.json`` (format marker) and
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TextIO
 from uuid import UUID
 
 from ckpt.domain import (
@@ -66,6 +67,7 @@ from .maintenance import RepairReport, StoreInfo, StoreStats
 from .progress_factory import ProgressFactory
 from .read_model_updates import ReadModels
 from .replication import ReplicateReport
+from .report import ReportSummary, verify_status, write_report
 from .retention_ops import ForgetPlan
 from .store_config import StoreConfig
 from .unit_of_work import UnitOfWork, utc_now
@@ -578,7 +580,9 @@ class Store:
     ) -> VerifyReport[list[BadChunk]]:
         sample = check.number("verify: sample", sample, 0, 1, low_open=True)
         check.progress("verify: progress", progress)
-        return maintenance.verify(self.unit_of_work, sample, progress)
+        report = maintenance.verify(self.unit_of_work, sample, progress)
+        verify_status.note_chunks(self.unit_of_work, report)  # for `ckpt report`
+        return report
 
     def repair(self) -> RepairReport:
         """Rebuild the chunk index from the packs and the read models from the log."""
@@ -811,8 +815,24 @@ class Store:
         self.unit_of_work.check_open()
         return follow_log.follow(self.unit_of_work, vm, operation, actor, after, interval, idle)
 
+    def report(
+        self, out: TextIO, vms: Sequence[str] | None = None, at: str | int | None = None
+    ) -> ReportSummary:
+        """Write the HTML report (``ckpt report``) of ``vms`` (names; None: every VM
+        with history, removed ones too) as of ``at`` to the text stream ``out``."""
+        if not callable(getattr(out, "write", None)) or isinstance(
+            out, io.BufferedIOBase | io.RawIOBase
+        ):
+            check.fail("report: out", "a text stream open for writing, e.g. open(path, 'w')", out)
+        if vms is not None and (isinstance(vms, str) or not all(isinstance(v, str) for v in vms)):
+            check.fail("report: vms", "a sequence of VM names or None", vms)
+        check.at("report: at", at)
+        return write_report(self.unit_of_work, out, vms, at)
+
     def verify_log(self, anchor: str | None = None) -> ChainReport:
         """Walk the hash chain over every stored event: name the first position where
         the log was changed, removed or reordered; check an anchor if given."""
         check.optional_text("verify_log: anchor", anchor)
-        return queries.verify_log(self.unit_of_work, anchor)
+        report = queries.verify_log(self.unit_of_work, anchor)
+        verify_status.note_log(self.unit_of_work, report)  # for `ckpt report`
+        return report

@@ -245,6 +245,9 @@ WRONG: list[tuple[str, Call, str]] = [
     ("log-operation-typo", lambda s, t: s.log(operation="checkpoint-delete"), "checkpoint-deleted"),
     ("log-since", lambda s, t: s.log(since=2.5), "log: since must be"),
     ("verify-log", lambda s, t: s.verify_log(anchor=5), "verify_log: anchor must be"),
+    ("report-out", lambda s, t: s.report(io.BytesIO()), "report: out must be a text stream"),
+    ("report-vms", lambda s, t: s.report(io.StringIO(), "v"), "report: vms must be a sequence"),
+    ("report-at", lambda s, t: s.report(io.StringIO(), at=2.5), "report: at must be"),
     ("find-checkpoint", lambda s, t: s.vm("v").find_checkpoint(None), "named by a str"),
     ("vm-chain-disk", lambda s, t: s.vm("v").chain(["Boot"]), "has no disk ['Boot']"),
     ("checkpoint-layer", lambda s, t: s.vm("v").find_checkpoint("a").layer("D"), "no disk 'D'"),
@@ -336,6 +339,7 @@ RIGHT: dict[str, Call] = {
     "log": lambda s, t: s.log(),
     "follow": lambda s, t: s.follow(),
     "verify_log": lambda s, t: s.verify_log(),
+    "report": lambda s, t: s.report(io.StringIO()),
 }
 
 
