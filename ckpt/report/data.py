@@ -142,7 +142,7 @@ def _vm_ids(uow: UnitOfWork, names: Sequence[str]) -> dict[str, str]:
         if not isinstance(name, str) or not name.strip():
             raise InvalidValue(f"report: a VM name must be non-empty text, not {name!r}")
         try:
-            found[queries._log_vm_id(uow, name)] = name
+            found[queries.log_vm_id(uow, name)] = name
         except UnknownVM:
             raise UnknownVM(f"report: no VM named {name!r}, now or in the log") from None
     return found
