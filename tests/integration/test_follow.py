@@ -94,7 +94,12 @@ def test_an_event_another_process_commits_shows_within_a_second(
     assert json.loads(first)["operation"] == "vm-registered"
     delays = []
     for name in ("c1", "c2", "c3"):
-        subprocess.run(_ckpt(store, "checkpoint", "create", "web", name), check=True, cwd=tmp_path)
+        subprocess.run(
+            _ckpt(store, "checkpoint", "create", "web", name),
+            check=True,
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+        )
         seen, line = f.next()
         entry = json.loads(line)
         assert (entry["operation"], entry["checkpoint"]) == ("checkpoint-created", name)
