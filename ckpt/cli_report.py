@@ -1,8 +1,10 @@
 """``ckpt report [VM...] -o FILE [--at POSITION|TIME]``: the HTML report (ckpt/report/).
 
-The page is written as it is rendered to a temporary file in the target's
-directory, then renamed over ``FILE``: a reader never sees half a page, and an
-error (an unknown VM, no such directory, no space) leaves nothing behind.
+The page is written where ``restore -o`` writes (ckpt/output.py, decision 0007):
+a regular file (a symlink's target) is rendered into a partial file beside it and
+renamed over it at the end, so a reader never sees half a page and an error (an
+unknown VM, no such directory, no space) leaves the old file as it was; a FIFO,
+``/dev/fd/N`` or a device is written in place.
 ``-o -`` writes the page to standard output (and nothing else).
 ``--json`` keys: ``output`` (the file), ``vms`` (names, in page order),
 ``events`` (rows of the audit table = timeline marks), ``bytes`` (the file's size).
@@ -11,18 +13,15 @@ error (an unknown VM, no such directory, no space) leaves nothing behind.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-import tempfile
+import io
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, TextIO
 
-from ckpt.domain import InvalidValue, OutputFailed
+from ckpt.domain import InvalidValue
 
-from . import render
-from .report import ReportSummary
+from . import output, render
 from .store import Store
 
 AT_HELP = "the report as the log stood then: a position, or an ISO 8601 time"
@@ -50,40 +49,25 @@ def _report(s: Store, a: argparse.Namespace, out: TextIO) -> None:
             raise InvalidValue("report: --json prints a summary; it needs -o FILE, not -o -")
         s.report(out, vms, a.at)
         return
-    target = Path(a.output)
-    folder = target.parent
-    if not folder.is_dir():
-        raise InvalidValue(f"report: cannot write {a.output!r}: no directory {str(folder)!r}")
-    if target.is_dir():
+    # As `restore -o`: a regular file (through a symlink, its target) is written
+    # beside it and renamed over it at the end; a FIFO or device is written in
+    # place (renaming over /dev/null replaced the device node with the page).
+    if Path(a.output).is_dir():
         raise InvalidValue(f"report: cannot write {a.output!r}: it is a directory")
-    summary = _write_atomically(target, lambda f: s.report(f, vms, a.at))
-    text = (
-        f"wrote {target}: {summary.events} events of {len(summary.vms)} VMs "
+    target = output.resolve(a.output)
+    folder = Path(target.path).parent
+    if target.kind is output.Kind.FILE and not folder.is_dir():
+        raise InvalidValue(f"report: cannot write {a.output!r}: no directory {str(folder)!r}")
+    with output.writing(target) as stream:
+        text = io.TextIOWrapper(stream, encoding="utf-8", newline="")
+        try:
+            summary = s.report(text, vms, a.at)
+            text.flush()
+        finally:
+            text.detach()  # the stream is output.writing's to close
+    summary = replace(summary, output=a.output)
+    lines = (
+        f"wrote {a.output}: {summary.events} events of {len(summary.vms)} VMs "
         f"({', '.join(summary.vms) or 'none'}), {summary.bytes:,} bytes"
     )
-    render.emit(out, a, asdict(summary), text)
-
-
-def _write_atomically(target: Path, write: Callable[[TextIO], ReportSummary]) -> ReportSummary:
-    """``write`` into a temporary file beside ``target``, then rename it over
-    ``target``; on any error the temporary file goes and the error stands."""
-    try:
-        fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    except OSError as e:
-        raise OutputFailed(
-            f"report: cannot write in {str(target.parent)!r}: {e.strerror}"
-        ) from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            summary = write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(temp, 0o644)  # mkstemp makes 0600; a report is for reading
-        os.replace(temp, target)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        if isinstance(e, OSError):
-            raise OutputFailed(f"report: cannot write {str(target)!r}: {e.strerror or e}") from None
-        raise
-    return ReportSummary(str(target), summary.vms, summary.events, summary.bytes)
+    render.emit(out, a, asdict(summary), lines)

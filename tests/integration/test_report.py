@@ -16,6 +16,8 @@ import io
 import json
 import os
 import sqlite3
+import stat
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from html.parser import HTMLParser
@@ -262,6 +264,32 @@ def test_bad_input_is_named_and_leaves_no_file(tmp_path: Path) -> None:
         assert os.listdir(out) == []
     with Store.open(path) as s, pytest.raises(InvalidValue, match="text stream"):
         s.report(io.BytesIO())  # type: ignore[arg-type]
+
+
+def test_a_symlink_a_fifo_and_a_device_are_written_through_not_replaced(tmp_path: Path) -> None:
+    """As ``restore -o``: the page was renamed over whatever -o named, so a
+    symlink became a file, a FIFO's reader got nothing, and (as root) /dev/null
+    became a regular file holding the page."""
+    path = tmp_path / "s"
+    small(path).close()
+    cli = CLI(path)
+    page = cli.ok("report", "-o", "-")
+    link, target = tmp_path / "latest.html", tmp_path / "reports" / "r.html"
+    target.parent.mkdir()
+    link.symlink_to(target)
+    cli.ok("report", "-o", link)
+    assert link.is_symlink() and target.read_text() == page
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()))
+    reader.start()
+    cli.ok("report", "-o", fifo)
+    reader.join(timeout=30)
+    assert got == [page] and stat.S_ISFIFO(fifo.lstat().st_mode)
+    assert "bytes" in cli.ok("report", "-o", os.devnull)
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
+    assert not list(tmp_path.glob("**/*.ckpt-partial"))
 
 
 def test_stdout_and_the_api_give_the_same_page(tmp_path: Path) -> None:
