@@ -33,8 +33,6 @@ from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
 from ckpt.domain.errors import StoreCorrupt
 
 from .manifest import ID_SIZE, MAP_MAGIC, MAX_BLOCK, ZERO_ID
@@ -115,6 +113,8 @@ def changed_entries(
     into dicts and compare those. None when the offset columns differ (blocks
     became zero or non-zero): the caller compares ``decode_segment``'s entries.
     Checked as ``decode_segment`` checks: lengths, ascending offsets, no zero id."""
+    import numpy as np  # here: importing it costs every command ~50 ms (test_index_cache)
+
     head = _SEGMENT.size
     count = _checked_count(old, where)
     if (
