@@ -13,13 +13,13 @@ import io
 import signal
 import struct
 import tracemalloc
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from datetime import UTC, datetime
 from functools import cache
 from uuid import UUID
 
 import pytest
+from hostile_support import deadline
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -76,24 +76,10 @@ def mutation(draw: st.DrawFn) -> tuple[str, list[tuple[int, bytes]], int | None,
     return kind, edits, truncate, draw(st.booleans())
 
 
-@contextmanager
-def _deadline(seconds: float) -> Iterator[None]:
-    def expire(signum: int, frame: object) -> None:
-        raise TimeoutError(f"reader still busy after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 def _read_bounded(data: bytes) -> None:
     tracemalloc.start()
     try:
-        with _deadline(TIME_LIMIT), suppress(ConfigurationError):
+        with deadline(TIME_LIMIT), suppress(ConfigurationError):
             read_vmcx(io.BytesIO(data), "fuzz.vmcx")
             read_vmrs_summary(io.BytesIO(data), "fuzz.vmrs")
         peak = tracemalloc.get_traced_memory()[1]
@@ -174,6 +160,6 @@ def test_a_parent_cycle_is_an_error() -> None:
 
 
 def test_deadline_catches_a_loop() -> None:
-    with pytest.raises(TimeoutError), _deadline(0.05):
+    with pytest.raises(TimeoutError), deadline(0.05):
         while True:
             pass

@@ -9,12 +9,12 @@ import io
 import signal
 import time
 import tracemalloc
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from functools import cache
 from uuid import UUID
 
 import pytest
+from hostile_support import deadline
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -51,20 +51,6 @@ def _valid(encoding: str) -> bytes:
         return out.getvalue()
     text = out.getvalue().decode("utf-16").replace('encoding="UTF-16"', 'encoding="UTF-8"')
     return text.encode()
-
-
-@contextmanager
-def _deadline(seconds: float) -> Iterator[None]:
-    def expire(signum: int, frame: object) -> None:
-        raise TimeoutError(f"reader still busy after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def read(data: bytes) -> Configuration:
@@ -145,7 +131,7 @@ def documents(draw: st.DrawFn) -> bytes:
 def test_any_bytes_give_a_configuration_or_a_configuration_error(data: bytes) -> None:
     tracemalloc.start()
     try:
-        with _deadline(TIME_LIMIT), suppress(ConfigurationError):
+        with deadline(TIME_LIMIT), suppress(ConfigurationError):
             config = read(data)
             assert all("\n" not in problem for problem in config.problems)
         peak = tracemalloc.get_traced_memory()[1]
@@ -285,7 +271,7 @@ def test_a_manifest_of_many_controllers_reads_in_linear_time() -> None:
     )
     data = f"<configuration><manifest>{vdevs}</manifest></configuration>".encode()
     started = time.perf_counter()
-    with _deadline(10 * TIME_LIMIT):
+    with deadline(10 * TIME_LIMIT):
         config = read(data)
     assert len([p for p in config.problems if p.startswith("manifest names device")]) == 30_000
     assert time.perf_counter() - started < 5 * TIME_LIMIT

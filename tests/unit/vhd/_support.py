@@ -13,6 +13,7 @@ import random
 import struct
 from collections.abc import Iterable
 
+from hostile_support import NullSink  # noqa: F401  (re-exported to the tests)
 from hypothesis import strategies as st
 
 MiB = 1 << 20
@@ -113,35 +114,3 @@ def reseal_all(image: bytearray, dynamic: bool) -> None:
 
 def stream(image: bytes | bytearray) -> io.BytesIO:
     return io.BytesIO(bytes(image))
-
-
-class NullSink(io.RawIOBase):
-    """A writable, seekable stream that keeps only its size: measures a writer's
-    own memory without the output's bytes in the way."""
-
-    def __init__(self) -> None:
-        self.pos = 0
-        self.size = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        self.pos = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence] + offset
-        return self.pos
-
-    def tell(self) -> int:
-        return self.pos
-
-    def write(self, data: bytes) -> int:  # type: ignore[override]
-        n = len(memoryview(data))
-        self.pos += n
-        self.size = max(self.size, self.pos)
-        return n
-
-    def truncate(self, size: int | None = None) -> int:
-        self.size = self.pos if size is None else size
-        return self.size

@@ -14,12 +14,12 @@ import signal
 import struct
 import tracemalloc
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from datetime import UTC, datetime
 from functools import cache
 
 import pytest
+from hostile_support import deadline
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -86,20 +86,6 @@ def mutation(draw: st.DrawFn) -> tuple[str, list[tuple[int, bytes]], bool, bool]
     return kind, edits, draw(st.booleans()), draw(st.booleans())
 
 
-@contextmanager
-def _deadline(seconds: float) -> Iterator[None]:
-    def expire(signum: int, frame: object) -> None:
-        raise TimeoutError(f"reader still busy after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 def _exercise(data: io.BytesIO) -> None:
     reader = VhdReader(data, "fuzz.vhd")
     _ = (reader.parent_locator, reader.parent_linkages, reader.creator, reader.timestamp)
@@ -126,7 +112,7 @@ def test_mutated_file_fails_only_with_vhdx_error(
     data = io.BytesIO(bytes(image))
     tracemalloc.start()
     try:
-        with _deadline(TIME_LIMIT), suppress(VhdxError):
+        with deadline(TIME_LIMIT), suppress(VhdxError):
             _exercise(data)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
@@ -158,6 +144,6 @@ def test_a_huge_max_table_entries_does_not_allocate_it() -> None:
 
 
 def test_deadline_catches_a_loop() -> None:
-    with pytest.raises(TimeoutError), _deadline(0.05):
+    with pytest.raises(TimeoutError), deadline(0.05):
         while True:
             pass

@@ -13,11 +13,11 @@ import signal
 import struct
 import tracemalloc
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from functools import cache
 
 import pytest
+from hostile_support import deadline
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -73,20 +73,6 @@ def mutation(draw: st.DrawFn) -> tuple[str, list[tuple[int, bytes]], bool]:
     return kind, edits, draw(st.booleans())
 
 
-@contextmanager
-def _deadline(seconds: float) -> Iterator[None]:
-    def expire(signum: int, frame: object) -> None:
-        raise TimeoutError(f"reader still busy after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 def _exercise(data: io.BytesIO) -> None:
     reader = VhdxReader(data, "fuzz.vhdx")
     _ = (reader.parent_locator, reader.parent_linkages, reader.sector_bitmaps_present)
@@ -112,7 +98,7 @@ def test_mutated_file_fails_only_with_vhdx_error(
     data = io.BytesIO(bytes(image))
     tracemalloc.start()
     try:
-        with _deadline(TIME_LIMIT), suppress(VhdxError):
+        with deadline(TIME_LIMIT), suppress(VhdxError):
             _exercise(data)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
@@ -134,6 +120,6 @@ def test_mutations_reach_past_the_checksums() -> None:
 
 def test_deadline_catches_a_loop() -> None:
     # The time limit itself can fail a test.
-    with pytest.raises(TimeoutError), _deadline(0.05):
+    with pytest.raises(TimeoutError), deadline(0.05):
         while True:
             pass
