@@ -28,7 +28,6 @@ from uuid import UUID
 
 from ckpt.domain import (
     BackupPoint,
-    ChunkMissing,
     FileCapture,
     FileRole,
     InvalidValue,
@@ -43,7 +42,7 @@ from ckpt.storage.manifest_restore import load_state
 from ckpt.storage.state_diff import Extent, changed_extents, compare, same_content
 
 from . import queries
-from .restore_ops import NOW, RestorePoint, _now_purged, now_of, point_of
+from .restore_ops import NOW, RestorePoint, now_of, point_of, purged_now
 from .unit_of_work import UnitOfWork
 
 NOW_KIND = "now"
@@ -175,13 +174,8 @@ def _state(uow: UnitOfWork, side: _Side, disk: str, at: int | None) -> State | N
     leaf = point.layers.get(disk)
     if leaf is None:
         return None
-    try:
+    with purged_now(uow, point, disk, at):  # Now as of ``at`` kept only by purged points
         return load_state(chain_manifest_ids(point.vm, leaf), uow.chunks)
-    except ChunkMissing:  # Now as of ``at`` kept only by purged points: PointPurged
-        refused = None if point.label != NOW or at is None else _now_purged(uow, point, disk, at)
-        if refused is None:
-            raise
-        raise refused from None
 
 
 def _disks(a: _Side, b: _Side, disk: str | None) -> list[str]:

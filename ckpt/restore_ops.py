@@ -225,29 +225,31 @@ def open_disk(
 ) -> DiskReader:
     """A random-access reader over a disk at a point (or Now), as restore finds it."""
     point = resolve_view(uow, vm, ref, at)
-    try:
+    with purged_now(uow, point, disk, at):
         state = _disk_state(uow, point, disk, missing=NotFound)
-    except ChunkMissing:
-        refused = None if point.label != NOW or at is None else _now_purged(uow, point, disk, at)
-        if refused is None:
-            raise
-        raise refused from None
     return DiskReader(state, uow.chunks.get_views, cache_bytes, f"{disk!r} at {point.label}")
 
 
-def _now_purged(
-    uow: UnitOfWork, point: RestorePoint, disk: str, at: str | int
-) -> PointPurged | None:
-    """Now as of ``at`` whose manifest is gone: ``PointPurged`` when only purged
-    points kept it (gc reclaimed it); None when that is not why."""
-    refs = chain_manifest_ids(point.vm, point.layers[disk])
-    gone = dropped(uow, walk(uow), reclaimed).get(point.vm.id, set())
-    if refs and refs[-1] in gone:
-        return PointPurged(
+@contextlib.contextmanager
+def purged_now(
+    uow: UnitOfWork, point: RestorePoint, disk: str, at: str | int | None
+) -> Iterator[None]:
+    """Reading Now as of ``at``, a missing manifest chunk is ``PointPurged`` when
+    only purged points kept that running state (gc reclaimed it); any other
+    ``ChunkMissing`` stands."""
+    try:
+        yield
+    except ChunkMissing:
+        if point.label != NOW or at is None:
+            raise
+        refs = chain_manifest_ids(point.vm, point.layers[disk])
+        gone = dropped(uow, walk(uow), reclaimed).get(point.vm.id, set())
+        if not refs or refs[-1] not in gone:
+            raise
+        raise PointPurged(
             f"disk {disk!r} of VM {point.vm.name!r} as of {at}: that running state was kept "
             "only by points purged since (ckpt forget), and gc has reclaimed its bytes"
-        )
-    return None
+        ) from None
 
 
 def open_memory(

@@ -104,7 +104,7 @@ def gather(uow: UnitOfWork, vms: Sequence[str] | None, at: str | int | None) -> 
     recorder = uow.read_models.recorder
     with uow.translated():
         rows = recorder.audit(until=until)
-        links = recorder.links(1)
+        links = recorder.links(1, until)
         captures = recorder.captures(until)
     histories: dict[str, History] = {}
     for row in rows:
